@@ -1,0 +1,86 @@
+# Build, demo and test entry points. Everything a fresh Debian 12 machine needs
+# is installed by these targets themselves (run as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SYSDEPS_STAMP := $(VENV)/.sysdeps-stamp
+DEPS_STAMP := $(VENV)/.deps-stamp
+# Cache for the rescue image build (Debian packages, built rootfs); safe to delete.
+IMAGE_CACHE ?= /var/cache/cdp-mkimage
+OUT ?= out
+
+# Debian packages: build deps of pyparted, tools the agent and rescue engine drive,
+# and what builds and boots the rescue image under QEMU.
+SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libparted-dev \
+	parted fdisk gdisk util-linux e2fsprogs dosfstools xfsprogs kmod cpio zstd \
+	qemu-system-x86 qemu-utils ovmf ipxe-qemu mmdebstrap xorriso mtools \
+	grub-pc-bin grub-efi-amd64-bin grub-common tmux openssl ca-certificates
+
+.PHONY: all demo test test-fast test-vm lint sysdeps deps iso pxe image drill bench torture clean
+
+all: deps
+
+$(SYSDEPS_STAMP):
+	@mkdir -p $(VENV)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(SYSTEM_PACKAGES) 2>/dev/null | grep -v 'install ok installed' | cut -d' ' -f1; \
+		           for p in $(SYSTEM_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+		missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+		if [ -n "$${missing// }" ]; then \
+			echo "installing Debian packages: $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		fi; \
+	else echo "not root or no apt-get: assuming system packages are present"; fi
+	@touch $@
+
+sysdeps: $(SYSDEPS_STAMP)
+
+$(DEPS_STAMP): $(SYSDEPS_STAMP) pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+deps: $(DEPS_STAMP)
+
+# The demo: sample disk image -> local CDP server -> several recovery points -> restore -> verify.
+demo: deps
+	$(VENV)/bin/cdp-demo
+
+# The whole suite, QEMU tests included (builds the rescue image first, cached).
+test: deps image
+	$(PY) -m pytest -q tests
+
+# Fast iteration: everything but the QEMU tests.
+test-fast: deps
+	$(PY) -m pytest -q -m "not vm" tests
+
+test-vm: deps image
+	$(PY) -m pytest -q -m vm tests
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy cdpcore hotcopy cdp_server rescue mkimage
+
+image: deps
+	$(VENV)/bin/mkimage build --cache $(IMAGE_CACHE) --out $(OUT)
+
+iso: deps
+	$(VENV)/bin/mkimage build --cache $(IMAGE_CACHE) --out $(OUT) --iso
+
+pxe: deps
+	$(VENV)/bin/mkimage build --cache $(IMAGE_CACHE) --out $(OUT) --pxe
+
+drill: deps image
+	$(PY) -m pytest -q tests/drill
+
+bench: deps
+	$(PY) -m bench
+
+torture: deps
+	$(PY) -m pytest -q tests/reliability
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

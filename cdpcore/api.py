@@ -1,0 +1,158 @@
+"""The CDP server's HTTP API, declared once: paths, roles and the JSON wire types that the
+server (FastAPI) validates and the client (cdpcore.client) sends and parses. docs/API.md
+and the server's /openapi.json describe the same thing for people and tools.
+
+Authentication: `Authorization: Bearer <token>`. Roles (docs/FORMAT.md, "Threat model"):
+agent (add to its own host, never delete), restore (read its own host), admin (all).
+Another host's data answers 404; a wrong role 403; a missing or bad token 401.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+API_PREFIX = "/api/v1"
+#: Upper bound of one upload request body (records): keeps server memory bounded.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+#: Upper bound of IDs per missing/fetch query.
+MAX_IDS_PER_REQUEST = 4096
+#: Media type of a binary record stream (cdpcore.records).
+RECORDS_MEDIA_TYPE = "application/x-cdp-records"
+
+HexId = str  # 64 lower-case hex digits
+
+
+class Role(StrEnum):
+    agent = "agent"
+    restore = "restore"
+    admin = "admin"
+
+
+class ObjectKind(StrEnum):
+    """The two object namespaces of a host: encrypted chunks and plain index pages."""
+
+    chunks = "chunks"
+    pages = "pages"
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class HostInfo(BaseModel):
+    name: str
+    points: int
+    latest: float | None = None  # Unix time of the newest point
+    has_key: bool = False
+
+
+class HostCreated(BaseModel):
+    name: str
+    tokens: dict[Role, str]  # shown once; stored hashed
+
+
+class IdList(BaseModel):
+    ids: list[HexId] = Field(max_length=MAX_IDS_PER_REQUEST)
+
+
+class UploadResult(BaseModel):
+    stored: int  # newly stored
+    duplicates: int  # already present (not written again)
+
+
+class VolumeWire(BaseModel):
+    name: str
+    size: int = Field(ge=0)
+    block_size: int
+    root: HexId
+    height: int = Field(ge=0)
+
+
+class PointStats(BaseModel):
+    changed_bytes: int = 0  # bytes of blocks that differ from the parent point
+    new_chunks: int = 0
+    new_bytes: int = 0  # blob bytes uploaded for this point
+    scanned_bytes: int = 0
+    duration: float = 0.0
+
+
+class CommitRequest(BaseModel):
+    point_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    created: float
+    parent: str | None = None
+    volumes: list[VolumeWire]
+    manifest: str  # base64 of the sealed manifest blob
+    stats: PointStats = PointStats()
+
+
+class VerifyStatus(StrEnum):
+    unverified = "unverified"
+    ok = "ok"
+    damaged = "damaged"
+
+
+class PointInfo(BaseModel):
+    point_id: str
+    host: str
+    created: float
+    committed: float
+    parent: str | None = None
+    size: int  # sum of volume sizes
+    stats: PointStats
+    pinned: bool = False
+    verify: VerifyStatus = VerifyStatus.unverified
+
+
+class PointDetail(PointInfo):
+    volumes: list[VolumeWire]
+    manifest: str  # base64 sealed manifest
+
+
+class MissingObjects(BaseModel):
+    """Body of a 409 answer to a commit that references objects the server lacks."""
+
+    detail: str
+    missing_chunks: list[HexId] = []
+    missing_pages: list[HexId] = []
+
+
+class Retention(BaseModel):
+    keep_last: int = Field(default=0, ge=0)
+    keep_minutely: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+
+
+class DamagedRange(BaseModel):
+    point_id: str
+    volume: str
+    offset: int  # bytes
+    length: int
+    chunk: HexId
+
+
+class VerifyReport(BaseModel):
+    checked_chunks: int
+    checked_pages: int
+    damaged_chunks: list[HexId]
+    missing_chunks: list[HexId]
+    damaged_points: list[str]
+    ranges: list[DamagedRange]
+
+
+class PruneReport(BaseModel):
+    kept: list[str]
+    removed: list[str]
+
+
+class GcReport(BaseModel):
+    live_chunks: int
+    removed_chunks: int
+    removed_pages: int
+    freed_bytes: int
+    kept_in_grace: int

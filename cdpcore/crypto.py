@@ -1,0 +1,124 @@
+"""Chunk IDs and sealed blobs (docs/FORMAT.md, "Chunks" and "Sealed blobs").
+
+A block's ID is HMAC-SHA256(id_key, plaintext): the server learns nothing from IDs and
+cannot confirm guesses about content. A blob is the block compressed with zstd (when that
+helps) and encrypted with AES-256-GCM; the authenticated data binds the header and the
+object's ID, so a blob cannot be swapped for another, truncated or edited unnoticed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import format as fmt
+from .errors import FormatError, IntegrityError
+
+_HEADER = struct.Struct(">4sBBBB12s")
+assert _HEADER.size == fmt.BLOB_HEADER_SIZE
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The two secrets of a repository, derived from its 64-byte master key."""
+
+    enc_key: bytes
+    id_key: bytes
+
+    @classmethod
+    def from_master(cls, master: bytes) -> KeySet:
+        if len(master) != fmt.MASTER_KEY_SIZE:
+            raise FormatError(f"master key must be {fmt.MASTER_KEY_SIZE} bytes, got {len(master)}")
+        return cls(enc_key=master[:32], id_key=master[32:])
+
+    def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
+        """Keyed ID of a block's plaintext (HMAC-SHA256)."""
+        return hmac.digest(self.id_key, plaintext, "sha256")
+
+
+class BlobCodec:
+    """Seals and opens blobs with one key set. Thread-safe: the zstd contexts are made per
+    call because zstandard's compressor objects must not be shared between threads, and
+    every primitive used releases the GIL, so worker threads scale across cores."""
+
+    def __init__(self, keys: KeySet, level: int = fmt.ZSTD_LEVEL) -> None:
+        self.keys = keys
+        self._aead = AESGCM(keys.enc_key)
+        self._level = level
+
+    def seal(self, kind: int, object_id: bytes, plaintext: bytes | memoryview) -> bytes:
+        """Compress (when it saves space) and encrypt; `object_id` becomes part of the AAD."""
+        compressed = zstandard.ZstdCompressor(level=self._level).compress(plaintext)
+        if len(compressed) < len(plaintext):
+            compression, body = fmt.COMPRESSION_ZSTD, compressed
+        else:
+            compression, body = fmt.COMPRESSION_NONE, bytes(plaintext)
+        header = _HEADER.pack(fmt.BLOB_MAGIC, fmt.FORMAT_VERSION, kind, compression, 0,
+                              os.urandom(fmt.NONCE_SIZE))
+        return header + self._aead.encrypt(header[-fmt.NONCE_SIZE:], body, header + object_id)
+
+    def open(self, kind: int, object_id: bytes, blob: bytes | memoryview) -> bytes:
+        """Authenticate, decrypt and decompress. Raises FormatError or IntegrityError."""
+        if len(blob) < fmt.BLOB_OVERHEAD:
+            raise FormatError(f"blob truncated: {len(blob)} bytes, less than the "
+                              f"{fmt.BLOB_OVERHEAD}-byte minimum")
+        header = bytes(blob[: fmt.BLOB_HEADER_SIZE])
+        magic, version, blob_kind, compression, reserved, nonce = _HEADER.unpack(header)
+        if magic != fmt.BLOB_MAGIC:
+            raise FormatError(f"not a sealed blob (magic {magic!r})")
+        if version != fmt.FORMAT_VERSION:
+            raise FormatError(f"blob format version {version} is not supported "
+                              f"(this program reads version {fmt.FORMAT_VERSION})")
+        if blob_kind != kind:
+            raise IntegrityError(f"blob kind {blob_kind} where kind {kind} was expected")
+        if compression not in (fmt.COMPRESSION_NONE, fmt.COMPRESSION_ZSTD) or reserved:
+            raise FormatError(f"blob header has invalid compression {compression} "
+                              f"or reserved byte {reserved}")
+        try:
+            body = self._aead.decrypt(nonce, bytes(blob[fmt.BLOB_HEADER_SIZE:]), header + object_id)
+        except InvalidTag:
+            raise IntegrityError(
+                f"blob {object_id.hex()[:16]}… failed authentication: tampered, corrupted, "
+                "truncated, stored under another ID, or sealed with another key") from None
+        if compression == fmt.COMPRESSION_NONE:
+            return body
+        try:
+            return zstandard.ZstdDecompressor().decompress(
+                body, max_output_size=fmt.MAX_PLAINTEXT_SIZE)
+        except zstandard.ZstdError as exc:
+            # Authenticated but undecodable: written by a broken or hostile client.
+            raise FormatError(f"blob {object_id.hex()[:16]}… does not decompress: {exc}") from None
+
+    # --- blocks: the ID is derived from the content and re-checked on open
+
+    def seal_block(self, plaintext: bytes | memoryview) -> tuple[bytes, bytes | None]:
+        """Returns (chunk ID, blob); an all-zero block gives (ZERO_ID, None): never stored."""
+        if is_zero(plaintext):
+            return fmt.ZERO_ID, None
+        chunk_id = self.keys.chunk_id(plaintext)
+        return chunk_id, self.seal(fmt.BLOB_KIND_CHUNK, chunk_id, plaintext)
+
+    def open_block(self, chunk_id: bytes, blob: bytes | memoryview) -> bytes:
+        plaintext = self.open(fmt.BLOB_KIND_CHUNK, chunk_id, blob)
+        if not hmac.compare_digest(self.keys.chunk_id(plaintext), chunk_id):
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]}… decrypts to data with another ID")
+        return plaintext
+
+
+_ZERO_PAGE = bytes(64 * 1024)
+
+
+def is_zero(data: bytes | memoryview) -> bool:
+    """True when every byte is zero (compares against a zero buffer: runs at memcmp speed)."""
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), len(_ZERO_PAGE)):
+        part = view[start:start + len(_ZERO_PAGE)]
+        if part != _ZERO_PAGE[: len(part)]:
+            return False
+    return True

@@ -1,0 +1,87 @@
+"""One error hierarchy for every part of the product.
+
+Each error carries a message a sysadmin can act on and a stable process exit code, so
+scripts driving `cdp-agent`, `cdp-server` or `rescue` can tell failures apart.
+"""
+
+from __future__ import annotations
+
+
+class CdpError(Exception):
+    """Base class. `exit_code` is stable: scripts may rely on it."""
+
+    exit_code = 1
+
+
+class UsageError(CdpError):
+    """The command line, configuration or answers file is wrong."""
+
+    exit_code = 2
+
+
+class FormatError(CdpError):
+    """Bytes that do not follow docs/FORMAT.md: truncated, wrong magic, unknown version."""
+
+    exit_code = 3
+
+
+class IntegrityError(CdpError):
+    """Data failed authentication or its checksum: tampered, corrupted or swapped."""
+
+    exit_code = 4
+
+
+class WrongKeyError(CdpError):
+    """The passphrase or key does not open this repository's key."""
+
+    exit_code = 5
+
+
+class ServerError(CdpError):
+    """The CDP server refused or failed a request (the message carries its reason)."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFoundError(ServerError):
+    """Unknown host, point, chunk or page."""
+
+    exit_code = 7
+
+
+class AuthError(ServerError):
+    """Missing or bad token (401) or a token without the right role (403)."""
+
+    exit_code = 8
+
+
+class ConnectionFailed(ServerError):
+    """The server could not be reached, or the connection kept dropping."""
+
+    exit_code = 9
+
+
+class CommandFailed(CdpError):
+    """An external tool (lvm, sfdisk, blkid, mkfs, ...) failed."""
+
+    exit_code = 10
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-5:]
+        super().__init__(
+            f"command failed (exit {returncode}): {' '.join(argv)}"
+            + (": " + " | ".join(tail) if tail else "")
+        )
+
+
+class SafetyError(CdpError):
+    """A destructive action was refused: wrong disk, mounted disk, rescue medium, too small."""
+
+    exit_code = 11

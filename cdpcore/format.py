@@ -1,0 +1,50 @@
+"""Format constants of repository version 1. docs/FORMAT.md is the specification;
+every byte-level constant lives here, once."""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+
+#: Default volume block size. Chosen by measurement (docs/FORMAT.md, "Block size"):
+#: scattered 4 KiB writes cost one block each, so smaller is cheaper to upload and store,
+#: while each block costs a 32-byte index entry, a catalog row and a blob header.
+DEFAULT_BLOCK_SIZE = 16 * 1024
+MIN_BLOCK_SIZE = 4 * 1024
+MAX_BLOCK_SIZE = 4 * 1024 * 1024
+
+ID_SIZE = 32
+#: The ID of an all-zero block, and of an index page whose entries are all zero IDs.
+#: Such blocks and pages are never stored.
+ZERO_ID = bytes(ID_SIZE)
+
+# --- sealed blobs (chunks, manifests): magic || version || kind || compression || reserved || nonce
+BLOB_MAGIC = b"CDPB"
+BLOB_KIND_CHUNK = 1
+BLOB_KIND_MANIFEST = 2
+BLOB_KIND_LAYOUT = 3
+BLOB_KINDS = (BLOB_KIND_CHUNK, BLOB_KIND_MANIFEST, BLOB_KIND_LAYOUT)
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+BLOB_HEADER_SIZE = 4 + 1 + 1 + 1 + 1 + NONCE_SIZE  # 20
+BLOB_OVERHEAD = BLOB_HEADER_SIZE + TAG_SIZE  # 36
+#: zstd level: level 1 compresses at several hundred MB/s per core (bench/pipeline.py).
+ZSTD_LEVEL = 1
+#: Refuse to decompress anything claiming to be larger than this (zip-bomb guard).
+MAX_PLAINTEXT_SIZE = MAX_BLOCK_SIZE
+
+# --- index pages: magic || version || level || count || entries
+PAGE_MAGIC = b"CDPI"
+PAGE_HEADER_SIZE = 4 + 1 + 1 + 2  # 8
+#: Entries per index page. 256 x 32 bytes = 8 KiB pages: a scattered write rewrites one
+#: leaf page (8 KiB) plus one page per level above it.
+PAGE_FANOUT = 256
+MAX_TREE_HEIGHT = 8
+
+# --- wrapped key file
+KEY_FILE_VERSION = 1
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+MASTER_KEY_SIZE = 64  # 32 bytes AES-256-GCM key || 32 bytes chunk-ID MAC key

@@ -1,0 +1,145 @@
+"""The repository master key: creation, wrapping by a passphrase, printable recovery keys
+(docs/FORMAT.md, "Keys").
+
+The master key is 64 random bytes (see KeySet). It is stored on the server only wrapped:
+AES-256-GCM under a key derived from the passphrase with scrypt, so that a sysadmin in the
+rescue environment needs nothing but the passphrase. It can also be exported as a
+printable recovery key, which opens the repository without the key file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from . import format as fmt
+from .crypto import KeySet
+from .errors import FormatError, WrongKeyError
+
+_WRAP_AAD = b"cdp-master-key-v1"
+_CHECK_LABEL = b"cdp-key-check-v1"
+_RECOVERY_PREFIX = "CDP1"
+
+
+def new_master_key() -> bytes:
+    return os.urandom(fmt.MASTER_KEY_SIZE)
+
+
+def key_check(master: bytes) -> str:
+    """A short public fingerprint that tells whether a key belongs to a repository,
+    without revealing anything about the key."""
+    return hmac.digest(KeySet.from_master(master).id_key, _CHECK_LABEL, "sha256")[:16].hex()
+
+
+def _kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """The key file: the master key wrapped by a passphrase. Safe to store on the server."""
+
+    salt: bytes
+    nonce: bytes
+    wrapped: bytes
+    check: str
+    n: int = fmt.SCRYPT_N
+    r: int = fmt.SCRYPT_R
+    p: int = fmt.SCRYPT_P
+
+    @classmethod
+    def create(cls, master: bytes, passphrase: str, *, n: int = fmt.SCRYPT_N) -> WrappedKey:
+        if not passphrase:
+            raise WrongKeyError("the key passphrase must not be empty")
+        salt, nonce = os.urandom(16), os.urandom(fmt.NONCE_SIZE)
+        kek = _kek(passphrase, salt, n, fmt.SCRYPT_R, fmt.SCRYPT_P)
+        wrapped = AESGCM(kek).encrypt(nonce, master, _WRAP_AAD)
+        return cls(salt=salt, nonce=nonce, wrapped=wrapped, check=key_check(master), n=n)
+
+    def unwrap(self, passphrase: str) -> bytes:
+        kek = _kek(passphrase, self.salt, self.n, self.r, self.p)
+        try:
+            master = AESGCM(kek).decrypt(self.nonce, self.wrapped, _WRAP_AAD)
+        except InvalidTag:
+            raise WrongKeyError("wrong passphrase (or the key file was altered)") from None
+        if key_check(master) != self.check:
+            raise WrongKeyError("key file is inconsistent: its check value does not match its key")
+        return master
+
+    def to_json(self) -> dict[str, Any]:
+        b64 = base64.b64encode
+        return {
+            "version": fmt.KEY_FILE_VERSION,
+            "kdf": {"name": "scrypt", "n": self.n, "r": self.r, "p": self.p,
+                    "salt": b64(self.salt).decode()},
+            "cipher": "aes-256-gcm",
+            "nonce": b64(self.nonce).decode(),
+            "wrapped": b64(self.wrapped).decode(),
+            "check": self.check,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> WrappedKey:
+        try:
+            if doc["version"] != fmt.KEY_FILE_VERSION:
+                raise FormatError(f"key file version {doc['version']} is not supported")
+            kdf = doc["kdf"]
+            if kdf["name"] != "scrypt" or doc["cipher"] != "aes-256-gcm":
+                raise FormatError(f"key file uses unknown kdf/cipher {kdf['name']}/{doc['cipher']}")
+            n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+            # Bounds keep a hostile key file from making us allocate gigabytes.
+            if not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16) or n & (n - 1):
+                raise FormatError(f"key file has out-of-range scrypt parameters n={n} r={r} p={p}")
+            wrapped = base64.b64decode(doc["wrapped"], validate=True)
+            nonce = base64.b64decode(doc["nonce"], validate=True)
+            salt = base64.b64decode(kdf["salt"], validate=True)
+            check = str(doc["check"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"malformed key file: {exc!r}") from None
+        if len(nonce) != fmt.NONCE_SIZE or len(wrapped) != fmt.MASTER_KEY_SIZE + fmt.TAG_SIZE:
+            raise FormatError("malformed key file: wrong nonce or wrapped-key length")
+        return cls(salt=salt, nonce=nonce, wrapped=wrapped, check=check, n=n, r=r, p=p)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    @classmethod
+    def loads(cls, text: str) -> WrappedKey:
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise FormatError(f"key file is not JSON: {exc}") from None
+        return cls.from_json(doc)
+
+
+def recovery_key(master: bytes) -> str:
+    """Printable form: CDP1-XXXXX-XXXXX-... (base32 of key || 4-byte SHA-256 checksum)."""
+    body = base64.b32encode(master + hashlib.sha256(master).digest()[:4]).decode().rstrip("=")
+    groups = [body[i:i + 5] for i in range(0, len(body), 5)]
+    return "-".join([_RECOVERY_PREFIX, *groups])
+
+
+def parse_recovery_key(text: str) -> bytes:
+    cleaned = "".join(text.split()).upper().replace("-", "")
+    if not cleaned.startswith(_RECOVERY_PREFIX):
+        raise FormatError("not a recovery key: it must start with CDP1-")
+    body = cleaned[len(_RECOVERY_PREFIX):]
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except ValueError:
+        raise FormatError("recovery key contains characters outside A-Z and 2-7") from None
+    if len(raw) != fmt.MASTER_KEY_SIZE + 4:
+        raise FormatError(f"recovery key has the wrong length ({len(body)} characters)")
+    master, checksum = raw[:-4], raw[-4:]
+    if hashlib.sha256(master).digest()[:4] != checksum:
+        raise FormatError("recovery key checksum mismatch: a character was mistyped")
+    return master

@@ -1,0 +1,132 @@
+"""Recovery points: the volume records the server sees, and the sealed manifest only the
+key holder can read (docs/FORMAT.md, "Recovery points")."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import format as fmt
+from .crypto import BlobCodec
+from .errors import FormatError, IntegrityError
+from .index import Geometry
+from .layout import Layout
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+/-]{0,127}$")
+_POINT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Host and volume names: short, printable, no path tricks (no '..', no leading '/')."""
+    if not _NAME.match(name) or ".." in name:
+        raise FormatError(f"invalid {kind} name {name!r}: use letters, digits and ._:+/- "
+                          "(at most 128, no '..')")
+    return name
+
+
+def new_point_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_point_id(point_id: str) -> str:
+    if not _POINT_ID.match(point_id):
+        raise FormatError(f"invalid point ID {point_id!r}: 32 lower-case hex digits expected")
+    return point_id
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """One protected volume in a point: its size and the root of its block index."""
+
+    name: str
+    size: int
+    block_size: int
+    root: str  # hex page ID (64 zeros: an all-zero volume)
+    height: int
+
+    def __post_init__(self) -> None:
+        check_name("volume", self.name)
+        if self.height != self.geometry.height:
+            raise FormatError(f"volume {self.name}: height {self.height} does not match "
+                              f"its size ({self.geometry.height} expected)")
+        if len(self.root) != 2 * fmt.ID_SIZE or self.root.strip("0123456789abcdef"):
+            raise FormatError(f"volume {self.name}: root is not a 64-digit hex ID")
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(size=self.size, block_size=self.block_size)
+
+    @property
+    def root_id(self) -> bytes:
+        return bytes.fromhex(self.root)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> VolumeRecord:
+        try:
+            return cls(name=str(doc["name"]), size=int(doc["size"]),
+                       block_size=int(doc["block_size"]), root=str(doc["root"]),
+                       height=int(doc["height"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"malformed volume record: {exc!r}") from None
+
+
+@dataclass
+class Manifest:
+    """Everything about a point; sealed with the repository key before it leaves the host."""
+
+    host: str
+    point_id: str
+    created: float  # Unix time at which the snapshot was taken
+    volumes: list[VolumeRecord]
+    layout: Layout
+    tracking: dict[str, Any] = field(default_factory=dict)  # mode, generation, full_scan
+    parent: str | None = None
+    version: int = fmt.FORMAT_VERSION
+
+    def aad(self) -> bytes:
+        return manifest_aad(self.host, self.point_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "host": self.host, "point_id": self.point_id,
+            "created": self.created, "parent": self.parent, "tracking": self.tracking,
+            "volumes": [asdict(v) for v in self.volumes], "layout": self.layout.to_json(),
+        }
+
+    def seal(self, codec: BlobCodec) -> bytes:
+        body = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return codec.seal(fmt.BLOB_KIND_MANIFEST, self.aad(), body)
+
+    @classmethod
+    def open(cls, codec: BlobCodec, host: str, point_id: str, blob: bytes,
+             volumes: list[VolumeRecord] | None = None) -> Manifest:
+        """Decrypt a point's manifest. With `volumes` (what the server listed), check that
+        the server's records are exactly the sealed ones: a server cannot swap roots."""
+        body = codec.open(fmt.BLOB_KIND_MANIFEST, manifest_aad(host, point_id), blob)
+        try:
+            doc = json.loads(body)
+            if doc["version"] != fmt.FORMAT_VERSION:
+                raise FormatError(f"manifest version {doc['version']} is not supported")
+            manifest = cls(
+                host=str(doc["host"]), point_id=str(doc["point_id"]),
+                created=float(doc["created"]), parent=doc.get("parent"),
+                tracking=dict(doc.get("tracking") or {}),
+                volumes=[VolumeRecord.from_json(v) for v in doc["volumes"]],
+                layout=Layout.from_json(doc["layout"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"malformed manifest: {exc!r}") from None
+        if manifest.host != host or manifest.point_id != point_id:
+            raise IntegrityError("manifest belongs to another host or point")
+        if volumes is not None and sorted(volumes, key=lambda v: v.name) != sorted(
+                manifest.volumes, key=lambda v: v.name):
+            raise IntegrityError(f"server's volume records for point {point_id} differ from "
+                                 "the sealed manifest")
+        return manifest
+
+
+def manifest_aad(host: str, point_id: str) -> bytes:
+    return f"cdp-manifest/{host}/{point_id}".encode()

@@ -1,0 +1,57 @@
+"""The binary record stream used to upload and fetch many chunks or pages in one HTTP
+request (docs/FORMAT.md, "Object batches"):
+
+    record = id (32) || sha256(blob) (32) || length (u32, big-endian) || blob (length)
+
+The checksum lets the server reject a blob damaged in transit or by a broken client
+without holding the key, and is what it stores to verify the blob at rest later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator
+
+from . import format as fmt
+from .errors import FormatError, IntegrityError
+
+_RECORD = struct.Struct(">32s32sI")
+RECORD_HEADER_SIZE = _RECORD.size  # 68
+#: Largest blob a record may carry: a maximal block, uncompressible, plus blob overhead.
+MAX_RECORD_BLOB = fmt.MAX_BLOCK_SIZE + fmt.BLOB_OVERHEAD
+
+
+def encode_record(object_id: bytes, blob: bytes) -> bytes:
+    return _RECORD.pack(object_id, hashlib.sha256(blob).digest(), len(blob)) + blob
+
+
+def encode_records(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(encode_record(oid, blob) for oid, blob in items)
+
+
+def decode_records(data: bytes | memoryview, *, max_count: int = 1 << 20,
+                   ) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Yield (id, checksum, blob) and check each blob against its checksum. Raises
+    FormatError on truncation or absurd lengths, IntegrityError on a checksum mismatch."""
+    view = memoryview(data)
+    offset = count = 0
+    while offset < len(view):
+        if len(view) - offset < RECORD_HEADER_SIZE:
+            raise FormatError(f"record stream truncated in a header at byte {offset}")
+        object_id, checksum, length = _RECORD.unpack_from(view, offset)
+        offset += RECORD_HEADER_SIZE
+        if length > MAX_RECORD_BLOB:
+            raise FormatError(f"record {object_id.hex()[:16]}… claims {length} bytes, more "
+                              f"than the {MAX_RECORD_BLOB}-byte maximum")
+        if len(view) - offset < length:
+            raise FormatError(f"record {object_id.hex()[:16]}… truncated: {length} bytes "
+                              f"announced, {len(view) - offset} present")
+        blob = bytes(view[offset:offset + length])
+        offset += length
+        if hashlib.sha256(blob).digest() != checksum:
+            raise IntegrityError(f"record {object_id.hex()[:16]}… does not match its checksum")
+        count += 1
+        if count > max_count:
+            raise FormatError(f"record stream has more than {max_count} records")
+        yield object_id, checksum, blob
