@@ -133,12 +133,14 @@ def parse_recovery_key(text: str) -> bytes:
     if not cleaned.startswith(_RECOVERY_PREFIX):
         raise FormatError("not a recovery key: it must start with CDP1-")
     body = cleaned[len(_RECOVERY_PREFIX):]
+    expected = -(-(fmt.MASTER_KEY_SIZE + 4) * 8 // 5)
+    if len(body) != expected:
+        raise FormatError(f"recovery key has the wrong length ({len(body)} characters "
+                          f"after CDP1-, {expected} expected)")
     try:
         raw = base64.b32decode(body + "=" * (-len(body) % 8))
     except ValueError:
         raise FormatError("recovery key contains characters outside A-Z and 2-7") from None
-    if len(raw) != fmt.MASTER_KEY_SIZE + 4:
-        raise FormatError(f"recovery key has the wrong length ({len(body)} characters)")
     master, checksum = raw[:-4], raw[-4:]
     if hashlib.sha256(master).digest()[:4] != checksum:
         raise FormatError("recovery key checksum mismatch: a character was mistyped")

@@ -1,0 +1,86 @@
+"""Format compatibility: the committed repository tests/fixtures/repo-v1, written by format
+version 1, must read back exactly. If this fails, a change broke old recovery points."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from cdpcore import format as fmt
+from cdpcore import index as ix
+from cdpcore.crypto import BlobCodec, KeySet
+from cdpcore.errors import IntegrityError
+from cdpcore.keys import WrappedKey
+from cdpcore.manifest import Manifest, VolumeRecord
+
+REPO = Path(__file__).parent.parent / "fixtures" / "repo-v1"
+
+
+class DirPages:
+    def get_pages(self, page_ids: list[bytes]) -> Mapping[bytes, bytes]:
+        return {p: (REPO / "pages" / p.hex()).read_bytes() for p in page_ids}
+
+
+def open_repo() -> tuple[BlobCodec, dict[str, object]]:
+    expected = json.loads((REPO / "expected.json").read_text())
+    master = WrappedKey.loads((REPO / "key.json").read_text()).unwrap(expected["passphrase"])
+    return BlobCodec(KeySet.from_master(master)), expected
+
+
+def restore(codec: BlobCodec, point_id: str) -> tuple[Manifest, bytes]:
+    doc = json.loads((REPO / "points" / f"{point_id}.json").read_text())
+    volumes = [VolumeRecord.from_json(v) for v in doc["volumes"]]
+    manifest = Manifest.open(codec, "fixture", point_id, base64.b64decode(doc["manifest"]),
+                             volumes=volumes)
+    (volume,) = manifest.volumes
+    geometry = volume.geometry
+    out = bytearray()
+    for block, chunk_id in ix.iter_block_ids(geometry, DirPages(), volume.root_id):
+        if chunk_id == fmt.ZERO_ID:
+            out += bytes(geometry.block_length(block))
+        else:
+            out += codec.open_block(chunk_id, (REPO / "chunks" / chunk_id.hex()).read_bytes())
+    return manifest, bytes(out)
+
+
+@pytest.mark.parametrize("point_id", ["00000000000000000000000000000001",
+                                      "00000000000000000000000000000002"])
+def test_fixture_points_read_back_exactly(point_id: str) -> None:
+    codec, expected = open_repo()
+    manifest, data = restore(codec, point_id)
+    assert hashlib.sha256(data).hexdigest() == expected["volume_sha256"][point_id]  # type: ignore[index]
+    part = manifest.layout.disk("vda").partition(1)
+    assert part.guid == "9d3a1c2b-1111-4222-8333-944455556666"
+    assert part.filesystem is not None and part.filesystem.uuid == "1b2c3d4e-aaaa-4bbb-8ccc-ddddeeeeffff"
+    assert manifest.layout.disk("vda").disk_guid == "5b1f4a8e-7c1d-4c55-9a3e-0e4a0b8c1d01"
+
+
+def test_second_point_shares_unchanged_pages_and_chunks() -> None:
+    codec, _ = open_repo()
+    first, _ = restore(codec, "00000000000000000000000000000001")
+    second, _ = restore(codec, "00000000000000000000000000000002")
+    assert second.parent == first.point_id
+    assert first.volumes[0].root != second.volumes[0].root
+
+
+def test_manifest_cannot_be_moved_to_another_point() -> None:
+    codec, _ = open_repo()
+    doc = json.loads((REPO / "points" / "00000000000000000000000000000001.json").read_text())
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        Manifest.open(codec, "fixture", "00000000000000000000000000000002",
+                      base64.b64decode(doc["manifest"]))
+
+
+def test_server_cannot_swap_volume_roots() -> None:
+    codec, _ = open_repo()
+    one = json.loads((REPO / "points" / "00000000000000000000000000000001.json").read_text())
+    two = json.loads((REPO / "points" / "00000000000000000000000000000002.json").read_text())
+    with pytest.raises(IntegrityError, match="differ from the sealed manifest"):
+        Manifest.open(codec, "fixture", "00000000000000000000000000000001",
+                      base64.b64decode(one["manifest"]),
+                      volumes=[VolumeRecord.from_json(v) for v in two["volumes"]])

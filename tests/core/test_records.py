@@ -1,0 +1,49 @@
+"""The binary record stream of batch uploads and fetches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdpcore import records
+from cdpcore.errors import FormatError, IntegrityError
+
+
+def test_round_trip() -> None:
+    items = [(os.urandom(32), os.urandom(n)) for n in (0, 1, 5000)]
+    decoded = list(records.decode_records(records.encode_records(items)))
+    assert [(i, b) for i, _, b in decoded] == items
+
+
+def test_damage_and_truncation() -> None:
+    data = bytearray(records.encode_records([(bytes(32), b"payload" * 10)]))
+    with pytest.raises(FormatError, match="truncated in a header"):
+        list(records.decode_records(data[:40]))
+    with pytest.raises(FormatError, match="70 bytes announced, 69 present"):
+        list(records.decode_records(data[:-1]))
+    data[-1] ^= 1
+    with pytest.raises(IntegrityError, match="does not match its checksum"):
+        list(records.decode_records(data))
+
+
+def test_absurd_length_refused_before_reading() -> None:
+    header = bytes(64) + (2**31).to_bytes(4, "big")
+    with pytest.raises(FormatError, match="claims 2147483648 bytes"):
+        list(records.decode_records(header))
+
+
+def test_record_count_limit() -> None:
+    data = records.encode_records([(bytes(32), b"")] * 3)
+    with pytest.raises(FormatError, match="more than 2 records"):
+        list(records.decode_records(data, max_count=2))
+
+
+@given(st.binary(max_size=300))
+def test_garbage_never_crashes(data: bytes) -> None:
+    try:
+        list(records.decode_records(data))
+    except (FormatError, IntegrityError):
+        pass
