@@ -1,0 +1,1 @@
+"""Benchmarks: rerunnable measurements behind every performance figure in BENCHMARKS.md."""
