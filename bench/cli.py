@@ -1,0 +1,122 @@
+"""Command line of the side-by-side benchmark (`python -m bench --help`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from cdpcore.errors import CdpError
+
+from . import peers
+from .run import Settings, benchmark, finish
+from .workload import parse_size
+
+START = "<!-- bench:results:start -->"
+END = "<!-- bench:results:end -->"
+TOOLS = ("cdp", "restic", "borg")
+
+
+def update_doc(doc_path: Path, table: str, doc: dict[str, object]) -> None:
+    """Replace the results block of BENCHMARKS.md (between the markers) with `table`."""
+    text = doc_path.read_text() if doc_path.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        raise CdpError(f"{doc_path} has no results block ({START} ... {END})")
+    block = (f"{START}\nLatest run: {doc['started']}, `{doc['command']}`, "
+             f"{doc['duration_s']} s in all.\n\nMachine: {_machine(doc)}\n\n{table}{END}")
+    doc_path.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block,
+                               text, flags=re.S))
+
+
+def _machine(doc: dict[str, object]) -> str:
+    m = doc["machine"]
+    assert isinstance(m, dict)
+    versions = doc.get("versions", {})
+    assert isinstance(versions, dict)
+    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, kernel "
+            f"{m['kernel']}, Python {m['python']}, work directory on {m['work_fs']}; "
+            + "; ".join(str(v) for v in versions.values()))
+
+
+@click.command()
+@click.option("--size", default="2G", show_default=True,
+              help="Workload image size (use e.g. 64M for a smoke run).")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1),
+              help="Runs per tool; figures are medians with min-max.")
+@click.option("--series-size", default="256M", show_default=True,
+              help="Image size of the 60-point series.")
+@click.option("--series-points", default=60, show_default=True, type=click.IntRange(0),
+              help="Points in the series (0: skip it).")
+@click.option("--empty-size", default="1T", show_default=True,
+              help="Sparse volume size for the empty-point cost (this project only).")
+@click.option("--tools", default=",".join(TOOLS), show_default=True,
+              help="Comma-separated subset of cdp,restic,borg (the limit always runs).")
+@click.option("--work", default="/var/tmp/cdp-bench", show_default=True,
+              type=click.Path(file_okay=False), help="Scratch and cache directory.")
+@click.option("--doc", default="BENCHMARKS.md", show_default=True,
+              help="Markdown file whose results block is replaced; '' to leave it alone.")
+@click.option("--json", "json_out", default="", help="Also write the JSON document here.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step.")
+def main(size: str, runs: int, series_size: str, series_points: int, empty_size: str,
+         tools: str, work: str, doc: str, json_out: str, verbose: bool) -> None:
+    """Benchmark this project side by side with restic and borg and the cat/dd limit:
+    full and incremental backup time, peak memory, repository growth, restore time with
+    a byte-for-byte check, a series of points, and the empty-point cost. Prints the
+    Markdown table; results (JSON and Markdown) are kept under --work/results."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(message)s", stream=sys.stderr)
+    names = [t.strip() for t in tools.split(",") if t.strip()]
+    unknown = set(names) - set(TOOLS)
+    if unknown:
+        raise click.BadParameter(f"unknown tools {sorted(unknown)}; choose from {TOOLS}",
+                                 param_hint="--tools")
+    settings = Settings(size=parse_size(size), runs=runs, series_size=parse_size(series_size),
+                        series_points=series_points, empty_size=parse_size(empty_size),
+                        work=Path(work))
+    try:
+        versions = peers.ensure_installed()
+        chosen = make_tools(names)
+        result = benchmark(settings, chosen, extra={"versions": versions})
+        if "cdp" in names:
+            from .ours import empty_point
+
+            try:
+                result["empty_point"] = empty_point(settings.work / "scratch-empty",
+                                                    settings.empty_size)
+            except CdpError as exc:
+                result["errors"].append(f"empty point: {exc}")
+    except CdpError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    table = finish(result)
+    out_dir = Path(work) / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"bench-{stamp}.md").write_text(table)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=1))
+    if doc:
+        update_doc(Path(doc), table, result)
+    click.echo(table)
+    if result["errors"]:
+        click.echo("errors:\n" + "\n".join(f"- {e}" for e in result["errors"]), err=True)
+        sys.exit(1)
+
+
+def make_tools(names: list[str]) -> list[peers.Tool]:
+    chosen: list[peers.Tool] = []
+    if "cdp" in names:
+        from .ours import cdp_tools
+
+        chosen += cdp_tools()
+    if "restic" in names:
+        chosen.append(peers.Restic())
+    if "borg" in names:
+        chosen.append(peers.Borg())
+    return chosen

@@ -1,0 +1,212 @@
+"""This project's side of the benchmark: a real CDP server process (the `cdp-server` CLI,
+HTTPS on 127.0.0.1), the agent and the restore stream each run as a measured process
+(bench.agent_run). Two tools: `cdp-scan` (the agent reads and hashes every block) and
+`cdp-tracking` (the agent is handed the exact changed ranges), the latter only when the
+agent's backup() accepts such a list."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdpcore import runcmd
+from cdpcore.api import Role
+from cdpcore.errors import CdpError
+from cdpcore.keys import new_master_key
+
+from .measure import DirSize, Sample, dir_size, process_cpu, process_peak_rss_kib, timed
+
+HOST = "benchhost"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_cmd() -> list[str]:
+    return [sys.executable, "-m", "cdp_server"]
+
+
+@dataclass
+class Server:
+    """A `cdp-server` process with a fresh data directory and a self-signed certificate."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    ca: str = ""
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def start(self) -> None:
+        certs = self.root / "certs"
+        runcmd.run([*_server_cmd(), "init", "--data", str(self.data)])
+        runcmd.run([*_server_cmd(), "cert", "--out", str(certs), "--name", "127.0.0.1"])
+        out = runcmd.run_text([*_server_cmd(), "host", "add", HOST, "--data", str(self.data),
+                               "--json"])
+        self.tokens = {str(k): v for k, v in json.loads(out)["tokens"].items()}
+        port = _free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        self.ca = str(certs / "cert.pem")
+        log = open(self.root / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
+        self.proc = subprocess.Popen(
+            [*_server_cmd(), "serve", "--data", str(self.data), "--listen", f"127.0.0.1:{port}",
+             "--cert", str(certs / "cert.pem"), "--key", str(certs / "key.pem"),
+             "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self._wait()
+
+    def _wait(self) -> None:
+        from cdpcore.client import CdpClient
+
+        client = CdpClient(self.url, self.tokens[Role.agent], ca_path=self.ca, retries=0)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise CdpError(f"cdp-server exited with {self.proc.returncode}; see "
+                               f"{self.root / 'server.log'}")
+            try:
+                client.health()
+                return
+            except CdpError:
+                if time.monotonic() > deadline:
+                    raise CdpError("cdp-server did not answer within 30 s") from None
+                time.sleep(0.1)
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return process_cpu(self.proc.pid)
+
+    def peak_rss_kib(self) -> int:
+        assert self.proc is not None
+        return process_peak_rss_kib(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class CdpTool:
+    """This project as one side of the comparison (see bench.peers.Tool)."""
+
+    name: str
+    tracking: bool
+    server: Server | None = None
+    settings: Path = Path()
+    server_rss_kib: int = 0
+
+    def setup(self, work: Path) -> None:
+        self.close()
+        self.server_rss_kib = 0
+        self.server = Server(work / "server")
+        self.server.root.mkdir(parents=True)
+        self.server.start()
+        self.settings = work / "agent.json"
+        self.settings.write_text(json.dumps({
+            "url": self.server.url, "token": self.server.tokens[Role.agent],
+            "ca": self.server.ca, "host": HOST, "master_hex": new_master_key().hex(),
+            "state_dir": str(work / "agent-state")}))
+        os.chmod(self.settings, 0o600)
+
+    def _step(self, *args: str) -> Sample:
+        assert self.server is not None
+        before = self.server.cpu()
+        sample = timed([sys.executable, "-m", "bench.agent_run", *args], cwd=_repo_root())
+        sample.extra_cpu = self.server.cpu() - before
+        return sample
+
+    def backup(self, image: Path, changed: list[tuple[int, int]] | None = None) -> Sample:
+        if self.tracking and changed is not None:
+            ranges = self.settings.with_name("changed.json")
+            ranges.write_text(json.dumps(changed))
+            return self._step("backup", str(self.settings), str(image), "--changed",
+                              str(ranges))
+        return self._step("backup", str(self.settings), str(image))
+
+    def restore(self, into: Path) -> tuple[Sample, Path]:
+        into.mkdir(parents=True, exist_ok=True)
+        dest = into / "restored.img"
+        return self._step("restore", str(self.settings), str(dest)), dest
+
+    def repo(self) -> DirSize:
+        assert self.server is not None
+        return dir_size(self.server.data)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server_rss_kib = max(self.server_rss_kib, self.server.peak_rss_kib()
+                                      if self.server.proc else 0)
+            self.server.stop()
+            self.server = None
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def cdp_tools() -> list[CdpTool]:
+    from .agent_run import tracking_parameter
+
+    tools = [CdpTool("cdp-scan", tracking=False)]
+    if tracking_parameter() is not None:
+        tools.append(CdpTool("cdp-tracking", tracking=True))
+    return tools
+
+
+def empty_point(work: Path, size: int) -> dict[str, Any]:
+    """Repository growth of a point with nothing changed on a `size`-byte sparse volume
+    holding a little data. Uses change tracking with an empty change list when the agent
+    has it; otherwise the agent must read the whole volume (about 0.45 GB/s for holes on
+    this machine), so the size is capped at 16 GiB and the note says so."""
+    from .agent_run import tracking_parameter
+
+    tracking = tracking_parameter() is not None
+    note = "agent given an empty change list" if tracking else "scan mode"
+    if not tracking and size > 16 << 30:
+        note = (f"scan mode on 16 GiB instead of {size / 2**40:.3g} TiB: without a change "
+                "list the agent reads every hole, which would take about 40 min per TiB here; "
+                "an unchanged point adds only its manifest and catalog row, whatever the size")
+        size = 16 << 30
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    volume = work / "sparse.img"
+    with open(volume, "wb") as f:
+        f.truncate(size)
+        for i in range(16):  # a little data spread over the volume
+            f.seek(size // 16 * i)
+            f.write(os.urandom(1 << 20))
+    tool = CdpTool("cdp-empty", tracking=tracking)
+    try:
+        tool.setup(work)
+        tool.backup(volume)
+        before = tool.repo()
+        sample = tool.backup(volume, changed=[] if tracking else None)
+        after = tool.repo()
+    finally:
+        tool.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"volume_size": size, "bytes": after.apparent - before.apparent,
+            "allocated_bytes": after.allocated - before.allocated, "wall_s": sample.wall,
+            "note": note}

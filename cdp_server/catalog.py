@@ -1,0 +1,312 @@
+"""The catalog: hosts, tokens, which pack holds which object, and the recovery points.
+
+SQLite in WAL mode with synchronous=FULL: a committed transaction survives kill -9 and
+power loss. One connection per thread; writers are serialised by a lock (SQLite allows
+one writer anyway, and waiting on a Python lock beats spinning on SQLITE_BUSY).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdpcore.api import ObjectKind, Retention, Role
+
+from .errors import Conflict, StorageFull
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts(
+    name TEXT PRIMARY KEY, created REAL NOT NULL, key TEXT, retention TEXT);
+CREATE TABLE IF NOT EXISTS tokens(
+    hash TEXT PRIMARY KEY, role TEXT NOT NULL, host TEXT);
+-- A pack is registered 'pending' before its file is written and becomes 'done' in the
+-- transaction that adds its objects: a crash leaves a pending row, never an unknown file.
+CREATE TABLE IF NOT EXISTS packs(
+    name TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects(
+    host TEXT NOT NULL, kind TEXT NOT NULL, id BLOB NOT NULL, pack TEXT NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, sha256 BLOB NOT NULL,
+    seen REAL NOT NULL, damaged INTEGER NOT NULL DEFAULT 0,
+    -- pages only: the whole subtree below was present when a commit walked it
+    complete INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(host, kind, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_pack ON objects(pack);
+CREATE TABLE IF NOT EXISTS points(
+    host TEXT NOT NULL, point_id TEXT NOT NULL, created REAL NOT NULL,
+    committed REAL NOT NULL, parent TEXT, size INTEGER NOT NULL, stats TEXT NOT NULL,
+    pinned INTEGER NOT NULL DEFAULT 0, verify TEXT NOT NULL DEFAULT 'unverified',
+    volumes TEXT NOT NULL, manifest TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY(host, point_id));
+CREATE INDEX IF NOT EXISTS points_created ON points(host, created, point_id);
+"""
+
+_POINT_JSON = """json_object('point_id', point_id, 'host', host, 'created', created,
+    'committed', committed, 'parent', parent, 'size', size, 'stats', json(stats),
+    'pinned', json(CASE WHEN pinned THEN 'true' ELSE 'false' END), 'verify', verify)"""
+
+
+@dataclass(frozen=True)
+class Location:
+    pack: str
+    offset: int
+    length: int
+    sha256: bytes
+    damaged: bool
+    complete: bool
+
+
+@dataclass(frozen=True)
+class PointRow:
+    host: str
+    point_id: str
+    created: float
+    committed: float
+    parent: str | None
+    size: int
+    stats: str  # JSON of PointStats
+    pinned: bool
+    verify: str
+    volumes: str  # JSON list of VolumeWire
+    manifest: str
+    digest: str  # hash of the commit request: tells a retry from a conflict
+
+
+class SqliteCatalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            # executescript commits on its own: no surrounding transaction.
+            self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=60,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it is visible, or none of it."""
+        db = self._db()
+        with self._write_lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    raise StorageFull(f"the catalog's disk is full: {exc}") from None
+                raise
+
+    def read(self) -> sqlite3.Connection:
+        return self._db()
+
+    # --- hosts and tokens
+
+    def add_token(self, token_hash: str, role: Role, host: str | None) -> None:
+        with self.write() as db:
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))
+
+    def create_host(self, name: str, token_hashes: dict[Role, str]) -> None:
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"host {name!r} already exists")
+            db.execute("INSERT INTO hosts(name, created) VALUES (?, ?)", (name, time.time()))
+            db.executemany("INSERT INTO tokens VALUES (?, ?, ?)",
+                           [(h, role.value, name) for role, h in token_hashes.items()])
+
+    def token(self, token_hash: str) -> tuple[Role, str | None] | None:
+        row = self.read().execute("SELECT role, host FROM tokens WHERE hash = ?",
+                                  (token_hash,)).fetchone()
+        return None if row is None else (Role(row[0]), row[1])
+
+    def host_exists(self, name: str) -> bool:
+        return self.read().execute("SELECT 1 FROM hosts WHERE name = ?",
+                                   (name,)).fetchone() is not None
+
+    def host_names(self) -> list[str]:
+        return [r[0] for r in self.read().execute("SELECT name FROM hosts ORDER BY name")]
+
+    def host_summary(self, name: str) -> tuple[int, float | None, bool]:
+        """(points, newest point's created time, has a key)."""
+        db = self.read()
+        count, latest = db.execute("SELECT count(*), max(created) FROM points WHERE host = ?",
+                                   (name,)).fetchone()
+        key = db.execute("SELECT key IS NOT NULL FROM hosts WHERE name = ?",
+                         (name,)).fetchone()
+        return int(count), latest, bool(key and key[0])
+
+    def get_key(self, host: str) -> str | None:
+        row = self.read().execute("SELECT key FROM hosts WHERE name = ?", (host,)).fetchone()
+        return None if row is None else row[0]
+
+    def put_key(self, host: str, key: str) -> bool:
+        """True if stored now, False if the same key was there; Conflict if another one is."""
+        with self.write() as db:
+            (old,) = db.execute("SELECT key FROM hosts WHERE name = ?", (host,)).fetchone()
+            if old is None:
+                db.execute("UPDATE hosts SET key = ? WHERE name = ?", (key, host))
+                return True
+        if json.loads(old) != json.loads(key):
+            raise Conflict(f"host {host!r} already has a different key; keys are never "
+                           "overwritten")
+        return False
+
+    def retention(self, host: str) -> Retention:
+        row = self.read().execute("SELECT retention FROM hosts WHERE name = ?",
+                                  (host,)).fetchone()
+        return Retention.model_validate_json(row[0]) if row and row[0] else Retention()
+
+    def set_retention(self, host: str, retention: Retention) -> None:
+        with self.write() as db:
+            db.execute("UPDATE hosts SET retention = ? WHERE name = ?",
+                       (retention.model_dump_json(), host))
+
+    # --- objects
+
+    def locate(self, host: str, kind: ObjectKind, ids: Iterable[bytes],
+               ) -> dict[bytes, Location]:
+        db = self.read()
+        out: dict[bytes, Location] = {}
+        for part in _chunks(list(ids), 900):
+            marks = ",".join("?" * len(part))
+            for row in db.execute(
+                    "SELECT id, pack, offset, length, sha256, damaged, complete FROM objects "
+                    f"WHERE host = ? AND kind = ? AND id IN ({marks})",
+                    (host, kind.value, *part)):
+                out[row[0]] = Location(row[1], row[2], row[3], row[4], bool(row[5]),
+                                       bool(row[6]))
+        return out
+
+    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None:
+        """Refresh "last seen": GC's grace period then protects these objects."""
+        if not ids:
+            return
+        with self.write() as db:
+            db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
+                           [(now, host, kind.value, i) for i in ids])
+
+    def begin_pack(self, name: str, size: int) -> None:
+        with self.write() as db:
+            db.execute("INSERT INTO packs VALUES (?, 'pending', ?, ?)", (name, time.time(), size))
+
+    def add_objects(self, host: str, kind: ObjectKind, pack: str,
+                    rows: list[tuple[bytes, int, int, bytes]], now: float) -> int:
+        """Make a written pack's objects visible: rows are (id, offset, length, sha256).
+        An object already present and intact is not replaced (a concurrent upload won);
+        a damaged one is (healing). Returns how many became visible."""
+        added = 0
+        with self.write() as db:
+            for oid, offset, length, digest in rows:
+                cur = db.execute(
+                    "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
+                    "pack = excluded.pack, offset = excluded.offset, length = excluded.length,"
+                    " sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, "
+                    "complete = 0 WHERE objects.damaged",
+                    (host, kind.value, oid, pack, offset, length, digest, now))
+                added += cur.rowcount
+            db.execute("UPDATE packs SET state = 'done' WHERE name = ?", (pack,))
+        return added
+
+    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None:
+        with self.write() as db:
+            db.executemany("UPDATE objects SET damaged = 1 WHERE host = ? AND kind = ? "
+                           "AND id = ?", [(host, kind.value, i) for i in ids])
+            # A subtree holding damage is no longer complete: later commits walk it again.
+            db.execute("UPDATE objects SET complete = 0 WHERE host = ?", (host,))
+
+    def mark_complete(self, host: str, page_ids: list[bytes]) -> None:
+        with self.write() as db:
+            db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
+                           "AND id = ? AND NOT damaged", [(host, i) for i in page_ids])
+
+    def damaged(self, host: str) -> list[bytes]:
+        return [r[0] for r in self.read().execute(
+            "SELECT id FROM objects WHERE host = ? AND kind = 'chunks' AND damaged ORDER BY id",
+            (host,))]
+
+    # --- points
+
+    def point(self, host: str, point_id: str) -> PointRow | None:
+        row = self.read().execute(
+            "SELECT host, point_id, created, committed, parent, size, stats, pinned, verify, "
+            "volumes, manifest, digest FROM points WHERE host = ? AND point_id = ?",
+            (host, point_id)).fetchone()
+        return None if row is None else PointRow(*row[:7], bool(row[7]), *row[8:])
+
+    def insert_point(self, row: PointRow, complete_pages: list[bytes]) -> None:
+        """The point becomes visible, with the pages its commit checked marked complete,
+        in one transaction."""
+        with self.write() as db:
+            db.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (row.host, row.point_id, row.created, row.committed, row.parent,
+                        row.size, row.stats, int(row.pinned), row.verify, row.volumes,
+                        row.manifest, row.digest))
+            db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
+                           "AND id = ? AND NOT damaged", [(row.host, i) for i in complete_pages])
+
+    def points_json(self, host: str, limit: int | None, before: float | None,
+                    after: float | None) -> str:
+        """The JSON list of PointInfo, built by SQLite itself: 100,000 points in a few tens
+        of milliseconds, where building Python objects would take a second."""
+        where, args = ["host = ?"], [host]
+        if before is not None:
+            where.append("created < ?")
+            args.append(before)  # type: ignore[arg-type]
+        if after is not None:
+            where.append("created > ?")
+            args.append(after)  # type: ignore[arg-type]
+        # limit keeps the newest points, still listed oldest first.
+        inner = (f"SELECT * FROM points WHERE {' AND '.join(where)} "
+                 "ORDER BY created DESC, point_id DESC LIMIT ?")
+        args.append(-1 if limit is None else limit)  # type: ignore[arg-type]
+        sql = (f"SELECT json_group_array({_POINT_JSON}) FROM "
+               f"(SELECT * FROM ({inner}) ORDER BY created, point_id)")
+        (text,) = self.read().execute(sql, args).fetchone()
+        return str(text)
+
+    def point_rows(self, host: str | None = None) -> list[PointRow]:
+        sql = ("SELECT host, point_id, created, committed, parent, size, stats, pinned, verify,"
+               " volumes, manifest, digest FROM points")
+        cur = (self.read().execute(sql + " WHERE host = ? ORDER BY created", (host,)) if host
+               else self.read().execute(sql + " ORDER BY host, created"))
+        return [PointRow(*r[:7], bool(r[7]), *r[8:]) for r in cur]
+
+    def set_pinned(self, host: str, point_id: str, pinned: bool) -> None:
+        with self.write() as db:
+            db.execute("UPDATE points SET pinned = ? WHERE host = ? AND point_id = ?",
+                       (int(pinned), host, point_id))
+
+    def delete_points(self, host: str, point_ids: list[str]) -> None:
+        with self.write() as db:
+            db.executemany("DELETE FROM points WHERE host = ? AND point_id = ?",
+                           [(host, p) for p in point_ids])
+
+    def set_verify(self, statuses: list[tuple[str, str, str]]) -> None:
+        """(host, point_id, status) triples."""
+        with self.write() as db:
+            db.executemany("UPDATE points SET verify = ? WHERE host = ? AND point_id = ?",
+                           [(s, h, p) for h, p, s in statuses])
+
+
+def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

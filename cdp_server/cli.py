@@ -1,0 +1,239 @@
+"""`cdp-server`: create a datastore, make a certificate, serve the API, and the admin jobs
+(hosts, retention, prune, gc, verify, status) run directly on a datastore."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cdpcore.api import Retention
+from cdpcore.errors import CdpError, FormatError, UsageError
+from cdpcore.manifest import check_name
+
+from . import config as cfgmod
+from . import jobs, logs
+from .datastore import Datastore
+
+log = logging.getLogger("cdp.server")
+
+data_option = click.option("--data", "data", type=click.Path(path_type=Path), required=True,
+                           envvar="CDP_SERVER_DATA", help="Datastore directory.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _emit(as_json: bool, doc: Any, text: str) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str) if as_json else text)
+
+
+def _run(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except CdpError as exc:
+        click.echo(f"cdp-server: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """CDP server: stores block-level recovery points of protected hosts and serves them
+    to the rescue environment. Start with `init`, `cert` and `serve`."""
+
+
+@main.command()
+@data_option
+@json_option
+def init(data: Path, as_json: bool) -> None:
+    """Create a datastore in DATA and print an admin token (shown once)."""
+    def go() -> None:
+        _ds, token = Datastore.init(data)
+        _emit(as_json, {"data": str(data), "admin_token": token},
+              f"datastore created in {data}\nadmin token (shown once, keep it safe): {token}")
+    _run(go)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory for cert.pem and key.pem.")
+@click.option("--name", default="localhost", show_default=True,
+              help="DNS name the certificate is valid for (plus localhost and 127.0.0.1).")
+@json_option
+def cert(out: Path, name: str, as_json: bool) -> None:
+    """Make a self-signed TLS certificate and print its SHA-256 fingerprint, which clients
+    can pin (--fingerprint) instead of trusting the file."""
+    from .tls import make_self_signed
+
+    cert_path, key_path, fp = make_self_signed(out, name)
+    _emit(as_json, {"cert": str(cert_path), "key": str(key_path), "fingerprint": fp},
+          f"certificate: {cert_path}\nkey: {key_path}\nsha256 fingerprint: {fp}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Configuration file (TOML, or INI with a [server] section).")
+@click.option("--data", type=click.Path(path_type=Path), help="Datastore directory.")
+@click.option("--listen", help=f"HOST:PORT to listen on [default: {cfgmod.DEFAULT_LISTEN}].")
+@click.option("--cert", "cert_file", help="TLS certificate (PEM).")
+@click.option("--key", "key_file", help="TLS private key (PEM).")
+@click.option("--grace", type=float, help="GC grace period in seconds [default: 86400].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: Path | None, data: Path | None, listen: str | None,
+          cert_file: str | None, key_file: str | None, grace: float | None,
+          log_level: str | None) -> None:
+    """Serve the HTTPS API (docs/API.md)."""
+    def go() -> None:
+        import uvicorn
+
+        from .app import create_app
+
+        conf = cfgmod.load(config_path).merged(
+            data=str(data) if data else None, listen=listen, cert=cert_file, key=key_file,
+            grace=grace, log_level=log_level)
+        if not conf.data:
+            raise UsageError("no datastore: give --data or `data` in the configuration file")
+        if not conf.cert or not conf.key:
+            raise UsageError("HTTPS needs --cert and --key (make a pair with `cdp-server "
+                             "cert --out DIR`)")
+        logs.setup(getattr(logging, conf.log_level.upper()))
+        host, port = conf.address()
+        ds = Datastore.open(Path(conf.data))
+        rec = ds.recover()
+        log.info("starting", extra={"listen": conf.listen, "data": conf.data,
+                                    "cleaned_pending_packs": rec.pending_packs,
+                                    "cleaned_orphans": rec.orphan_objects,
+                                    "cleaned_temp_files": rec.temp_files})
+        uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
+                    ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
+                    access_log=False, timeout_keep_alive=30)
+    _run(go)
+
+
+@main.group()
+def host() -> None:
+    """Enrol and list protected hosts."""
+
+
+@host.command("add")
+@click.argument("name")
+@data_option
+@json_option
+def host_add(name: str, data: Path, as_json: bool) -> None:
+    """Enrol host NAME and print its agent and restore tokens (shown once)."""
+    def go() -> None:
+        try:
+            check_name("host", name)
+        except FormatError as exc:
+            raise UsageError(str(exc)) from None
+        tokens = Datastore.open(data).add_host(name)
+        _emit(as_json, {"name": name, "tokens": {r.value: t for r, t in tokens.items()}},
+              f"host {name} enrolled\n" + "\n".join(f"{r.value} token: {t}"
+                                                    for r, t in tokens.items()))
+    _run(go)
+
+
+@host.command("list")
+@data_option
+@json_option
+def host_list(data: Path, as_json: bool) -> None:
+    """List hosts with their number of points and newest point."""
+    def go() -> None:
+        ds = Datastore.open(data)
+        rows = []
+        for name in ds.catalog.host_names():
+            count, latest, has_key = ds.catalog.host_summary(name)
+            rows.append({"name": name, "points": count, "latest": latest, "has_key": has_key})
+        _emit(as_json, rows, "\n".join(f"{r['name']}\t{r['points']} points"
+                                       for r in rows) or "no hosts")
+    _run(go)
+
+
+@main.group()
+def retention() -> None:
+    """Retention rules of a host (the server alone prunes)."""
+
+
+@retention.command("set")
+@click.argument("host_name")
+@click.option("--keep-last", type=int, default=0, show_default=True)
+@click.option("--keep-minutely", type=int, default=0, show_default=True)
+@click.option("--keep-hourly", type=int, default=0, show_default=True)
+@click.option("--keep-daily", type=int, default=0, show_default=True)
+@click.option("--keep-weekly", type=int, default=0, show_default=True)
+@click.option("--keep-monthly", type=int, default=0, show_default=True)
+@data_option
+@json_option
+def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> None:
+    """Set HOST_NAME's rules. All zero keeps every point."""
+    def go() -> None:
+        ds = Datastore.open(data)
+        if not ds.catalog.host_exists(host_name):
+            raise UsageError(f"no host {host_name!r}")
+        try:
+            rules = Retention(**keep)
+        except ValueError as exc:
+            raise UsageError(f"bad retention: {exc}") from None
+        ds.catalog.set_retention(host_name, rules)
+        _emit(as_json, rules.model_dump(), f"retention of {host_name}: {rules.model_dump()}")
+    _run(go)
+
+
+@main.command()
+@click.option("--host", "host_name", help="Only this host.")
+@data_option
+@json_option
+def prune(host_name: str | None, data: Path, as_json: bool) -> None:
+    """Remove points the retention rules do not keep (pinned points always stay)."""
+    def go() -> None:
+        report = jobs.prune(Datastore.open(data), host_name)
+        _emit(as_json, report.model_dump(),
+              f"kept {len(report.kept)} points, removed {len(report.removed)}")
+    _run(go)
+
+
+@main.command()
+@click.option("--grace", type=float, default=cfgmod.DEFAULT_GRACE, show_default=True,
+              help="Spare objects uploaded or seen within this many seconds.")
+@data_option
+@json_option
+def gc(grace: float, data: Path, as_json: bool) -> None:
+    """Free objects no point references (mark and sweep)."""
+    def go() -> None:
+        report = jobs.gc(Datastore.open(data), grace)
+        _emit(as_json, report.model_dump(),
+              f"removed {report.removed_chunks} chunks and {report.removed_pages} pages, "
+              f"freed {report.freed_bytes} bytes; {report.kept_in_grace} kept in grace")
+    _run(go)
+
+
+@main.command()
+@data_option
+@json_option
+def verify(data: Path, as_json: bool) -> None:
+    """Re-read every referenced object and check its checksum (no key needed)."""
+    def go() -> None:
+        report = jobs.verify(Datastore.open(data))
+        lines = [f"checked {report.checked_chunks} chunks and {report.checked_pages} pages",
+                 f"damaged chunks: {len(report.damaged_chunks)}, missing chunks: "
+                 f"{len(report.missing_chunks)}"]
+        lines += [f"  point {r.point_id} volume {r.volume} bytes {r.offset}+{r.length}"
+                  for r in report.ranges]
+        _emit(as_json, report.model_dump(), "\n".join(lines))
+        if report.damaged_points:
+            sys.exit(4)
+    _run(go)
+
+
+@main.command()
+@data_option
+@json_option
+def status(data: Path, as_json: bool) -> None:
+    """Summary of the datastore: hosts, points, objects, bytes."""
+    def go() -> None:
+        doc = jobs.status(Datastore.open(data))
+        _emit(as_json, doc, "\n".join(f"{k}: {v}" for k, v in doc.items()))
+    _run(go)

@@ -1,0 +1,158 @@
+"""Committing a recovery point: check that every page and chunk it references is stored,
+then make it visible in one catalog transaction.
+
+The walk goes from each volume's root down, one level at a time in batches, and skips
+any page already marked complete by an earlier commit: content addressing guarantees its
+subtree is the same, and garbage collection clears the mark before it could remove
+anything below. So a commit costs O(changed pages), not O(volume size).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+
+from cdpcore import format as fmt
+from cdpcore import index
+from cdpcore.api import (
+    CommitRequest,
+    MissingObjects,
+    ObjectKind,
+    PointDetail,
+    PointInfo,
+    PointStats,
+    VerifyStatus,
+    VolumeWire,
+)
+from cdpcore.errors import FormatError, IntegrityError, NotFoundError
+from cdpcore.manifest import VolumeRecord, check_point_id
+
+from .catalog import PointRow
+from .datastore import Datastore
+from .errors import BadRequest, Conflict
+
+_BATCH = 512  # pages per catalog lookup and read round
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def point_info(row: PointRow) -> PointInfo:
+    return PointInfo(point_id=row.point_id, host=row.host, created=row.created,
+                     committed=row.committed, parent=row.parent, size=row.size,
+                     stats=PointStats.model_validate_json(row.stats), pinned=row.pinned,
+                     verify=VerifyStatus(row.verify))
+
+
+def point_detail(row: PointRow) -> PointDetail:
+    return PointDetail(**point_info(row).model_dump(),
+                       volumes=[VolumeWire.model_validate(v) for v in json.loads(row.volumes)],
+                       manifest=row.manifest)
+
+
+def _records(req: CommitRequest) -> list[VolumeRecord]:
+    try:
+        vols = [VolumeRecord(name=v.name, size=v.size, block_size=v.block_size, root=v.root,
+                             height=v.height) for v in req.volumes]
+        if req.parent is not None:
+            check_point_id(req.parent)
+        manifest = base64.b64decode(req.manifest, validate=True)
+    except (FormatError, binascii.Error) as exc:
+        raise BadRequest(f"bad commit: {exc}", 422) from None
+    if len({v.name for v in vols}) != len(vols):
+        raise BadRequest("bad commit: two volumes have the same name", 422)
+    if not manifest or len(manifest) > MAX_MANIFEST_BYTES:
+        raise BadRequest(f"bad commit: manifest of {len(manifest)} bytes", 422)
+    return vols
+
+
+class _Walk:
+    def __init__(self, ds: Datastore, host: str) -> None:
+        self.ds, self.host = ds, host
+        self.missing_pages: set[bytes] = set()
+        self.missing_chunks: set[bytes] = set()
+        self.walked: set[bytes] = set()
+
+    def volume(self, vol: VolumeRecord) -> None:
+        geometry = vol.geometry
+        frontier = [] if vol.root_id == fmt.ZERO_ID else [(vol.root_id, vol.height, 0)]
+        while frontier:
+            below: list[tuple[bytes, int, int]] = []
+            for start in range(0, len(frontier), _BATCH):
+                below += self._pages(geometry, frontier[start:start + _BATCH])
+            frontier = below
+
+    def _pages(self, geometry: index.Geometry, batch: list[tuple[bytes, int, int]],
+               ) -> list[tuple[bytes, int, int]]:
+        catalog = self.ds.catalog
+        ids = list(dict.fromkeys(pid for pid, _, _ in batch))
+        locs = catalog.locate(self.host, ObjectKind.pages, ids)
+        pages: dict[bytes, index.Page] = {}
+        corrupted = []
+        for pid in ids:
+            loc = locs.get(pid)
+            if loc is None or loc.damaged:
+                self.missing_pages.add(pid)
+            elif not loc.complete and pid not in self.walked:
+                try:
+                    pages[pid] = index.decode_page(self.ds.read_object(pid, loc), pid)
+                except (IntegrityError, FormatError, NotFoundError):
+                    corrupted.append(pid)
+                    self.missing_pages.add(pid)
+        if corrupted:
+            catalog.mark_damaged(self.host, ObjectKind.pages, corrupted)
+        children: list[tuple[bytes, int, int]] = []
+        chunks: set[bytes] = set()
+        for pid, level, position in batch:
+            page = pages.get(pid)
+            if page is None:
+                continue
+            count = geometry.entries_in(level, position)
+            if page.level != level or page.count != count:
+                raise BadRequest(f"index page {pid.hex()} is level {page.level} with "
+                                 f"{page.count} entries where level {level} with {count} "
+                                 "entries belongs", 422)
+            self.walked.add(pid)
+            for j, child in enumerate(page.ids()):
+                if child == fmt.ZERO_ID:
+                    continue
+                if level:
+                    children.append((child, level - 1, position * fmt.PAGE_FANOUT + j))
+                else:
+                    chunks.add(child)
+        if chunks:
+            found = catalog.locate(self.host, ObjectKind.chunks, chunks)
+            self.missing_chunks.update(c for c in chunks if c not in found or found[c].damaged)
+        return children
+
+
+def commit(ds: Datastore, host: str, req: CommitRequest) -> tuple[PointInfo, bool]:
+    """Returns (the point, True if created now / False for an identical retry)."""
+    vols = _records(req)
+    digest = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
+    with ds.commit_lock():
+        old = ds.catalog.point(host, req.point_id)
+        if old is not None:
+            if old.digest == digest:
+                return point_info(old), False
+            raise Conflict(f"point {req.point_id} already exists on host {host!r} with "
+                           "different content")
+        walk = _Walk(ds, host)
+        for vol in vols:
+            walk.volume(vol)
+        if walk.missing_pages or walk.missing_chunks:
+            detail = (f"point {req.point_id} references {len(walk.missing_chunks)} chunks and "
+                      f"{len(walk.missing_pages)} index pages the server does not have")
+            raise Conflict(detail, MissingObjects(
+                detail=detail, missing_chunks=sorted(c.hex() for c in walk.missing_chunks),
+                missing_pages=sorted(p.hex() for p in walk.missing_pages)).model_dump())
+        row = PointRow(
+            host=host, point_id=req.point_id, created=req.created, committed=time.time(),
+            parent=req.parent, size=sum(v.size for v in vols),
+            stats=req.stats.model_dump_json(), pinned=False,
+            verify=VerifyStatus.unverified.value,
+            volumes=json.dumps([v.model_dump() for v in req.volumes]),
+            manifest=req.manifest, digest=digest)
+        ds.catalog.insert_point(row, sorted(walk.walked))
+    return point_info(row), True

@@ -1,0 +1,64 @@
+"""Server settings: defaults, then a configuration file (TOML, or INI with a [server]
+section), then command-line flags: flags win."""
+
+from __future__ import annotations
+
+import configparser
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cdpcore.errors import UsageError
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_GRACE = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data: str = ""
+    listen: str = DEFAULT_LISTEN
+    cert: str = ""
+    key: str = ""
+    grace: float = DEFAULT_GRACE  # seconds GC spares recently uploaded or seen objects
+    log_level: str = "info"
+
+    def address(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise UsageError(f"listen address {self.listen!r} must be HOST:PORT")
+        return host.strip("[]"), int(port)
+
+    def merged(self, **flags: Any) -> ServerConfig:
+        """A copy with every flag that was given (not None) applied."""
+        return replace(self, **{k: v for k, v in flags.items() if v is not None})
+
+
+def load(path: Path | None) -> ServerConfig:
+    if path is None:
+        return ServerConfig()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    doc: dict[str, Any]
+    try:
+        if path.suffix == ".toml":
+            parsed = tomllib.loads(text)
+            doc = parsed.get("server", parsed)
+        else:
+            parser = configparser.ConfigParser()
+            parser.read_string(text)
+            doc = dict(parser["server"]) if parser.has_section("server") else {}
+    except (tomllib.TOMLDecodeError, configparser.Error) as exc:
+        raise UsageError(f"configuration file {path} is malformed: {exc}") from None
+    known = {f.name: f.type for f in fields(ServerConfig)}
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise UsageError(f"configuration file {path}: unknown settings {', '.join(unknown)}")
+    try:
+        values = {k: float(v) if k == "grace" else str(v) for k, v in doc.items()}
+    except ValueError as exc:
+        raise UsageError(f"configuration file {path}: {exc}") from None
+    return ServerConfig(**values)

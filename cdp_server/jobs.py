@@ -1,0 +1,48 @@
+"""Admin jobs on a datastore: prune and status here; gc and verify in their own modules.
+Used by the admin API and by the CLI alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdpcore.api import PruneReport
+
+from . import retention
+from .datastore import Datastore
+from .gc import gc
+from .verify import verify
+
+__all__ = ["gc", "prune", "status", "verify"]
+
+
+def prune(ds: Datastore, host: str | None = None) -> PruneReport:
+    """Remove the points retention does not keep. Frees no space by itself: gc does."""
+    kept: list[str] = []
+    removed: list[str] = []
+    hosts = [host] if host else ds.catalog.host_names()
+    for name in hosts:
+        rows = ds.catalog.point_rows(name)
+        keep = retention.select(
+            [retention.Candidate(r.point_id, r.created, r.pinned) for r in rows],
+            ds.catalog.retention(name))
+        gone = [r.point_id for r in rows if r.point_id not in keep]
+        ds.catalog.delete_points(name, gone)
+        kept += [r.point_id for r in rows if r.point_id in keep]
+        removed += gone
+    return PruneReport(kept=kept, removed=removed)
+
+
+def status(ds: Datastore) -> dict[str, Any]:
+    db = ds.catalog.read()
+    hosts, = db.execute("SELECT count(*) FROM hosts").fetchone()
+    points, = db.execute("SELECT count(*) FROM points").fetchone()
+    objects = {kind: (n, b) for kind, n, b in db.execute(
+        "SELECT kind, count(*), coalesce(sum(length), 0) FROM objects GROUP BY kind")}
+    damaged, = db.execute("SELECT count(*) FROM objects WHERE damaged").fetchone()
+    packs, pack_bytes = db.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM packs WHERE state = 'done'").fetchone()
+    return {"hosts": hosts, "points": points,
+            "chunks": objects.get("chunks", (0, 0))[0],
+            "chunk_bytes": objects.get("chunks", (0, 0))[1],
+            "pages": objects.get("pages", (0, 0))[0],
+            "damaged_objects": damaged, "packs": packs, "pack_bytes": pack_bytes}

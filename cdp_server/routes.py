@@ -1,0 +1,260 @@
+"""The HTTP endpoints of cdpcore.api: thin handlers over the datastore and its jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+import cdpcore
+from cdpcore import records
+from cdpcore.api import (
+    MAX_UPLOAD_BYTES,
+    RECORDS_MEDIA_TYPE,
+    CommitRequest,
+    GcReport,
+    Health,
+    HostCreated,
+    HostInfo,
+    IdList,
+    ObjectKind,
+    PointDetail,
+    PointInfo,
+    PruneReport,
+    Retention,
+    UploadResult,
+    VerifyReport,
+)
+from cdpcore.errors import FormatError
+from cdpcore.keys import WrappedKey
+from cdpcore.manifest import check_name
+
+from . import commit as commits
+from . import jobs
+from .auth import ADMIN, READ, WRITE, Principal, principal, require_admin, require_host
+from .datastore import Datastore
+from .errors import BadRequest
+from .metrics import Metrics
+
+router = APIRouter()
+Who = Annotated[Principal, Depends(principal)]
+
+
+def _ds(request: Request) -> Datastore:
+    ds: Datastore = request.app.state.ds
+    return ds
+
+
+def _metrics(request: Request) -> Metrics:
+    m: Metrics = request.app.state.metrics
+    return m
+
+
+def _ids(body: IdList) -> list[bytes]:
+    out = []
+    for h in body.ids:
+        if len(h) != 64 or h.strip("0123456789abcdef"):
+            raise BadRequest(f"bad ID {h[:80]!r}: 64 lower-case hex digits expected", 422)
+        out.append(bytes.fromhex(h))
+    return out
+
+
+def _host_info(ds: Datastore, name: str) -> HostInfo:
+    count, latest, has_key = ds.catalog.host_summary(name)
+    return HostInfo(name=name, points=count, latest=latest, has_key=has_key)
+
+
+@router.get("/health", response_model=Health)
+def health() -> Health:
+    return Health(status="ok", version=cdpcore.__version__)
+
+
+@router.get("/hosts", response_model=list[HostInfo])
+def list_hosts(request: Request, who: Who) -> list[HostInfo]:
+    ds = _ds(request)
+    names = ds.catalog.host_names() if who.host is None else [who.host]
+    return [_host_info(ds, n) for n in names]
+
+
+@router.post("/hosts", response_model=HostCreated, status_code=201)
+def create_host(request: Request, who: Who, body: dict[str, str]) -> HostCreated:
+    require_admin(who)
+    name = body.get("name", "")
+    try:
+        check_name("host", name)
+    except FormatError as exc:
+        raise BadRequest(str(exc), 422) from None
+    return HostCreated(name=name, tokens=_ds(request).add_host(name))
+
+
+@router.get("/hosts/{host}", response_model=HostInfo)
+def get_host(request: Request, who: Who, host: str) -> HostInfo:
+    require_host(_ds(request), who, host, READ)
+    return _host_info(_ds(request), host)
+
+
+@router.get("/hosts/{host}/key")
+def get_key(request: Request, who: Who, host: str) -> Any:
+    ds = _ds(request)
+    require_host(ds, who, host, READ)
+    key = ds.catalog.get_key(host)
+    if key is None:
+        raise HTTPException(404, f"host {host!r} has no key yet")
+    return json.loads(key)
+
+
+@router.put("/hosts/{host}/key", responses={201: {}, 409: {}})
+def put_key(request: Request, who: Who, host: str, doc: dict[str, Any]) -> JSONResponse:
+    ds = _ds(request)
+    require_host(ds, who, host, WRITE)
+    try:
+        key = WrappedKey.from_json(doc)
+    except FormatError as exc:
+        raise BadRequest(str(exc), 422) from None
+    created = ds.catalog.put_key(host, json.dumps(key.to_json(), sort_keys=True))
+    return JSONResponse({"stored": created}, status_code=201 if created else 200)
+
+
+@router.post("/hosts/{host}/{kind}/missing", response_model=IdList)
+def missing(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList) -> IdList:
+    ds = _ds(request)
+    require_host(ds, who, host, WRITE)
+    return IdList(ids=[i.hex() for i in ds.missing(host, kind, _ids(body))])
+
+
+@router.post("/hosts/{host}/{kind}", response_model=UploadResult,
+             openapi_extra={"requestBody": {"content": {RECORDS_MEDIA_TYPE: {}}}})
+async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> UploadResult:
+    ds = _ds(request)
+    await run_in_threadpool(require_host, ds, who, host, WRITE)
+    if request.headers.get("content-type", "").split(";")[0].strip() != RECORDS_MEDIA_TYPE:
+        raise BadRequest(f"uploads must be {RECORDS_MEDIA_TYPE}", 415)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_UPLOAD_BYTES:
+            raise BadRequest(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
+    result: UploadResult = await run_in_threadpool(ds.upload, host, kind, bytes(body))
+    m = _metrics(request)
+    m.objects_stored.labels(kind.value).inc(result.stored)
+    m.objects_duplicate.labels(kind.value).inc(result.duplicates)
+    return result
+
+
+@router.post("/hosts/{host}/{kind}/fetch",
+             responses={200: {"content": {RECORDS_MEDIA_TYPE: {}}}})
+def fetch(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList) -> Response:
+    ds = _ds(request)
+    require_host(ds, who, host, READ)
+    data = records.encode_records(ds.fetch(host, kind, _ids(body)))
+    _metrics(request).bytes_out.inc(len(data))
+    return Response(data, media_type=RECORDS_MEDIA_TYPE)
+
+
+@router.post("/hosts/{host}/points", response_model=PointInfo, status_code=201,
+             responses={200: {"model": PointInfo}, 409: {}})
+def commit(request: Request, who: Who, host: str, req: CommitRequest) -> JSONResponse:
+    ds = _ds(request)
+    require_host(ds, who, host, WRITE)
+    info, created = commits.commit(ds, host, req)
+    if created:
+        _metrics(request).points.inc()
+    return JSONResponse(info.model_dump(mode="json"), status_code=201 if created else 200)
+
+
+@router.get("/hosts/{host}/points", response_model=list[PointInfo])
+def list_points(request: Request, who: Who, host: str,
+                limit: Annotated[int | None, Query(ge=0)] = None,
+                before: float | None = None, after: float | None = None) -> Response:
+    ds = _ds(request)
+    require_host(ds, who, host, READ)
+    return Response(ds.catalog.points_json(host, limit, before, after),
+                    media_type="application/json")
+
+
+def _point_row(ds: Datastore, host: str, point_id: str) -> commits.PointRow:
+    row = ds.catalog.point(host, point_id)
+    if row is None:
+        raise HTTPException(404, f"host {host!r} has no point {point_id}")
+    return row
+
+
+@router.get("/hosts/{host}/points/{point_id}", response_model=PointDetail)
+def get_point(request: Request, who: Who, host: str, point_id: str) -> PointDetail:
+    ds = _ds(request)
+    require_host(ds, who, host, READ)
+    return commits.point_detail(_point_row(ds, host, point_id))
+
+
+@router.get("/hosts/{host}/damaged", response_model=IdList)
+def damaged(request: Request, who: Who, host: str) -> IdList:
+    ds = _ds(request)
+    require_host(ds, who, host, READ)
+    return IdList.model_construct(ids=[i.hex() for i in ds.catalog.damaged(host)])
+
+
+@router.get("/hosts/{host}/retention", response_model=Retention)
+def get_retention(request: Request, who: Who, host: str) -> Retention:
+    ds = _ds(request)
+    require_host(ds, who, host, ADMIN)
+    return ds.catalog.retention(host)
+
+
+@router.put("/hosts/{host}/retention", response_model=Retention)
+def put_retention(request: Request, who: Who, host: str, body: Retention) -> Retention:
+    ds = _ds(request)
+    require_host(ds, who, host, ADMIN)
+    ds.catalog.set_retention(host, body)
+    return body
+
+
+def _pin(request: Request, who: Principal, host: str, point_id: str, pinned: bool) -> dict[str, bool]:
+    ds = _ds(request)
+    require_host(ds, who, host, ADMIN)
+    _point_row(ds, host, point_id)
+    ds.catalog.set_pinned(host, point_id, pinned)
+    return {"pinned": pinned}
+
+
+@router.put("/hosts/{host}/points/{point_id}/pin")
+def pin(request: Request, who: Who, host: str, point_id: str) -> dict[str, bool]:
+    return _pin(request, who, host, point_id, True)
+
+
+@router.delete("/hosts/{host}/points/{point_id}/pin")
+def unpin(request: Request, who: Who, host: str, point_id: str) -> dict[str, bool]:
+    return _pin(request, who, host, point_id, False)
+
+
+@router.delete("/hosts/{host}/points/{point_id}")
+def delete_point(request: Request, who: Who, host: str, point_id: str) -> dict[str, str]:
+    ds = _ds(request)
+    require_host(ds, who, host, ADMIN)
+    _point_row(ds, host, point_id)
+    ds.catalog.delete_points(host, [point_id])
+    return {"deleted": point_id}
+
+
+@router.post("/admin/prune", response_model=PruneReport)
+def prune(request: Request, who: Who, host: str | None = None) -> PruneReport:
+    require_admin(who)
+    ds = _ds(request)
+    if host is not None and not ds.catalog.host_exists(host):
+        raise HTTPException(404, f"no host {host!r}")
+    return jobs.prune(ds, host)
+
+
+@router.post("/admin/gc", response_model=GcReport)
+def gc(request: Request, who: Who,
+       grace: Annotated[float | None, Query(ge=0)] = None) -> GcReport:
+    require_admin(who)
+    return jobs.gc(_ds(request), request.app.state.grace if grace is None else grace)
+
+
+@router.post("/admin/verify", response_model=VerifyReport)
+def verify(request: Request, who: Who) -> VerifyReport:
+    require_admin(who)
+    return jobs.verify(_ds(request))

@@ -1,0 +1,317 @@
+"""The HTTP client of the CDP server (cdpcore.api): used by the agent, the rescue engine,
+its TUI and the tests.
+
+One `requests.Session` per thread (connection pooling without sharing a session between
+worker threads), TLS verified by default, optional certificate pinning for self-signed
+servers, retries with backoff on dropped connections and 5xx answers (every call here is
+idempotent on the server except `create_host`), and batches split transparently to
+respect MAX_IDS_PER_REQUEST and MAX_UPLOAD_BYTES. IDs are raw 32-byte `bytes`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import records
+from .api import (
+    API_PREFIX,
+    MAX_IDS_PER_REQUEST,
+    MAX_UPLOAD_BYTES,
+    RECORDS_MEDIA_TYPE,
+    CommitRequest,
+    GcReport,
+    Health,
+    HostCreated,
+    HostInfo,
+    MissingObjects,
+    ObjectKind,
+    PointDetail,
+    PointInfo,
+    PruneReport,
+    Retention,
+    UploadResult,
+    VerifyReport,
+)
+from .errors import AuthError, ConnectionFailed, IntegrityError, NotFoundError, ServerError
+
+#: Statuses worth retrying: the server or a proxy in front of it is restarting.
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class MissingObjectsError(ServerError):
+    """409 to a commit: the server lacks objects the point references (`missing` names them)."""
+
+    def __init__(self, message: str, missing: MissingObjects) -> None:
+        super().__init__(message, 409)
+        self.missing = missing
+
+
+class _PinningAdapter(HTTPAdapter):
+    """Checks the server certificate's SHA-256 fingerprint (urllib3's assert_fingerprint)."""
+
+    def __init__(self, fingerprint: str, **kwargs: Any) -> None:
+        self._fingerprint = fingerprint
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self._fingerprint
+        super().init_poolmanager(*args, **kwargs)
+
+
+def cert_fingerprint(der: bytes) -> str:
+    """The fingerprint format used everywhere: lower-case hex SHA-256 of the DER certificate."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def _split_ids(ids: list[bytes]) -> Iterator[list[bytes]]:
+    for start in range(0, len(ids), MAX_IDS_PER_REQUEST):
+        yield ids[start:start + MAX_IDS_PER_REQUEST]
+
+
+def _split_items(items: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
+    batch: list[tuple[bytes, bytes]] = []
+    size = 0
+    for oid, blob in items:
+        need = records.RECORD_HEADER_SIZE + len(blob)
+        if batch and (size + need > MAX_UPLOAD_BYTES or len(batch) >= MAX_IDS_PER_REQUEST):
+            yield batch
+            batch, size = [], 0
+        batch.append((oid, blob))
+        size += need
+    if batch:
+        yield batch
+
+
+@dataclass
+class ServerPages:
+    """A cdpcore.index.PageSource reading a host's index pages from the server."""
+
+    client: CdpClient
+    host: str
+
+    def get_pages(self, page_ids: list[bytes]) -> Mapping[bytes, bytes]:
+        return self.client.fetch(self.host, ObjectKind.pages, page_ids)
+
+
+class CdpClient:
+    """Client of one CDP server with one token. Safe to share between threads."""
+
+    def __init__(self, url: str, token: str, *, verify: bool | str = True,
+                 ca_path: str | None = None, fingerprint: str | None = None,
+                 timeout: float = 120.0, retries: int = 4, backoff: float = 0.25) -> None:
+        self.url = url.rstrip("/")
+        self.base = self.url + API_PREFIX
+        self._token = token
+        self._verify: bool | str = ca_path if ca_path else verify
+        self._fingerprint = fingerprint.lower().replace(":", "") if fingerprint else None
+        if self._fingerprint is not None and self._verify is True:
+            # A pinned self-signed certificate is checked by its fingerprint, not by a CA.
+            self._verify = False
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._local = threading.local()
+
+    # --- transport
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.verify = self._verify
+            session.headers["Authorization"] = f"Bearer {self._token}"
+            session.headers["User-Agent"] = "cdp-client/1"
+            if self._fingerprint is not None:
+                session.mount("https://", _PinningAdapter(self._fingerprint))
+            self._local.session = session
+        return session
+
+    def close(self) -> None:
+        """Close this thread's session (others close with their threads)."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def _request(self, method: str, path: str, *, retry: bool = True,
+                 expect: tuple[int, ...] = (200,), **kwargs: Any) -> requests.Response:
+        url = self.base + path
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = self._session().request(method, url, timeout=self.timeout, **kwargs)
+            except requests.exceptions.SSLError as exc:
+                raise ConnectionFailed(f"TLS check of {self.url} failed: {exc}") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if last:
+                    raise ConnectionFailed(f"cannot reach the CDP server at {self.url}: "
+                                           f"{exc}") from None
+                self.close()
+                time.sleep(self.backoff * 2 ** attempt)
+                continue
+            if resp.status_code in expect:
+                return resp
+            if resp.status_code in _RETRY_STATUSES and not last:
+                time.sleep(self.backoff * 2 ** attempt)
+                continue
+            raise self._error(method, path, resp)
+        raise AssertionError("unreachable")
+
+    def _error(self, method: str, path: str, resp: requests.Response) -> ServerError:
+        status = resp.status_code
+        doc: Any = None
+        try:
+            doc = resp.json()
+        except ValueError:
+            pass
+        detail = doc.get("detail") if isinstance(doc, dict) else None
+        if isinstance(detail, list):  # a validation error: join the messages
+            detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d)
+                               for d in detail)
+        text = str(detail) if detail else (resp.text[:200] or resp.reason)
+        message = f"{method} {path}: {status} {text}"
+        if status in (401, 403):
+            return AuthError(message, status)
+        if status == 404:
+            return NotFoundError(message, status)
+        if status == 409 and isinstance(doc, dict) and (
+                "missing_chunks" in doc or "missing_pages" in doc):
+            return MissingObjectsError(message, MissingObjects.model_validate(doc))
+        return ServerError(message, status)
+
+    def _get_json(self, path: str, **kwargs: Any) -> Any:
+        return self._request("GET", path, **kwargs).json()
+
+    # --- reading
+
+    def health(self) -> Health:
+        return Health.model_validate(self._get_json("/health"))
+
+    def hosts(self) -> list[HostInfo]:
+        return [HostInfo.model_validate(h) for h in self._get_json("/hosts")]
+
+    def host(self, name: str) -> HostInfo:
+        return HostInfo.model_validate(self._get_json(f"/hosts/{name}"))
+
+    def get_key(self, host: str) -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = self._get_json(f"/hosts/{host}/key")
+        except NotFoundError as exc:
+            if "no key" in str(exc):
+                return None
+            raise
+        return doc
+
+    def put_key(self, host: str, doc: dict[str, Any]) -> bool:
+        """Store the host's wrapped key. True if stored now, False if it was already there."""
+        resp = self._request("PUT", f"/hosts/{host}/key", json=doc, expect=(200, 201))
+        return resp.status_code == 201
+
+    def missing(self, host: str, kind: ObjectKind, ids: list[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        for part in _split_ids(ids):
+            doc = self._request("POST", f"/hosts/{host}/{kind.value}/missing",
+                                json={"ids": [i.hex() for i in part]}).json()
+            out.update(bytes.fromhex(h) for h in doc["ids"])
+        return out
+
+    def upload(self, host: str, kind: ObjectKind,
+               items: list[tuple[bytes, bytes]]) -> UploadResult:
+        stored = duplicates = 0
+        for part in _split_items(items):
+            resp = self._request("POST", f"/hosts/{host}/{kind.value}",
+                                 data=records.encode_records(part),
+                                 headers={"Content-Type": RECORDS_MEDIA_TYPE})
+            result = UploadResult.model_validate(resp.json())
+            stored += result.stored
+            duplicates += result.duplicates
+        return UploadResult(stored=stored, duplicates=duplicates)
+
+    def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]) -> dict[bytes, bytes]:
+        """The blobs of `ids`, each checked against the checksum the server sent (and, for
+        pages, against the ID itself). Raises NotFoundError naming missing objects."""
+        out: dict[bytes, bytes] = {}
+        for part in _split_ids(sorted(set(ids))):
+            resp = self._request("POST", f"/hosts/{host}/{kind.value}/fetch",
+                                 json={"ids": [i.hex() for i in part]})
+            for oid, _checksum, blob in records.decode_records(resp.content):
+                if kind is ObjectKind.pages and hashlib.sha256(blob).digest() != oid:
+                    raise IntegrityError(f"server sent wrong content for page {oid.hex()[:16]}…")
+                out[oid] = blob
+            lacking = [i for i in part if i not in out]
+            if lacking:
+                raise IntegrityError(f"server did not send {len(lacking)} requested "
+                                     f"{kind.value}, e.g. {lacking[0].hex()[:16]}…")
+        return out
+
+    def page_source(self, host: str) -> ServerPages:
+        return ServerPages(self, host)
+
+    def commit(self, host: str, req: CommitRequest) -> PointInfo:
+        resp = self._request("POST", f"/hosts/{host}/points", expect=(200, 201),
+                             data=req.model_dump_json(),
+                             headers={"Content-Type": "application/json"})
+        return PointInfo.model_validate(resp.json())
+
+    def points(self, host: str, limit: int | None = None, before: float | None = None,
+               after: float | None = None) -> list[PointInfo]:
+        params = {k: v for k, v in (("limit", limit), ("before", before), ("after", after))
+                  if v is not None}
+        return [PointInfo.model_validate(p)
+                for p in self._get_json(f"/hosts/{host}/points", params=params)]
+
+    def point(self, host: str, point_id: str) -> PointDetail:
+        return PointDetail.model_validate(self._get_json(f"/hosts/{host}/points/{point_id}"))
+
+    def manifest_blob(self, host: str, point_id: str) -> bytes:
+        return base64.b64decode(self.point(host, point_id).manifest)
+
+    def damaged(self, host: str) -> list[bytes]:
+        return [bytes.fromhex(h) for h in self._get_json(f"/hosts/{host}/damaged")["ids"]]
+
+    # --- admin
+
+    def create_host(self, name: str) -> HostCreated:
+        resp = self._request("POST", "/hosts", json={"name": name}, retry=False,
+                             expect=(201,))
+        return HostCreated.model_validate(resp.json())
+
+    def get_retention(self, host: str) -> Retention:
+        return Retention.model_validate(self._get_json(f"/hosts/{host}/retention"))
+
+    def set_retention(self, host: str, retention: Retention) -> Retention:
+        resp = self._request("PUT", f"/hosts/{host}/retention",
+                             data=retention.model_dump_json(),
+                             headers={"Content-Type": "application/json"})
+        return Retention.model_validate(resp.json())
+
+    def pin(self, host: str, point_id: str) -> None:
+        self._request("PUT", f"/hosts/{host}/points/{point_id}/pin")
+
+    def unpin(self, host: str, point_id: str) -> None:
+        self._request("DELETE", f"/hosts/{host}/points/{point_id}/pin")
+
+    def delete_point(self, host: str, point_id: str) -> None:
+        self._request("DELETE", f"/hosts/{host}/points/{point_id}")
+
+    def prune(self, host: str | None = None) -> PruneReport:
+        params = {"host": host} if host else {}
+        return PruneReport.model_validate(
+            self._request("POST", "/admin/prune", params=params).json())
+
+    def gc(self, grace: float | None = None) -> GcReport:
+        params = {"grace": grace} if grace is not None else {}
+        return GcReport.model_validate(self._request("POST", "/admin/gc", params=params).json())
+
+    def verify(self) -> VerifyReport:
+        return VerifyReport.model_validate(self._request("POST", "/admin/verify").json())

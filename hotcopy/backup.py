@@ -1,0 +1,279 @@
+"""One recovery point: capture the layout, snapshot the sources, find and upload the
+changed blocks, upload the index pages, commit. The library entry point the CLI, the demo
+and the benchmarks share:
+
+    backup(remote, host, codec, sources, state_dir, *, tracking="scan", ...) -> PointInfo
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cdpcore import format as fmt
+from cdpcore import index
+from cdpcore.api import CommitRequest, ObjectKind, PointInfo, PointStats, VolumeWire
+from cdpcore.client import MissingObjectsError
+from cdpcore.crypto import BlobCodec
+from cdpcore.errors import ServerError, UsageError
+from cdpcore.index import Geometry
+from cdpcore.manifest import Manifest, VolumeRecord, check_name, new_point_id
+
+from . import era, snapshot
+from .capture import VolumeSpec, capture
+from .remote import Remote
+from .scan import Progress, ScanResult, scan_volume
+from .state import HostState, IdFile, StateDir, VolumeState
+from .transfer import (
+    Candidate,
+    ChunkUploader,
+    PageUploader,
+    RetryPolicy,
+    Sender,
+    Throttle,
+    UploadStats,
+    retrying,
+)
+from .verify import open_point
+
+log = logging.getLogger("cdp.agent.backup")
+Tracking = Literal["scan", "era"]
+
+
+@dataclass
+class BackupOptions:
+    full_scan_every: int = 0  # verify tracking with a full scan every N points; 0: never
+    bandwidth: int = 0  # bytes/s; 0: no cap
+    reflink: bool = True
+    hostname: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class _Volume:
+    spec: VolumeSpec
+    geometry: Geometry
+    ids: IdFile
+    trusted: bool
+    old_root: bytes
+    scan: ScanResult | None = None
+
+
+def _latest(remote: Remote, host: str, policy: RetryPolicy) -> PointInfo | None:
+    points = retrying(policy, "listing points", lambda: remote.points(host))
+    return max(points, key=lambda p: (p.created, p.committed), default=None)
+
+
+def _doubt(state: HostState, latest: PointInfo | None, opts: BackupOptions) -> str | None:
+    """Why the whole chain must be rescanned, or None when the local state can be trusted."""
+    if state.point_id is None:
+        return "no local state of a committed point"
+    if latest is None or latest.point_id != state.point_id:
+        return "local state is not of the server's latest point"
+    if opts.full_scan_every and state.points_since_full + 1 >= opts.full_scan_every:
+        return f"periodic full scan (every {opts.full_scan_every} points)"
+    return None
+
+
+def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
+           state_dir: str | os.PathLike[str], *, tracking: Tracking = "scan",
+           block_size: int = fmt.DEFAULT_BLOCK_SIZE, workers: int = 0,
+           progress: Progress | None = None, on_total: Callable[[int], None] | None = None,
+           options: BackupOptions | None = None) -> PointInfo:
+    """Take one recovery point of `sources` (block devices or image files). `workers`:
+    hashing/sealing threads (0: one per CPU). `on_total` is told the total bytes to read
+    (for a progress bar); `progress` each byte count read."""
+    opts = options or BackupOptions()
+    check_name("host", host)
+    Geometry(size=0, block_size=block_size)  # validates the block size
+    if not sources:
+        raise UsageError("nothing to back up: name at least one device or image file")
+    started = time.monotonic()
+    store = StateDir(state_dir, host)
+    state = store.load()
+    layout, specs = capture(sources, opts.hostname or host)
+    snapshot.cleanup_leftovers(specs, store.dir)
+    latest = _latest(remote, host, opts.retry)
+    doubt = _doubt(state, latest, opts)
+    if doubt:
+        log.info("full scan: %s", doubt)
+    damaged = set(retrying(opts.retry, "asking for damaged chunks", lambda: remote.damaged(host)))
+    stats = UploadStats()
+    sender = Sender(remote, host, opts.retry, Throttle(opts.bandwidth), stats)
+    point_id = new_point_id()
+    # Dirty from here on: a crash before the commit is answered leaves a state that the
+    # next run distrusts.
+    previous = HostState(**{**state.__dict__})
+    state.point_id = None
+    store.save(state)
+    if on_total is not None:
+        on_total(sum(s.size for s in specs))
+    workers = workers or os.cpu_count() or 2
+    # The era checkpoint comes before the snapshot: a write racing with it is read again
+    # at the next point rather than missed.
+    eras = _checkpoint_eras(specs) if tracking == "era" else {}
+    created = time.time()
+    with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cdp-hash") as pool:
+        volumes: list[_Volume] = []
+        uploader = ChunkUploader(sender, codec, pool)
+        try:
+            for spec in specs:
+                geometry = Geometry(size=spec.size, block_size=block_size)
+                old = previous.volumes.get(spec.name)
+                ids = store.open_ids(spec.name, geometry.blocks)
+                trusted = (doubt is None and old is not None and not ids.fresh
+                           and old.size == spec.size and old.block_size == block_size)
+                only = None
+                if spec.name in eras:
+                    only = _era_blocks(spec, eras[spec.name], previous, block_size) \
+                        if trusted else None
+                    trusted = only is not None
+                    if only is not None:
+                        only = sorted(set(only) | set(ids.find(damaged)))
+                vol = _Volume(spec, geometry, ids, trusted,
+                              bytes.fromhex(old.root) if trusted and old else fmt.ZERO_ID)
+                volumes.append(vol)
+                vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
+                                       codec=codec, pool=pool, uploader=uploader,
+                                       damaged=damaged, only=only, window=2 * workers,
+                                       progress=progress)
+            uploader.close()
+        except BaseException:
+            uploader.abort()
+            for vol in volumes:
+                vol.ids.close()
+            raise
+        try:
+            records = [_index(remote, host, sender, vol) for vol in volumes]
+            full = any(not v.trusted for v in volumes)
+            generation = _generation(remote, host, codec, previous, latest, full)
+            manifest = Manifest(
+                host=host, point_id=point_id, created=created, volumes=records, layout=layout,
+                tracking={"mode": tracking, "generation": generation, "full_scan": full},
+                parent=latest.point_id if latest else None)
+            scans = [v.scan for v in volumes if v.scan]
+            request = CommitRequest(
+                point_id=point_id, created=created, parent=manifest.parent,
+                volumes=[VolumeWire(name=r.name, size=r.size, block_size=r.block_size,
+                                    root=r.root, height=r.height) for r in records],
+                manifest=base64.b64encode(manifest.seal(codec)).decode(),
+                stats=PointStats(
+                    changed_bytes=sum(s.changed_bytes for s in scans),
+                    new_chunks=stats.new_chunks, new_bytes=stats.new_bytes,
+                    scanned_bytes=sum(s.scanned_bytes for s in scans),
+                    duration=time.monotonic() - started))
+            info = _commit(remote, host, codec, sender, request, volumes, views, opts.retry)
+        finally:
+            for vol in volumes:
+                vol.ids.close()
+    state.point_id = info.point_id
+    state.created = created
+    state.generation = generation
+    state.points_since_full = 0 if full else previous.points_since_full + 1
+    state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root) for r in records}
+    state.era = {name: {"device": dev.name, "era": era_now} for name, (dev, era_now) in eras.items()}
+    store.save(state)
+    log.info("point %s committed: %d changed blocks, %d new chunks (%d bytes)",
+             info.point_id, sum(s.changed_blocks for s in scans), stats.new_chunks,
+             stats.new_bytes)
+    return info
+
+
+def _checkpoint_eras(specs: list[VolumeSpec]) -> dict[str, tuple[era.EraDevice, int]]:
+    """Per volume with a dm-era device: (device, era current before this checkpoint)."""
+    out: dict[str, tuple[era.EraDevice, int]] = {}
+    for spec in specs:
+        dev = era.find_era(spec.path)
+        if dev is None:
+            log.warning("%s has no dm-era device: %s is scanned instead", spec.path, spec.name)
+            continue
+        out[spec.name] = (dev, era.checkpoint(dev))
+    return out
+
+
+def _era_blocks(spec: VolumeSpec, entry: tuple[era.EraDevice, int], previous: HostState,
+                block_size: int) -> list[int] | None:
+    """Blocks written since the last point, or None when the era chain is in doubt."""
+    dev, era_now = entry
+    rec = previous.era.get(spec.name)
+    if not rec or rec.get("device") != dev.name or int(rec.get("era", -1)) + 1 != era_now:
+        log.info("full scan of %s: era tracking of %s was reset or is new", spec.name, dev.name)
+        return None
+    ranges = era.written_since(dev, era_now)
+    return era.to_volume_blocks(ranges, dev.block_sectors * era.SECTOR, spec.offset, spec.size,
+                                block_size)
+
+
+def _generation(remote: Remote, host: str, codec: BlobCodec, state: HostState,
+                latest: PointInfo | None, full: bool) -> int:
+    """The tracking generation of the new point: unchanged while the chain of incremental
+    points holds, one more than the chain's last on a full scan (read from the server's
+    latest manifest when the local state is lost or stale)."""
+    if not full:
+        return state.generation
+    base = state.generation
+    if latest is not None and latest.point_id != state.point_id:
+        base = max(base, int(open_point(remote, host, codec, latest.point_id)
+                             .tracking.get("generation", 0)))
+    return base + 1
+
+
+def _index(remote: Remote, host: str, sender: Sender, vol: _Volume) -> VolumeRecord:
+    pages = PageUploader(sender)
+    assert vol.scan is not None
+    if vol.trusted and vol.scan.changes is not None:
+        root = index.update(vol.geometry, remote.page_source(host), vol.old_root,
+                            vol.scan.changes, pages)
+    else:
+        root = index.build(vol.geometry, vol.ids.iter_ids(), pages)
+    pages.flush()
+    return VolumeRecord(name=vol.spec.name, size=vol.spec.size,
+                        block_size=vol.geometry.block_size, root=root.hex(),
+                        height=vol.geometry.height)
+
+
+def _commit(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
+            request: CommitRequest, volumes: list[_Volume],
+            views: dict[str, snapshot.ReadView], policy: RetryPolicy) -> PointInfo:
+    """Commit, retrying with the same point ID (idempotent on the server). A 409 names
+    objects the server lacks (lost or removed meanwhile): upload those from the snapshot,
+    which is still held, and commit again."""
+    for _ in range(3):
+        try:
+            return retrying(policy, "committing the point", lambda: remote.commit(host, request))
+        except MissingObjectsError as exc:
+            named = ({bytes.fromhex(h) for h in exc.missing.missing_chunks},
+                     {bytes.fromhex(h) for h in exc.missing.missing_pages})
+            log.warning("server lacks objects of the point; uploading them again")
+            _reupload(remote, host, codec, sender, volumes, views, named)
+    raise ServerError("the server kept refusing the commit for missing objects", 409)
+
+
+def _reupload(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
+              volumes: list[_Volume], views: dict[str, snapshot.ReadView],
+              named: tuple[set[bytes], set[bytes]]) -> None:
+    chunks, wanted_pages = named
+    for vol in volumes:
+        view = views[vol.spec.name]
+        bs = vol.geometry.block_size
+        items: dict[bytes, bytes] = {}
+        with open(view.path, "rb") as f:
+            for block in vol.ids.find(chunks):
+                f.seek(view.offset + block * bs)
+                data = f.read(vol.geometry.block_length(block))
+                cand = Candidate(vol.ids.get(block), data, force=True)
+                if codec.keys.chunk_id(data) == cand.chunk_id:
+                    items[cand.chunk_id] = codec.seal(fmt.BLOB_KIND_CHUNK, cand.chunk_id, data)
+        view.check()
+        sender.send(ObjectKind.chunks, list(items.items()))
+        pages = PageUploader(sender, only=wanted_pages)
+        index.build(vol.geometry, vol.ids.iter_ids(), pages)
+        pages.flush()
+

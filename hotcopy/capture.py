@@ -1,0 +1,206 @@
+"""Layout capture: what a recovery point records about each protected disk (partition
+table, GUIDs, filesystems, identity, boot area) and which volumes it copies.
+
+Partition geometry, types and flags come from pyparted (which reads regular image files
+too); GUIDs and the MBR disk identifier from `sfdisk --json`, whose partition list must
+agree with pyparted's or the capture fails: a table two tools read differently is not a
+table to restore from. Filesystems are probed with `blkid -p` at each partition's offset,
+so no partition device nodes are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import parted
+
+from cdpcore import runcmd
+from cdpcore.errors import CommandFailed
+from cdpcore.layout import Disk, Filesystem, Layout, Partition, PartitionRole
+
+from .errors import SourceError
+
+ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
+SWAP_GUID = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
+LVM_GUID = "e6d6d379-f507-44c2-a23c-238f2a3df928"
+MBR_SWAP, MBR_LVM, MBR_ESP = 0x82, 0x8E, 0xEF
+MBR_EXTENDED = (0x05, 0x0F, 0x85)
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A byte range of a source that becomes one volume of the point."""
+
+    name: str
+    path: str  # the device or image file to read
+    offset: int
+    size: int
+
+
+@dataclass
+class DiskCapture:
+    disk: Disk
+    volumes: list[VolumeSpec]
+
+
+def source_size(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return f.seek(0, os.SEEK_END)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such device or file") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open for reading: {exc.strerror}") from None
+
+
+def disk_name(path: str) -> str:
+    """Kernel name of a block device (vda, loop0, nvme0n1), or an image file's name."""
+    return Path(os.path.realpath(path)).name
+
+
+def probe_fs(path: str, offset: int, size: int) -> Filesystem | None:
+    proc = runcmd.run(["blkid", "-p", "-o", "export", "-O", str(offset), "-S", str(size),
+                       path], check=False)
+    if proc.returncode == 2:  # blkid: nothing recognised
+        return None
+    if proc.returncode != 0:
+        raise CommandFailed(["blkid", "-p", path], proc.returncode, proc.stderr.decode())
+    tags = dict(line.split("=", 1) for line in proc.stdout.decode().splitlines() if "=" in line)
+    if "TYPE" not in tags:
+        return None
+    return Filesystem(type=tags["TYPE"], uuid=tags.get("UUID"), label=tags.get("LABEL"))
+
+
+def _identity(path: str, disk: Disk) -> None:
+    if not stat.S_ISBLK(os.stat(path).st_mode):
+        disk.transport = "file"
+        return
+    doc = runcmd.run_json(["lsblk", "-J", "-O", "-d", "-b", path])
+    dev: dict[str, Any] = (doc.get("blockdevices") or [{}])[0]
+    disk.model = (dev.get("model") or "").strip() or None
+    disk.serial = (dev.get("serial") or "").strip() or None
+    disk.wwn = dev.get("wwn") or None
+    disk.transport = dev.get("tran") or ("loop" if disk.name.startswith("loop") else None)
+
+
+def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
+          flags: list[str], kind: str) -> PartitionRole:
+    if kind == "extended":
+        return "extended"
+    fstype = fs.type if fs else None
+    if fstype == "swap" or type_guid == SWAP_GUID or mbr_type == MBR_SWAP:
+        return "swap"
+    if fstype == "LVM2_member" or type_guid == LVM_GUID or mbr_type == MBR_LVM:
+        return "lvm_pv"
+    if type_guid == ESP_GUID or mbr_type == MBR_ESP or "esp" in flags:
+        return "esp"
+    if type_guid == BIOS_BOOT_GUID or "bios_grub" in flags:
+        return "bios_boot"
+    return "data"
+
+
+def _sfdisk(path: str) -> dict[str, Any]:
+    doc = runcmd.run_json(["sfdisk", "--json", path])
+    table: dict[str, Any] = doc["partitiontable"]
+    return table
+
+
+def capture_disk(path: str) -> DiskCapture:
+    """Read one disk (block device or image file): its layout and its volumes."""
+    size = source_size(path)
+    name = disk_name(path)
+    device = parted.getDevice(path)
+    disk = Disk(name=name, size=size, logical_sector_size=device.sectorSize,
+                physical_sector_size=device.physicalSectorSize)
+    _identity(path, disk)
+    try:
+        pdisk = parted.newDisk(device)
+    except parted.DiskException:
+        pdisk = None  # no partition table: the disk is one volume
+    if pdisk is None or pdisk.type not in ("gpt", "msdos"):
+        disk.filesystem = probe_fs(path, 0, size)
+        disk.volume = f"{name}:whole"
+        return DiskCapture(disk, [VolumeSpec(disk.volume, path, 0, size)])
+    disk.table = "gpt" if pdisk.type == "gpt" else "msdos"
+    table = _sfdisk(path)
+    sector = device.sectorSize
+    label_id = str(table.get("id", ""))
+    disk.disk_guid = label_id.lower() if disk.table == "gpt" else label_id.lower() or None
+    by_start = {int(p["start"]): p for p in table.get("partitions", [])}
+    volumes: list[VolumeSpec] = []
+    for ppart in sorted(pdisk.partitions, key=lambda p: p.number):
+        start, length = ppart.geometry.start, ppart.geometry.length
+        sf = by_start.get(start)
+        if sf is None or int(sf["size"]) != length:
+            raise SourceError(f"{path}: pyparted and sfdisk disagree about partition "
+                              f"{ppart.number} (start {start}, {length} sectors)")
+        kind = {parted.PARTITION_LOGICAL: "logical",
+                parted.PARTITION_EXTENDED: "extended"}.get(ppart.type, "primary")
+        flags = sorted(f for f in ppart.getFlagsAsString().split(", ") if f)
+        part = Partition(number=ppart.number, start=start, length=length, kind=kind,  # type: ignore[arg-type]
+                         flags=flags)
+        if disk.table == "gpt":
+            part.type_guid = str(sf["type"]).lower()
+            part.guid = str(sf.get("uuid", "")).lower() or None
+            part.name = sf.get("name") or None
+        else:
+            part.mbr_type = int(str(sf["type"]), 16)
+        if kind != "extended":
+            part.filesystem = probe_fs(path, start * sector, length * sector)
+        part.role = _role(part.filesystem, part.type_guid, part.mbr_type, flags, kind)
+        if part.role in ("data", "esp", "bios_boot", "boot", "other"):
+            part.volume = f"{name}:p{part.number}"
+            volumes.append(VolumeSpec(part.volume, path, start * sector, length * sector))
+        disk.partitions.append(part)
+    if disk.partitions:
+        first = min(p.start for p in disk.partitions) * sector
+        disk.boot_area_volume = f"{name}:boot"
+        volumes.insert(0, VolumeSpec(disk.boot_area_volume, path, 0, first))
+    return DiskCapture(disk, volumes)
+
+
+def boot_mode() -> str:
+    return "uefi" if Path("/sys/firmware/efi").exists() else "bios"
+
+
+def capture(paths: list[str], hostname: str | None = None) -> tuple[Layout, list[VolumeSpec]]:
+    """Capture every source: the layout of the point and the volumes to copy, in order."""
+    layout = Layout(hostname=hostname or socket.gethostname(),
+                    boot_mode=boot_mode())  # type: ignore[arg-type]
+    volumes: list[VolumeSpec] = []
+    seen: set[str] = set()
+    for path in paths:
+        cap = capture_disk(path)
+        if cap.disk.name in seen:
+            raise SourceError(f"two sources are named {cap.disk.name!r}: volume names "
+                              "would collide")
+        seen.add(cap.disk.name)
+        layout.disks.append(cap.disk)
+        volumes.extend(cap.volumes)
+    pv_parts = [(d, p) for d in layout.disks for p in d.partitions if p.role == "lvm_pv"]
+    if pv_parts and all(d.transport != "file" for d, _ in pv_parts):
+        from .lvmcapture import capture_lvm  # LVM tools are needed only for LVM hosts
+
+        volumes.extend(capture_lvm(layout))
+    # A PV whose VG the host's LVM does not show (an image file, an inactive VG) is copied
+    # as raw partition bytes, metadata included, rather than silently left out.
+    in_vgs = {pv.device for vg in layout.volume_groups for pv in vg.pvs}
+    for disk, part in pv_parts:
+        if partition_name(disk.name, part.number) not in in_vgs:
+            part.volume = f"{disk.name}:p{part.number}"
+            sector = disk.logical_sector_size
+            path = paths[[d.name for d in layout.disks].index(disk.name)]
+            volumes.append(VolumeSpec(part.volume, path, part.start * sector,
+                                      part.length * sector))
+    return layout, volumes
+
+
+def partition_name(disk: str, number: int) -> str:
+    """Kernel name of a partition: vda3, but nvme0n1p3 and loop0p3."""
+    return f"{disk}p{number}" if disk[-1:].isdigit() else f"{disk}{number}"

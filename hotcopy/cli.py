@@ -1,0 +1,266 @@
+"""`cdp-agent`: init, backup, run, points, verify, status. Every command exits with the
+stable code of its error class (cdpcore.errors, hotcopy.errors) and prints one line saying
+what went wrong and what to do."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from typing import Any
+
+import click
+
+from cdpcore import keys
+from cdpcore.errors import CdpError, UsageError
+from cdpcore.points import select_point
+
+from . import config as cfgmod
+from . import logs
+from .backup import BackupOptions, backup
+from .keysetup import codec_from_recovery_key, establish_key
+from .remote import Remote
+from .state import StateDir
+from .verify import verify_point
+
+log = logging.getLogger("cdp.agent")
+config_option = click.option("--config", "config_path", default=cfgmod.DEFAULT_CONFIG,
+                             show_default=True, envvar="CDP_AGENT_CONFIG",
+                             help="Configuration file.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def make_client(server: str, token: str, ca: str = "", fingerprint: str = "") -> Remote:
+    from cdpcore.client import CdpClient
+
+    client: Remote = CdpClient(server, token, ca_path=ca or None,
+                               fingerprint=fingerprint or None)
+    return client
+
+
+def _emit(as_json: bool, doc: Any, text: str) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Hot-copy agent: consistent point-in-time copies of this machine's disks, sent as
+    changed blocks to a CDP server. Start with `cdp-agent init`."""
+    logs.setup(verbose)
+
+
+@cli.command()
+@click.option("--server", required=True, help="CDP server URL (https://host:port).")
+@click.option("--token", required=True, envvar="CDP_AGENT_TOKEN", help="Agent token of this host.")
+@click.option("--host", required=True, help="Host name on the server.")
+@click.option("--passphrase", prompt=True, hide_input=True, confirmation_prompt=False,
+              envvar="CDP_PASSPHRASE", help="Key passphrase (prompted when not given).")
+@click.option("--ca", default="", help="CA certificate (PEM) that signed the server's certificate.")
+@click.option("--fingerprint", default="",
+              help="SHA-256 fingerprint of the server certificate, to pin a self-signed one.")
+@click.option("--source", "sources", multiple=True, help="Device or image to protect (repeatable).")
+@click.option("--state-dir", default=cfgmod.DEFAULT_STATE_DIR, show_default=True)
+@click.option("--interval", default=300, show_default=True, help="Seconds between points in `run`.")
+@click.option("--print-recovery-key", is_flag=True,
+              help="Print the printable recovery key (store it offline).")
+@config_option
+def init(server: str, token: str, host: str, passphrase: str, ca: str, fingerprint: str,
+         sources: tuple[str, ...],
+         state_dir: str, interval: int, print_recovery_key: bool, config_path: str) -> None:
+    """Connect this machine to a server: create the repository key (or fetch and unwrap the
+    existing one) and write the configuration file (mode 0600)."""
+    conf = cfgmod.AgentConfig(server=server, token=token, host=host, recovery_key="", ca=ca,
+                              fingerprint=fingerprint, state_dir=state_dir, sources=list(sources), interval=interval)
+    conf.check()
+    master, created = establish_key(make_client(server, token, ca, fingerprint), host,
+                                    passphrase)
+    conf.recovery_key = keys.recovery_key(master)
+    StateDir(state_dir, host)
+    cfgmod.save(conf, config_path)
+    click.echo(f"{'created a new' if created else 'unwrapped the existing'} key for host "
+               f"{host}; configuration written to {config_path}")
+    if print_recovery_key:
+        click.echo(f"recovery key: {conf.recovery_key}")
+
+
+def _load(config_path: str) -> cfgmod.AgentConfig:
+    return cfgmod.load(config_path)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """(on_total, progress) callbacks drawing a bar with rate and ETA on a terminal."""
+    if not enabled:
+        yield (lambda _: None), (lambda _: None)
+        return
+    bar: Any = None
+    start = time.monotonic()
+    done = 0
+
+    def rate(_: Any) -> str:
+        elapsed = max(time.monotonic() - start, 1e-3)
+        return f"{done / elapsed / 2**20:.0f} MiB/s"
+
+    def on_total(total: int) -> None:
+        nonlocal bar
+        bar = click.progressbar(length=total, label="reading", show_eta=True,
+                                item_show_func=rate, file=sys.stderr)
+        bar.__enter__()
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if bar is not None:
+            bar.update(n, done)
+
+    try:
+        yield on_total, progress
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> None:
+    remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
+    codec = codec_from_recovery_key(conf.recovery_key)
+    if not conf.sources:
+        raise UsageError("no sources configured: pass --source or set `sources` in the config")
+    opts = BackupOptions(full_scan_every=conf.full_scan_every, bandwidth=conf.bandwidth)
+    with _progress(interactive and not as_json) as (on_total, progress):
+        info = backup(remote, conf.host, codec, conf.sources, conf.state_dir,
+                      tracking=conf.tracking, block_size=conf.block_size,  # type: ignore[arg-type]
+                      workers=conf.workers, progress=progress, on_total=on_total, options=opts)
+    s = info.stats
+    _emit(as_json, info.model_dump(mode="json"),
+          f"point {info.point_id}: {s.changed_bytes} bytes changed, {s.new_chunks} new chunks "
+          f"({s.new_bytes} bytes sent), {s.scanned_bytes} bytes read in {s.duration:.1f} s")
+
+
+def _overrides(conf: cfgmod.AgentConfig, sources: tuple[str, ...], tracking: str | None,
+               bandwidth: int | None) -> cfgmod.AgentConfig:
+    if sources:
+        conf = replace(conf, sources=list(sources))
+    if tracking:
+        conf = replace(conf, tracking=tracking)
+    if bandwidth is not None:
+        conf = replace(conf, bandwidth=bandwidth)
+    return conf.check()
+
+
+source_option = click.option("--source", "sources", multiple=True,
+                             help="Device or image to protect (overrides the config).")
+tracking_option = click.option("--tracking", type=click.Choice(["scan", "era"]), default=None,
+                               help="Change tracking (default from the config: scan).")
+bandwidth_option = click.option("--bandwidth", type=int, default=None,
+                                help="Upload cap in bytes per second (0: none).")
+
+
+@cli.command("backup")
+@config_option
+@source_option
+@tracking_option
+@bandwidth_option
+@json_option
+def backup_cmd(config_path: str, sources: tuple[str, ...], tracking: str | None,
+               bandwidth: int | None, as_json: bool) -> None:
+    """Take one recovery point now."""
+    conf = _overrides(_load(config_path), sources, tracking, bandwidth)
+    _one_point(conf, as_json, sys.stderr.isatty())
+
+
+@cli.command()
+@config_option
+@source_option
+@tracking_option
+@bandwidth_option
+@click.option("--interval", type=int, default=None, help="Seconds between points (>= 60).")
+def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
+        bandwidth: int | None, interval: int | None) -> None:
+    """Take a recovery point every INTERVAL seconds until stopped (SIGTERM/SIGINT).
+    A failed point is logged and retried at the next tick; it never half-commits."""
+    conf = _overrides(_load(config_path), sources, tracking, bandwidth)
+    if interval is not None:
+        conf = replace(conf, interval=interval).check()
+    stop = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    while not stop:
+        tick = time.monotonic()
+        try:
+            _one_point(conf, True, False)
+        except CdpError as exc:
+            log.error("point failed: %s", exc)
+        while not stop and time.monotonic() - tick < conf.interval:
+            time.sleep(1)
+
+
+@cli.command()
+@config_option
+@json_option
+def points(config_path: str, as_json: bool) -> None:
+    """List this host's recovery points, oldest first."""
+    conf = _load(config_path)
+    pts = sorted(make_client(conf.server, conf.token, conf.ca, conf.fingerprint).points(conf.host),
+                 key=lambda p: p.created)
+    lines = [f"{p.point_id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(p.created))}  "
+             f"{p.size:>14} B  {p.verify}" for p in pts]
+    _emit(as_json, [p.model_dump(mode="json") for p in pts], "\n".join(lines) or "no points")
+
+
+@cli.command()
+@config_option
+@json_option
+@click.argument("point")
+def verify(config_path: str, as_json: bool, point: str) -> None:
+    """Fetch, decrypt and check every chunk of POINT ('latest', an ID or a unique prefix,
+    or a time such as '2026-11-24 10:05'). Exit code 4 if any chunk is missing or damaged."""
+    conf = _load(config_path)
+    remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
+    point = select_point(remote.points(conf.host), point, conf.host).point_id
+    result = verify_point(remote, conf.host, codec_from_recovery_key(conf.recovery_key), point)
+    _emit(as_json, {**asdict(result), "ok": result.ok},
+          f"point {point}: {result.chunks_checked} chunks ({result.bytes_checked} bytes) "
+          f"checked, {len(result.missing)} missing, {len(result.damaged)} damaged")
+    if not result.ok:
+        sys.exit(4)
+
+
+@cli.command()
+@config_option
+@json_option
+def status(config_path: str, as_json: bool) -> None:
+    """Local state and the server's view of this host."""
+    conf = _load(config_path)
+    state = StateDir(conf.state_dir, conf.host).load()
+    pts = make_client(conf.server, conf.token, conf.ca, conf.fingerprint).points(conf.host)
+    latest = max(pts, key=lambda p: p.created, default=None)
+    doc = {"host": conf.host, "server": conf.server, "sources": conf.sources,
+           "tracking": conf.tracking, "generation": state.generation,
+           "local_point": state.point_id, "server_points": len(pts),
+           "server_latest": latest.point_id if latest else None,
+           "in_sync": latest is not None and latest.point_id == state.point_id}
+    _emit(as_json, doc, "\n".join(f"{k}: {v}" for k, v in doc.items()))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(UsageError.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except CdpError as exc:
+        click.echo(f"cdp-agent: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+

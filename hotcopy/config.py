@@ -1,0 +1,80 @@
+"""The agent's configuration file (TOML, default /etc/cdp-agent/agent.toml, mode 0600
+because it holds the token and the repository key). Command-line flags override it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cdpcore import format as fmt
+from cdpcore.errors import UsageError
+
+DEFAULT_CONFIG = "/etc/cdp-agent/agent.toml"
+DEFAULT_STATE_DIR = "/var/lib/cdp-agent"
+MIN_INTERVAL = 60
+
+
+@dataclass
+class AgentConfig:
+    server: str
+    token: str
+    host: str
+    recovery_key: str  # the master key in printable form (cdpcore.keys.recovery_key)
+    ca: str = ""  # CA certificate of the server (PEM); empty: the system's CAs
+    fingerprint: str = ""  # SHA-256 of the server certificate, if pinned
+    state_dir: str = DEFAULT_STATE_DIR
+    sources: list[str] = field(default_factory=list)
+    tracking: str = "scan"
+    interval: int = 300  # seconds between points in `run`
+    block_size: int = fmt.DEFAULT_BLOCK_SIZE
+    workers: int = 0
+    bandwidth: int = 0  # bytes/s, 0: no cap
+    full_scan_every: int = 288  # one verifying full scan a day at 5-minute points
+
+    def check(self) -> AgentConfig:
+        if self.interval < MIN_INTERVAL:
+            raise UsageError(f"interval must be at least {MIN_INTERVAL} s, not {self.interval}")
+        if self.tracking not in ("scan", "era"):
+            raise UsageError(f"unknown tracking mode {self.tracking!r}: use scan or era")
+        if not self.server.startswith("https://"):
+            raise UsageError(f"server URL must start with https:// ({self.server!r})")
+        return self
+
+
+def load(path: str | os.PathLike[str]) -> AgentConfig:
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no configuration at {path}: run `cdp-agent init` first") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read configuration {path}: {exc}") from None
+    known = {f.name for f in fields(AgentConfig)}
+    unknown = set(doc) - known
+    if unknown:
+        raise UsageError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    try:
+        return AgentConfig(**doc).check()
+    except TypeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    # JSON strings, numbers and arrays of strings are valid TOML.
+    return json.dumps(value)
+
+
+def save(config: AgentConfig, path: str | os.PathLike[str]) -> None:
+    """Write atomically with mode 0600: the file holds the token and the key."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in asdict(config).items())
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, target)

@@ -1,0 +1,163 @@
+"""The agent's local state: per volume, the chunk ID of every block as of the last
+committed point (a flat file of 32-byte IDs, memory-mapped so memory stays bounded for any
+volume size), plus a small JSON document naming that point.
+
+Protocol (crash-safe): before a run patches any ID file, the document is rewritten with
+`point_id = null` (dirty); only after the server accepted the commit is it rewritten with
+the new point. A crash, a failed commit or a full disk in between leaves a dirty state,
+which the next run detects and answers with a full scan.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdpcore import format as fmt
+
+from .errors import StateError
+
+_STATE_VERSION = 1
+
+
+@dataclass
+class VolumeState:
+    size: int
+    block_size: int
+    root: str  # hex root page ID of the last point
+
+
+@dataclass
+class HostState:
+    point_id: str | None = None  # None: dirty or never backed up
+    generation: int = 0  # tracking generation: bumped on every full scan
+    created: float = 0.0
+    points_since_full: int = 0
+    volumes: dict[str, VolumeState] = field(default_factory=dict)
+    era: dict[str, Any] = field(default_factory=dict)  # per volume: era checkpoint info
+
+
+def _fs_error(what: str, exc: OSError) -> StateError:
+    if exc.errno == errno.ENOSPC:
+        return StateError(f"local state disk is full while writing {what}: free space "
+                          "in the state directory (the point was not committed)")
+    return StateError(f"cannot write {what}: {exc.strerror}")
+
+
+class StateDir:
+    """One host's state under `<state_dir>/<host>/`."""
+
+    def __init__(self, root: str | os.PathLike[str], host: str) -> None:
+        self.dir = Path(root) / host
+        try:
+            (self.dir / "ids").mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise _fs_error(str(self.dir), exc) from None
+        self.doc_path = self.dir / "state.json"
+
+    def load(self) -> HostState:
+        try:
+            doc = json.loads(self.doc_path.read_text())
+        except FileNotFoundError:
+            return HostState()
+        except (OSError, ValueError):
+            # Unreadable state is only a lost hint: a full scan rebuilds it.
+            return HostState()
+        if doc.get("version") != _STATE_VERSION:
+            return HostState()
+        vols = {k: VolumeState(**v) for k, v in doc.get("volumes", {}).items()}
+        return HostState(point_id=doc.get("point_id"), generation=int(doc.get("generation", 0)),
+                         created=float(doc.get("created", 0.0)),
+                         points_since_full=int(doc.get("points_since_full", 0)),
+                         volumes=vols, era=dict(doc.get("era", {})))
+
+    def save(self, state: HostState) -> None:
+        doc = {"version": _STATE_VERSION, **asdict(state)}
+        tmp = self.doc_path.with_suffix(".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.doc_path)
+        except OSError as exc:
+            raise _fs_error(str(self.doc_path), exc) from None
+
+    def ids_path(self, volume: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", volume)
+        return self.dir / "ids" / f"{safe}.ids"
+
+    def open_ids(self, volume: str, blocks: int) -> IdFile:
+        return IdFile(self.ids_path(volume), blocks)
+
+
+class IdFile:
+    """A memory-mapped array of `blocks` 32-byte chunk IDs. A missing or resized file
+    starts as all ZERO_ID, and a size change is reported through `fresh`."""
+
+    def __init__(self, path: Path, blocks: int) -> None:
+        self.path = path
+        self.blocks = blocks
+        size = blocks * fmt.ID_SIZE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self.fresh = os.fstat(fd).st_size != size
+                if self.fresh:
+                    os.ftruncate(fd, 0)
+                    # posix_fallocate reserves the blocks now: a full disk fails here,
+                    # not later as SIGBUS inside the mapping.
+                    if size:
+                        os.posix_fallocate(fd, 0, size)
+                self._map = mmap.mmap(fd, size) if size else None
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _fs_error(str(path), exc) from None
+
+    def get(self, index: int) -> bytes:
+        assert self._map is not None
+        return self._map[index * fmt.ID_SIZE:(index + 1) * fmt.ID_SIZE]
+
+    def put(self, index: int, chunk_id: bytes) -> None:
+        assert self._map is not None
+        self._map[index * fmt.ID_SIZE:(index + 1) * fmt.ID_SIZE] = chunk_id
+
+    def iter_ids(self) -> Iterator[bytes]:
+        for i in range(self.blocks):
+            yield self.get(i)
+
+    def release(self, end_block: int) -> None:
+        """Write back and unmap IDs before `end_block`: a sequential pass over a huge
+        volume then keeps only a window of its ID file in the process's memory."""
+        if self._map is None:
+            return
+        end = (end_block * fmt.ID_SIZE) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > 0:
+            self._map.flush(0, end)
+            self._map.madvise(mmap.MADV_DONTNEED, 0, end)
+
+    def find(self, wanted: set[bytes]) -> list[int]:
+        """Block indexes whose ID is in `wanted` (a linear pass over the mapping)."""
+        if not wanted or self._map is None:
+            return []
+        return [i for i in range(self.blocks) if self.get(i) in wanted]
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.flush()
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> IdFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

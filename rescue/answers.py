@@ -1,0 +1,88 @@
+"""Settings of a restore from three sources, in order of precedence: the command line, an
+answers file (JSON, or YAML when PyYAML is installed) for unattended runs, and CDP_*
+environment variables. The answers file may hold every option of `rescue restore`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdpcore.errors import UsageError
+
+_KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
+         "point", "map", "resize", "verify", "yes", "state_dir", "workers"}
+_ENV = {"server": "CDP_SERVER", "token": "CDP_TOKEN", "host": "CDP_HOST", "ca": "CDP_CA",
+        "fingerprint": "CDP_FINGERPRINT", "passphrase": "CDP_PASSPHRASE",
+        "passphrase_file": "CDP_PASSPHRASE_FILE"}
+
+
+@dataclass
+class Answers:
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, given: Any = None) -> Any:
+        """The command-line value if given, else the answers file's, else the env's."""
+        if given not in (None, (), []):
+            return given
+        if key in self.values:
+            return self.values[key]
+        env = _ENV.get(key)
+        return os.environ.get(env) if env else None
+
+    def maps(self, given: tuple[str, ...]) -> list[str]:
+        raw = self.get("map", list(given))
+        if isinstance(raw, dict):
+            return [f"{k}={v}" for k, v in raw.items()]
+        return [str(m) for m in raw or []]
+
+
+def load_answers(path: str | None) -> Answers:
+    if not path:
+        return Answers()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read answers file {path}: {exc.strerror}") from None
+    doc: Any
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"{path} is YAML but PyYAML is not installed: use JSON") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"answers file {path} is not valid YAML: {exc}") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"answers file {path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"answers file {path} must hold a mapping of option names to values")
+    unknown = sorted(set(doc) - _KEYS)
+    if unknown:
+        raise UsageError(f"answers file {path} has unknown keys {', '.join(unknown)}; known: "
+                         + ", ".join(sorted(_KEYS)))
+    return Answers(doc)
+
+
+def read_passphrase(answers: Answers, passphrase_file: str | None, prompt: bool) -> str:
+    file = answers.get("passphrase_file", passphrase_file)
+    if file:
+        try:
+            return Path(file).read_text().rstrip("\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read passphrase file {file}: {exc.strerror}") from None
+    value = answers.get("passphrase")
+    if value:
+        return str(value)
+    if prompt:
+        import click
+
+        return str(click.prompt("Key passphrase (or recovery key CDP1-...)", hide_input=True))
+    raise UsageError("no passphrase: use --passphrase-file, CDP_PASSPHRASE or the answers "
+                     "file's passphrase")

@@ -1,0 +1,190 @@
+"""Boot options of the rescue system, read from the kernel command line (/proc/cmdline).
+
+One parser for the init (initramfs/init evaluates `--shell`), the TUI and the restore engine
+(`/run/cdp/bootopts.json`, written at boot by `--json`). `parse_cmdline` is pure.
+
+Product options: cdp.server=URL cdp.token=T cdp.host=NAME cdp.point=ID
+cdp.answers=URL|path cdp.ca=path cdp.auto=1 (unattended restore; nothing destructive
+happens without it) cdp.test=1 (root shell on the serial console for mkimage.qemu).
+Network: ip=dhcp | ip=addr::gw:mask:hostname:iface:none (the kernel's nfsroot form),
+vlan=NAME:PARENT (dracut form, e.g. vlan=eth0.100:eth0). Console: console=ttyS0,115200.
+Defaults baked into a site's image (/etc/cdp/defaults.json) apply unless the command line
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from cdpcore.errors import UsageError
+
+DEFAULTS_FILE = Path("/etc/cdp/defaults.json")
+_TRUE = {"1", "yes", "true", "on", ""}
+_FALSE = {"0", "no", "false", "off"}
+_KNOWN = {"cdp.server", "cdp.token", "cdp.host", "cdp.point", "cdp.answers", "cdp.ca",
+          "cdp.auto", "cdp.test"}
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    mode: Literal["none", "dhcp", "static"] = "none"
+    iface: str | None = None  # None with dhcp: every NIC in turn until one gets a lease
+    address: str | None = None
+    prefix: int | None = None
+    gateway: str | None = None
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class Vlan:
+    name: str
+    parent: str
+    id: int
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    server: str | None = None
+    token: str | None = None
+    host: str | None = None
+    point: str | None = None
+    answers: str | None = None
+    ca: str | None = None
+    auto: bool = False
+    test: bool = False
+    net: NetConfig = field(default_factory=NetConfig)
+    vlan: Vlan | None = None
+    serial_console: str | None = None  # e.g. "ttyS0"
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise UsageError(f"{key}={value}: expected 1 or 0")
+
+
+def parse_ip(value: str) -> NetConfig:
+    """ip= in the kernel's form: dhcp/on/any, or client:server:gw:netmask:hostname:iface:autoconf."""
+    if value in ("dhcp", "on", "any"):
+        return NetConfig(mode="dhcp")
+    if value in ("off", "none"):
+        return NetConfig()
+    fields = value.split(":") + [""] * 7
+    client, _server, gw, mask, hostname, iface, autoconf = fields[:7]
+    if autoconf in ("dhcp", "on", "any"):
+        return NetConfig(mode="dhcp", iface=iface or None, hostname=hostname or None)
+    if autoconf not in ("", "off", "none"):
+        raise UsageError(f"ip={value}: autoconf must be dhcp or none, not {autoconf!r}")
+    if not client or not iface:
+        raise UsageError(f"ip={value}: a static address needs addr::gw:mask:hostname:iface:none")
+    try:
+        net = ipaddress.IPv4Network(f"{client}/{mask or 24}", strict=False)
+        ipaddress.IPv4Address(client)
+        if gw:
+            ipaddress.IPv4Address(gw)
+    except ValueError as exc:
+        raise UsageError(f"ip={value}: {exc}") from None
+    return NetConfig(mode="static", iface=iface, address=client, prefix=net.prefixlen,
+                     gateway=gw or None, hostname=hostname or None)
+
+
+def parse_vlan(value: str) -> Vlan:
+    name, _, parent = value.partition(":")
+    match = re.search(r"(?:\.|vlan)0*(\d+)$", name)
+    if not parent or not match or not 1 <= int(match.group(1)) <= 4094:
+        raise UsageError(f"vlan={value}: expected NAME:PARENT with NAME like eth0.100 or vlan100")
+    return Vlan(name=name, parent=parent, id=int(match.group(1)))
+
+
+def parse_cmdline(cmdline: str, defaults: dict[str, str] | None = None) -> BootOptions:
+    """Boot options from a kernel command line; `defaults` (baked into the image: keys
+    server, token, host, point, answers, ca) apply where the command line is silent.
+    Malformed network options raise UsageError; unknown cdp.* options are warnings, so a
+    typo does not stop a rescue boot."""
+    opts = BootOptions(**{k: v for k, v in (defaults or {}).items()
+                          if k in ("server", "token", "host", "point", "answers", "ca")})
+    warnings: list[str] = []
+    try:
+        words = shlex.split(cmdline)
+    except ValueError as exc:
+        raise UsageError(f"kernel command line: {exc}") from None
+    for word in words:
+        key, has_value, value = word.partition("=")
+        if key == "ip" and has_value:
+            opts = replace(opts, net=parse_ip(value))
+        elif key == "vlan" and has_value:
+            opts = replace(opts, vlan=parse_vlan(value))
+        elif key == "console" and has_value:
+            tty = value.split(",")[0]
+            if re.fullmatch(r"ttyS\d+|ttyAMA\d+|hvc\d+|ttyUSB\d+", tty):
+                opts = replace(opts, serial_console=tty)
+        elif key in ("cdp.auto", "cdp.test"):
+            opts = replace(opts, **{key[4:]: _flag(key, value)})
+        elif key in _KNOWN:
+            opts = replace(opts, **{key[4:]: value or None})
+        elif key.startswith("cdp."):
+            warnings.append(f"unknown boot option {key} (ignored)")
+    if opts.auto and not (opts.server or opts.answers):
+        warnings.append("cdp.auto=1 without cdp.server or cdp.answers: nothing to restore from")
+    return replace(opts, warnings=tuple(warnings))
+
+
+def shell_vars(opts: BootOptions) -> str:
+    """Variables for initramfs/init (`eval "$(python3 -m rescue.bootopts --shell)"`)."""
+    net, vlan = opts.net, opts.vlan
+    values = {
+        "CDP_IP_MODE": net.mode, "CDP_IP_IFACE": net.iface or "",
+        "CDP_IP_ADDR": net.address or "", "CDP_IP_PREFIX": str(net.prefix or ""),
+        "CDP_IP_GATEWAY": net.gateway or "",
+        "CDP_VLAN_IFACE": vlan.name if vlan else "", "CDP_VLAN_PARENT": vlan.parent if vlan else "",
+        "CDP_VLAN_ID": str(vlan.id) if vlan else "",
+        "CDP_SERIAL": opts.serial_console or "", "CDP_AUTO": "1" if opts.auto else "0",
+        "CDP_TEST": "1" if opts.test else "0",
+    }
+    # With a VLAN the address belongs on the VLAN interface.
+    if vlan and net.mode != "none" and net.iface in (None, vlan.parent):
+        values["CDP_IP_IFACE"] = vlan.name
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: str(v) for k, v in data.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m rescue.bootopts", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cmdline", nargs="?", default="/proc/cmdline", help="file to read")
+    ap.add_argument("--shell", action="store_true", help="print shell variables for the init")
+    ap.add_argument("--json", action="store_true", help="print the options as JSON (default)")
+    args = ap.parse_args(argv)
+    try:
+        opts = parse_cmdline(Path(args.cmdline).read_text(), load_defaults())
+    except UsageError as exc:
+        print(f"cdp-rescue: bad boot option: {exc}", file=sys.stderr)
+        opts = BootOptions(warnings=(str(exc),))
+    for w in opts.warnings:
+        print(f"cdp-rescue: warning: {w}", file=sys.stderr)
+    print(shell_vars(opts) if args.shell else opts.to_json(), end="" if args.shell else "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

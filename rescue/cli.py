@@ -1,0 +1,264 @@
+"""`rescue`: the scripted command line of the restore engine (a thin client of
+rescue.engine, like the TUI). Exit codes are those of cdpcore.errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cdpcore.client import CdpClient
+from cdpcore.errors import CdpError, UsageError
+
+from .answers import Answers, load_answers, read_passphrase
+from .discover import discover_disks
+from .engine import Engine, Event, ExecuteOptions
+from .mapping import parse_maps
+from .plan import Plan
+from .repo import Repository
+from .resize import RESIZE_POLICIES, human
+from .stream import StreamOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CdpError as exc:
+            click.echo(f"rescue: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+    return wrapper  # type: ignore[return-value]
+
+
+def _server_options(fn: F) -> F:
+    for opt in reversed([
+        click.option("--server", help="CDP server URL [env CDP_SERVER]"),
+        click.option("--token", help="restore token of the host [env CDP_TOKEN]"),
+        click.option("--host", "host_name", help="host whose points to restore [env CDP_HOST]"),
+        click.option("--ca", help="CA certificate file of the server [env CDP_CA]"),
+        click.option("--fingerprint", help="pin the server certificate's SHA-256 fingerprint "
+                     "(self-signed servers) [env CDP_FINGERPRINT]"),
+        click.option("--answers", "answers_file", help="answers file (JSON or YAML) with any "
+                     "of these options, for unattended runs"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _plan_options(fn: F) -> F:
+    for opt in reversed([
+        click.option("--point", help='"latest", a point ID (or unique prefix), or a time: '
+                     'the newest point at or before "2026-11-24 10:05"'),
+        click.option("--map", "maps", multiple=True, metavar="SRC=TARGET",
+                     help="restore source disk SRC onto TARGET (a disk or image file)"),
+        click.option("--resize", type=click.Choice(RESIZE_POLICIES),
+                     help="partitions on a larger target: same (default), grow-last, "
+                     "proportional (ESP, BIOS-boot, /boot, swap keep their size)"),
+        click.option("--verify", "verify_mode", type=click.Choice(["blocks", "read-back"]),
+                     help="trust per-block checks (default) or also read everything back"),
+        click.option("--passphrase-file", help="file holding the key passphrase "
+                     "[env CDP_PASSPHRASE]"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _client(a: Answers, server: str | None, token: str | None, ca: str | None,
+            fingerprint: str | None) -> CdpClient:
+    url, tok = a.get("server", server), a.get("token", token)
+    if not url or not tok:
+        raise UsageError("the server URL and a token are required: --server/--token, "
+                         "CDP_SERVER/CDP_TOKEN, or the answers file")
+    return CdpClient(url, tok, ca_path=a.get("ca", ca), fingerprint=a.get("fingerprint",
+                                                                          fingerprint))
+
+
+def _host(a: Answers, host: str | None) -> str:
+    name = a.get("host", host)
+    if not name:
+        raise UsageError("name the host to restore: --host, CDP_HOST or the answers file")
+    return str(name)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Restore a recovery point from a CDP server onto bare disks.
+
+    Typical use: `rescue points ...` to choose, `rescue plan ... --map vda=/dev/sda` to
+    review, then `rescue restore ... --yes` (or --dry-run to only print the plan)."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_errors
+def disks(as_json: bool) -> None:
+    """List local disks, what is on them, and which are off limits."""
+    found = discover_disks()
+    if as_json:
+        click.echo(json.dumps([d.to_json() for d in found], indent=2))
+        return
+    for d in found:
+        ident = " ".join(f"{k}={v}" for k, v in (("model", d.model), ("serial", d.serial),
+                                                 ("wwn", d.wwn), ("tran", d.transport)) if v)
+        click.echo(f"{d.path:16} {human(d.size):>10}  {ident}")
+        for line in d.contents:
+            click.echo(f"{'':18}{line}")
+        for why in d.busy:
+            click.echo(f"{'':18}NOT A TARGET: {why}")
+
+
+@main.command()
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_errors
+def points(server: str | None, token: str | None, host_name: str | None, ca: str | None,
+           fingerprint: str | None, answers_file: str | None, as_json: bool) -> None:
+    """List the recovery points of a host, oldest first."""
+    a = load_answers(answers_file)
+    host = _host(a, host_name)
+    found = sorted(_client(a, server, token, ca, fingerprint).points(host),
+                   key=lambda p: p.created)
+    if as_json:
+        click.echo(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        return
+    for p in found:
+        click.echo(f"{p.point_id}  {_when(p.created)}  {human(p.size):>10}  {p.verify.value}"
+                   + ("  pinned" if p.pinned else ""))
+
+
+def _engine_and_plan(a: Answers, kw: dict[str, Any], prompt: bool) -> tuple[Engine, Plan]:
+    client = _client(a, kw["server"], kw["token"], kw["ca"], kw["fingerprint"])
+    host = _host(a, kw["host_name"])
+    repo = Repository.open(client, host, read_passphrase(a, kw["passphrase_file"], prompt))
+    engine = Engine(repo)
+    plan = engine.plan(str(a.get("point", kw["point"]) or "latest"),
+                       parse_maps(a.maps(kw["maps"])),
+                       resize=a.get("resize", kw["resize"]) or "same",
+                       verify=a.get("verify", kw["verify_mode"]) or "blocks")
+    return engine, plan
+
+
+def print_plan(plan: Plan) -> None:
+    click.echo(f"Restore host {plan.host}, point {plan.point_id} ({_when(plan.created)})")
+    for dp in plan.disks:
+        click.echo(f"  source disk {dp.source} -> {dp.target.path} ({human(dp.target.size)}, "
+                   f"chosen by {dp.reason})")
+    click.echo("Steps (destructive):")
+    for i, action in enumerate(plan.actions, 1):
+        click.echo(f"  {i:3}. {action.description}")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+
+
+@main.command()
+@_server_options
+@_plan_options
+@click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
+@click.option("--save", type=click.Path(dir_okay=False), help="save the plan as JSON")
+@_errors
+def plan(as_json: bool, save: str | None, answers_file: str | None, **kw: Any) -> None:
+    """Plan a restore and print every destructive step; writes nothing."""
+    a = load_answers(answers_file)
+    _, the_plan = _engine_and_plan(a, kw, prompt=sys.stdin.isatty())
+    if save:
+        Path(save).write_text(json.dumps(the_plan.to_json(), indent=2))
+    if as_json:
+        click.echo(json.dumps(the_plan.to_json(), indent=2))
+    else:
+        print_plan(the_plan)
+
+
+class _Progress:
+    """One status line per action on stderr: bytes, rate and ETA."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, ev: Event) -> None:
+        if ev.kind == "start":
+            self.began, self.last = time.monotonic(), 0.0
+            click.echo(f"-> {ev.message}", err=True)
+        elif ev.kind == "progress" and ev.total:
+            now = time.monotonic()
+            if now - self.last < 0.5 and ev.done < ev.total:
+                return
+            self.last = now
+            rate = ev.done / max(now - self.began, 1e-6)
+            eta = (ev.total - ev.done) / rate if rate else 0
+            bar = "#" * int(30 * ev.done / ev.total)
+            click.echo(f"\r   [{bar:30}] {human(ev.done)}/{human(ev.total)} "
+                       f"{human(int(rate))}/s ETA {int(eta)}s   ", err=True,
+                       nl=ev.done >= ev.total)
+        elif ev.kind in ("failed", "note") or (ev.kind == "skip" and ev.action is None):
+            click.echo(f"   {ev.kind}: {ev.message}", err=True)
+        elif ev.kind == "skip":
+            click.echo(f"   skip: {ev.message}", err=True)
+
+
+@main.command()
+@_server_options
+@_plan_options
+@click.option("--dry-run", is_flag=True, help="print the plan and write nothing")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (unattended)")
+@click.option("--json", "as_json", is_flag=True, help="print the restore report as JSON")
+@click.option("--state-dir", help="where the resume state and report go (default: next to "
+              "image-file targets, else /run/cdp-rescue)")
+@click.option("--workers", type=int, help="parallel fetch/decrypt threads (default 4)")
+@click.option("--checkpoint-mib", type=click.IntRange(1), default=64, show_default=True,
+              help="sync the target and save the resume state every N MiB")
+@_errors
+def restore(dry_run: bool, yes: bool, as_json: bool, state_dir: str | None,
+            workers: int | None, checkpoint_mib: int, answers_file: str | None,
+            **kw: Any) -> None:
+    """Restore a point onto the mapped disks (rerun the same command to resume)."""
+    a = load_answers(answers_file)
+    engine, the_plan = _engine_and_plan(a, kw, prompt=sys.stdin.isatty())
+    if not as_json:
+        print_plan(the_plan)
+    if not dry_run and not (yes or a.get("yes")):
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to write without confirmation: add --yes (or "
+                             '"yes": true in the answers file), or use --dry-run')
+        targets = ", ".join(d.target.path for d in the_plan.disks)
+        if click.prompt(f"Everything on {targets} will be destroyed. Type YES to go on") \
+                != "YES":
+            raise UsageError("not confirmed: nothing was written")
+    opts = ExecuteOptions(dry_run=dry_run, state_dir=a.get("state_dir", state_dir),
+                          stream=StreamOptions(workers=int(a.get("workers", workers) or 4),
+                                               checkpoint_bytes=checkpoint_mib << 20))
+    report = engine.execute(the_plan, opts, None if as_json else _Progress())
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    elif not dry_run:
+        took = max(report.finished - report.started, 1e-6)
+        click.echo(f"restored {human(report.bytes_restored)} in {took:.1f} s "
+                   f"({human(int(report.bytes_restored / took))}/s)")
+
+
+@main.command()
+@_server_options
+@_plan_options
+@_errors
+def verify(answers_file: str | None, **kw: Any) -> None:
+    """Read restored targets back and check every block against the point."""
+    a = load_answers(answers_file)
+    kw["verify_mode"] = "read-back"
+    engine, the_plan = _engine_and_plan(a, kw, prompt=sys.stdin.isatty())
+    the_plan.actions = [act for act in the_plan.actions if act.type == "verify"]
+    engine.execute(the_plan, ExecuteOptions(state_dir=a.get("state_dir")), _Progress())
+    click.echo(f"verified {len(the_plan.actions)} volumes: every block matches point "
+               f"{the_plan.point_id}")

@@ -1,0 +1,170 @@
+"""Discover local disks and describe restore targets (block devices or image files):
+identity (size, serial, WWN, model, transport) and why a disk must not be touched
+(mounted, in use as swap or by a holder, holding the rescue medium)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cdpcore import runcmd
+from cdpcore.errors import UsageError
+
+#: Kernel device names that are never restore targets by discovery (RAM disks, CD-ROMs,
+#: zram swap, device-mapper and MD nodes: these are rebuilt, not targeted).
+_SKIP_PREFIXES = ("ram", "zram", "sr", "fd", "dm-", "md")
+
+
+@dataclass
+class LocalDisk:
+    path: str  # /dev/sda, or an image file's absolute path
+    name: str
+    size: int
+    is_file: bool = False
+    logical_sector_size: int = 512
+    model: str | None = None
+    serial: str | None = None
+    wwn: str | None = None
+    transport: str | None = None
+    read_only: bool = False
+    #: What is on it now (partition table type, filesystems), for the operator's review.
+    contents: list[str] = field(default_factory=list)
+    #: Reasons the disk is off limits (mounted, swap, holder, rescue medium); empty if free.
+    busy: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> LocalDisk:
+        return cls(**doc)
+
+
+def _proc_lines(path: str) -> list[list[str]]:
+    try:
+        return [line.split() for line in Path(path).read_text().splitlines()]
+    except OSError:
+        return []
+
+
+def _mounted_devices() -> dict[str, str]:
+    """Real paths of mounted block devices -> mount point (and active swap areas)."""
+    out: dict[str, str] = {}
+    for fields in _proc_lines("/proc/mounts"):
+        if len(fields) >= 2 and fields[0].startswith("/dev/"):
+            out[os.path.realpath(fields[0])] = fields[1].replace("\\040", " ")
+    for fields in _proc_lines("/proc/swaps")[1:]:
+        if fields and fields[0].startswith("/dev/"):
+            out[os.path.realpath(fields[0])] = "[swap]"
+    return out
+
+
+def rescue_medium_names() -> set[str]:
+    """Kernel names of disks that hold the rescue medium: the device mounted on the live
+    medium's mount points, or named by root=/cdp.medium= on the kernel command line."""
+    names: set[str] = set()
+    medium_mounts = ("/", "/run/live/medium", "/run/initramfs/live", "/cdrom", "/media/rescue")
+    for fields in _proc_lines("/proc/mounts"):
+        if len(fields) >= 2 and fields[1] in medium_mounts and fields[0].startswith("/dev/"):
+            names.add(_whole_disk(Path(os.path.realpath(fields[0])).name))
+    for fields in _proc_lines("/proc/cmdline"):
+        for arg in fields:
+            key, _, value = arg.partition("=")
+            if key in ("root", "cdp.medium") and value.startswith("/dev/"):
+                names.add(_whole_disk(Path(os.path.realpath(value)).name))
+    return names
+
+
+def _whole_disk(name: str) -> str:
+    """The disk a partition belongs to (sda1 -> sda, nvme0n1p2 -> nvme0n1)."""
+    sys_path = Path("/sys/class/block") / name
+    if (sys_path / "partition").exists():
+        return Path(os.path.realpath(sys_path)).parent.name
+    return name
+
+
+def _attached_loops(path: str) -> list[str]:
+    """Loop devices whose backing file is `path` (writing it would corrupt them)."""
+    real = os.path.realpath(path)
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if os.path.realpath(backing.read_text().strip()) == real:
+                found.append("/dev/" + backing.parent.parent.name)
+        except OSError:
+            continue
+    return found
+
+
+def _busy_reasons(name: str, children: list[str], medium: set[str]) -> list[str]:
+    reasons = []
+    mounted = _mounted_devices()
+    for dev in [name, *children]:
+        where = mounted.get("/dev/" + dev)
+        if where:
+            reasons.append(f"/dev/{dev} is mounted on {where}")
+        holders = Path("/sys/class/block") / dev / "holders"
+        if holders.is_dir() and any(holders.iterdir()):
+            held = ", ".join(sorted(h.name for h in holders.iterdir()))
+            reasons.append(f"/dev/{dev} is in use by {held}")
+    if name in medium:
+        reasons.append(f"/dev/{name} holds the rescue medium")
+    return reasons
+
+
+def _describe_block(dev: dict[str, Any], medium: set[str]) -> LocalDisk:
+    name = dev["name"]
+    children = [c["name"] for c in dev.get("children") or []]
+    contents = [f"{dev.get('pttype')} partition table"] if dev.get("pttype") else []
+    for node in [dev, *(dev.get("children") or [])]:
+        if node.get("fstype"):
+            contents.append(f"{node['name']}: {node['fstype']}"
+                            + (f" {node['label']!r}" if node.get("label") else ""))
+    return LocalDisk(
+        path=f"/dev/{name}", name=name, size=int(dev["size"]),
+        logical_sector_size=int(dev.get("log-sec") or 512),
+        model=(dev.get("model") or "").strip() or None,
+        serial=(dev.get("serial") or "").strip() or None,
+        wwn=dev.get("wwn") or None, transport=dev.get("tran") or None,
+        read_only=bool(dev.get("ro")), contents=contents,
+        busy=_busy_reasons(name, children, medium))
+
+
+def _lsblk(paths: list[str]) -> list[dict[str, Any]]:
+    doc = runcmd.run_json(["lsblk", "-J", "-O", "-b", *paths])
+    return list(doc.get("blockdevices") or [])
+
+
+def discover_disks() -> list[LocalDisk]:
+    """Every local whole disk, in kernel name order (loop devices included, so tests and
+    image-based restores can see them; the planner never picks them automatically)."""
+    medium = rescue_medium_names()
+    disks = [_describe_block(dev, medium) for dev in _lsblk([])
+             if dev.get("type") in ("disk", "loop")
+             and not str(dev["name"]).startswith(_SKIP_PREFIXES)]
+    return sorted(disks, key=lambda d: d.name)
+
+
+def describe_target(path: str) -> LocalDisk:
+    """Describe one explicit target: a whole block device or a regular (image) file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"target {path} does not exist (for an image file, create it "
+                         "first with the size you want: truncate -s SIZE FILE)") from None
+    if stat.S_ISBLK(mode):
+        real = os.path.realpath(path)
+        devs = _lsblk([real])
+        if not devs or devs[0].get("type") not in ("disk", "loop"):
+            raise UsageError(f"{path} is not a whole disk: name the disk, not a partition")
+        return _describe_block(devs[0], rescue_medium_names())
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{path} is neither a block device nor a regular file")
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+    busy = [f"{path} is attached to {loop}" for loop in _attached_loops(path)]
+    return LocalDisk(path=os.path.abspath(path), name=Path(path).name, size=size,
+                     is_file=True, transport="file", busy=busy)

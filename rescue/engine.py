@@ -1,0 +1,240 @@
+"""The engine API that the CLI, the TUI and tests drive: discover -> plan -> execute.
+
+`execute` runs a Plan's actions through a dispatch table, re-checks every target just
+before the first write, records finished actions and per-volume progress in the resume
+state, and reports what happens through an `on_event` callback (the engine knows nothing
+about screens). A damaged block stops its volume only; the others are still restored, and
+the execution then fails with every damaged range named.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cdpcore.api import ObjectKind
+from cdpcore.errors import CdpError, IntegrityError, SafetyError
+from cdpcore.layout import Layout
+
+from . import lvm, partition, swap, target
+from .discover import LocalDisk, describe_target, discover_disks
+from .mapping import map_disks
+from .plan import Action, Plan, VerifyMode, build_plan
+from .repo import Repository
+from .report import RestoreReport, VolumeReport
+from .resize import ResizePolicy
+from .state import RestoreState, StateStore, default_state_dir
+from .stream import BlockDamaged, StreamOptions, stream_volume
+from .verify import verify_volume
+
+log = logging.getLogger("cdp.rescue")
+EventKind = Literal["start", "progress", "done", "skip", "failed", "note"]
+
+
+@dataclass
+class Event:
+    kind: EventKind
+    action: Action | None = None
+    done: int = 0  # bytes of this action done so far
+    total: int = 0
+    message: str = ""
+
+
+EventSink = Callable[[Event], None]
+
+
+@dataclass
+class ExecuteOptions:
+    dry_run: bool = False
+    state_dir: str | None = None  # default: next to image-file targets, or /run
+    stream: StreamOptions = field(default_factory=StreamOptions)
+
+
+class Engine:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    def discover(self) -> list[LocalDisk]:
+        return discover_disks()
+
+    def plan(self, point: str, maps: dict[str, str] | None = None, *,
+             resize: ResizePolicy = "same", verify: VerifyMode = "blocks",
+             local: list[LocalDisk] | None = None) -> Plan:
+        """Plan restoring the point `point` names ("latest", an ID or prefix, a time)."""
+        info = self.repo.choose(point)
+        opened = self.repo.open_point(info.point_id)
+        layout: Layout = opened.manifest.layout
+        explicit = {src: describe_target(path) for src, path in (maps or {}).items()}
+        disks = local if local is not None or len(explicit) == len(layout.disks) \
+            else self.discover()
+        matches = map_disks(layout.disks, disks or [], explicit)
+        return build_plan(self.repo.host, info.point_id, info.created, layout,
+                          opened.manifest.volumes, matches, resize=resize, verify=verify)
+
+    def execute(self, plan: Plan, options: ExecuteOptions | None = None,
+                on_event: EventSink | None = None) -> RestoreReport:
+        return _Execution(self.repo, plan, options or ExecuteOptions(),
+                          on_event or (lambda e: None)).run()
+
+
+def recheck_targets(plan: Plan) -> None:
+    """Just before writing: every target must still be free and the very disk planned, and
+    no action may write anything but the plan's disks and the LVs it recreates."""
+    allowed = {dp.target.path for dp in plan.disks}
+    vgs = {str(a.params["vg"]) for a in plan.actions if a.type == "lvm"}
+    for action in plan.actions:
+        if action.type == "lvm" or action.target in allowed or any(
+                action.target.startswith(f"/dev/{vg}/") for vg in vgs):
+            continue
+        raise SafetyError(f"plan action {action.id} writes {action.target}, which is not a "
+                          "target disk of the plan")
+    for dp in plan.disks:
+        now = describe_target(dp.target.path)
+        if now.busy:
+            raise SafetyError(f"refusing to write {now.path}: " + "; ".join(now.busy))
+        if (now.size, now.serial, now.wwn) != (dp.target.size, dp.target.serial, dp.target.wwn):
+            raise SafetyError(f"target {now.path} is not the disk the plan was made for "
+                              f"(size {now.size}, serial {now.serial}; the plan expects size "
+                              f"{dp.target.size}, serial {dp.target.serial}): plan again")
+
+
+class _Execution:
+    def __init__(self, repo: Repository, plan: Plan, opts: ExecuteOptions,
+                 emit: EventSink) -> None:
+        self.repo, self.plan, self.opts, self.emit = repo, plan, opts, emit
+        self.report = RestoreReport(host=plan.host, point_id=plan.point_id,
+                                    started=time.time(), dry_run=opts.dry_run,
+                                    notes=list(plan.notes))
+        self.store = StateStore(opts.state_dir or default_state_dir(plan), plan)
+        self.state: RestoreState = self.store.fresh()
+        self.failed_volumes: set[str] = set()
+        self.volumes = {v.name: v for v in plan.volumes}
+        self.layout = repo.open_point(plan.point_id).manifest.layout if not opts.dry_run \
+            and any(a.type == "lvm" for a in plan.actions) else None
+
+    def run(self) -> RestoreReport:
+        if self.opts.dry_run:
+            for action in self.plan.actions:
+                self.emit(Event("skip", action, message=f"dry run: would {action.description}"))
+            self.report.ok = True
+            self.report.finished = time.time()
+            return self.report
+        recheck_targets(self.plan)
+        saved = self.store.load()
+        if saved is not None:
+            self.state = saved
+            self.emit(Event("note", message=f"resuming from {self.store.path}: "
+                            f"{len(saved.done_actions)} actions already done"))
+        handlers: dict[str, Callable[[Action], None]] = {
+            "wipe": lambda a: target.wipe(a.target),
+            "partition_table": self._table, "stream": self._stream, "swap": self._swap,
+            "lvm": self._lvm, "verify": self._verify}
+        try:
+            for action in self.plan.actions:
+                self._one(action, handlers[action.type])
+        finally:
+            self.report.finished = time.time()
+            self.report.ok = not self.report.errors
+            self.report.save(self.store.path.parent)
+        if self.report.errors:
+            raise IntegrityError("; ".join(self.report.errors))
+        self.store.remove()
+        return self.report
+
+    def _one(self, action: Action, handler: Callable[[Action], None]) -> None:
+        record = {"id": action.id, "type": action.type, "device": action.target,
+                  "offset": action.offset, "size": action.size}
+        if action.id in self.state.done_actions:
+            self.emit(Event("skip", action, message="already done (resume)"))
+            self.report.actions.append({**record, "status": "done earlier"})
+            return
+        if action.volume in self.failed_volumes:
+            self.report.actions.append({**record, "status": "skipped: volume failed"})
+            return
+        self.emit(Event("start", action, total=action.size, message=action.description))
+        try:
+            handler(action)
+        except BlockDamaged as exc:
+            self.failed_volumes.add(exc.volume)
+            self.report.errors.append(str(exc))
+            self.report.actions.append({**record, "status": "failed", "error": str(exc)})
+            self.emit(Event("failed", action, message=str(exc)))
+            return
+        except CdpError as exc:
+            self.report.errors.append(str(exc))
+            self.report.actions.append({**record, "status": "failed", "error": str(exc)})
+            self.emit(Event("failed", action, message=str(exc)))
+            raise
+        self.state.done_actions.append(action.id)
+        self.store.save(self.state)
+        self.report.actions.append({**record, "status": "done"})
+        self.emit(Event("done", action, done=action.size, total=action.size))
+
+    def _table(self, action: Action) -> None:
+        dp = next(d for d in self.plan.disks if d.target.path == action.target)
+        partition.write_table(action.target, dp.layout)
+
+    def _swap(self, action: Action) -> None:
+        swap.make_swap(action.target, action.offset, action.size, action.params.get("uuid"),
+                       action.params.get("label"))
+
+    def _lvm(self, action: Action) -> None:
+        assert self.layout is not None
+        vg = next(v for v in self.layout.volume_groups if v.name == action.params["vg"])
+        self.report.notes.extend(lvm.recreate_vg(vg, dict(action.params["pv_devices"])))
+
+    def _stream(self, action: Action) -> None:
+        assert action.volume is not None
+        vol = self.volumes[action.volume]
+        rep = VolumeReport(volume=vol.name, target=action.target, offset=action.offset,
+                           size=vol.size, verified=self.plan.verify)
+        self.report.volumes.append(rep)
+        start = self.state.volume_blocks.get(vol.name, 0)
+        done = min(start * vol.block_size, vol.size)
+        began = time.monotonic()
+
+        def progress(nbytes: int) -> None:
+            nonlocal done
+            done += nbytes
+            self.emit(Event("progress", action, done=done, total=vol.size))
+
+        def checkpoint(blocks: int) -> None:
+            self.state.volume_blocks[vol.name] = blocks
+            self.store.save(self.state)
+
+        try:
+            with target.Target(action.target) as tgt:
+                result = stream_volume(self.repo.client, self.repo.host, self.repo.codec, vol,
+                                       tgt, action.offset, start_block=start,
+                                       options=self.opts.stream, on_progress=progress,
+                                       on_checkpoint=checkpoint)
+        except BlockDamaged as exc:
+            rep.error, rep.verified = str(exc), "failed"
+            raise
+        finally:
+            rep.seconds = time.monotonic() - began
+        rep.written, rep.zeroed, rep.resumed = result.written, result.zeroed, result.resumed
+
+    def _verify(self, action: Action) -> None:
+        assert action.volume is not None
+        vol = self.volumes[action.volume]
+        done = 0
+
+        def progress(nbytes: int) -> None:
+            nonlocal done
+            done += nbytes
+            self.emit(Event("progress", action, done=done, total=vol.size))
+
+        def chunk(cid: bytes) -> bytes:
+            return self.repo.client.fetch(self.repo.host, ObjectKind.chunks, [cid])[cid]
+
+        ignore = [(int(b), int(e)) for b, e in action.params.get("ignore", [])]
+        with target.Target(action.target) as tgt:
+            verify_volume(self.repo.client.page_source(self.repo.host), self.repo.codec, vol,
+                          tgt, action.offset, progress, ignore=ignore, chunks=chunk)
+        for rep in self.report.volumes:
+            if rep.volume == vol.name:
+                rep.verified = "read-back"

@@ -1,0 +1,239 @@
+"""The restore plan: an ordered, reviewable, serialisable list of actions (pure).
+
+Built from a point's layout and volume records plus descriptions of the target disks; it
+touches nothing. Every destructive step is an Action naming its target path and byte
+range, so a plan can be printed, saved as JSON, reviewed and executed later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from cdpcore.errors import FormatError, SafetyError, UsageError
+from cdpcore.layout import Disk, Layout, Partition, _disk
+from cdpcore.manifest import VolumeRecord
+
+from .discover import LocalDisk
+from .mapping import Match
+from .resize import ResizePolicy, fit, human
+
+PLAN_VERSION = 1
+ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify"]
+VerifyMode = Literal["blocks", "read-back"]
+
+
+@dataclass
+class Action:
+    id: str
+    type: ActionType
+    target: str  # device or image file written
+    description: str
+    volume: str | None = None
+    offset: int = 0  # bytes on the target
+    size: int = 0  # bytes of the target region this action writes or checks
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DiskPlan:
+    source: str
+    target: LocalDisk
+    reason: str  # why this target: "--map", "same SERIAL S1", ...
+    layout: Disk  # the layout as written on the target (resized partitions)
+
+
+@dataclass
+class Plan:
+    host: str
+    point_id: str
+    created: float
+    resize: ResizePolicy
+    verify: VerifyMode
+    disks: list[DiskPlan]
+    actions: list[Action]
+    volumes: list[VolumeRecord]
+    notes: list[str] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Identity of what this plan writes where: a resume state is only reused for the
+        same fingerprint."""
+        doc = {"point": self.point_id, "actions": [asdict(a) for a in self.actions],
+               "targets": [(d.target.path, d.target.size, d.target.serial) for d in self.disks]}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Plan:
+        try:
+            if doc["version"] != PLAN_VERSION:
+                raise FormatError(f"plan version {doc['version']} is not supported")
+            return cls(
+                host=doc["host"], point_id=doc["point_id"], created=float(doc["created"]),
+                resize=doc["resize"], verify=doc["verify"], notes=list(doc["notes"]),
+                disks=[DiskPlan(source=d["source"], target=LocalDisk.from_json(d["target"]),
+                                reason=d["reason"], layout=_disk(d["layout"]))
+                       for d in doc["disks"]],
+                actions=[Action(**a) for a in doc["actions"]],
+                volumes=[VolumeRecord.from_json(v) for v in doc["volumes"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"malformed plan file: {exc!r}") from None
+
+
+def rewritten_by_table(disk: Disk) -> list[tuple[int, int]]:
+    """Byte ranges of a boot area that the new partition table replaces on purpose: the
+    MBR's disk signature and table, and for GPT the primary header and entry array."""
+    ranges = [(440, 512)]
+    if disk.table == "gpt":
+        ranges.append((disk.logical_sector_size, (2 + 32) * disk.logical_sector_size))
+    return ranges
+
+
+def partition_device(disk_path: str, number: int) -> str:
+    """Kernel node of partition `number` of a disk (/dev/sda -> /dev/sda2, nvme0n1 -> p2)."""
+    return f"{disk_path}{'p' if disk_path[-1].isdigit() else ''}{number}"
+
+
+def _check_target(src: Disk, match: Match) -> None:
+    target = match.target
+    if target.busy:
+        raise SafetyError(f"refusing target {target.path} for source disk {src.name}: "
+                          + "; ".join(target.busy))
+    if target.read_only:
+        raise SafetyError(f"refusing target {target.path}: it is read-only")
+    if not target.is_file and target.logical_sector_size != src.logical_sector_size:
+        raise SafetyError(f"target {target.path} has {target.logical_sector_size}-byte sectors,"
+                          f" source disk {src.name} had {src.logical_sector_size}: partition "
+                          "tables cannot be carried over")
+
+
+def _disk_actions(src: Disk, dp: DiskPlan, vols: dict[str, VolumeRecord]) -> list[Action]:
+    path, sector = dp.target.path, src.logical_sector_size
+    acts = [Action(f"wipe:{src.name}", "wipe", path,
+                   f"wipe {path} ({human(dp.target.size)}): old signatures at both ends"
+                   + (", whole file emptied" if dp.target.is_file else ""),
+                   size=dp.target.size)]
+    if src.boot_area_volume:
+        vol = vols[src.boot_area_volume]
+        acts.append(Action(f"stream:{vol.name}", "stream", path,
+                           f"write boot area {vol.name} ({human(vol.size)}) at 0",
+                           volume=vol.name, size=vol.size))
+    if src.table:
+        acts.append(Action(f"table:{src.name}", "partition_table", path,
+                           f"create {src.table} partition table on {path} with "
+                           f"{len(dp.layout.partitions)} partitions (GUIDs as captured)",
+                           size=dp.target.size))
+    for part in dp.layout.partitions:
+        acts.extend(_partition_actions(src, part, path, sector, vols))
+    if src.volume:
+        vol = vols[src.volume]
+        acts.append(Action(f"stream:{vol.name}", "stream", path,
+                           f"write {vol.name} ({human(vol.size)}) at 0", volume=vol.name,
+                           size=vol.size))
+    return acts
+
+
+def _partition_actions(src: Disk, part: Partition, path: str, sector: int,
+                       vols: dict[str, VolumeRecord]) -> list[Action]:
+    offset = part.start * sector
+    if part.volume:
+        vol = vols[part.volume]
+        return [Action(f"stream:{vol.name}", "stream", path,
+                       f"write {vol.name} ({human(vol.size)}) at byte {offset} of {path}",
+                       volume=vol.name, offset=offset, size=vol.size)]
+    if part.role == "swap":
+        fs = part.filesystem
+        return [Action(f"swap:{src.name}:p{part.number}", "swap", path,
+                       f"make swap on partition {part.number} at byte {offset} "
+                       f"(UUID {fs.uuid if fs else 'new'})", offset=offset,
+                       size=part.length * sector,
+                       params={"uuid": fs.uuid if fs else None,
+                               "label": fs.label if fs else None})]
+    return []
+
+
+def _pv_location(layout: Layout, device: str) -> tuple[str | None, int]:
+    """(source disk name, partition number or 0 for the whole disk) of a PV device name."""
+    for disk in layout.disks:
+        if device == disk.name:
+            return disk.name, 0
+        for part in disk.partitions:
+            if device in (f"{disk.name}{part.number}", f"{disk.name}p{part.number}"):
+                return disk.name, part.number
+    return None, 0
+
+
+def _lvm_actions(layout: Layout, plans: dict[str, DiskPlan],
+                 vols: dict[str, VolumeRecord]) -> list[Action]:
+    acts: list[Action] = []
+    for vg in layout.volume_groups:
+        devices: dict[str, str] = {}
+        for pv in vg.pvs:
+            owner, number = _pv_location(layout, pv.device)
+            if owner is None or owner not in plans:
+                raise UsageError(f"volume group {vg.name}: its PV {pv.device} is on no disk "
+                                 "of the plan")
+            target = plans[owner].target
+            if target.is_file:
+                raise UsageError(f"volume group {vg.name} needs block-device targets (LVM "
+                                 f"cannot use a partition inside image file {target.path})")
+            devices[pv.uuid] = (partition_device(target.path, number) if number
+                                else target.path)
+        acts.append(Action(f"lvm:{vg.name}", "lvm", ",".join(devices.values()),
+                           f"recreate volume group {vg.name} (UUID {vg.uuid}) on "
+                           + ", ".join(devices.values()) + " with the original UUIDs",
+                           params={"vg": vg.name, "pv_devices": devices}))
+        for lv in vg.lvs:
+            if lv.volume:
+                vol = vols[lv.volume]
+                acts.append(Action(f"stream:{vol.name}", "stream", f"/dev/{vg.name}/{lv.name}",
+                                   f"write {vol.name} ({human(vol.size)}) to "
+                                   f"/dev/{vg.name}/{lv.name}", volume=vol.name,
+                                   size=vol.size))
+            elif lv.filesystem and lv.filesystem.type == "swap":
+                acts.append(Action(f"swap:{lv.volume or vg.name + '/' + lv.name}", "swap",
+                                   f"/dev/{vg.name}/{lv.name}",
+                                   f"make swap on /dev/{vg.name}/{lv.name}", size=lv.size,
+                                   params={"uuid": lv.filesystem.uuid,
+                                           "label": lv.filesystem.label}))
+    return acts
+
+
+def build_plan(host: str, point_id: str, created: float, layout: Layout,
+               volumes: list[VolumeRecord], matches: list[Match], *,
+               resize: ResizePolicy = "same", verify: VerifyMode = "blocks") -> Plan:
+    vols = {v.name: v for v in volumes}
+    disks: list[DiskPlan] = []
+    for match in matches:
+        src = layout.disk(match.source)
+        _check_target(src, match)
+        disks.append(DiskPlan(match.source, match.target, match.reason,
+                              fit(src, match.target.size, resize, match.target.path)))
+    plans = {d.source: d for d in disks}
+    actions: list[Action] = []
+    for dp in disks:
+        actions.extend(_disk_actions(layout.disk(dp.source), dp, vols))
+    actions.extend(_lvm_actions(layout, plans, vols))
+    missing = sorted(set(vols) - {a.volume for a in actions if a.volume})
+    if missing:
+        raise UsageError("the plan does not restore volumes " + ", ".join(missing)
+                         + ": map every source disk that holds them")
+    if verify == "read-back":
+        boot = {d.boot_area_volume: d for d in layout.disks if d.boot_area_volume}
+        actions.extend(Action(f"verify:{a.volume}", "verify", a.target,
+                              f"read back {a.volume} and check every block", volume=a.volume,
+                              offset=a.offset, size=a.size,
+                              params={"ignore": rewritten_by_table(boot[a.volume])}
+                              if a.volume in boot else {})
+                       for a in list(actions) if a.type == "stream")
+    notes = [f"{dp.target.path}: partitions resized ({resize}); filesystems keep their size "
+             "until grown" for dp in disks
+             if [(p.start, p.length) for p in dp.layout.partitions]
+             != [(p.start, p.length) for p in layout.disk(dp.source).partitions]]
+    return Plan(host=host, point_id=point_id, created=created, resize=resize, verify=verify,
+                disks=disks, actions=actions, volumes=volumes, notes=notes)

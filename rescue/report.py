@@ -1,0 +1,53 @@
+"""The restore report: what was written where, how fast, and what failed. Written as JSON
+next to the resume state at the end of every execution, successful or not."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class VolumeReport:
+    volume: str
+    target: str
+    offset: int
+    size: int
+    written: int = 0
+    zeroed: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    verified: str = "blocks"  # blocks (per-block checks), read-back, failed
+    error: str | None = None
+
+
+@dataclass
+class RestoreReport:
+    host: str
+    point_id: str
+    started: float
+    finished: float = 0.0
+    dry_run: bool = False
+    ok: bool = False
+    actions: list[dict[str, Any]] = field(default_factory=list)  # id, status, device
+    volumes: list[VolumeReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_restored(self) -> int:
+        return sum(v.written + v.zeroed for v in self.volumes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "bytes_restored": self.bytes_restored}
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        path = Path(directory) / f"rescue-{self.host}-{self.point_id[:12]}.report.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        os.replace(tmp, path)
+        return path

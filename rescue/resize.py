@@ -1,0 +1,103 @@
+"""Fitting a captured partition layout onto a target disk (pure functions).
+
+Policies on a larger target: `same` keeps every partition where it was; `grow-last` grows
+the partition that ends last (and its extended container) to the end of the disk;
+`proportional` grows data partitions in proportion to their size while the ESP, BIOS-boot,
+/boot and swap partitions keep their size. A target too small for the layout is refused
+with both sizes named. The first partition never moves, so the boot area stays valid.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+from cdpcore.errors import SafetyError, UsageError
+from cdpcore.layout import Disk, Partition
+
+ResizePolicy = Literal["same", "grow-last", "proportional"]
+RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("same", "grow-last", "proportional")
+
+#: Sectors at the end of a GPT disk taken by the backup header and its 128-entry array.
+GPT_BACKUP_SECTORS = 33
+_ALIGN_BYTES = 1024 * 1024
+_FIXED_ROLES = ("esp", "bios_boot", "boot", "swap")
+
+
+def human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    return f"{n} B"
+
+
+def last_usable_sector(disk: Disk, size: int) -> int:
+    sectors = size // disk.logical_sector_size
+    return sectors - 1 - (GPT_BACKUP_SECTORS if disk.table == "gpt" else 0)
+
+
+def required_size(disk: Disk) -> int:
+    """Smallest target (bytes) that holds the layout unchanged."""
+    if not disk.partitions:
+        return disk.size
+    end = max(p.start + p.length for p in disk.partitions)
+    extra = GPT_BACKUP_SECTORS if disk.table == "gpt" else 0
+    return (end + extra) * disk.logical_sector_size
+
+
+def fit(disk: Disk, target_size: int, policy: ResizePolicy, target_name: str) -> Disk:
+    """The source disk's layout as it will be written on a target of `target_size` bytes."""
+    need = required_size(disk)
+    if target_size < need:
+        raise SafetyError(
+            f"target {target_name} is too small for source disk {disk.name}: it has "
+            f"{human(target_size)} ({target_size} bytes), the layout needs at least "
+            f"{human(need)} ({need} bytes)")
+    out = copy.deepcopy(disk)
+    out.size = target_size
+    if not disk.partitions or policy == "same" or target_size == disk.size:
+        return out
+    last = last_usable_sector(disk, target_size)
+    if policy == "grow-last":
+        _grow_last(out.partitions, last)
+    elif policy == "proportional":
+        _grow_proportional(out, last)
+    else:
+        raise UsageError(f"unknown resize policy {policy!r}: use one of "
+                         + ", ".join(RESIZE_POLICIES))
+    return out
+
+
+def _grow_last(parts: list[Partition], last: int) -> None:
+    tail = max(parts, key=lambda p: p.start + p.length)
+    if tail.role in _FIXED_ROLES:
+        return  # a swap or boot partition at the end keeps its size
+    tail.length = last - tail.start + 1
+    if tail.kind == "logical":
+        for part in parts:
+            if part.kind == "extended":
+                part.length = last - part.start + 1
+
+
+def _grow_proportional(disk: Disk, last: int) -> None:
+    parts = sorted(disk.partitions, key=lambda p: p.start)
+    if any(p.kind != "primary" for p in parts):
+        raise UsageError(f"disk {disk.name} has an extended partition: proportional resize "
+                         "supports primary partitions only (use --resize grow-last or same)")
+    growable = [p for p in parts if p.role not in _FIXED_ROLES]
+    old_end = max(p.start + p.length for p in parts)
+    extra = last + 1 - old_end
+    total = sum(p.length for p in growable)
+    if not growable or extra <= 0 or total == 0:
+        return
+    align = max(1, _ALIGN_BYTES // disk.logical_sector_size)
+    shift = 0
+    for part in parts:
+        part.start += shift
+        if part in growable:
+            # Whole alignment units keep every following partition aligned as before.
+            grow = (extra * part.length // total) // align * align
+            part.length += grow
+            shift += grow

@@ -1,0 +1,74 @@
+"""Resume state of a restore: which actions finished and, per streamed volume, how many
+leading blocks are written, verified and synced to the target. Keyed by the plan's
+fingerprint (point + targets + actions), so a state is never applied to another restore.
+
+Written atomically (temporary file, fsync, rename): a power loss leaves the old state or
+the new one, never a torn file. Kept next to an image-file target, or on the rescue
+system's RAM disk (/run) for block devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cdpcore.errors import FormatError
+
+from .plan import Plan
+
+RAM_STATE_DIR = "/run/cdp-rescue"
+
+
+@dataclass
+class RestoreState:
+    fingerprint: str
+    point_id: str
+    done_actions: list[str] = field(default_factory=list)
+    #: volume name -> number of leading blocks written, verified and synced
+    volume_blocks: dict[str, int] = field(default_factory=dict)
+
+
+def default_state_dir(plan: Plan) -> str:
+    files = [d.target.path for d in plan.disks if d.target.is_file]
+    if files and len(files) == len(plan.disks):
+        return str(Path(files[0]).parent)
+    return RAM_STATE_DIR
+
+
+class StateStore:
+    def __init__(self, directory: str | os.PathLike[str], plan: Plan) -> None:
+        self.path = Path(directory) / f"rescue-{plan.host}-{plan.point_id[:12]}.state.json"
+        self.fingerprint = plan.fingerprint()
+        self.point_id = plan.point_id
+
+    def load(self) -> RestoreState | None:
+        """The saved state of this very plan, or None (absent, or of another plan)."""
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise FormatError(f"resume state {self.path} is damaged ({exc}): delete it to "
+                              "restart the restore from the beginning") from None
+        if doc.get("fingerprint") != self.fingerprint:
+            return None
+        return RestoreState(fingerprint=doc["fingerprint"], point_id=doc["point_id"],
+                            done_actions=list(doc["done_actions"]),
+                            volume_blocks={k: int(v) for k, v in doc["volume_blocks"].items()})
+
+    def fresh(self) -> RestoreState:
+        return RestoreState(fingerprint=self.fingerprint, point_id=self.point_id)
+
+    def save(self, state: RestoreState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

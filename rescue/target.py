@@ -1,0 +1,90 @@
+"""Raw writes to a restore target (block device or image file): positioned writes, explicit
+zeroing (a hole in a file, BLKZEROOUT on a device), and wiping old signatures."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import stat
+import struct
+
+from cdpcore import runcmd
+
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+#: Bytes wiped at each end of a target: covers MBR/GPT headers and arrays, LVM labels
+#: (sectors 0-3), MD superblocks (end and 4 KiB), and filesystem magic near the start.
+WIPE_BYTES = 1024 * 1024
+_ZEROS = bytes(4 * 1024 * 1024)
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class Target:
+    """An open target. Use as a context manager; every write is positioned."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def size(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros, without writing them when possible."""
+        if length <= 0:
+            return
+        if self.is_device:
+            try:
+                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+                return
+            except OSError:
+                pass  # unaligned range or a driver without zeroing: write zeros below
+        elif _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                             ctypes.c_long(offset), ctypes.c_long(length)) == 0:
+            return
+        end = offset + length
+        while offset < end:
+            n = min(len(_ZEROS), end - offset)
+            self.write(offset, memoryview(_ZEROS)[:n])
+            offset += n
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+
+def wipe(path: str) -> None:
+    """Remove every old signature so stale metadata cannot come back. A file is emptied
+    (truncated to zero and back: all holes); a device gets `wipefs --all` and zeroed ends
+    (primary and backup GPT, MD superblocks at the end, LVM labels at the start)."""
+    with Target(path) as target:
+        size = target.size()
+        if not target.is_device:
+            os.ftruncate(target.fd, 0)
+            os.ftruncate(target.fd, size)
+            target.sync()
+            return
+    runcmd.run(["wipefs", "--all", "--force", path])
+    with Target(path) as target:
+        head = min(WIPE_BYTES, size)
+        target.zero(0, head)
+        target.zero(max(head, size - WIPE_BYTES), size - max(head, size - WIPE_BYTES))
+        target.sync()

@@ -1,0 +1,57 @@
+"""The `cdp-agent` command end to end, as a real process against the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from cdpcore.errors import WrongKeyError
+
+from .conftest import Agent
+
+
+def _agent(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDP_AGENT_CONFIG": str(config)}
+    return subprocess.run([sys.executable, "-m", "hotcopy", *args], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+
+
+def test_init_backup_points_verify_status(agent: Agent, cdp_server, gpt_image: Path,  # type: ignore[no-untyped-def]
+                                          tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "agent.toml"
+    init = _agent("init", "--server", cdp_server.url, "--token", agent.token, "--host",
+                  agent.host, "--passphrase", "s3cret", "--ca", str(cdp_server.ca_path),
+                  "--source", str(gpt_image), "--state-dir", str(agent.state_dir),
+                  "--print-recovery-key", config=config)
+    assert init.returncode == 0, init.stderr
+    assert "created a new key" in init.stdout and "recovery key: CDP1-" in init.stdout
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+    done = _agent("backup", "--json", config=config)
+    assert done.returncode == 0, done.stderr
+    point = json.loads(done.stdout)
+    listed = json.loads(_agent("points", "--json", config=config).stdout)
+    assert [p["point_id"] for p in listed] == [point["point_id"]]
+    checked = _agent("verify", "latest", "--json", config=config)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["ok"] and report["chunks_checked"] > 0
+    state = json.loads(_agent("status", "--json", config=config).stdout)
+    assert state["in_sync"] and state["local_point"] == point["point_id"]
+
+    wrong = _agent("init", "--server", cdp_server.url, "--token", agent.token, "--host",
+                   agent.host, "--passphrase", "not it", "--ca", str(cdp_server.ca_path),
+                   config=tmp_path / "other.toml")
+    assert wrong.returncode == WrongKeyError.exit_code
+    assert "wrong passphrase" in wrong.stderr
+
+
+def test_interval_below_a_minute_is_refused(tmp_path: Path) -> None:
+    out = _agent("init", "--server", "https://127.0.0.1:1", "--token", "t", "--host", "h",
+                 "--passphrase", "p", "--interval", "30", config=tmp_path / "a.toml")
+    assert out.returncode == 2
+    assert "interval must be at least 60 s, not 30" in out.stderr

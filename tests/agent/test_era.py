@@ -1,0 +1,36 @@
+"""The functional core of dm-era tracking: era_invalidate's XML to volume blocks. (The
+device path itself runs only in the QEMU VM tests, which need device-mapper.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from hotcopy.era import parse_blocks, to_volume_blocks
+from hotcopy.errors import SnapshotError
+
+XML = """<blocks>
+  <range begin="0" end="3"/>
+  <block block="7"/>
+  <range begin="100" end="102"/>
+</blocks>
+"""
+
+
+def test_parse_blocks_reads_ranges_and_single_blocks() -> None:
+    assert parse_blocks(XML) == [(0, 3), (7, 8), (100, 102)]
+
+
+def test_unreadable_output_is_a_snapshot_error() -> None:
+    with pytest.raises(SnapshotError, match="era_invalidate printed unreadable output"):
+        parse_blocks("<blocks><range begin=")
+
+
+def test_era_blocks_map_to_volume_blocks_through_the_volume_offset() -> None:
+    era_block = 64 * 1024  # 128 sectors
+    # Volume at 1 MiB (era block 16) of 2 MiB, in 16 KiB blocks: era block 16 is volume
+    # blocks 0-3; era blocks 100-101 lie beyond the volume's end (era block 48).
+    ranges = [(0, 3), (16, 17), (20, 22), (100, 102)]
+    assert to_volume_blocks(ranges, era_block, 1 << 20, 2 << 20, 16 * 1024) == [
+        0, 1, 2, 3, 16, 17, 18, 19, 20, 21, 22, 23]
+    # A volume ending mid-block keeps its short last block.
+    assert to_volume_blocks([(0, 1)], era_block, 0, 20 * 1024, 16 * 1024) == [0, 1]

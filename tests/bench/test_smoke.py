@@ -1,0 +1,70 @@
+"""Smoke run of the side-by-side benchmark harness (issue #9) on a tiny image: every tool
+runs once, the table and the JSON document come out, and every restore is byte-exact.
+No timing assertions: speed is what bench/ measures, not what tests check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import peers, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def peer_versions() -> dict[str, str]:
+    try:
+        return peers.ensure_installed()
+    except peers.MissingTool as exc:
+        pytest.skip(f"restic/borg unavailable: {exc}")
+
+
+def test_workload_is_reproducible_and_change_is_exact(tmp_path: Path) -> None:
+    a = workload.build_image(tmp_path / "a.img", 32 * workload.MiB, seed=3)
+    b = workload.build_image(tmp_path / "b.img", 32 * workload.MiB, seed=3)
+    assert a.sha256 == b.sha256 == workload.sha256_file(tmp_path / "b.img")
+    writes = workload.plan_change(tmp_path / "a.img", a.size, a.seed, scattered=40,
+                                  sequential=3 * workload.PAGE)
+    workload.apply_change(tmp_path / "b.img", writes)
+    diff = workload.diff_images(tmp_path / "a.img", tmp_path / "b.img")
+    # 40 database pages and 3 log pages, each rewritten with new content.
+    assert diff.blocks == 43
+    assert 40 * workload.PAGE < diff.bytes <= 43 * workload.PAGE
+    db = workload.file_runs(tmp_path / "a.img", workload.DB_FILE)
+    assert all(any(start <= w.offset < start + n for start, n in db) for w in writes[:40])
+    log = workload.file_runs(tmp_path / "a.img", workload.LOG_FILE)
+    assert all(any(start <= w.offset < start + n for start, n in log) for w in writes[40:])
+
+
+def test_diff_counts_single_bytes(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(bytes(3 * workload.PAGE))
+    (tmp_path / "y").write_bytes(bytes(workload.PAGE) + b"\1\0\2" + bytes(2 * workload.PAGE - 3))
+    assert workload.diff_images(tmp_path / "x", tmp_path / "y") == workload.Diff(2, 1)
+
+
+def test_smoke_run(tmp_path: Path, peer_versions: dict[str, str]) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "64M", "--runs", "1", "--series-size", "32M",
+         "--series-points", "2", "--empty-size", "256M", "--work", str(tmp_path / "work"),
+         "--doc", "", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    tools = {"cdp-scan", "restic", "borg", "limit"}
+    assert tools <= set(doc["raw"])
+    assert {t: doc["restore_checks"][t] for t in tools} == dict.fromkeys(tools, "yes")
+    for tool in tools - {"limit"}:
+        assert doc["raw"][tool]["growth_bytes"][0] > 0
+    assert set(doc["series"]["tools"]) >= {"cdp-scan", "restic", "borg"}
+    assert doc["empty_point"]["volume_size"] == 256 * workload.MiB
+    assert "| Full backup time |" in proc.stdout
+    assert "| Target (issue #9) |" in proc.stdout
+    assert doc["machine"]["drop_caches"] is True
+    assert doc["versions"] == peer_versions
+

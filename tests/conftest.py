@@ -1,0 +1,136 @@
+"""Shared fixtures: `cdp_server`, a REAL CDP server process (python -m cdp_server serve)
+over HTTPS on 127.0.0.1, with a fresh datastore per test and a self-signed certificate
+made by the server's own `cert` subcommand."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from cdpcore.api import API_PREFIX, Role
+from cdpcore.client import CdpClient
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def _cli(*args: str) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "cdp_server", *args, "--json"], cwd=REPO,
+                         capture_output=True, text=True, check=True, timeout=60)
+    doc: dict[str, str] = json.loads(out.stdout)
+    return doc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerHandle:
+    """A running cdp-server process and what a test needs to talk to it."""
+
+    url: str
+    ca_path: Path
+    fingerprint: str
+    admin_token: str
+    data_dir: Path
+    key_path: Path
+    log_path: Path
+    port: int
+    grace: float = 86400.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process holds it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdp_server", "serve", "--data", str(self.data_dir),
+             "--listen", f"127.0.0.1:{self.port}", "--cert", str(self.ca_path),
+             "--key", str(self.key_path), "--grace", str(self.grace)],
+            cwd=REPO, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cdp-server exited with {self.proc.returncode}:\n"
+                                   + self.log_path.read_text()[-3000:])
+            try:
+                if requests.get(f"{self.url}{API_PREFIX}/health", verify=str(self.ca_path),
+                                timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("cdp-server did not answer /health in time:\n"
+                           + self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM), SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self, token: str, **kwargs: object) -> CdpClient:
+        return CdpClient(self.url, token, ca_path=str(self.ca_path), **kwargs)  # type: ignore[arg-type]
+
+    def admin(self) -> CdpClient:
+        return self.client(self.admin_token)
+
+    def add_host(self, name: str) -> dict[Role, str]:
+        return dict(self.admin().create_host(name).tokens)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture(scope="session")
+def server_cert(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return _cli("cert", "--out", str(tmp_path_factory.mktemp("cert")))
+
+
+@pytest.fixture
+def cdp_server(tmp_path: Path, server_cert: dict[str, str]) -> Iterator[ServerHandle]:
+    """A fresh datastore and a real server process serving it; stopped after the test."""
+    data = tmp_path / "datastore"
+    init = _cli("init", "--data", str(data))
+    port = _free_port()
+    handle = ServerHandle(url=f"https://127.0.0.1:{port}", ca_path=Path(server_cert["cert"]),
+                          fingerprint=server_cert["fingerprint"],
+                          admin_token=init["admin_token"], data_dir=data,
+                          key_path=Path(server_cert["key"]), log_path=tmp_path / "server.log",
+                          port=port)
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        if os.environ.get("CDP_SHOW_SERVER_LOG"):
+            print(handle.log())

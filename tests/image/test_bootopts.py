@@ -1,0 +1,100 @@
+"""rescue.bootopts: the kernel command line of the rescue system, parsed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdpcore.errors import UsageError
+from rescue.bootopts import NetConfig, Vlan, main, parse_cmdline, shell_vars
+
+
+def test_product_options_and_console() -> None:
+    opts = parse_cmdline('BOOT_IMAGE=/boot/vmlinuz console=tty0 console=ttyS1,115200n8 quiet '
+                         'cdp.server=https://backup.example:8443 cdp.token=abc cdp.host=web1 '
+                         'cdp.point=42 cdp.answers="http://x/a b.json" cdp.auto=1')
+    assert (opts.server, opts.token, opts.host, opts.point) == (
+        "https://backup.example:8443", "abc", "web1", "42")
+    assert opts.answers == "http://x/a b.json"
+    assert opts.auto is True and opts.test is False
+    assert opts.serial_console == "ttyS1"
+    assert opts.warnings == ()
+
+
+def test_nothing_destructive_by_default() -> None:
+    opts = parse_cmdline("console=tty0 cdp.server=https://s")
+    assert opts.auto is False
+    assert "CDP_AUTO=0\n" in shell_vars(opts)
+
+
+def test_auto_without_source_warns() -> None:
+    assert parse_cmdline("cdp.auto=1").warnings == (
+        "cdp.auto=1 without cdp.server or cdp.answers: nothing to restore from",)
+
+
+def test_unknown_cdp_option_is_a_warning_not_a_failure() -> None:
+    assert parse_cmdline("cdp.sever=x").warnings == ("unknown boot option cdp.sever (ignored)",)
+
+
+def test_bad_flag() -> None:
+    with pytest.raises(UsageError, match=r"cdp.auto=maybe: expected 1 or 0"):
+        parse_cmdline("cdp.auto=maybe")
+
+
+@pytest.mark.parametrize("value", ["dhcp", "on", "any"])
+def test_ip_dhcp(value: str) -> None:
+    assert parse_cmdline(f"ip={value}").net == NetConfig(mode="dhcp")
+
+
+def test_ip_dhcp_on_one_interface() -> None:
+    assert parse_cmdline("ip=:::::eth1:dhcp").net == NetConfig(mode="dhcp", iface="eth1")
+
+
+def test_ip_static() -> None:
+    net = parse_cmdline("ip=192.0.2.10::192.0.2.1:255.255.255.0:rescue:eth0:none").net
+    assert net == NetConfig(mode="static", iface="eth0", address="192.0.2.10", prefix=24,
+                            gateway="192.0.2.1", hostname="rescue")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("192.0.2.10::192.0.2.1:255.255.255.0::eth0:bootp", "autoconf must be dhcp or none"),
+    ("192.0.2.10::192.0.2.1:255.255.255.0", "a static address needs"),
+    ("192.0.2.300:::255.255.255.0::eth0:none", "192.0.2.300"),
+    ("192.0.2.10::192.0.2.1:255.0.255.0::eth0:none", "255.0.255.0"),
+])
+def test_ip_errors(value: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_cmdline(f"ip={value}")
+
+
+def test_vlan_moves_the_address_to_the_vlan_interface() -> None:
+    opts = parse_cmdline("ip=dhcp vlan=eth0.100:eth0")
+    assert opts.vlan == Vlan(name="eth0.100", parent="eth0", id=100)
+    env = dict(line.split("=", 1) for line in shell_vars(opts).splitlines())
+    assert env["CDP_IP_IFACE"] == "eth0.100"
+    assert (env["CDP_VLAN_PARENT"], env["CDP_VLAN_ID"]) == ("eth0", "100")
+
+
+@pytest.mark.parametrize("value", ["eth0", "eth0.5000:eth0", "vlan7"])
+def test_vlan_errors(value: str) -> None:
+    with pytest.raises(UsageError, match="expected NAME:PARENT"):
+        parse_cmdline(f"vlan={value}")
+
+
+def test_baked_defaults_yield_to_the_command_line() -> None:
+    opts = parse_cmdline("cdp.server=https://other", {"server": "https://baked",
+                                                      "token": "t0", "ca": "/etc/cdp/ca.pem"})
+    assert (opts.server, opts.token, opts.ca) == ("https://other", "t0", "/etc/cdp/ca.pem")
+
+
+def test_shell_output_is_quoted(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("ip=10.1.2.3::10.1.2.1:255.255.0.0::eth0:none console=ttyS0 cdp.test=1\n")
+    assert main([str(cmdline), "--shell"]) == 0
+    out = capsys.readouterr().out
+    assert "CDP_IP_ADDR=10.1.2.3\nCDP_IP_PREFIX=16\n" in out
+    assert "CDP_SERIAL=ttyS0\n" in out and "CDP_TEST=1\n" in out
+    assert main([str(cmdline), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["net"]["gateway"] == "10.1.2.1" and data["test"] is True

@@ -1,0 +1,136 @@
+"""Pure planning: point choice, disk mapping, resizing and refusals (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from cdpcore.errors import NotFoundError, SafetyError, UsageError
+from cdpcore.layout import Disk, Layout, Partition
+from cdpcore.manifest import VolumeRecord
+from cdpcore.points import select_point
+from rescue.discover import LocalDisk
+from rescue.mapping import map_disks, parse_maps
+from rescue.plan import Plan, build_plan
+from rescue.resize import fit
+
+ZERO_ROOT = "0" * 64
+MIB = 1024 * 1024
+
+
+@dataclass
+class P:
+    point_id: str
+    created: float
+
+
+def test_select_point_latest_prefix_and_time() -> None:
+    pts = [P("aaaa" + "0" * 28, 1000.0), P("aaaa" + "1" * 28, 2000.0), P("b" * 32, 3000.0)]
+    assert select_point(pts, "latest").created == 3000.0
+    assert select_point(pts, "bbbb").point_id == "b" * 32
+    with pytest.raises(UsageError, match="ambiguous"):
+        select_point(pts, "aaaa")
+    with pytest.raises(NotFoundError, match="no recovery point of host 'h' has an ID"):
+        select_point(pts, "cccc", "h")
+    import time
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(2500))
+    assert select_point(pts, stamp).created == 2000.0
+    early = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(500))
+    with pytest.raises(NotFoundError, match="at or before"):
+        select_point(pts, early)
+    with pytest.raises(UsageError, match="cannot read point choice"):
+        select_point(pts, "yesterday")
+    with pytest.raises(NotFoundError, match="there are no recovery points"):
+        select_point([], "latest")
+
+
+def gpt_disk(name: str = "vda", size: int = 64 * MIB) -> Disk:
+    parts = [
+        Partition(1, 2048, 16384, role="esp", type_guid="c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+                  guid="11111111-1111-4111-8111-111111111111", name="EFI",
+                  volume=f"{name}:p1"),
+        Partition(2, 18432, 16384, role="swap"),
+        Partition(3, 34816, 40960, volume=f"{name}:p3"),
+        Partition(4, 75776, 40960, volume=f"{name}:p4"),
+    ]
+    return Disk(name=name, size=size, table="gpt", partitions=parts, serial="S1",
+                model="M", boot_area_volume=f"{name}:boot")
+
+
+def local(path: str, size: int, **kw: object) -> LocalDisk:
+    return LocalDisk(path=path, name=path.rsplit("/", 1)[-1], size=size, **kw)  # type: ignore[arg-type]
+
+
+def test_fit_same_grow_last_proportional_and_too_small() -> None:
+    disk = gpt_disk()
+    assert [(p.start, p.length) for p in fit(disk, 128 * MIB, "same", "t").partitions] == \
+        [(p.start, p.length) for p in disk.partitions]
+    last = fit(disk, 128 * MIB, "grow-last", "t").partitions
+    assert last[3].start == 75776 and last[3].start + last[3].length - 1 == 262144 - 34
+    prop = fit(disk, 128 * MIB, "proportional", "t").partitions
+    assert (prop[0].start, prop[0].length) == (2048, 16384)  # ESP fixed
+    assert prop[1].length == 16384  # swap fixed
+    assert prop[2].length == prop[3].length > 40960  # equal data partitions grow alike
+    assert prop[3].start == prop[2].start + prop[2].length
+    assert prop[3].start + prop[3].length <= 262144 - 33
+    assert all(p.start % 2048 == 0 for p in prop)
+    with pytest.raises(SafetyError) as err:
+        fit(disk, 32 * MIB, "same", "/dev/sdz")
+    assert str(err.value) == (
+        "target /dev/sdz is too small for source disk vda: it has 32.0 MiB (33554432 "
+        "bytes), the layout needs at least 57.0 MiB (59785728 bytes)")
+
+
+def test_mapping_by_serial_then_size_and_refusals() -> None:
+    src = [gpt_disk()]
+    a = local("/dev/sda", 64 * MIB, serial="X", model="M")
+    b = local("/dev/sdb", 64 * MIB, serial="S1", model="Z")
+    assert map_disks(src, [a, b], {})[0].target is b
+    assert map_disks(src, [a, b], {})[0].reason == "same SERIAL S1"
+    c = local("/dev/sdc", 64 * MIB, model="M")
+    with pytest.raises(SafetyError, match="equally plausible targets"):
+        map_disks(src, [a, c], {})  # same size and model: never guess
+    busy = local("/dev/sdd", 64 * MIB, serial="S1", busy=["/dev/sdd1 is mounted on /"])
+    loop = local("/dev/loop3", 64 * MIB, serial="S1", transport="loop")
+    with pytest.raises(UsageError, match="no local disk matches source disk vda"):
+        map_disks(src, [busy, loop], {})
+    assert map_disks(src, [a, b], {"vda": a})[0].reason == "--map"
+    with pytest.raises(UsageError, match="names source disk 'vdz'"):
+        map_disks(src, [a], {"vdz": a})
+    assert parse_maps(["vda=/dev/sdb"]) == {"vda": "/dev/sdb"}
+    with pytest.raises(UsageError, match="expected SOURCE=TARGET"):
+        parse_maps(["vda"])
+
+
+def volumes(disk: Disk) -> list[VolumeRecord]:
+    names = [disk.boot_area_volume] + [p.volume for p in disk.partitions if p.volume]
+    return [VolumeRecord(str(n), MIB, 16384, ZERO_ROOT, 0) for n in names]
+
+
+def test_plan_actions_refusals_and_json_round_trip() -> None:
+    disk = gpt_disk()
+    layout = Layout(hostname="h", disks=[disk])
+    target = local("/tmp/t.img", 128 * MIB, is_file=True)
+    matches = map_disks([disk], [], {"vda": target})
+    plan = build_plan("h", "f" * 32, 1.0, layout, volumes(disk), matches, resize="grow-last",
+                      verify="read-back")
+    types = [a.type for a in plan.actions]
+    assert types[:3] == ["wipe", "stream", "partition_table"]  # boot area before the table
+    assert plan.actions[1].volume == "vda:boot"
+    swap = next(a for a in plan.actions if a.type == "swap")
+    assert swap.offset == 18432 * 512
+    p4 = next(a for a in plan.actions if a.volume == "vda:p4" and a.type == "stream")
+    assert p4.offset == 75776 * 512
+    assert types.count("verify") == 4
+    again = Plan.from_json(plan.to_json())
+    assert again == plan and again.fingerprint() == plan.fingerprint()
+    mounted = local("/dev/sdb", 128 * MIB, busy=["/dev/sdb2 is mounted on /mnt"])
+    with pytest.raises(SafetyError, match="refusing target /dev/sdb for source disk vda: "
+                                          "/dev/sdb2 is mounted on /mnt"):
+        build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                   map_disks([disk], [], {"vda": mounted}))
+    medium = local("/dev/sdc", 128 * MIB, busy=["/dev/sdc holds the rescue medium"])
+    with pytest.raises(SafetyError, match="holds the rescue medium"):
+        build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                   map_disks([disk], [], {"vda": medium}))

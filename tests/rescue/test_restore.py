@@ -1,0 +1,215 @@
+"""End-to-end restores from a real CDP server process (the `cdp_server` fixture) onto
+image files: real points made with cdpcore, real partition tables, byte-exact checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdpcore.api import Role
+from cdpcore.crypto import BlobCodec, KeySet
+from cdpcore.errors import NotFoundError, SafetyError, WrongKeyError
+from cdpcore.keys import WrappedKey, new_master_key
+from rescue.engine import Engine, ExecuteOptions
+from rescue.repo import Repository
+
+from .pointmaker import make_point
+
+MIB = 1024 * 1024
+PASS = "correct horse"
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def make_source(path: Path, table: str, size: int = 64 * MIB) -> None:
+    """A disk image with a boot area, an ESP-like, a swap and a data partition."""
+    sh("truncate", "-s", str(size), str(path))
+    if table == "gpt":
+        sh("sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:EFI", "-n2:0:+4M", "-t2:8200",
+           "-c2:swap", "-n3:0:0", "-t3:8300", "-c3:root", str(path))
+    else:
+        sh("parted", "-s", str(path), "mklabel", "msdos", "mkpart", "primary", "fat32",
+           "1MiB", "9MiB", "set", "1", "boot", "on", "mkpart", "primary", "linux-swap",
+           "9MiB", "13MiB", "mkpart", "primary", "ext4", "13MiB", "100%")
+    rnd = os.urandom(5 * MIB)
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"GRUB boot code stand-in bytes")
+        f.seek(2048 * 512 + 4096)
+        f.write(rnd[:MIB])
+        f.seek(13 * MIB + 1 * MIB)
+        f.write(rnd)
+        f.seek(size - 4 * MIB)
+        f.write(rnd[:3 * MIB])
+
+
+def partitions(path: Path) -> list[dict[str, Any]]:
+    return list(json.loads(sh("sfdisk", "--json", str(path)))["partitiontable"]["partitions"])
+
+
+def region(path: Path, start: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def repo_host(cdp_server: Any, tmp_path: Path) -> dict[str, Any]:
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    master = new_master_key()
+    agent.put_key("web1", WrappedKey.create(master, PASS, n=2**10).to_json())
+    return {"agent": agent, "restore": cdp_server.client(tokens[Role.restore]),
+            "token": tokens[Role.restore], "codec": BlobCodec(KeySet.from_master(master))}
+
+
+def point_of(repo_host: dict[str, Any], source: Path) -> Any:
+    return make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
+
+
+def check_equal(source: Path, target: Path) -> None:
+    src_parts, dst_parts = partitions(source), partitions(target)
+    assert len(src_parts) == len(dst_parts)
+    for sp, dp in zip(src_parts, dst_parts, strict=True):
+        for key in ("type", "uuid", "name"):
+            assert sp.get(key) == dp.get(key)
+        assert dp["start"] == sp["start"]
+        if sp["type"] not in ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "82"):
+            assert region(source, sp["start"] * 512, sp["size"] * 512) == \
+                region(target, dp["start"] * 512, sp["size"] * 512)
+    assert region(source, 0, 440) == region(target, 0, 440)  # boot code
+
+
+@pytest.mark.parametrize("table", ["gpt", "msdos"])
+def test_restore_same_size_byte_exact(repo_host: dict[str, Any], tmp_path: Path,
+                                      table: str) -> None:
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    make_source(source, table)
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(64 * MIB), str(target))
+    target.write_bytes(os.urandom(64 * MIB))  # stale content must not survive
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, verify="read-back")
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
+    assert report.ok
+    check_equal(source, target)
+    swap = next(p for p in partitions(source) if p["type"] in
+                ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "82"))
+    assert "TYPE=swap" in sh("blkid", "-p", "-o", "export", "-O", str(swap["start"] * 512),
+                             str(target))
+    if table == "msdos":
+        assert json.loads(sh("sfdisk", "--json", str(source)))["partitiontable"]["id"] == \
+            json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["id"]
+
+
+def test_cli_restore_to_larger_target_grows_last_with_backup_gpt(
+        repo_host: dict[str, Any], cdp_server: Any, tmp_path: Path) -> None:
+    source, target = tmp_path / "vda.img", tmp_path / "big.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(96 * MIB), str(target))
+    (tmp_path / "pass").write_text(PASS + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rescue", "restore", "--server", cdp_server.url,
+         "--ca", cdp_server.ca_path, "--token", repo_host["token"], "--host", "web1",
+         "--point", "latest", "--map", f"vda.img={target}", "--resize", "grow-last",
+         "--passphrase-file", str(tmp_path / "pass"), "--yes"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    check_equal(source, target)
+    assert "No problems found" in sh("sgdisk", "-v", str(target))
+    table = json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]
+    assert table["lastlba"] == 96 * MIB // 512 - 34  # backup GPT at the new end
+    last = table["partitions"][-1]
+    assert last["start"] + last["size"] - 1 == 96 * MIB // 512 - 34
+
+
+def test_too_small_target_refused_before_writing(repo_host: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    source, target = tmp_path / "vda.img", tmp_path / "small.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(32 * MIB), str(target))
+    before = digest(target)
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    with pytest.raises(SafetyError) as err:
+        engine.plan("latest", {"vda.img": str(target)})
+    assert str(err.value) == (
+        f"target {target} is too small for source disk vda.img: it has 32.0 MiB (33554432 "
+        "bytes), the layout needs at least 64.0 MiB (67108864 bytes)")
+    assert digest(target) == before
+
+
+def test_dry_run_leaves_target_untouched(repo_host: dict[str, Any], tmp_path: Path) -> None:
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    target.write_bytes(os.urandom(64 * MIB))
+    before = digest(target)
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)})
+    report = engine.execute(plan, ExecuteOptions(dry_run=True, state_dir=str(tmp_path)))
+    assert report.dry_run and not report.volumes
+    assert digest(target) == before
+
+
+def test_wrong_passphrase_unknown_host_and_point(repo_host: dict[str, Any]) -> None:
+    with pytest.raises(WrongKeyError, match="wrong passphrase"):
+        Repository.open(repo_host["restore"], "web1", "not the passphrase")
+    with pytest.raises(NotFoundError):
+        Repository.open(repo_host["restore"], "nosuchhost", PASS)
+    repo = Repository.open(repo_host["restore"], "web1", PASS)
+    with pytest.raises(NotFoundError, match="there are no recovery points of host 'web1'"):
+        repo.choose("latest")
+
+
+def test_resume_after_killed_restore_is_byte_exact(repo_host: dict[str, Any], cdp_server: Any,
+                                                   tmp_path: Path) -> None:
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    sh("truncate", "-s", str(160 * MIB), str(source))
+    with open(source, "r+b") as f:
+        f.write(os.urandom(160 * MIB))  # a whole-disk volume: no table
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(160 * MIB), str(target))
+    (tmp_path / "pass").write_text(PASS)
+    argv = [sys.executable, "-m", "rescue", "restore", "--server", cdp_server.url,
+            "--ca", cdp_server.ca_path, "--token", repo_host["token"], "--host", "web1",
+            "--map", f"vda.img={target}", "--passphrase-file", str(tmp_path / "pass"),
+            "--yes", "--workers", "1", "--checkpoint-mib", "4"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    state = tmp_path  # the state lives next to an image-file target
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        files = list(state.glob("rescue-web1-*.state.json"))
+        if files and json.loads(files[0].read_text() or "{}").get("volume_blocks"):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "restore finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(next(state.glob("rescue-web1-*.state.json")).read_text())
+    done = saved["volume_blocks"]["vda.img:whole"]
+    assert 0 < done < 160 * MIB // 16384
+    again = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr
+    assert digest(source) == digest(target)
+    report = json.loads(next(state.glob("rescue-web1-*.report.json")).read_text())
+    assert report["volumes"][0]["resumed"] == done * 16384
+    assert not list(state.glob("rescue-web1-*.state.json"))
