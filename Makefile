@@ -14,7 +14,7 @@ OUT ?= out
 # Debian packages: build deps of pyparted, tools the agent and rescue engine drive,
 # and what builds and boots the rescue image under QEMU.
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libparted-dev \
-	parted fdisk gdisk util-linux e2fsprogs dosfstools xfsprogs kmod cpio zstd \
+	parted fdisk gdisk util-linux udev e2fsprogs dosfstools xfsprogs kmod cpio zstd \
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu mmdebstrap xorriso mtools \
 	grub-pc-bin grub-efi-amd64-bin grub-common tmux openssl ca-certificates
 
