@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +84,6 @@ def restore(settings: str, dest: str) -> None:
     with Target(dest) as target:
         result = stream_volume(repo.client, s["host"], repo.codec, vol, target, 0)
         target.sync()
-    os.sync()
     click.echo(json.dumps({"written": result.written, "zeroed": result.zeroed}))
 
 

@@ -14,7 +14,8 @@ import click
 from cdpcore.errors import CdpError
 
 from . import peers
-from .run import Settings, benchmark, finish
+from .measure import CACHE_MODES
+from .run import Settings, benchmark, brief, finish
 from .workload import parse_size
 
 START = "<!-- bench:results:start -->"
@@ -22,25 +23,14 @@ END = "<!-- bench:results:end -->"
 TOOLS = ("cdp", "restic", "borg")
 
 
-def update_doc(doc_path: Path, table: str, doc: dict[str, object]) -> None:
+def update_doc(doc_path: Path, table: str) -> None:
     """Replace the results block of BENCHMARKS.md (between the markers) with `table`."""
     text = doc_path.read_text() if doc_path.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         raise CdpError(f"{doc_path} has no results block ({START} ... {END})")
-    block = (f"{START}\nLatest run: {doc['started']}, `{doc['command']}`, "
-             f"{doc['duration_s']} s in all.\n\nMachine: {_machine(doc)}\n\n{table}{END}")
+    block = f"{START}\n{table}{END}"
     doc_path.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block,
                                text, flags=re.S))
-
-
-def _machine(doc: dict[str, object]) -> str:
-    m = doc["machine"]
-    assert isinstance(m, dict)
-    versions = doc.get("versions", {})
-    assert isinstance(versions, dict)
-    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, kernel "
-            f"{m['kernel']}, Python {m['python']}, work directory on {m['work_fs']}; "
-            + "; ".join(str(v) for v in versions.values()))
 
 
 @click.command()
@@ -58,18 +48,32 @@ def _machine(doc: dict[str, object]) -> str:
               help="Comma-separated subset of cdp,restic,borg (the limit always runs).")
 @click.option("--work", default="/var/tmp/cdp-bench", show_default=True,
               type=click.Path(file_okay=False), help="Scratch and cache directory.")
+@click.option("--cache", type=click.Choice(CACHE_MODES), default="drop", show_default=True,
+              help="Before each measured step: drop the whole page cache, or evict only the "
+              "image and repository files (programs stay cached).")
 @click.option("--doc", default="BENCHMARKS.md", show_default=True,
               help="Markdown file whose results block is replaced; '' to leave it alone.")
 @click.option("--json", "json_out", default="", help="Also write the JSON document here.")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False),
+              help="Run nothing: render the table of a saved JSON document (and --doc).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step.")
 def main(size: str, runs: int, series_size: str, series_points: int, empty_size: str,
-         tools: str, work: str, doc: str, json_out: str, verbose: bool) -> None:
+         tools: str, work: str, cache: str, doc: str, json_out: str, from_json: str | None,
+         verbose: bool) -> None:
     """Benchmark this project side by side with restic and borg and the cat/dd limit:
     full and incremental backup time, peak memory, repository growth, restore time with
     a byte-for-byte check, a series of points, and the empty-point cost. Prints the
     Markdown table; results (JSON and Markdown) are kept under --work/results."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(message)s", stream=sys.stderr)
+    if from_json:
+        result = json.loads(Path(from_json).read_text())
+        table = finish(result)
+        if doc:
+            update_doc(Path(doc), table)
+        click.echo(table)
+        return
+    started = time.time()
     names = [t.strip() for t in tools.split(",") if t.strip()]
     unknown = set(names) - set(TOOLS)
     if unknown:
@@ -77,7 +81,7 @@ def main(size: str, runs: int, series_size: str, series_points: int, empty_size:
                                  param_hint="--tools")
     settings = Settings(size=parse_size(size), runs=runs, series_size=parse_size(series_size),
                         series_points=series_points, empty_size=parse_size(empty_size),
-                        work=Path(work))
+                        work=Path(work), cache=cache)
     try:
         versions = peers.ensure_installed()
         chosen = make_tools(names)
@@ -89,7 +93,8 @@ def main(size: str, runs: int, series_size: str, series_points: int, empty_size:
                 result["empty_point"] = empty_point(settings.work / "scratch-empty",
                                                     settings.empty_size)
             except CdpError as exc:
-                result["errors"].append(f"empty point: {exc}")
+                result["errors"].append(f"empty point: {brief(exc)}")
+        result["duration_s"] = round(time.time() - started, 1)
     except CdpError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -102,7 +107,7 @@ def main(size: str, runs: int, series_size: str, series_points: int, empty_size:
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=1))
     if doc:
-        update_doc(Path(doc), table, result)
+        update_doc(Path(doc), table)
     click.echo(table)
     if result["errors"]:
         click.echo("errors:\n" + "\n".join(f"- {e}" for e in result["errors"]), err=True)

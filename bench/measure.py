@@ -10,7 +10,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,24 +39,85 @@ class Sample:
 
 
 def drop_caches() -> bool:
-    """Write back dirty pages and drop the page cache, so the next read comes from the
-    disk. Returns False (and logs why) where the kernel does not allow it."""
+    """Write back dirty pages and drop the whole page cache (programs and libraries too).
+    Returns False (and logs why) where the kernel does not allow it."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
     except OSError as exc:
-        log.warning("cannot drop page caches (%s): reads may come from memory", exc)
+        log.warning("cannot drop page caches (%s): falling back to evicting files", exc)
         return False
     return True
 
 
+def evict(*paths: str | Path) -> int:
+    """Write back and drop from the page cache every file under `paths` (the image and the
+    repository), so the next read of them comes from the disk, while programs and
+    libraries stay cached. Returns the number of files evicted."""
+    count = 0
+    for path in _files(paths):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # a socket, a vanished temporary file: nothing to drop
+        try:
+            os.fdatasync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            count += 1
+        finally:
+            os.close(fd)
+    return count
+
+
+def flush(*paths: str | Path) -> None:
+    """fsync every file under `paths`: a restore is done when its bytes are on disk. Only
+    these files, not a global sync that would also wait for other processes' writes."""
+    for path in _files(paths):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _files(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for top in map(Path, paths):
+        if top.is_file():
+            files.append(top)
+        elif top.is_dir():
+            files += [Path(d) / n for d, _, names in os.walk(top) for n in names]
+    return files
+
+
+CACHE_MODES = ("drop", "evict")
+
+
+def cold(mode: str) -> Callable[..., object]:
+    """The step run before each measured read: `drop` empties the whole page cache (so
+    Python tools also import themselves from disk), `evict` drops only the files named
+    (image and repository). `drop` falls back to `evict` where it is not allowed."""
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache mode {mode!r}: choose from {CACHE_MODES}")
+
+    def run(*paths: str | Path) -> object:
+        return (mode == "drop" and drop_caches()) or evict(*paths)
+    return run
+
+
+def cached_bytes(path: str | Path) -> int:
+    """Bytes of a file resident in the page cache (util-linux fincore)."""
+    out = runcmd.run_text(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)])
+    return int(out.split()[0])
+
+
 def timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
           cwd: str | Path | None = None, stdout: str | Path | None = None,
-          sync: bool = False) -> Sample:
+          flushed: str | Path | None = None) -> Sample:
     """Run `argv` under GNU time. `stdout`: file to send its output to (else discarded).
-    `sync`: include a final sync in the wall time, for steps that write files, so page
-    cache write-back is not left out of their time."""
+    `flushed`: a file or directory the step writes, fsynced inside the wall time so page
+    cache write-back is not left out of it."""
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-") as report, \
             contextlib.ExitStack() as stack:
         cmd = [GNU_TIME, "-f", "%e %U %S %M", "-o", report.name, *[str(a) for a in argv]]
@@ -64,8 +125,8 @@ def timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.PIPE,
                               check=False)
-        if sync:
-            os.sync()
+        if flushed is not None and proc.returncode == 0:
+            flush(flushed)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise CommandFailed(cmd[5:], proc.returncode, proc.stderr.decode(errors="replace"))
@@ -124,7 +185,7 @@ def machine() -> dict[str, object]:
     root = runcmd.run_text(["findmnt", "-no", "SOURCE,FSTYPE", "-T", "/var/tmp"]).strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(),
-            "os": _os_name(), "work_fs": root, "drop_caches": drop_caches()}
+            "os": _os_name(), "work_fs": root}
 
 
 def _os_name() -> str:

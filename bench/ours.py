@@ -19,6 +19,7 @@ from typing import Any
 
 from cdpcore import runcmd
 from cdpcore.api import Role
+from cdpcore.client import CdpClient
 from cdpcore.errors import CdpError
 from cdpcore.keys import new_master_key
 
@@ -51,29 +52,31 @@ class Server:
     def data(self) -> Path:
         return self.root / "data"
 
-    def start(self) -> None:
-        certs = self.root / "certs"
-        runcmd.run([*_server_cmd(), "init", "--data", str(self.data)])
-        runcmd.run([*_server_cmd(), "cert", "--out", str(certs), "--name", "127.0.0.1"])
-        out = runcmd.run_text([*_server_cmd(), "host", "add", HOST, "--data", str(self.data),
-                               "--json"])
-        self.tokens = {str(k): v for k, v in json.loads(out)["tokens"].items()}
+    def start(self, certs: Path) -> None:
+        """Start on a free port; `certs` holds cert.pem and key.pem (made there by
+        `cdp-server cert` if missing, once for all servers of a benchmark)."""
+        if not (certs / "cert.pem").exists():
+            runcmd.run([*_server_cmd(), "cert", "--out", str(certs), "--name", "127.0.0.1"])
+        admin = json.loads(runcmd.run_text([*_server_cmd(), "init", "--data", str(self.data),
+                                            "--json"]))["admin_token"]
         port = _free_port()
         self.url = f"https://127.0.0.1:{port}"
         self.ca = str(certs / "cert.pem")
-        log = open(self.root / "server.log", "wb")  # noqa: SIM115 (lives as long as the server)
+        log = open(self.root / "server.log", "wb")  # noqa: SIM115 (the server holds it)
         self.proc = subprocess.Popen(
             [*_server_cmd(), "serve", "--data", str(self.data), "--listen", f"127.0.0.1:{port}",
-             "--cert", str(certs / "cert.pem"), "--key", str(certs / "key.pem"),
-             "--log-level", "warning"],
+             "--cert", self.ca, "--key", str(certs / "key.pem"), "--log-level", "warning"],
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        self._wait()
+        self._wait(admin)
+        self.tokens = {str(role): token for role, token in
+                       self._client(admin).create_host(HOST).tokens.items()}
 
-    def _wait(self) -> None:
-        from cdpcore.client import CdpClient
+    def _client(self, token: str) -> CdpClient:
+        return CdpClient(self.url, token, ca_path=self.ca, retries=0)
 
-        client = CdpClient(self.url, self.tokens[Role.agent], ca_path=self.ca, retries=0)
+    def _wait(self, token: str) -> None:
+        client = self._client(token)
         deadline = time.monotonic() + 30
         while True:
             assert self.proc is not None
@@ -122,7 +125,7 @@ class CdpTool:
         self.server_rss_kib = 0
         self.server = Server(work / "server")
         self.server.root.mkdir(parents=True)
-        self.server.start()
+        self.server.start(work.parent / "certs")
         self.settings = work / "agent.json"
         self.settings.write_text(json.dumps({
             "url": self.server.url, "token": self.server.tokens[Role.agent],
@@ -130,10 +133,11 @@ class CdpTool:
             "state_dir": str(work / "agent-state")}))
         os.chmod(self.settings, 0o600)
 
-    def _step(self, *args: str) -> Sample:
+    def _step(self, *args: str, flushed: Path | None = None) -> Sample:
         assert self.server is not None
         before = self.server.cpu()
-        sample = timed([sys.executable, "-m", "bench.agent_run", *args], cwd=_repo_root())
+        sample = timed([sys.executable, "-m", "bench.agent_run", *args], cwd=repo_root(),
+                       flushed=flushed)
         sample.extra_cpu = self.server.cpu() - before
         return sample
 
@@ -148,7 +152,7 @@ class CdpTool:
     def restore(self, into: Path) -> tuple[Sample, Path]:
         into.mkdir(parents=True, exist_ok=True)
         dest = into / "restored.img"
-        return self._step("restore", str(self.settings), str(dest)), dest
+        return self._step("restore", str(self.settings), str(dest), flushed=dest), dest
 
     def repo(self) -> DirSize:
         assert self.server is not None
@@ -162,7 +166,7 @@ class CdpTool:
             self.server = None
 
 
-def _repo_root() -> Path:
+def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 

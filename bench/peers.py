@@ -81,7 +81,7 @@ class Restic:
 
     def restore(self, into: Path) -> tuple[Sample, Path]:
         sample = timed(["restic", "restore", "latest", "--target", str(into)], env=self.env,
-                       sync=True)
+                       flushed=into)
         return sample, into / str(self.image).lstrip("/")
 
     def repo(self) -> DirSize:
@@ -121,7 +121,7 @@ class Borg:
         into.mkdir(parents=True, exist_ok=True)
         rel = str(self.image).lstrip("/")
         sample = timed(["borg", "extract", f"{self.repo_dir}::p{self.archives}", rel],
-                       env=self.env, cwd=into, sync=True)
+                       env=self.env, cwd=into, flushed=into)
         return sample, into / rel
 
     def repo(self) -> DirSize:
@@ -137,5 +137,5 @@ def read_limit(image: Path) -> Sample:
 
 
 def copy_limit(image: Path, dest: Path) -> Sample:
-    """The fastest possible restore: copy the image to a file (`dd`, then sync)."""
-    return timed(["dd", f"if={image}", f"of={dest}", "bs=4M", "status=none"], sync=True)
+    """The fastest possible restore: copy the image to a file (`dd`, then fsync)."""
+    return timed(["dd", f"if={image}", f"of={dest}", "bs=4M", "status=none"], flushed=dest)

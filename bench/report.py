@@ -13,11 +13,13 @@ MiB = 1024 * KiB
 #: Figures per tool, in table order: (key, label, unit).
 FIGURES = [
     ("full_s", "Full backup time", "s"),
+    ("full_cpu_s", "Full backup CPU (user+sys, with our server's)", "s"),
     ("full_rss_mib", "Full backup peak memory (largest process)", "MiB"),
     ("server_rss_mib", "Server peak memory (whole run)", "MiB"),
     ("incr_s", "Incremental backup time", "s"),
+    ("incr_cpu_s", "Incremental backup CPU", "s"),
     ("growth_x", "Repository growth / changed bytes", "x"),
-    ("restore_s", "Restore time (to a file, with sync)", "s"),
+    ("restore_s", "Restore time (to a file, fsynced)", "s"),
     ("full_repo_mib", "Repository after the full backup", "MiB"),
 ]
 
@@ -107,15 +109,36 @@ def _cell(summary: dict[str, dict[str, Stat]], tool: str, key: str, unit: str) -
     return cell
 
 
+def machine_text(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    versions = "; ".join(str(v) for v in doc.get("versions", {}).values())
+    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, kernel "
+            f"{m['kernel']}, Python {m['python']}, work directory on {m['work_fs']}"
+            + (f"; {versions}" if versions else ""))
+
+
+def human(size: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", MiB)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
 def markdown(doc: dict[str, Any], summary: dict[str, dict[str, Stat]],
              goals: list[Target]) -> str:
     tools = [t for t in ("cdp-scan", "cdp-tracking", "restic", "borg", "limit") if t in summary]
     wl = doc["workload"]
     lines = [
+        f"Command: `{doc['command']}` (run {doc['started']}, {doc.get('duration_s', '?')} s in "
+        "all)", "",
+        f"Machine: {machine_text(doc)}", "",
         f"Workload: {wl['size'] / MiB:.0f} MiB ext4 image (seed {wl['seed']}), change of "
         f"{wl['changed_bytes'] / MiB:.1f} MiB ({wl['changed_bytes']} bytes differ, "
         f"{wl['changed_blocks']} 4 KiB blocks). Medians of {doc['runs']} run(s), "
-        "(min-max), **ratio to restic**; page caches dropped before each measured step.",
+        "(min-max), **ratio to restic**; before each measured step "
+        + ("the page cache was dropped (sync; echo 3 > /proc/sys/vm/drop_caches)."
+           if doc.get("cache") == "drop" else
+           "the image and repository files were evicted from the page cache."),
         "",
         "| Figure | " + " | ".join(tools) + " |",
         "|---|" + "---|" * len(tools),
@@ -143,7 +166,7 @@ def markdown(doc: dict[str, Any], summary: dict[str, dict[str, Stat]],
         lines.append("")
     empty = doc.get("empty_point")
     if empty:
-        lines += [f"Empty point (nothing changed) on a {empty['volume_size'] / 2**40:.3g} TiB "
+        lines += [f"Empty point (nothing changed) on a {human(empty['volume_size'])} "
                   f"sparse volume: {empty['bytes']} bytes of repository growth "
                   f"({empty['note']}).", ""]
     if doc.get("errors"):

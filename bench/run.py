@@ -4,7 +4,8 @@ limit, alternating in one run on the same machine (`make bench`, `python -m benc
 Per run and per tool: a fresh repository, a full backup of the workload image, the
 change applied in place, an incremental backup, the newest point restored to a file and
 compared byte for byte with the changed image. The order of the tools rotates from run to
-run; page caches are dropped before every measured backup and restore. Then, once per
+run; the page cache is dropped (or, with --cache evict, only the image and repository
+files are evicted from it) before every measured backup and restore. Then, once per
 tool: a series of points with light writes in between (storage and CPU per point), and for
 this project the cost of a point with nothing changed on a large sparse volume.
 """
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 from cdpcore.errors import CdpError
 
 from . import report, workload
-from .measure import Sample, drop_caches, machine, same_bytes
+from .measure import Sample, cold, machine, same_bytes
 from .peers import Tool, copy_limit, read_limit
 from .workload import MiB, Write
 
@@ -40,7 +42,7 @@ class Settings:
     series_points: int = 60
     empty_size: int = 1 << 40
     work: Path = Path("/var/tmp/cdp-bench")
-    only: list[str] = field(default_factory=list)  # tool names; empty: all
+    cache: str = "drop"  # bench.measure.cold: drop the whole page cache, or evict files
 
 
 @dataclass
@@ -66,14 +68,15 @@ def prepare(directory: Path, size: int, seed: int) -> Prepared:
     work: workload.Workload | None = None
     if base.exists() and meta.exists():
         doc = json.loads(meta.read_text())
-        if workload.sha256_file(base) == doc["sha256"]:
+        if set(doc) == set(workload.Workload.__dataclass_fields__) and \
+                workload.sha256_file(base) == doc["sha256"]:
             work = workload.Workload(**doc)
     if work is None:
         log.info("building a %d MiB workload image", size // MiB)
         work = workload.build_image(base, size, seed)
         meta.write_text(json.dumps(work.to_json()))
     changed = directory / f"changed-{size}-{seed}.img"
-    writes = workload.plan_change(base, size, seed)
+    writes = workload.plan_change(base, work)
     workload.copy_sparse(base, changed)
     workload.apply_change(changed, writes)
     return Prepared(work, base, changed, writes, workload.diff_images(base, changed))
@@ -96,7 +99,8 @@ class Collector:
         self.raw.setdefault(tool, {}).setdefault(key, []).append(value)
 
 
-def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector) -> None:
+def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector,
+             cool: Callable[..., object]) -> None:
     work = scratch / tool.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -104,14 +108,14 @@ def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector) -> None:
     fresh_disk(prep.base, disk)
     try:
         tool.setup(work)
-        drop_caches()
+        cool(disk, work)
         full = tool.backup(disk)
         before = tool.repo()
         workload.apply_change(disk, prep.writes)
-        drop_caches()
+        cool(disk, work)
         incr = tool.backup(disk, changed=prep.ranges)
         after = tool.repo()
-        drop_caches()
+        cool(disk, work)
         restored, path = tool.restore(work / "restore")
         equal = same_bytes(path, prep.changed)
     finally:
@@ -136,13 +140,14 @@ def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def run_limit(prep: Prepared, scratch: Path, out: Collector) -> None:
+def run_limit(prep: Prepared, scratch: Path, out: Collector,
+              cool: Callable[..., object]) -> None:
     disk = scratch / "disk.img"
     fresh_disk(prep.changed, disk)
-    drop_caches()
+    cool(disk)
     read = read_limit(disk)
     copy = scratch / "limit-copy.img"
-    drop_caches()
+    cool(disk)
     written = copy_limit(disk, copy)
     out.add("limit", "full_s", read.wall)
     out.add("limit", "restore_s", written.wall)
@@ -151,7 +156,7 @@ def run_limit(prep: Prepared, scratch: Path, out: Collector) -> None:
 
 
 def run_series(tool: Tool, prep: Prepared, scratch: Path, points: int) -> dict[str, float]:
-    """A full backup, then `points` points with light writes (16 database pages and
+    """A full backup, then `points` points with light writes (16 scattered pages and
     64 KiB of log) before each: storage and CPU per point."""
     work = scratch / f"series-{tool.name}"
     shutil.rmtree(work, ignore_errors=True)
@@ -164,7 +169,7 @@ def run_series(tool: Tool, prep: Prepared, scratch: Path, points: int) -> dict[s
         tool.backup(disk)
         start = tool.repo().apparent
         for minute in range(points):
-            writes = workload.plan_change(disk, prep.work.size, prep.work.seed, scattered=16,
+            writes = workload.plan_change(disk, prep.work, scattered=16,
                                           sequential=64 * 1024, tag=f"minute-{minute}")
             workload.apply_change(disk, writes)
             samples.append(tool.backup(disk, changed=[(w.offset, len(w.data))
@@ -187,26 +192,28 @@ def benchmark(settings: Settings, tools: list[Tool],
     scratch.mkdir(parents=True)
     prep = prepare(settings.work, settings.size, settings.seed)
     col = Collector()
+    cool = cold(settings.cache)
     for run in range(settings.runs):
         shift = run % (len(tools) + 1)
         order: list[Tool | None] = [*tools, None]  # None: the limit
         for tool in order[shift:] + order[:shift]:
             log.info("run %d/%d: %s", run + 1, settings.runs, tool.name if tool else "limit")
             if tool is None:
-                run_limit(prep, scratch, col)
+                run_limit(prep, scratch, col, cool)
                 continue
             try:
-                run_tool(tool, prep, scratch, col)
+                run_tool(tool, prep, scratch, col, cool)
             except CdpError as exc:  # one failing tool must not cost the others' figures
                 log.error("%s failed: %s", tool.name, exc)
-                col.errors.append(f"{tool.name}, run {run + 1}: {exc}")
+                col.errors.append(f"{tool.name}, run {run + 1}: {brief(exc)}")
     doc: dict[str, Any] = {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "bench",
                                                      *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "machine": machine(),
         "runs": settings.runs,
-        "workload": {**prep.work.to_json(), "changed_bytes": prep.diff.bytes,
+        "cache": settings.cache,
+        "workload": {**prep.work.summary(), "changed_bytes": prep.diff.bytes,
                      "changed_blocks": prep.diff.blocks},
         "raw": col.raw,
         "restore_checks": {t: ("yes" if all(v) else "**NO**") for t, v in col.restores.items()},
@@ -216,11 +223,12 @@ def benchmark(settings: Settings, tools: list[Tool],
         sprep = prepare(settings.work, settings.series_size, settings.seed)
         series = {}
         for tool in tools:
+            log.info("series of %d points: %s", settings.series_points, tool.name)
             try:
                 series[tool.name] = run_series(tool, sprep, scratch, settings.series_points)
             except CdpError as exc:
                 log.error("%s series failed: %s", tool.name, exc)
-                col.errors.append(f"{tool.name}, series: {exc}")
+                col.errors.append(f"{tool.name}, series: {brief(exc)}")
         doc["series"] = {"points": settings.series_points, "size": settings.series_size,
                          "changed_per_point": 16 * workload.PAGE + 64 * 1024,
                          "tools": series}
@@ -228,6 +236,12 @@ def benchmark(settings: Settings, tools: list[Tool],
     shutil.rmtree(scratch, ignore_errors=True)
     doc["duration_s"] = round(time.time() - started, 1)
     return doc
+
+
+def brief(exc: Exception) -> str:
+    """The end of an error message (a failed command's stderr tail says what went wrong)."""
+    text = str(exc)
+    return text if len(text) <= 400 else "..." + text[-400:]
 
 
 def finish(doc: dict[str, Any]) -> str:

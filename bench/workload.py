@@ -11,15 +11,16 @@ Mix, as fractions of the image size: compressible text (22%), incompressible dat
 exact duplicates of some of those files (6%), mostly-zero preallocated files (6%), a
 database file of 4 KiB pages (8%) and a log file (4%); the rest is ext4 metadata and free
 space. The change ("a busy database and a log file between two points") overwrites
-thousands of scattered 4 KiB pages inside the database file and one sequential run of
-tens of MiB inside the log file, located through `debugfs` so the writes land in file
-data, not in free space.
+thousands of scattered 4 KiB pages of file data (drawn from every file, as random writes
+of databases and applications land) and one sequential run of tens of MiB inside the log
+file, located through `debugfs` so the writes land in file data, not in free space.
 
     .venv/bin/python -m bench.workload --size 2G --out /var/tmp/cdp-bench
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ FAKE_TIME = "1700000000"  # 2023-11-14: fixed timestamps make the image reproduc
 DB_FILE = "srv/db/pages.db"
 LOG_FILE = "var/log/app.log"
 #: Reference change on a 2 GiB image, scaled linearly with the image size.
-SCATTERED_PER_2GIB = 4096  # 4 KiB writes: 16 MiB
+SCATTERED_PER_2GIB = 7168  # 4 KiB writes: 28 MiB
 SEQUENTIAL_PER_2GIB = 32 * MiB
 
 
@@ -108,18 +109,20 @@ def _sizes(rng: random.Random, total: int, low: int, high: int) -> list[int]:
     return sizes
 
 
-def populate(root: Path, size: int, seed: int) -> dict[str, int]:
+def populate(root: Path, size: int, seed: int) -> tuple[dict[str, int], list[str]]:
     """Write the file mix for an image of `size` bytes under `root`; returns the bytes
-    written per kind."""
+    written per kind and the files' paths."""
     gen = Generator(seed)
     scale = max(size, 16 * MiB)
     kinds: dict[str, int] = {}
+    files: list[str] = []
 
     def put(rel: str, data: bytes, kind: str) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         kinds[kind] = kinds.get(kind, 0) + len(data)
+        files.append(rel)
 
     big = min(16 * MiB, scale // 16)
     texts = []
@@ -151,7 +154,7 @@ def populate(root: Path, size: int, seed: int) -> dict[str, int]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             os.utime(os.path.join(dirpath, name), (stamp, stamp))
-    return kinds
+    return kinds, files
 
 
 @dataclass
@@ -162,10 +165,15 @@ class Workload:
     size: int
     seed: int
     kinds: dict[str, int]
+    files: list[str]
     sha256: str
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    def summary(self) -> dict[str, object]:
+        """What a report needs: everything but the list of file names."""
+        return {**self.to_json(), "files": len(self.files)}
 
 
 def build_image(path: Path, size: int, seed: int = 9) -> Workload:
@@ -177,7 +185,7 @@ def build_image(path: Path, size: int, seed: int = 9) -> Workload:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".workload-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
-        kinds = populate(root, size, seed)
+        kinds, files = populate(root, size, seed)
         os.utime(root, (int(FAKE_TIME), int(FAKE_TIME)))
         path.unlink(missing_ok=True)
         with open(path, "wb") as f:
@@ -187,7 +195,7 @@ def build_image(path: Path, size: int, seed: int = 9) -> Workload:
                     "-E", f"hash_seed={FS_UUID},root_owner=0:0,lazy_itable_init=0",
                     "-d", str(root), str(path)], env=env)
         _fix_ctimes(path, root, Path(tmp) / "ctime.cmd")
-    return Workload(str(path), size, seed, kinds, sha256_file(path))
+    return Workload(str(path), size, seed, kinds, files, sha256_file(path))
 
 
 def _fix_ctimes(image: Path, root: Path, script: Path) -> None:
@@ -213,28 +221,43 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def file_runs(image: Path | str, rel: str) -> list[tuple[int, int]]:
-    """Where a file's data lives in the image: (image offset, length) runs in file order,
-    read with debugfs (no mount)."""
-    out = runcmd.run_text(["debugfs", "-R", f"blocks /{rel}", str(image)])
-    blocks = [int(b) for b in out.split()]
-    if not blocks:
-        raise UsageError(f"{image}: /{rel} has no data blocks (not a workload image?)")
-    runs: list[tuple[int, int]] = []
-    for b in blocks:
-        if runs and runs[-1][0] + runs[-1][1] == b * PAGE:
-            runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
-        else:
-            runs.append((b * PAGE, PAGE))
+def data_runs(image: Path | str, files: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """Where each file's data lives in the image: (image offset, length) runs in file
+    order, allocated blocks only (holes have none), read with one debugfs call (no mount)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as script:
+        script.write("".join(f"blocks /{rel}\n" for rel in files))
+        script.flush()
+        out = runcmd.run_text(["debugfs", "-f", script.name, str(image)])
+    runs: dict[str, list[tuple[int, int]]] = {}
+    current: list[tuple[int, int]] | None = None
+    for line in out.splitlines():
+        if line.startswith("debugfs: blocks /"):
+            current = runs.setdefault(line.removeprefix("debugfs: blocks /"), [])
+        elif current is not None:
+            for b in map(int, line.split()):
+                if current and current[-1][0] + current[-1][1] == b * PAGE:
+                    current[-1] = (current[-1][0], current[-1][1] + PAGE)
+                else:
+                    current.append((b * PAGE, PAGE))
+    missing = [rel for rel in files if not runs.get(rel)]
+    if len(missing) == len(files):
+        raise UsageError(f"{image}: none of the workload's files has data (not its image?)")
     return runs
 
 
-def _locate(runs: list[tuple[int, int]], file_offset: int) -> int:
+def _pages(runs: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Run starts and the cumulative page count before each run, for locating page n."""
+    starts, before, total = [], [], 0
     for start, length in runs:
-        if file_offset < length:
-            return start + file_offset
-        file_offset -= length
-    raise ValueError(f"offset {file_offset} beyond the file")
+        starts.append(start)
+        before.append(total)
+        total += length // PAGE
+    return starts, [*before, total]
+
+
+def _locate(starts: list[int], before: list[int], page: int) -> int:
+    i = bisect.bisect_right(before, page) - 1
+    return starts[i] + (page - before[i]) * PAGE
 
 
 @dataclass(frozen=True)
@@ -243,27 +266,30 @@ class Write:
     data: bytes
 
 
-def plan_change(image: Path | str, size: int, seed: int, *, scattered: int | None = None,
+def plan_change(image: Path | str, work: Workload, *, scattered: int | None = None,
                 sequential: int | None = None, tag: str = "change") -> list[Write]:
-    """The writes of one change: `scattered` random 4 KiB database pages rewritten and one
-    `sequential` run of log text overwritten. Defaults scale the reference change (4096
-    pages and 32 MiB on 2 GiB) with the image size."""
-    gen = Generator(seed, tag)
+    """The writes of one change: `scattered` distinct 4 KiB pages of file data, drawn
+    uniformly from the allocated blocks of every file but the log (random writes of
+    databases and applications), rewritten with new database-page-like content; then one
+    `sequential` run of new text over the log file. Defaults scale the reference change (7168 pages =
+    28 MiB, and 32 MiB of log, on 2 GiB) with the image size."""
+    gen = Generator(work.seed, tag)
     if scattered is None:
-        scattered = max(16, SCATTERED_PER_2GIB * size // (2 * GiB))
+        scattered = max(16, SCATTERED_PER_2GIB * work.size // (2 * GiB))
     if sequential is None:
-        sequential = max(PAGE, SEQUENTIAL_PER_2GIB * size // (2 * GiB) // PAGE * PAGE)
-    db = file_runs(image, DB_FILE)
-    db_pages = sum(n for _, n in db) // PAGE
-    writes = [Write(_locate(db, p * PAGE), gen.db_page(f"{tag}/{p}"))
-              for p in sorted(gen.rng.sample(range(db_pages), min(scattered, db_pages)))]
-    log = file_runs(image, LOG_FILE)
-    log_len = sum(n for _, n in log)
-    sequential = min(sequential, log_len)
-    start = gen.rng.randrange(0, log_len - sequential + 1) // PAGE * PAGE
+        sequential = max(PAGE, SEQUENTIAL_PER_2GIB * work.size // (2 * GiB) // PAGE * PAGE)
+    runs = data_runs(image, work.files)
+    starts, before = _pages([r for rel in work.files if rel != LOG_FILE
+                             for r in runs.get(rel, [])])
+    picked = sorted(gen.rng.sample(range(before[-1]), min(scattered, before[-1])))
+    writes = [Write(_locate(starts, before, p), gen.db_page(f"{tag}/{p}")) for p in picked]
+    log_starts, log_before = _pages(runs[LOG_FILE])
+    sequential = min(sequential, log_before[-1] * PAGE)
+    first = gen.rng.randrange(0, log_before[-1] - sequential // PAGE + 1)
     text = gen.text(sequential)
-    for off in range(0, sequential, PAGE):  # one write per page: the file may be fragmented
-        writes.append(Write(_locate(log, start + off), text[off:off + PAGE]))
+    for i in range(sequential // PAGE):  # one write per page: the file may be fragmented
+        writes.append(Write(_locate(log_starts, log_before, first + i),
+                            text[i * PAGE:(i + 1) * PAGE]))
     return writes
 
 
@@ -326,9 +352,9 @@ def main(size: str, seed: int, out: str) -> None:
     work = build_image(out_dir / "base.img", nbytes, seed)
     changed = out_dir / "changed.img"
     copy_sparse(work.image, changed)
-    apply_change(changed, plan_change(changed, nbytes, seed))
+    apply_change(changed, plan_change(changed, work))
     diff = diff_images(work.image, changed)
-    click.echo(json.dumps({**work.to_json(), "changed_bytes": diff.bytes,
+    click.echo(json.dumps({**work.summary(), "changed_bytes": diff.bytes,
                            "changed_blocks": diff.blocks}, indent=2))
 
 

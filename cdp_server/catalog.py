@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cdpcore.api import ObjectKind, Retention, Role
 
@@ -22,7 +23,9 @@ from .errors import Conflict, StorageFull
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts(
-    name TEXT PRIMARY KEY, created REAL NOT NULL, key TEXT, retention TEXT);
+    name TEXT PRIMARY KEY, created REAL NOT NULL, key TEXT, retention TEXT,
+    -- bumped by every change to the host's points (triggers below): keys listing caches
+    points_gen INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS tokens(
     hash TEXT PRIMARY KEY, role TEXT NOT NULL, host TEXT);
 -- A pack is registered 'pending' before its file is written and becomes 'done' in the
@@ -42,13 +45,23 @@ CREATE TABLE IF NOT EXISTS points(
     committed REAL NOT NULL, parent TEXT, size INTEGER NOT NULL, stats TEXT NOT NULL,
     pinned INTEGER NOT NULL DEFAULT 0, verify TEXT NOT NULL DEFAULT 'unverified',
     volumes TEXT NOT NULL, manifest TEXT NOT NULL, digest TEXT NOT NULL,
+    head TEXT NOT NULL,
     PRIMARY KEY(host, point_id));
 CREATE INDEX IF NOT EXISTS points_created ON points(host, created, point_id);
+CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN
+    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
+CREATE TRIGGER IF NOT EXISTS points_upd AFTER UPDATE ON points BEGIN
+    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
+CREATE TRIGGER IF NOT EXISTS points_del AFTER DELETE ON points BEGIN
+    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = OLD.host; END;
 """
+#: Hosts whose full point listing is kept rendered (about 28 MB per 100,000 points).
+LIST_CACHE_HOSTS = 8
 
-_POINT_JSON = """json_object('point_id', point_id, 'host', host, 'created', created,
-    'committed', committed, 'parent', parent, 'size', size, 'stats', json(stats),
-    'pinned', json(CASE WHEN pinned THEN 'true' ELSE 'false' END), 'verify', verify)"""
+# A point's JSON (PointInfo) is its immutable head, rendered once at commit, plus the two
+# fields that change: concatenating text lets SQLite list 100,000 points in milliseconds.
+_POINT_JSON = ("head || ',\"pinned\":' || CASE WHEN pinned THEN 'true' ELSE 'false' END "
+               "|| ',\"verify\":\"' || verify || '\"}'")
 
 
 @dataclass(frozen=True)
@@ -76,12 +89,21 @@ class PointRow:
     manifest: str
     digest: str  # hash of the commit request: tells a retry from a conflict
 
+    def head(self) -> str:
+        """PointInfo's JSON without its closing brace and its mutable fields."""
+        return json.dumps({"point_id": self.point_id, "host": self.host,
+                           "created": self.created, "committed": self.committed,
+                           "parent": self.parent, "size": self.size,
+                           "stats": json.loads(self.stats)}, separators=(",", ":"))[:-1]
+
 
 class SqliteCatalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._list_cache: dict[str, tuple[int, bytes]] = {}
+        self._cache_lock = threading.Lock()
         with self._write_lock:
             # executescript commits on its own: no surrounding transaction.
             self._db().executescript(_SCHEMA)
@@ -212,17 +234,16 @@ class SqliteCatalog:
         """Make a written pack's objects visible: rows are (id, offset, length, sha256).
         An object already present and intact is not replaced (a concurrent upload won);
         a damaged one is (healing). Returns how many became visible."""
-        added = 0
         with self.write() as db:
-            for oid, offset, length, digest in rows:
-                cur = db.execute(
-                    "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
-                    "pack = excluded.pack, offset = excluded.offset, length = excluded.length,"
-                    " sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, "
-                    "complete = 0 WHERE objects.damaged",
-                    (host, kind.value, oid, pack, offset, length, digest, now))
-                added += cur.rowcount
+            cur = db.executemany(
+                "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
+                "pack = excluded.pack, offset = excluded.offset, length = excluded.length, "
+                "sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, complete = 0 "
+                "WHERE objects.damaged",
+                [(host, kind.value, oid, pack, offset, length, digest, now)
+                 for oid, offset, length, digest in rows])
+            added = cur.rowcount
             db.execute("UPDATE packs SET state = 'done' WHERE name = ?", (pack,))
         return added
 
@@ -250,23 +271,25 @@ class SqliteCatalog:
             "SELECT host, point_id, created, committed, parent, size, stats, pinned, verify, "
             "volumes, manifest, digest FROM points WHERE host = ? AND point_id = ?",
             (host, point_id)).fetchone()
-        return None if row is None else PointRow(*row[:7], bool(row[7]), *row[8:])
+        return None if row is None else _row(row)
 
     def insert_point(self, row: PointRow, complete_pages: list[bytes]) -> None:
         """The point becomes visible, with the pages its commit checked marked complete,
         in one transaction."""
         with self.write() as db:
-            db.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (row.host, row.point_id, row.created, row.committed, row.parent,
                         row.size, row.stats, int(row.pinned), row.verify, row.volumes,
-                        row.manifest, row.digest))
+                        row.manifest, row.digest, row.head()))
             db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
                            "AND id = ? AND NOT damaged", [(row.host, i) for i in complete_pages])
 
     def points_json(self, host: str, limit: int | None, before: float | None,
-                    after: float | None) -> str:
+                    after: float | None) -> bytes:
         """The JSON list of PointInfo, built by SQLite itself: 100,000 points in a few tens
         of milliseconds, where building Python objects would take a second."""
+        if limit is None and before is None and after is None:
+            return self._all_points_json(host)
         where, args = ["host = ?"], [host]
         if before is not None:
             where.append("created < ?")
@@ -274,21 +297,50 @@ class SqliteCatalog:
         if after is not None:
             where.append("created > ?")
             args.append(after)  # type: ignore[arg-type]
-        # limit keeps the newest points, still listed oldest first.
-        inner = (f"SELECT * FROM points WHERE {' AND '.join(where)} "
-                 "ORDER BY created DESC, point_id DESC LIMIT ?")
-        args.append(-1 if limit is None else limit)  # type: ignore[arg-type]
-        sql = (f"SELECT json_group_array({_POINT_JSON}) FROM "
-               f"(SELECT * FROM ({inner}) ORDER BY created, point_id)")
+        cond = " AND ".join(where)
+        if limit is None:
+            sql = (f"SELECT group_concat({_POINT_JSON}, ',') FROM "
+                   f"(SELECT * FROM points WHERE {cond} ORDER BY created, point_id)")
+        else:  # the newest `limit` points, still listed oldest first
+            sql = (f"SELECT group_concat({_POINT_JSON}, ',') FROM (SELECT * FROM "
+                   f"(SELECT * FROM points WHERE {cond} ORDER BY created DESC, point_id DESC "
+                   "LIMIT ?) ORDER BY created, point_id)")
+            args.append(limit)  # type: ignore[arg-type]
         (text,) = self.read().execute(sql, args).fetchone()
-        return str(text)
+        return f"[{text or ''}]".encode()
+
+    def _all_points_json(self, host: str) -> bytes:
+        """The full listing, cached per host until its points change (in this process or
+        any other: the generation is bumped by triggers in the same transaction)."""
+        db = self.read()
+        row = db.execute("SELECT points_gen FROM hosts WHERE name = ?", (host,)).fetchone()
+        with self._cache_lock:
+            cached = self._list_cache.get(host)
+        if cached and row and cached[0] == row[0]:
+            return cached[1]
+        # Generation and rows read in one transaction: both describe the same state.
+        db.execute("BEGIN")
+        try:
+            (gen,) = db.execute("SELECT points_gen FROM hosts WHERE name = ?",
+                                (host,)).fetchone() or (-1,)
+            (text,) = db.execute(
+                f"SELECT group_concat({_POINT_JSON}, ',') FROM (SELECT head, pinned, verify "
+                "FROM points WHERE host = ? ORDER BY created, point_id)", (host,)).fetchone()
+        finally:
+            db.execute("COMMIT")
+        body = f"[{text or ''}]".encode()
+        with self._cache_lock:
+            if len(self._list_cache) >= LIST_CACHE_HOSTS and host not in self._list_cache:
+                self._list_cache.pop(next(iter(self._list_cache)))
+            self._list_cache[host] = (gen, body)
+        return body
 
     def point_rows(self, host: str | None = None) -> list[PointRow]:
         sql = ("SELECT host, point_id, created, committed, parent, size, stats, pinned, verify,"
                " volumes, manifest, digest FROM points")
         cur = (self.read().execute(sql + " WHERE host = ? ORDER BY created", (host,)) if host
                else self.read().execute(sql + " ORDER BY host, created"))
-        return [PointRow(*r[:7], bool(r[7]), *r[8:]) for r in cur]
+        return [_row(r) for r in cur]
 
     def set_pinned(self, host: str, point_id: str, pinned: bool) -> None:
         with self.write() as db:
@@ -305,6 +357,12 @@ class SqliteCatalog:
         with self.write() as db:
             db.executemany("UPDATE points SET verify = ? WHERE host = ? AND point_id = ?",
                            [(s, h, p) for h, p, s in statuses])
+
+
+def _row(r: tuple[Any, ...]) -> PointRow:
+    return PointRow(host=r[0], point_id=r[1], created=r[2], committed=r[3], parent=r[4],
+                    size=r[5], stats=r[6], pinned=bool(r[7]), verify=r[8], volumes=r[9],
+                    manifest=r[10], digest=r[11])
 
 
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,7 +110,12 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
                                     "cleaned_temp_files": rec.temp_files})
         uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
                     ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
-                    access_log=False, timeout_keep_alive=30)
+                    access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=3)
+        log.info("stopped")
+        logging.shutdown()
+        # Idle worker threads of the request thread pool linger for 10 s before Python
+        # may exit; every transaction is committed by now, so leave at once.
+        os._exit(0)
     _run(go)
 
 

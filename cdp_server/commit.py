@@ -96,7 +96,8 @@ class _Walk:
                 self.missing_pages.add(pid)
             elif not loc.complete and pid not in self.walked:
                 try:
-                    pages[pid] = index.decode_page(self.ds.read_object(pid, loc), pid)
+                    pages[pid] = index.decode_page(
+                        self.ds.read_current(self.host, ObjectKind.pages, pid, loc), pid)
                 except (IntegrityError, FormatError, NotFoundError):
                     corrupted.append(pid)
                     self.missing_pages.add(pid)

@@ -53,12 +53,12 @@ def load(path: Path | None) -> ServerConfig:
             doc = dict(parser["server"]) if parser.has_section("server") else {}
     except (tomllib.TOMLDecodeError, configparser.Error) as exc:
         raise UsageError(f"configuration file {path} is malformed: {exc}") from None
-    known = {f.name: f.type for f in fields(ServerConfig)}
+    known = {f.name for f in fields(ServerConfig)}
     unknown = sorted(set(doc) - set(known))
     if unknown:
         raise UsageError(f"configuration file {path}: unknown settings {', '.join(unknown)}")
     try:
-        values = {k: float(v) if k == "grace" else str(v) for k, v in doc.items()}
-    except ValueError as exc:
-        raise UsageError(f"configuration file {path}: {exc}") from None
-    return ServerConfig(**values)
+        grace = float(doc.pop("grace", DEFAULT_GRACE))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"configuration file {path}: grace: {exc}") from None
+    return ServerConfig(grace=grace, **{k: str(v) for k, v in doc.items()})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -23,6 +24,8 @@ from cdpcore.errors import FormatError, IntegrityError, NotFoundError, UsageErro
 from .catalog import Location, SqliteCatalog
 from .errors import BadRequest
 from .store import LocalStore, ObjectStore, new_pack_name
+
+log = logging.getLogger("cdp.server")
 
 CATALOG_FILE = "catalog.sqlite"
 OBJECTS_DIR = "objects"
@@ -85,7 +88,7 @@ class Datastore:
                 os.close(fd)
 
     def add_host(self, name: str) -> dict[Role, str]:
-        tokens = {role: new_token() for role in Role if role is not Role.admin}
+        tokens: dict[Role, str] = {role: new_token() for role in (Role.agent, Role.restore)}
         self.catalog.create_host(name, {r: hash_token(t) for r, t in tokens.items()})
         return tokens
 
@@ -141,10 +144,25 @@ class Datastore:
                 parts.append(blob)
                 offset += len(blob)
             self.catalog.begin_pack(pack, offset)
-            self.store.put(pack, b"".join(parts))
-            stored = self.catalog.add_objects(host, kind, pack, rows, time.time())
+            try:
+                self.store.put(pack, b"".join(parts))
+                stored = self.catalog.add_objects(host, kind, pack, rows, time.time())
+            except BaseException:
+                self._abandon(pack)
+                raise
         self.catalog.touch(host, kind, [o for o in items if o in present], time.time())
         return UploadResult(stored=stored, duplicates=len(items) - stored)
+
+    def _abandon(self, pack: str) -> None:
+        """Undo a failed upload's pack. If even that fails (a full disk can refuse the
+        catalog write too), recovery at the next start or GC removes it."""
+        try:
+            self.store.delete(pack)
+            with self.catalog.write() as db:
+                db.execute("DELETE FROM packs WHERE name = ? AND state = 'pending'", (pack,))
+        except Exception:
+            log.warning("could not remove abandoned pack", extra={"pack": pack},
+                        exc_info=True)
 
     def read_object(self, oid: bytes, loc: Location) -> bytes:
         """The object's bytes, checked against the stored checksum (IntegrityError)."""
@@ -152,6 +170,17 @@ class Datastore:
         if len(blob) != loc.length or hashlib.sha256(blob).digest() != loc.sha256:
             raise IntegrityError(f"stored object {oid.hex()[:16]}… is corrupted")
         return blob
+
+    def read_current(self, host: str, kind: ObjectKind, oid: bytes, loc: Location) -> bytes:
+        """read_object, but if it fails, look the object up again once: GC may have moved
+        it to a new pack since `loc` was read. Only a second failure is damage."""
+        try:
+            return self.read_object(oid, loc)
+        except (IntegrityError, NotFoundError):
+            again = self.catalog.locate(host, kind, [oid]).get(oid)
+            if again is None or again == loc:
+                raise
+            return self.read_object(oid, again)
 
     def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]) -> list[tuple[bytes, bytes]]:
         """(id, blob) of each object; NotFoundError naming absent or damaged ones. An object
@@ -164,7 +193,7 @@ class Datastore:
         for oid in sorted(dict.fromkeys(i for i in ids if i not in absent),
                           key=lambda i: (locs[i].pack, locs[i].offset)):
             try:
-                out.append((oid, self.read_object(oid, locs[oid])))
+                out.append((oid, self.read_current(host, kind, oid, locs[oid])))
             except (IntegrityError, NotFoundError):
                 corrupted.append(oid)
         if corrupted:

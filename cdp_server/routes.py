@@ -35,6 +35,7 @@ from cdpcore.manifest import check_name
 from . import commit as commits
 from . import jobs
 from .auth import ADMIN, READ, WRITE, Principal, principal, require_admin, require_host
+from .catalog import PointRow
 from .datastore import Datastore
 from .errors import BadRequest
 from .metrics import Metrics
@@ -87,6 +88,8 @@ def create_host(request: Request, who: Who, body: dict[str, str]) -> HostCreated
         check_name("host", name)
     except FormatError as exc:
         raise BadRequest(str(exc), 422) from None
+    if "/" in name:
+        raise BadRequest(f"invalid host name {name!r}: '/' cannot appear in a URL path", 422)
     return HostCreated(name=name, tokens=_ds(request).add_host(name))
 
 
@@ -125,25 +128,6 @@ def missing(request: Request, who: Who, host: str, kind: ObjectKind, body: IdLis
     return IdList(ids=[i.hex() for i in ds.missing(host, kind, _ids(body))])
 
 
-@router.post("/hosts/{host}/{kind}", response_model=UploadResult,
-             openapi_extra={"requestBody": {"content": {RECORDS_MEDIA_TYPE: {}}}})
-async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> UploadResult:
-    ds = _ds(request)
-    await run_in_threadpool(require_host, ds, who, host, WRITE)
-    if request.headers.get("content-type", "").split(";")[0].strip() != RECORDS_MEDIA_TYPE:
-        raise BadRequest(f"uploads must be {RECORDS_MEDIA_TYPE}", 415)
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_UPLOAD_BYTES:
-            raise BadRequest(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
-    result: UploadResult = await run_in_threadpool(ds.upload, host, kind, bytes(body))
-    m = _metrics(request)
-    m.objects_stored.labels(kind.value).inc(result.stored)
-    m.objects_duplicate.labels(kind.value).inc(result.duplicates)
-    return result
-
-
 @router.post("/hosts/{host}/{kind}/fetch",
              responses={200: {"content": {RECORDS_MEDIA_TYPE: {}}}})
 def fetch(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList) -> Response:
@@ -175,7 +159,7 @@ def list_points(request: Request, who: Who, host: str,
                     media_type="application/json")
 
 
-def _point_row(ds: Datastore, host: str, point_id: str) -> commits.PointRow:
+def _point_row(ds: Datastore, host: str, point_id: str) -> PointRow:
     row = ds.catalog.point(host, point_id)
     if row is None:
         raise HTTPException(404, f"host {host!r} has no point {point_id}")
@@ -258,3 +242,23 @@ def gc(request: Request, who: Who,
 def verify(request: Request, who: Who) -> VerifyReport:
     require_admin(who)
     return jobs.verify(_ds(request))
+
+
+# Declared last: "/hosts/{host}/{kind}" would otherwise capture "/hosts/{host}/points".
+@router.post("/hosts/{host}/{kind}", response_model=UploadResult,
+             openapi_extra={"requestBody": {"content": {RECORDS_MEDIA_TYPE: {}}}})
+async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> UploadResult:
+    ds = _ds(request)
+    await run_in_threadpool(require_host, ds, who, host, WRITE)
+    if request.headers.get("content-type", "").split(";")[0].strip() != RECORDS_MEDIA_TYPE:
+        raise BadRequest(f"uploads must be {RECORDS_MEDIA_TYPE}", 415)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_UPLOAD_BYTES:
+            raise BadRequest(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
+    result: UploadResult = await run_in_threadpool(ds.upload, host, kind, bytes(body))
+    m = _metrics(request)
+    m.objects_stored.labels(kind.value).inc(result.stored)
+    m.objects_duplicate.labels(kind.value).inc(result.duplicates)
+    return result

@@ -85,7 +85,10 @@ class LocalStore:
 
     def delete(self, name: str) -> None:
         path = self._path(name)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return  # never written (a crash before its put) or already deleted
         _fsync_dir(path.parent)
 
     def list(self) -> Iterator[str]:

@@ -34,7 +34,8 @@ class _HostCheck:
             self.missing.add(pid)
             return None
         try:
-            return index.decode_page(self.ds.read_object(pid, loc), pid)
+            return index.decode_page(
+                self.ds.read_current(self.host, ObjectKind.pages, pid, loc), pid)
         except (IntegrityError, FormatError, NotFoundError):
             self.damaged_pages.add(pid)
             return None
@@ -50,7 +51,7 @@ class _HostCheck:
                 self.chunk_ok[cid] = False
                 continue
             try:
-                self.ds.read_object(cid, loc)
+                self.ds.read_current(self.host, ObjectKind.chunks, cid, loc)
                 self.chunk_ok[cid] = True
             except (IntegrityError, NotFoundError):
                 self.chunk_ok[cid] = False

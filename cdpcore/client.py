@@ -11,6 +11,7 @@ respect MAX_IDS_PER_REQUEST and MAX_UPLOAD_BYTES. IDs are raw 32-byte `bytes`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from pydantic import TypeAdapter
 from requests.adapters import HTTPAdapter
 
 from . import records
@@ -43,6 +45,7 @@ from .api import (
 )
 from .errors import AuthError, ConnectionFailed, IntegrityError, NotFoundError, ServerError
 
+_POINT_LIST = TypeAdapter(list[PointInfo])
 #: Statuses worth retrying: the server or a proxy in front of it is restarting.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -127,7 +130,6 @@ class CdpClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            session.verify = self._verify
             session.headers["Authorization"] = f"Bearer {self._token}"
             session.headers["User-Agent"] = "cdp-client/1"
             if self._fingerprint is not None:
@@ -149,10 +151,15 @@ class CdpClient:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                resp = self._session().request(method, url, timeout=self.timeout, **kwargs)
+                # verify= per request: a session's own setting loses to REQUESTS_CA_BUNDLE.
+                resp = self._session().request(method, url, timeout=self.timeout,
+                                               verify=self._verify, **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise ConnectionFailed(f"TLS check of {self.url} failed: {exc}") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            # A connection cut while the answer's body arrives (server killed, proxy
+            # reset) raises ChunkedEncodingError: as retryable as a refused connection.
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
                 if last:
                     raise ConnectionFailed(f"cannot reach the CDP server at {self.url}: "
                                            f"{exc}") from None
@@ -170,10 +177,8 @@ class CdpClient:
     def _error(self, method: str, path: str, resp: requests.Response) -> ServerError:
         status = resp.status_code
         doc: Any = None
-        try:
+        with contextlib.suppress(ValueError):
             doc = resp.json()
-        except ValueError:
-            pass
         detail = doc.get("detail") if isinstance(doc, dict) else None
         if isinstance(detail, list):  # a validation error: join the messages
             detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d)
@@ -267,8 +272,10 @@ class CdpClient:
                after: float | None = None) -> list[PointInfo]:
         params = {k: v for k, v in (("limit", limit), ("before", before), ("after", after))
                   if v is not None}
-        return [PointInfo.model_validate(p)
-                for p in self._get_json(f"/hosts/{host}/points", params=params)]
+        resp = self._request("GET", f"/hosts/{host}/points", params=params)
+        # Parsed by pydantic-core straight from the bytes: 100,000 points in a fraction of
+        # the time model_validate per dict takes.
+        return _POINT_LIST.validate_json(resp.content)
 
     def point(self, host: str, point_id: str) -> PointDetail:
         return PointDetail.model_validate(self._get_json(f"/hosts/{host}/points/{point_id}"))

@@ -125,6 +125,8 @@ def capture_disk(path: str) -> DiskCapture:
         pdisk = None  # no partition table: the disk is one volume
     if pdisk is None or pdisk.type not in ("gpt", "msdos"):
         disk.filesystem = probe_fs(path, 0, size)
+        if disk.filesystem is not None and disk.filesystem.type == "LVM2_member":
+            return DiskCapture(disk, [])  # a whole-disk PV: its LVs are the volumes
         disk.volume = f"{name}:whole"
         return DiskCapture(disk, [VolumeSpec(disk.volume, path, 0, size)])
     disk.table = "gpt" if pdisk.type == "gpt" else "msdos"
@@ -184,13 +186,21 @@ def capture(paths: list[str], hostname: str | None = None) -> tuple[Layout, list
         layout.disks.append(cap.disk)
         volumes.extend(cap.volumes)
     pv_parts = [(d, p) for d in layout.disks for p in d.partitions if p.role == "lvm_pv"]
-    if pv_parts and all(d.transport != "file" for d, _ in pv_parts):
+    pv_disks = [d for d in layout.disks
+                if d.filesystem is not None and d.filesystem.type == "LVM2_member"]
+    if [d for d, _ in pv_parts] + pv_disks and all(
+            d.transport != "file" for d in [d for d, _ in pv_parts] + pv_disks):
         from .lvmcapture import capture_lvm  # LVM tools are needed only for LVM hosts
 
         volumes.extend(capture_lvm(layout))
     # A PV whose VG the host's LVM does not show (an image file, an inactive VG) is copied
-    # as raw partition bytes, metadata included, rather than silently left out.
+    # as raw bytes, metadata included, rather than silently left out.
     in_vgs = {pv.device for vg in layout.volume_groups for pv in vg.pvs}
+    for disk in pv_disks:
+        if disk.name not in in_vgs:
+            disk.volume = f"{disk.name}:whole"
+            volumes.append(VolumeSpec(disk.volume, paths[[d.name for d in layout.disks]
+                                                         .index(disk.name)], 0, disk.size))
     for disk, part in pv_parts:
         if partition_name(disk.name, part.number) not in in_vgs:
             part.volume = f"{disk.name}:p{part.number}"

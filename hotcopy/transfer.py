@@ -189,9 +189,15 @@ class ChunkUploader:
         self._raise_error()
 
     def abort(self) -> None:
-        if self._thread.is_alive():
-            self._error = self._error or RuntimeError("aborted")
-            self._thread.join()
+        """Stop after the batch in progress, dropping queued ones (the run has failed)."""
+        self._error = self._error or RuntimeError("upload aborted")
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(None)  # the thread takes at most one more item: room is left
+        self._thread.join()
 
     def _raise_error(self) -> None:
         if self._error is not None:

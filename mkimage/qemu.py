@@ -3,7 +3,7 @@
 Typical use in a test (mark it `@pytest.mark.vm`)::
 
     from mkimage.qemu import VM, VMConfig, Disk, Forward, GUEST_SERVER_IP
-    with VM(VMConfig(disks=[Disk(img), Disk(img2, bus="nvme")], memory_mib=1024,
+    with VM(VMConfig(disks=[Disk(img), Disk(img2, bus="nvme")], memory_mib=2048,
                      forwards=[Forward(guest_port=443, host_port=server.port)])) as vm:
         code, out = vm.run("lvcreate -L 8M -n lv vg")   # (exit code, stdout+stderr)
         vm.check("cdp-agent --help")                     # raises VMCommandFailed if non-zero
@@ -125,7 +125,7 @@ class NetBoot:
 @dataclass(frozen=True)
 class VMConfig:
     disks: Sequence[Disk] = ()
-    memory_mib: int = 1024
+    memory_mib: int = 2048  # the root is unpacked into RAM (tmpfs, at most half of it)
     cpus: int = 1
     boot: KernelBoot | IsoBoot | NetBoot = field(default_factory=KernelBoot)
     firmware: Literal["bios", "uefi"] = "bios"
@@ -243,7 +243,8 @@ class VM:
 
     def _reader(self) -> None:
         assert self._proc and self._proc.stdout
-        while chunk := self._proc.stdout.read1(65536):
+        fd = self._proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
             with self._cond:
                 self._buf += chunk
                 self._log.write(chunk)

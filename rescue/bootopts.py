@@ -20,9 +20,9 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cdpcore.errors import UsageError
 
@@ -115,8 +115,8 @@ def parse_cmdline(cmdline: str, defaults: dict[str, str] | None = None) -> BootO
     server, token, host, point, answers, ca) apply where the command line is silent.
     Malformed network options raise UsageError; unknown cdp.* options are warnings, so a
     typo does not stop a rescue boot."""
-    opts = BootOptions(**{k: v for k, v in (defaults or {}).items()
-                          if k in ("server", "token", "host", "point", "answers", "ca")})
+    values: dict[str, Any] = {k: v for k, v in (defaults or {}).items()
+                              if k in ("server", "token", "host", "point", "answers", "ca")}
     warnings: list[str] = []
     try:
         words = shlex.split(cmdline)
@@ -125,22 +125,22 @@ def parse_cmdline(cmdline: str, defaults: dict[str, str] | None = None) -> BootO
     for word in words:
         key, has_value, value = word.partition("=")
         if key == "ip" and has_value:
-            opts = replace(opts, net=parse_ip(value))
+            values["net"] = parse_ip(value)
         elif key == "vlan" and has_value:
-            opts = replace(opts, vlan=parse_vlan(value))
+            values["vlan"] = parse_vlan(value)
         elif key == "console" and has_value:
             tty = value.split(",")[0]
             if re.fullmatch(r"ttyS\d+|ttyAMA\d+|hvc\d+|ttyUSB\d+", tty):
-                opts = replace(opts, serial_console=tty)
+                values["serial_console"] = tty
         elif key in ("cdp.auto", "cdp.test"):
-            opts = replace(opts, **{key[4:]: _flag(key, value)})
+            values[key[4:]] = _flag(key, value)
         elif key in _KNOWN:
-            opts = replace(opts, **{key[4:]: value or None})
+            values[key[4:]] = value or None
         elif key.startswith("cdp."):
             warnings.append(f"unknown boot option {key} (ignored)")
-    if opts.auto and not (opts.server or opts.answers):
+    if values.get("auto") and not (values.get("server") or values.get("answers")):
         warnings.append("cdp.auto=1 without cdp.server or cdp.answers: nothing to restore from")
-    return replace(opts, warnings=tuple(warnings))
+    return BootOptions(**values, warnings=tuple(warnings))
 
 
 def shell_vars(opts: BootOptions) -> str:
@@ -174,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("cmdline", nargs="?", default="/proc/cmdline", help="file to read")
     ap.add_argument("--shell", action="store_true", help="print shell variables for the init")
     ap.add_argument("--json", action="store_true", help="print the options as JSON (default)")
+    ap.add_argument("--save-json", metavar="FILE", help="also write the options as JSON to FILE")
     args = ap.parse_args(argv)
     try:
         opts = parse_cmdline(Path(args.cmdline).read_text(), load_defaults())
     except UsageError as exc:
         print(f"cdp-rescue: bad boot option: {exc}", file=sys.stderr)
         opts = BootOptions(warnings=(str(exc),))
+    if args.save_json:
+        Path(args.save_json).write_text(opts.to_json() + "\n")
     for w in opts.warnings:
         print(f"cdp-rescue: warning: {w}", file=sys.stderr)
     print(shell_vars(opts) if args.shell else opts.to_json(), end="" if args.shell else "\n")

@@ -24,6 +24,7 @@ from .plan import Plan
 from .repo import Repository
 from .resize import RESIZE_POLICIES, human
 from .stream import StreamOptions
+from .tui.cli import tui
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,8 +66,11 @@ def _plan_options(fn: F) -> F:
                      "proportional (ESP, BIOS-boot, /boot, swap keep their size)"),
         click.option("--verify", "verify_mode", type=click.Choice(["blocks", "read-back"]),
                      help="trust per-block checks (default) or also read everything back"),
-        click.option("--passphrase-file", help="file holding the key passphrase "
-                     "[env CDP_PASSPHRASE]"),
+        click.option("--grow-fs/--no-grow-fs", default=None, help="grow ext2/3/4 and XFS "
+                     "filesystems of partitions a resize enlarged (default: on)"),
+        click.option("--passphrase-file", help="file holding the key passphrase or a "
+                     "recovery key [env CDP_PASSPHRASE_FILE; the passphrase itself: env "
+                     "CDP_PASSPHRASE]"),
     ]):
         fn = opt(fn)
     return fn
@@ -139,16 +143,43 @@ def points(server: str | None, token: str | None, host_name: str | None, ca: str
                    + ("  pinned" if p.pinned else ""))
 
 
-def _engine_and_plan(a: Answers, kw: dict[str, Any], prompt: bool) -> tuple[Engine, Plan]:
+def _engine(a: Answers, kw: dict[str, Any], prompt: bool, host: str | None = None) -> Engine:
     client = _client(a, kw["server"], kw["token"], kw["ca"], kw["fingerprint"])
-    host = _host(a, kw["host_name"])
-    repo = Repository.open(client, host, read_passphrase(a, kw["passphrase_file"], prompt))
-    engine = Engine(repo)
+    name = host or _host(a, kw["host_name"])
+    return Engine(Repository.open(client, name, read_passphrase(a, kw["passphrase_file"],
+                                                                prompt)))
+
+
+def _engine_and_plan(a: Answers, kw: dict[str, Any], prompt: bool) -> tuple[Engine, Plan]:
+    engine = _engine(a, kw, prompt)
+    grow = a.get("grow_fs", kw["grow_fs"])
     plan = engine.plan(str(a.get("point", kw["point"]) or "latest"),
                        parse_maps(a.maps(kw["maps"])),
                        resize=a.get("resize", kw["resize"]) or "same",
-                       verify=a.get("verify", kw["verify_mode"]) or "blocks")
+                       verify=a.get("verify", kw["verify_mode"]) or "blocks",
+                       grow_fs=True if grow is None else bool(grow))
     return engine, plan
+
+
+def _saved_plan(a: Answers, kw: dict[str, Any], path: str, prompt: bool
+                ) -> tuple[Engine, Plan]:
+    """A plan saved by `rescue plan --save`: the options that shape a plan must not be
+    given again (the file decides), and its host must be the one named, if any."""
+    shaping = [f"--{k.replace('_', '-')}" for k in ("point", "resize", "verify_mode", "grow_fs")
+               if kw[k] is not None] + (["--map"] if kw["maps"] else [])
+    if shaping:
+        raise UsageError(f"--plan {path} already decides {', '.join(shaping)}: drop them")
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read plan file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"plan file {path} is not JSON: {exc}") from None
+    saved = Plan.from_json(doc)
+    host = a.get("host", kw["host_name"])
+    if host and host != saved.host:
+        raise UsageError(f"plan file {path} restores host {saved.host!r}, not {host!r}")
+    return _engine(a, kw, prompt, saved.host), saved
 
 
 def print_plan(plan: Plan) -> None:
@@ -212,21 +243,27 @@ class _Progress:
 @main.command()
 @_server_options
 @_plan_options
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
+              help="execute a plan saved by `rescue plan --save` (its targets are checked "
+              "again: same size and identity, still not in use)")
 @click.option("--dry-run", is_flag=True, help="print the plan and write nothing")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation (unattended)")
 @click.option("--json", "as_json", is_flag=True, help="print the restore report as JSON")
 @click.option("--state-dir", help="where the resume state and report go (default: next to "
               "image-file targets, else /run/cdp-rescue)")
-@click.option("--workers", type=int, help="parallel fetch/decrypt threads (default 4)")
+@click.option("--workers", type=click.IntRange(1), help="worker processes that fetch, "
+              "decrypt, verify and write (default: two per core)")
 @click.option("--checkpoint-mib", type=click.IntRange(1), default=64, show_default=True,
               help="sync the target and save the resume state every N MiB")
 @_errors
-def restore(dry_run: bool, yes: bool, as_json: bool, state_dir: str | None,
-            workers: int | None, checkpoint_mib: int, answers_file: str | None,
-            **kw: Any) -> None:
+def restore(plan_file: str | None, dry_run: bool, yes: bool, as_json: bool,
+            state_dir: str | None, workers: int | None, checkpoint_mib: int,
+            answers_file: str | None, **kw: Any) -> None:
     """Restore a point onto the mapped disks (rerun the same command to resume)."""
     a = load_answers(answers_file)
-    engine, the_plan = _engine_and_plan(a, kw, prompt=sys.stdin.isatty())
+    prompt = sys.stdin.isatty()
+    engine, the_plan = (_saved_plan(a, kw, plan_file, prompt) if plan_file
+                        else _engine_and_plan(a, kw, prompt))
     if not as_json:
         print_plan(the_plan)
     if not dry_run and not (yes or a.get("yes")):
@@ -238,8 +275,9 @@ def restore(dry_run: bool, yes: bool, as_json: bool, state_dir: str | None,
                 != "YES":
             raise UsageError("not confirmed: nothing was written")
     opts = ExecuteOptions(dry_run=dry_run, state_dir=a.get("state_dir", state_dir),
-                          stream=StreamOptions(workers=int(a.get("workers", workers) or 4),
-                                               checkpoint_bytes=checkpoint_mib << 20))
+                          stream=StreamOptions(checkpoint_bytes=checkpoint_mib << 20))
+    if a.get("workers", workers):
+        opts.stream.workers = int(a.get("workers", workers))
     report = engine.execute(the_plan, opts, None if as_json else _Progress())
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -262,3 +300,6 @@ def verify(answers_file: str | None, **kw: Any) -> None:
     engine.execute(the_plan, ExecuteOptions(state_dir=a.get("state_dir")), _Progress())
     click.echo(f"verified {len(the_plan.actions)} volumes: every block matches point "
                f"{the_plan.point_id}")
+
+
+main.add_command(tui)

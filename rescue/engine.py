@@ -19,7 +19,7 @@ from cdpcore.api import ObjectKind
 from cdpcore.errors import CdpError, IntegrityError, SafetyError
 from cdpcore.layout import Layout
 
-from . import lvm, partition, swap, target
+from . import growfs, lvm, partition, swap, target
 from .discover import LocalDisk, describe_target, discover_disks
 from .mapping import map_disks
 from .plan import Action, Plan, VerifyMode, build_plan
@@ -62,7 +62,7 @@ class Engine:
 
     def plan(self, point: str, maps: dict[str, str] | None = None, *,
              resize: ResizePolicy = "same", verify: VerifyMode = "blocks",
-             local: list[LocalDisk] | None = None) -> Plan:
+             grow_fs: bool = True, local: list[LocalDisk] | None = None) -> Plan:
         """Plan restoring the point `point` names ("latest", an ID or prefix, a time)."""
         info = self.repo.choose(point)
         opened = self.repo.open_point(info.point_id)
@@ -72,7 +72,8 @@ class Engine:
             else self.discover()
         matches = map_disks(layout.disks, disks or [], explicit)
         return build_plan(self.repo.host, info.point_id, info.created, layout,
-                          opened.manifest.volumes, matches, resize=resize, verify=verify)
+                          opened.manifest.volumes, matches, resize=resize, verify=verify,
+                          grow_fs=grow_fs)
 
     def execute(self, plan: Plan, options: ExecuteOptions | None = None,
                 on_event: EventSink | None = None) -> RestoreReport:
@@ -131,7 +132,9 @@ class _Execution:
         handlers: dict[str, Callable[[Action], None]] = {
             "wipe": lambda a: target.wipe(a.target),
             "partition_table": self._table, "stream": self._stream, "swap": self._swap,
-            "lvm": self._lvm, "verify": self._verify}
+            "lvm": self._lvm, "verify": self._verify,
+            "grow_fs": lambda a: growfs.grow(a.target, a.offset, a.size,
+                                             str(a.params["fstype"]))}
         try:
             for action in self.plan.actions:
                 self._one(action, handlers[action.type])

@@ -17,11 +17,12 @@ from cdpcore.layout import Disk, Layout, Partition, _disk
 from cdpcore.manifest import VolumeRecord
 
 from .discover import LocalDisk
+from .growfs import GROWABLE
 from .mapping import Match
 from .resize import ResizePolicy, fit, human
 
 PLAN_VERSION = 1
-ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify"]
+ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify", "grow_fs"]
 VerifyMode = Literal["blocks", "read-back"]
 
 
@@ -204,9 +205,35 @@ def _lvm_actions(layout: Layout, plans: dict[str, DiskPlan],
     return acts
 
 
+def _grow_actions(layout: Layout, disks: list[DiskPlan]) -> tuple[list[Action], list[str]]:
+    """Grow the filesystem of every restored partition that the resize enlarged."""
+    acts: list[Action] = []
+    notes: list[str] = []
+    for dp in disks:
+        src = layout.disk(dp.source)
+        sector = src.logical_sector_size
+        for part in dp.layout.partitions:
+            old = src.partition(part.number)
+            fs = part.filesystem
+            if part.length <= old.length or not part.volume or fs is None:
+                continue
+            if fs.type not in GROWABLE:
+                notes.append(f"{dp.target.path} partition {part.number}: {fs.type} filesystem "
+                             "not grown (only " + ", ".join(GROWABLE) + " are): grow it "
+                             "after booting")
+                continue
+            acts.append(Action(f"grow_fs:{part.volume}", "grow_fs", dp.target.path,
+                               f"grow the {fs.type} filesystem of partition {part.number} to "
+                               f"{human(part.length * sector)}", volume=part.volume,
+                               offset=part.start * sector, size=part.length * sector,
+                               params={"fstype": fs.type}))
+    return acts, notes
+
+
 def build_plan(host: str, point_id: str, created: float, layout: Layout,
                volumes: list[VolumeRecord], matches: list[Match], *,
-               resize: ResizePolicy = "same", verify: VerifyMode = "blocks") -> Plan:
+               resize: ResizePolicy = "same", verify: VerifyMode = "blocks",
+               grow_fs: bool = True) -> Plan:
     vols = {v.name: v for v in volumes}
     disks: list[DiskPlan] = []
     for match in matches:
@@ -231,9 +258,11 @@ def build_plan(host: str, point_id: str, created: float, layout: Layout,
                               params={"ignore": rewritten_by_table(boot[a.volume])}
                               if a.volume in boot else {})
                        for a in list(actions) if a.type == "stream")
-    notes = [f"{dp.target.path}: partitions resized ({resize}); filesystems keep their size "
-             "until grown" for dp in disks
-             if [(p.start, p.length) for p in dp.layout.partitions]
-             != [(p.start, p.length) for p in layout.disk(dp.source).partitions]]
+    # After the read-back checks: growing rewrites the superblocks they compare.
+    grown, notes = _grow_actions(layout, disks) if grow_fs else ([], [])
+    actions.extend(grown)
+    notes += [f"{dp.target.path}: partitions resized ({resize})" for dp in disks
+              if [(p.start, p.length) for p in dp.layout.partitions]
+              != [(p.start, p.length) for p in layout.disk(dp.source).partitions]]
     return Plan(host=host, point_id=point_id, created=created, resize=resize, verify=verify,
                 disks=disks, actions=actions, volumes=volumes, notes=notes)

@@ -43,7 +43,11 @@ class Repository:
         if passphrase.strip().upper().startswith("CDP1-"):
             master = parse_recovery_key(passphrase)
         else:
-            doc = client.get_key(host)
+            try:
+                doc = client.get_key(host)
+            except NotFoundError:
+                raise NotFoundError(f"unknown host {host!r}: the server has no such host, or "
+                                    "this token belongs to another host", 404) from None
             if doc is None:
                 raise NotFoundError(f"host {host!r} has no key on the server: open it with "
                                     "its printable recovery key (CDP1-...) instead")

@@ -1,21 +1,31 @@
-"""Streaming one volume of a point onto a target region.
+"""Streaming one volume of a point onto a target region, on every core.
 
-Worker threads fetch batches of chunks, decrypt, decompress and verify them (each block's
-keyed ID must match: BlobCodec.open_block); the calling thread writes the batches in
-order with large positioned writes, coalescing neighbouring blocks, and zeroes all-zero
-runs explicitly (holes in files, BLKZEROOUT on devices) instead of writing them. A block
-that fails verification stops the volume with its exact byte range named; nothing
-unverified is written, and everything before it is synced and checkpointed for resume.
+zstd and AES-GCM do not scale across threads here (bench/pipeline.py), processes do: the
+parent walks the volume's index and hands batches of (block index, chunk ID) to a pool of
+worker processes; each worker fetches its batch from the server, decrypts, decompresses
+and verifies every block (its keyed ID must match: BlobCodec.open_block) and writes the
+verified blocks with large positioned writes, coalescing neighbours, and zeroes all-zero
+runs explicitly (holes in files, BLKZEROOUT on devices). Only small tuples cross the
+process boundary, and at most two batches per worker are in flight: memory stays bounded.
+
+The parent takes results in volume order, so the blocks it has seen are a contiguous
+prefix: after syncing the target it checkpoints that prefix for resume. A block that fails
+verification stops the volume with its exact byte range named; the blocks before it are
+written (verified), it and nothing unverified after it is.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
 
@@ -29,12 +39,13 @@ from cdpcore.errors import (
     NotFoundError,
     ServerError,
 )
-from cdpcore.index import Geometry, PageSource, iter_block_ids
+from cdpcore.index import PageSource, iter_block_ids
 from cdpcore.manifest import VolumeRecord
 
 from .target import Target
 
 log = logging.getLogger("cdp.rescue.stream")
+_PR_SET_PDEATHSIG = 1
 Batch = list[tuple[int, bytes]]
 
 
@@ -54,9 +65,14 @@ class BlockDamaged(IntegrityError):
                          "nothing unverified was written")
 
 
+def _default_workers() -> int:
+    # Two per core: while one waits for the server, the other decrypts.
+    return min(16, 2 * (os.cpu_count() or 1))
+
+
 @dataclass
 class StreamOptions:
-    workers: int = 4
+    workers: int = field(default_factory=_default_workers)  # worker processes
     batch_bytes: int = 4 * 1024 * 1024
     #: Sync the target and save the resume point after this many bytes.
     checkpoint_bytes: int = 64 * 1024 * 1024
@@ -69,6 +85,24 @@ class StreamResult:
     written: int = 0  # bytes of data written
     zeroed: int = 0  # bytes of all-zero blocks made zero without writing them
     resumed: int = 0  # bytes skipped because a previous run finished them
+
+
+@dataclass(frozen=True)
+class _Damage:
+    offset: int
+    length: int
+    chunk: bytes
+    why: str
+
+
+@dataclass(frozen=True)
+class _BatchDone:
+    """What a worker did with one batch (small: this crosses the process boundary)."""
+
+    end: int  # blocks [0, end) of this batch's range are on the target
+    written: int
+    zeroed: int
+    damage: _Damage | None = None
 
 
 def _fetch(src: ChunkSource, host: str, ids: list[bytes], opts: StreamOptions
@@ -85,10 +119,8 @@ def _fetch(src: ChunkSource, host: str, ids: list[bytes], opts: StreamOptions
     raise AssertionError("unreachable")
 
 
-def _load(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeRecord, batch: Batch,
-          opts: StreamOptions) -> list[tuple[int, bytes | None]]:
-    geo = vol.geometry
-    wanted = sorted({cid for _, cid in batch if cid != fmt.ZERO_ID})
+def _fetch_all(src: ChunkSource, host: str, wanted: list[bytes], opts: StreamOptions
+               ) -> dict[bytes, bytes]:
     blobs: dict[bytes, bytes] = {}
     for start in range(0, len(wanted), MAX_IDS_PER_REQUEST):
         part = wanted[start:start + MAX_IDS_PER_REQUEST]
@@ -96,74 +128,118 @@ def _load(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeRecord, batc
             blobs.update(_fetch(src, host, part, opts))
         except (IntegrityError, NotFoundError, FormatError):
             # One bad or missing object fails the whole request: fetch one by one so the
-            # damaged block (and only it) is named below.
+            # damaged block (and only it) is named.
             for cid in part:
                 try:
                     blobs.update(_fetch(src, host, [cid], opts))
                 except (IntegrityError, NotFoundError, FormatError):
                     continue
-    plain: dict[bytes, bytes] = {}
-    out: list[tuple[int, bytes | None]] = []
-    for index, cid in batch:
-        if cid == fmt.ZERO_ID:
-            out.append((index, None))
-            continue
-        where = (vol.name, index * vol.block_size, geo.block_length(index), cid)
-        if cid not in plain:
-            blob = blobs.get(cid)
-            if blob is None:
-                raise BlockDamaged(*where, "is missing or damaged on the server")
-            try:
-                plain[cid] = codec.open_block(cid, blob)
-            except (IntegrityError, FormatError) as exc:
-                raise BlockDamaged(*where, f"failed verification: {exc}") from None
-        data = plain[cid]
-        if len(data) != geo.block_length(index):
-            raise BlockDamaged(*where, f"holds {len(data)} bytes where the volume has "
-                               f"{geo.block_length(index)}")
-        out.append((index, data))
-    return out
+    return blobs
+
+
+class _Writer:
+    """Coalesces neighbouring verified blocks into one pwrite, zero runs into one call."""
+
+    def __init__(self, target: Target, base: int, block_size: int) -> None:
+        self.target, self.base, self.block_size = target, base, block_size
+        self.run: list[bytes] = []
+        self.run_start = self.zero_start = self.zero_len = 0
+        self.written = self.zeroed = 0
+
+    def data(self, index: int, data: bytes) -> None:
+        if self.zero_len:
+            self.flush()
+        if not self.run:
+            self.run_start = index
+        self.run.append(data)
+
+    def zero(self, index: int, length: int) -> None:
+        if self.run:
+            self.flush()
+        if not self.zero_len:
+            self.zero_start = index
+        self.zero_len += length
+
+    def flush(self) -> None:
+        if self.run:
+            data = b"".join(self.run)
+            self.target.write(self.base + self.run_start * self.block_size, data)
+            self.written += len(data)
+            self.run = []
+        if self.zero_len:
+            self.target.zero(self.base + self.zero_start * self.block_size, self.zero_len)
+            self.zeroed += self.zero_len
+            self.zero_len = 0
+
+
+@dataclass
+class _Worker:
+    src: ChunkSource
+    host: str
+    codec: BlobCodec
+    vol: VolumeRecord
+    target: Target
+    base: int
+    opts: StreamOptions
+
+    def run(self, batch: Batch) -> _BatchDone:
+        geo, vol = self.vol.geometry, self.vol
+        blobs = _fetch_all(self.src, self.host,
+                           sorted({cid for _, cid in batch if cid != fmt.ZERO_ID}), self.opts)
+        out = _Writer(self.target, self.base, vol.block_size)
+        plain: dict[bytes, bytes] = {}
+        for index, cid in batch:
+            length = geo.block_length(index)
+            if cid == fmt.ZERO_ID:
+                out.zero(index, length)
+                continue
+            why = None
+            if cid not in plain:
+                blob = blobs.get(cid)
+                if blob is None:
+                    why = "is missing or damaged on the server"
+                else:
+                    try:
+                        plain[cid] = self.codec.open_block(cid, blob)
+                    except (IntegrityError, FormatError) as exc:
+                        why = f"failed verification: {exc}"
+            if why is None and len(plain[cid]) != length:
+                why = f"holds {len(plain[cid])} bytes where the volume has {length}"
+            if why is not None:
+                out.flush()
+                return _BatchDone(index, out.written, out.zeroed,
+                                  _Damage(index * vol.block_size, length, cid, why))
+            out.data(index, plain[cid])
+        out.flush()
+        return _BatchDone(batch[-1][0] + 1, out.written, out.zeroed)
+
+
+_worker: _Worker | None = None
+
+
+def _init_worker(parent: int, src: ChunkSource, host: str, codec: BlobCodec,
+                 vol: VolumeRecord, path: str, base: int, opts: StreamOptions) -> None:
+    """Runs in each forked worker: the arguments are inherited, never pickled (a codec
+    holds key objects). The parent's open connections are dropped, not shared."""
+    global _worker
+    # A killed restore must not leave workers behind that still write to the target.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    close = getattr(src, "close", None)
+    if callable(close):
+        close()
+    _worker = _Worker(src, host, codec, vol, Target(path), base, opts)
+
+
+def _run_batch(batch: Batch) -> _BatchDone:
+    assert _worker is not None
+    return _worker.run(batch)
 
 
 def _batches(ids: Iterator[tuple[int, bytes]], size: int) -> Iterator[Batch]:
     while batch := list(islice(ids, size)):
         yield batch
-
-
-def _write(target: Target, base: int, geo: Geometry, blocks: list[tuple[int, bytes | None]],
-           result: StreamResult) -> None:
-    """Write one verified batch: each run of neighbouring data blocks in one pwrite, each
-    run of zero blocks as one zeroing call."""
-    run: list[bytes] = []
-    run_start = zero_start = -1
-    zero_len = 0
-
-    def flush() -> None:
-        nonlocal run, run_start, zero_start, zero_len
-        if run:
-            data = b"".join(run)
-            target.write(base + run_start * geo.block_size, data)
-            result.written += len(data)
-            run, run_start = [], -1
-        if zero_len:
-            target.zero(base + zero_start * geo.block_size, zero_len)
-            result.zeroed += zero_len
-            zero_start, zero_len = -1, 0
-
-    for index, data in blocks:
-        if data is None:
-            if run:
-                flush()
-            if zero_len == 0:
-                zero_start = index
-            zero_len += geo.block_length(index)
-        else:
-            if zero_len:
-                flush()
-            if not run:
-                run_start = index
-            run.append(data)
-    flush()
 
 
 def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeRecord,
@@ -175,46 +251,52 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
     `on_progress(bytes)` as blocks land and `on_checkpoint(blocks)` after each sync with
     the number of leading blocks that are safely on the target."""
     opts = options or StreamOptions()
-    geo = vol.geometry
     result = StreamResult(resumed=min(start_block * vol.block_size, vol.size))
-    ids = (item for item in iter_block_ids(geo, src.page_source(host), vol.root_id)
+    ids = (item for item in iter_block_ids(vol.geometry, src.page_source(host), vol.root_id)
            if item[0] >= start_block)
     per_batch = max(1, min(opts.batch_bytes // vol.block_size, MAX_IDS_PER_REQUEST))
     done_blocks, unsynced = start_block, 0
+    damage: _Damage | None = None
 
     def checkpoint() -> None:
         nonlocal unsynced
-        target.sync()
+        target.sync()  # flushes the workers' writes too: they share the page cache
         unsynced = 0
         if on_checkpoint:
             on_checkpoint(done_blocks)
 
-    with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="cdp-fetch") as pool:
-        pending: deque[Future[list[tuple[int, bytes | None]]]] = deque()
-        batches = _batches(ids, per_batch)
-        try:
-            while True:
-                while len(pending) < 2 * opts.workers:
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    pending.append(pool.submit(_load, src, host, codec, vol, batch, opts))
-                if not pending:
+    # fork: the workers inherit the codec and client instead of receiving pickles.
+    pool = ProcessPoolExecutor(max_workers=max(1, opts.workers),
+                               mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker,
+                               initargs=(os.getpid(), src, host, codec, vol, target.path, base, opts))
+    pending: deque[Future[_BatchDone]] = deque()
+    batches = _batches(ids, per_batch)
+    try:
+        while damage is None:
+            while len(pending) < 2 * max(1, opts.workers):
+                batch = next(batches, None)
+                if batch is None:
                     break
-                blocks = pending.popleft().result()
-                before = result.written + result.zeroed
-                _write(target, base, geo, blocks, result)
-                landed = result.written + result.zeroed - before
-                done_blocks = blocks[-1][0] + 1
-                unsynced += landed
-                if on_progress:
-                    on_progress(landed)
-                if unsynced >= opts.checkpoint_bytes:
-                    checkpoint()
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            checkpoint()  # what was written before the failure is verified: keep it
-            raise
-    checkpoint()
+                pending.append(pool.submit(_run_batch, batch))
+            if not pending:
+                break
+            done = pending.popleft().result()
+            result.written += done.written
+            result.zeroed += done.zeroed
+            done_blocks, damage = done.end, done.damage
+            unsynced += done.written + done.zeroed
+            if on_progress:
+                on_progress(done.written + done.zeroed)
+            if unsynced >= opts.checkpoint_bytes:
+                checkpoint()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        # Batches already running finish (they write only verified blocks) before the
+        # checkpoint: the state never claims more than the contiguous prefix seen.
+        pool.shutdown(wait=True, cancel_futures=True)
+        checkpoint()
+    if damage is not None:
+        raise BlockDamaged(vol.name, damage.offset, damage.length, damage.chunk, damage.why)
     return result

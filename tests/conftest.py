@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,20 +117,41 @@ def server_cert(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def cdp_server(tmp_path: Path, server_cert: dict[str, str]) -> Iterator[ServerHandle]:
-    """A fresh datastore and a real server process serving it; stopped after the test."""
-    data = tmp_path / "datastore"
-    init = _cli("init", "--data", str(data))
-    port = _free_port()
-    handle = ServerHandle(url=f"https://127.0.0.1:{port}", ca_path=Path(server_cert["cert"]),
-                          fingerprint=server_cert["fingerprint"],
-                          admin_token=init["admin_token"], data_dir=data,
-                          key_path=Path(server_cert["key"]), log_path=tmp_path / "server.log",
-                          port=port)
-    handle.start()
+def make_cdp_server(tmp_path: Path, server_cert: dict[str, str],
+                    ) -> Iterator[Callable[..., ServerHandle]]:
+    """Factory of server processes: `make_cdp_server(data_dir=None, grace=86400)` inits a
+    datastore in `data_dir` (default: a fresh one under tmp_path) and starts a server on
+    it. Every server it started is killed after the test."""
+    started: list[ServerHandle] = []
+
+    def make(data_dir: Path | None = None, grace: float = 86400.0) -> ServerHandle:
+        n = len(started)
+        data = data_dir or tmp_path / f"datastore{n or ''}"
+        init = _cli("init", "--data", str(data))
+        port = _free_port()
+        handle = ServerHandle(url=f"https://127.0.0.1:{port}",
+                              ca_path=Path(server_cert["cert"]),
+                              fingerprint=server_cert["fingerprint"],
+                              admin_token=init["admin_token"], data_dir=data,
+                              key_path=Path(server_cert["key"]),
+                              log_path=tmp_path / f"server{n or ''}.log", port=port,
+                              grace=grace)
+        started.append(handle)
+        handle.start()
+        return handle
+
     try:
-        yield handle
+        yield make
     finally:
-        handle.stop()
-        if os.environ.get("CDP_SHOW_SERVER_LOG"):
-            print(handle.log())
+        for handle in started:
+            # SIGKILL: the datastore is thrown away, and a graceful stop waits up to 3 s
+            # for idle keep-alive TLS connections that test clients leave open.
+            handle.kill()
+            if os.environ.get("CDP_SHOW_SERVER_LOG"):
+                print(handle.log())
+
+
+@pytest.fixture
+def cdp_server(make_cdp_server: Callable[..., ServerHandle]) -> ServerHandle:
+    """A fresh datastore and a real server process serving it; killed after the test."""
+    return make_cdp_server()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sqlite3
 from pathlib import Path
 
+from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
 from cdpcore.api import PointInfo
 from cdpcore.manifest import Manifest
 from hotcopy.backup import backup
@@ -110,33 +112,38 @@ def test_loop_device_point_is_byte_for_byte(agent: Agent, loop_device: str,
     _assert_point_equals(agent, info.point_id, gpt_image)
 
 
-def test_damaged_chunks_are_uploaded_again(agent: Agent, gpt_image: Path) -> None:
-    _point(agent, [str(gpt_image)])
+def _corrupt_chunk(cdp_server, host: str, chunk_id: bytes) -> None:  # type: ignore[no-untyped-def]
+    """Flip a byte of a stored chunk inside its pack file, as bit rot would."""
+    db = sqlite3.connect(cdp_server.data_dir / CATALOG_FILE)
+    pack, offset, length = db.execute(
+        "SELECT pack, offset, length FROM objects WHERE host = ? AND kind = 'chunks' AND id = ?",
+        (host, chunk_id)).fetchone()
+    db.close()
+    path = cdp_server.data_dir / OBJECTS_DIR / pack
+    data = bytearray(path.read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_chunk_damaged_on_the_server_is_healed_by_the_next_point(
+        agent: Agent, cdp_server, gpt_image: Path) -> None:  # type: ignore[no-untyped-def]
+    first = _point(agent, [str(gpt_image)])
     with open(gpt_image, "rb") as f:
         f.seek(5 * MiB)
-        block = f.read(BS)  # the ext4 superblock area: non-zero, unchanged below
-    damaged_id = agent.codec.keys.chunk_id(block)
-    sent: list[bytes] = []
-    remote = agent.remote
+        block = f.read(BS)  # the start of the ext4 partition: non-zero, never rewritten
+    chunk_id = agent.codec.keys.chunk_id(block)
+    _corrupt_chunk(cdp_server, agent.host, chunk_id)
+    report = cdp_server.admin().verify()
+    assert chunk_id.hex() in report.damaged_chunks
+    assert chunk_id in agent.remote.damaged(agent.host)
+    damaged = verify_point(agent.remote, agent.host, agent.codec, first.point_id)
+    assert damaged.damaged + damaged.missing == [chunk_id.hex()]
 
-    class Reporting:
-        """The real client, with the server's damaged list answered as after a verify
-        that found this chunk damaged, and uploads recorded."""
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(remote, name)
-
-        def damaged(self, host: str) -> list[bytes]:
-            return [damaged_id]
-
-        def upload(self, host: str, kind: object, items: list[tuple[bytes, bytes]]) -> object:
-            sent.extend(oid for oid, _ in items)
-            return remote.upload(host, kind, items)  # type: ignore[arg-type]
-
-    info = backup(Reporting(), agent.host, agent.codec, [str(gpt_image)],  # type: ignore[arg-type]
-                  agent.state_dir, workers=2)
-    assert damaged_id in sent
-    assert info.stats.changed_bytes == 0
+    # The block did not change, yet the next point uploads it again because it is damaged.
+    info = _point(agent, [str(gpt_image)])
+    assert (info.stats.changed_bytes, info.stats.new_chunks) == (0, 1)
+    assert agent.remote.damaged(agent.host) == []
+    assert verify_point(agent.remote, agent.host, agent.codec, first.point_id).ok
     assert verify_point(agent.remote, agent.host, agent.codec, info.point_id).ok
 
 

@@ -32,19 +32,37 @@ def test_key_is_created_once_and_a_wrong_passphrase_is_refused(agent: Agent) -> 
         establish_key(agent.remote, agent.host, "wrong horse")
 
 
-def test_server_down_fails_without_a_point_then_the_next_run_rescans(
-        agent: Agent, cdp_server, gpt_image: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_server_down_at_the_start_commits_nothing_and_keeps_the_chain(
+        agent: Agent, cdp_server, gpt_image: Path) -> None:  # type: ignore[no-untyped-def]
     first = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir)
     write_at(gpt_image, 9 * MiB, b"\x33" * BS)
     cdp_server.kill()
     quick = BackupOptions(retry=RetryPolicy(attempts=2, first_delay=0.05))
-    with pytest.raises(ConnectionFailed):
+    with pytest.raises(ConnectionFailed, match="cannot reach the CDP server"):
         backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir,
                options=quick)
     cdp_server.restart()
     assert [p.point_id for p in agent.remote.points(agent.host)] == [first.point_id]
     info = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir)
     manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    # Nothing local was touched before the server was found down: still incremental.
+    assert manifest.tracking["full_scan"] is False and info.parent == first.point_id
+    assert (info.stats.new_chunks, info.stats.changed_bytes) == (1, BS)
+
+
+def test_server_lost_mid_point_commits_nothing_and_the_next_run_rescans(
+        agent: Agent, cdp_server, gpt_image: Path) -> None:  # type: ignore[no-untyped-def]
+    first = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir)
+    write_at(gpt_image, 9 * MiB, b"\x33" * BS)
+    quick = BackupOptions(retry=RetryPolicy(attempts=2, first_delay=0.05))
+    with pytest.raises(ConnectionFailed):
+        backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir,
+               options=quick, progress=lambda _: cdp_server.kill())
+    cdp_server.restart()
+    assert [p.point_id for p in agent.remote.points(agent.host)] == [first.point_id]
+    info = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir)
+    manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    # The failed run had begun rewriting local state: the chain is in doubt.
     assert manifest.tracking["full_scan"] is True and info.parent == first.point_id
     assert info.stats.new_chunks == 1
     assert verify_point(agent.remote, agent.host, agent.codec, info.point_id).ok

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import peers, workload
+from bench.measure import cached_bytes, evict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,17 +29,21 @@ def test_workload_is_reproducible_and_change_is_exact(tmp_path: Path) -> None:
     a = workload.build_image(tmp_path / "a.img", 32 * workload.MiB, seed=3)
     b = workload.build_image(tmp_path / "b.img", 32 * workload.MiB, seed=3)
     assert a.sha256 == b.sha256 == workload.sha256_file(tmp_path / "b.img")
-    writes = workload.plan_change(tmp_path / "a.img", a.size, a.seed, scattered=40,
+    writes = workload.plan_change(tmp_path / "a.img", a, scattered=40,
                                   sequential=3 * workload.PAGE)
     workload.apply_change(tmp_path / "b.img", writes)
     diff = workload.diff_images(tmp_path / "a.img", tmp_path / "b.img")
-    # 40 database pages and 3 log pages, each rewritten with new content.
+    # 40 scattered pages and 3 log pages, each rewritten with new content.
     assert diff.blocks == 43
     assert 40 * workload.PAGE < diff.bytes <= 43 * workload.PAGE
-    db = workload.file_runs(tmp_path / "a.img", workload.DB_FILE)
-    assert all(any(start <= w.offset < start + n for start, n in db) for w in writes[:40])
-    log = workload.file_runs(tmp_path / "a.img", workload.LOG_FILE)
-    assert all(any(start <= w.offset < start + n for start, n in log) for w in writes[40:])
+    runs = workload.data_runs(tmp_path / "a.img", a.files)
+
+    def inside(offset: int, rels: list[str]) -> bool:
+        return any(start <= offset < start + n for rel in rels for start, n in runs[rel])
+
+    assert all(inside(w.offset, a.files) for w in writes[:40])
+    assert all(inside(w.offset, [workload.LOG_FILE]) for w in writes[40:])
+    assert len({w.offset for w in writes}) == 43
 
 
 def test_diff_counts_single_bytes(tmp_path: Path) -> None:
@@ -50,9 +55,9 @@ def test_diff_counts_single_bytes(tmp_path: Path) -> None:
 def test_smoke_run(tmp_path: Path, peer_versions: dict[str, str]) -> None:
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--size", "64M", "--runs", "1", "--series-size", "32M",
-         "--series-points", "2", "--empty-size", "256M", "--work", str(tmp_path / "work"),
-         "--doc", "", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--size", "32M", "--runs", "1", "--series-size", "32M",
+         "--series-points", "1", "--empty-size", "64M", "--cache", "evict",
+         "--work", str(tmp_path / "work"), "--doc", "", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
@@ -62,9 +67,19 @@ def test_smoke_run(tmp_path: Path, peer_versions: dict[str, str]) -> None:
     for tool in tools - {"limit"}:
         assert doc["raw"][tool]["growth_bytes"][0] > 0
     assert set(doc["series"]["tools"]) >= {"cdp-scan", "restic", "borg"}
-    assert doc["empty_point"]["volume_size"] == 256 * workload.MiB
+    assert doc["empty_point"]["volume_size"] == 64 * workload.MiB
     assert "| Full backup time |" in proc.stdout
     assert "| Target (issue #9) |" in proc.stdout
-    assert doc["machine"]["drop_caches"] is True
     assert doc["versions"] == peer_versions
 
+
+
+def test_evict_drops_files_from_the_page_cache(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    files = [tmp_path / "image", tmp_path / "repo" / "pack"]
+    for f in files:
+        f.write_bytes(workload.keystream(f.name, 4 * workload.MiB))
+        f.read_bytes()
+    assert [cached_bytes(f) for f in files] == [4 * workload.MiB] * 2
+    assert evict(files[0], tmp_path / "repo") == 2
+    assert [cached_bytes(f) for f in files] == [0, 0]

@@ -95,6 +95,8 @@ def test_shell_output_is_quoted(tmp_path, capsys) -> None:  # type: ignore[no-un
     out = capsys.readouterr().out
     assert "CDP_IP_ADDR=10.1.2.3\nCDP_IP_PREFIX=16\n" in out
     assert "CDP_SERIAL=ttyS0\n" in out and "CDP_TEST=1\n" in out
-    assert main([str(cmdline), "--json"]) == 0
+    saved = tmp_path / "bootopts.json"
+    assert main([str(cmdline), "--json", "--save-json", str(saved)]) == 0
     data = json.loads(capsys.readouterr().out)
+    assert json.loads(saved.read_text()) == data
     assert data["net"]["gateway"] == "10.1.2.1" and data["test"] is True

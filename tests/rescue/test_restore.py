@@ -15,17 +15,12 @@ from typing import Any
 
 import pytest
 
-from cdpcore.api import Role
-from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.errors import NotFoundError, SafetyError, WrongKeyError
-from cdpcore.keys import WrappedKey, new_master_key
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
 
+from .conftest import MIB, PASS
 from .pointmaker import make_point
-
-MIB = 1024 * 1024
-PASS = "correct horse"
 
 
 def sh(*argv: str) -> str:
@@ -66,16 +61,6 @@ def region(path: Path, start: int, length: int) -> bytes:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def repo_host(cdp_server: Any, tmp_path: Path) -> dict[str, Any]:
-    tokens = cdp_server.add_host("web1")
-    agent = cdp_server.client(tokens[Role.agent])
-    master = new_master_key()
-    agent.put_key("web1", WrappedKey.create(master, PASS, n=2**10).to_json())
-    return {"agent": agent, "restore": cdp_server.client(tokens[Role.restore]),
-            "token": tokens[Role.restore], "codec": BlobCodec(KeySet.from_master(master))}
 
 
 def point_of(repo_host: dict[str, Any], source: Path) -> Any:

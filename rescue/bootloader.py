@@ -1,0 +1,144 @@
+"""Reinstalling the boot loader of a restored system, a post-step for new hardware
+(`rescue restore --reinstall-bootloader`): another disk name, or a UEFI machine whose NVRAM
+lacks the old boot entry. GRUB is installed again from inside the restored system (its own
+GRUB and kernel versions, in a chroot), its configuration and initramfs regenerated.
+
+The root filesystem is found by mounting each candidate (restored partitions and LVs with
+a Linux filesystem) and looking for /etc/fstab; /boot and /boot/efi are mounted as its
+fstab says. UEFI: `grub-install --target=x86_64-efi`, which writes the NVRAM entry through
+efibootmgr; when the rescue system itself was not booted by UEFI there are no EFI
+variables to write, so GRUB also goes to the removable path (EFI/BOOT/BOOTX64.EFI) that
+firmware finds without an entry. BIOS: `grub-install --target=i386-pc DISK`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdpcore import runcmd
+from cdpcore.errors import CommandFailed, UsageError
+
+#: Filesystems a Linux root can be on (the candidates the plan lists).
+ROOT_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+_TAGS = ("UUID", "LABEL", "PARTUUID", "PARTLABEL")
+
+
+@dataclass(frozen=True)
+class FstabEntry:
+    spec: str  # UUID=..., LABEL=..., /dev/...
+    mountpoint: str
+    fstype: str
+
+
+def parse_fstab(text: str) -> list[FstabEntry]:
+    """The entries of an fstab (comments, blank and short lines skipped; \\040 unescaped)."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 3:
+            out.append(FstabEntry(fields[0], fields[1].replace("\\040", " "), fields[2]))
+    return out
+
+
+def boot_mounts(entries: list[FstabEntry]) -> list[FstabEntry]:
+    """/boot then /boot/efi (whichever exist), in mount order."""
+    by_mount = {e.mountpoint.rstrip("/") or "/": e for e in entries}
+    return [by_mount[m] for m in ("/boot", "/boot/efi") if m in by_mount]
+
+
+def resolve(spec: str) -> str:
+    """The device an fstab spec names (findfs understands UUID=, LABEL=, PART*=)."""
+    tag = spec.split("=", 1)[0]
+    if tag in _TAGS:
+        return runcmd.run_text(["findfs", spec]).strip()
+    if spec.startswith("/dev/"):
+        return spec
+    raise UsageError(f"cannot resolve fstab device {spec!r} of the restored system")
+
+
+@contextlib.contextmanager
+def _mounted(device: str, where: str, *options: str) -> Iterator[str]:
+    runcmd.run(["mount", *options, device, where])
+    try:
+        yield where
+    finally:
+        runcmd.run(["umount", where])
+
+
+def find_root(candidates: list[str]) -> str:
+    """The candidate device holding a root filesystem (it has /etc/fstab)."""
+    for device in candidates:
+        with tempfile.TemporaryDirectory(prefix="cdp-root-") as mnt:
+            try:
+                with _mounted(device, mnt, "-o", "ro"):
+                    if (Path(mnt) / "etc/fstab").is_file():
+                        return device
+            except CommandFailed:
+                continue  # not mountable here (another filesystem): not the root
+    raise UsageError("no restored filesystem holds /etc/fstab: cannot find the root "
+                     "filesystem to reinstall the boot loader from (checked "
+                     + ", ".join(candidates) + ")")
+
+
+def _first(root: Path, *names: str) -> str | None:
+    for name in names:
+        for base in ("usr/sbin", "sbin", "usr/bin", "bin"):
+            if (root / base / name).exists():
+                return name
+    return None
+
+
+def reinstall(disk: str, boot_mode: str, candidates: list[str]) -> list[str]:
+    """Reinstall GRUB for `boot_mode` ("bios" or "uefi") onto `disk` from the restored
+    root among `candidates`, regenerate its config and initramfs. Returns notes."""
+    notes: list[str] = []
+    root_dev = find_root(candidates)
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cdp-chroot-")))
+        stack.enter_context(_mounted(root_dev, str(root)))
+        for entry in boot_mounts(parse_fstab((root / "etc/fstab").read_text())):
+            stack.enter_context(_mounted(resolve(entry.spec), str(root / entry.mountpoint[1:])))
+        for fs in ("/dev", "/proc", "/sys", "/run"):
+            stack.enter_context(_mounted(fs, str(root / fs[1:]), "--bind"))
+        efivars = "/sys/firmware/efi/efivars"
+        if os.path.isdir(efivars):
+            stack.enter_context(_mounted(efivars, str(root / efivars[1:]), "--bind"))
+        chroot = ["chroot", str(root)]
+        grub = _first(root, "grub-install", "grub2-install")
+        if grub is None:
+            raise UsageError(f"the restored system on {root_dev} has no grub-install: "
+                             "reinstall its boot loader by hand")
+        if boot_mode == "uefi":
+            argv = [*chroot, grub, "--target=x86_64-efi", "--efi-directory=/boot/efi",
+                    "--recheck"]
+            if not os.path.isdir(efivars):
+                argv += ["--removable", "--no-nvram"]
+                notes.append("the rescue system was not booted by UEFI: GRUB was installed "
+                             "at the removable path EFI/BOOT/BOOTX64.EFI, without an NVRAM "
+                             "entry")
+            runcmd.run(argv)
+        elif boot_mode == "bios":
+            runcmd.run([*chroot, grub, "--target=i386-pc", "--recheck", disk])
+        else:
+            raise UsageError(f"boot mode of the protected machine is {boot_mode!r}: cannot "
+                             "tell whether to install GRUB for BIOS or UEFI")
+        mkconfig = _first(root, "update-grub", "grub-mkconfig", "grub2-mkconfig")
+        if mkconfig == "update-grub":
+            runcmd.run([*chroot, "update-grub"])
+        elif mkconfig is not None:
+            cfg = "/boot/grub2/grub.cfg" if mkconfig.startswith("grub2") else "/boot/grub/grub.cfg"
+            runcmd.run([*chroot, mkconfig, "-o", cfg])
+        initramfs = _first(root, "update-initramfs", "dracut")
+        if initramfs == "update-initramfs":
+            runcmd.run([*chroot, "update-initramfs", "-u", "-k", "all"])
+        elif initramfs == "dracut":
+            runcmd.run([*chroot, "dracut", "--force", "--regenerate-all"])
+        else:
+            notes.append(f"the restored system on {root_dev} has neither update-initramfs "
+                         "nor dracut: its initramfs was not regenerated")
+    return notes

@@ -1,0 +1,1 @@
+"""`rescue tui`: the full-screen restore console (Textual), a thin client of rescue.engine."""

@@ -1,0 +1,75 @@
+"""The rescue TUI application: screens in the order of a restore (network, connect,
+point, disk map, review, restore), a shell one key away (F2 or ctrl+z), and a basic look
+(16 ANSI colours, ASCII borders) on the Linux console and serial lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from cdpcore.api import PointInfo
+
+from ..engine import Engine
+from ..plan import Plan
+from .session import Login
+from .settings import Settings
+from .widgets.ascii import use_ascii_scrollbars
+
+
+@dataclass
+class State:
+    """What the operator chose so far; each screen reads and fills its part."""
+
+    url: str = ""
+    login: Login | None = None
+    passphrase: str = ""
+    host: str = ""
+    engine: Engine | None = None
+    point: PointInfo | None = None
+    plan: Plan | None = None
+    log: list[str] = field(default_factory=list)
+
+
+class RescueApp(App[None]):
+    CSS_PATH = Path(__file__).with_name("rescue.tcss")
+    TITLE = "CDP rescue"
+    # The palette is one more thing to learn under stress, and its footer glyph is not ASCII.
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f2", "shell", "Shell", priority=True),
+        Binding("ctrl+z", "shell", "Shell", show=False, priority=True),
+    ]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.basic = settings.basic_mode()
+        # ansi_color keeps the terminal's own 16 colours instead of true-colour shades.
+        super().__init__(ansi_color=self.basic or None)
+        self.state = State()
+        self.shell_runs = 0
+
+    def on_mount(self) -> None:
+        if self.basic:
+            self.theme = "ansi-dark"
+            self.add_class("-basic")
+            use_ascii_scrollbars()
+        from .screens.network import NetworkScreen
+        self.push_screen(NetworkScreen())
+
+    def action_shell(self) -> None:
+        """Suspend the UI and give the terminal to a shell; the UI comes back after it."""
+        self.shell_runs += 1
+        if self.is_headless:
+            self.settings.shell()
+            return
+        with self.suspend():
+            self.settings.shell()
+        self.refresh()
+
+
+def create_app(settings: Settings | None = None) -> RescueApp:
+    return RescueApp(settings or Settings())

@@ -1,0 +1,1 @@
+"""One module per screen of the rescue TUI; dialogs are ModalScreens in dialogs.py."""

@@ -1,0 +1,155 @@
+"""Restore: the engine executes the plan in a worker thread; its events drive one progress
+line per volume and one overall (rate and ETA) and a live log. On failure: what failed
+and what can be done (resume, another point, shell); at the end a summary and the choice
+of reboot, power off or shell."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, Footer, RichLog, Static
+
+from ...engine import Event, ExecuteOptions
+from ...plan import Plan
+from ...report import RestoreReport
+from ...resize import human
+from ..widgets.progress import ProgressLine
+from .base import RescueScreen
+
+#: Action types whose bytes count for the overall progress.
+_COUNTED = ("stream", "verify")
+
+
+class RestoreScreen(RescueScreen):
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = False
+        self.outcome: str = ""  # "", "done", "failed"
+        self.report: RestoreReport | None = None
+        self.finished: dict[str, int] = {}  # action id -> bytes counted
+
+    @property
+    def plan(self) -> Plan:
+        plan = self.rescue.state.plan
+        assert plan is not None
+        return plan
+
+    def compose(self) -> ComposeResult:
+        yield Static("6/6 Restore", classes="title")
+        with VerticalScroll(id="bars"):
+            for action in self.plan.actions:
+                if action.type in _COUNTED:
+                    yield ProgressLine(("" if action.type == "stream" else "check ")
+                                       + str(action.volume), action.size,
+                                       id=_bar_id(action.id))
+            yield ProgressLine("overall", self.total, id="overall")
+        yield Static("", id="outcome", classes="error")
+        with Horizontal(classes="buttons", id="choices"):
+            pass
+        yield RichLog(id="log", wrap=True, max_lines=2000)
+        yield Footer()
+
+    @property
+    def total(self) -> int:
+        return sum(a.size for a in self.plan.actions if a.type in _COUNTED) or 1
+
+    def on_mount(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self.running, self.outcome, self.finished = True, "", {}
+        self.query_one("#outcome", Static).update("restoring ...")
+        self.query_one("#choices", Horizontal).remove_children()
+        self._execute(self.plan)
+
+    def action_back(self) -> None:
+        if not self.running and self.outcome != "done":
+            self.app.pop_screen()
+
+    def log_line(self, text: str) -> None:
+        self.rescue.state.log.append(text)
+        self.query_one("#log", RichLog).write(text)
+
+    @work(thread=True, exclusive=True)
+    def _execute(self, plan: Plan) -> None:
+        state, settings = self.rescue.state, self.rescue.settings
+        assert state.engine is not None
+        opts = ExecuteOptions(state_dir=settings.state_dir)
+        try:
+            report = state.engine.execute(
+                plan, opts, lambda ev: self.app.call_from_thread(self.on_engine_event, ev))
+        except Exception as exc:  # every failure is shown with what can be done next
+            self.app.call_from_thread(self._failed, exc)
+            return
+        self.app.call_from_thread(self._done, report)
+
+    def on_engine_event(self, ev: Event) -> None:
+        action = ev.action
+        if ev.kind in ("start", "failed", "note") or (ev.kind == "skip"):
+            self.log_line(f"{ev.kind}: {ev.message}")
+        if action is None or action.type not in _COUNTED:
+            if ev.kind == "done" and action is not None:
+                self.log_line(f"done: {action.description}")
+            return
+        bar = self.query_one(f"#{_bar_id(action.id)}", ProgressLine)
+        if ev.kind == "start":
+            bar.begin()
+        if ev.kind in ("progress", "done"):
+            bar.set_done(ev.done)
+            self.finished[action.id] = ev.done
+        if ev.kind == "skip":
+            bar.set_done(action.size)
+            self.finished[action.id] = action.size
+        if ev.kind == "done":
+            bar.set_status("done")
+            self.log_line(f"done: {action.description}")
+        if ev.kind == "failed":
+            bar.set_status("FAILED")
+        self.query_one("#overall", ProgressLine).set_done(sum(self.finished.values()))
+
+    def _choices(self, *buttons: tuple[str, str]) -> None:
+        box = self.query_one("#choices", Horizontal)
+        box.mount_all([Button(label, id=ident) for ident, label in buttons])
+        box.query(Button).first().focus()
+
+    def _failed(self, exc: BaseException) -> None:
+        from ..session import explain
+        self.running, self.outcome = False, "failed"
+        title, text = explain(exc)
+        self.log_line(f"FAILED: {title}: {text}")
+        self.query_one("#outcome", Static).update(
+            f"Restore failed: {text}\nResume continues where it stopped (finished volumes "
+            "are kept); or choose another point; or open a shell.")
+        self._choices(("resume", "Resume"), ("another", "Another point"), ("shell", "Shell"))
+
+    def _done(self, report: RestoreReport) -> None:
+        self.running, self.outcome, self.report = False, "done", report
+        took = max(report.finished - report.started, 1e-6)
+        self.query_one("#overall", ProgressLine).set_done(self.total)
+        summary = (f"Restored {human(report.bytes_restored)} of host {report.host} in "
+                   f"{took:.1f} s ({human(int(report.bytes_restored / took))}/s), "
+                   f"{len(report.volumes)} volumes"
+                   + "".join(f"\nnote: {n}" for n in report.notes))
+        self.log_line(summary)
+        self.query_one("#outcome", Static).update(summary)
+        self._choices(("reboot", "Reboot"), ("poweroff", "Power off"), ("shell", "Shell"))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        ident = event.button.id
+        if ident == "resume":
+            self.start()
+        elif ident == "another":
+            from .points import PointsScreen
+            while not isinstance(self.app.screen, PointsScreen):
+                self.app.pop_screen()
+        elif ident == "shell":
+            self.rescue.action_shell()
+        elif ident in ("reboot", "poweroff"):
+            self.log_line(f"{ident} ...")
+            self.rescue.settings.power(ident)
+
+
+def _bar_id(action_id: str) -> str:
+    return "bar-" + "".join(c if c.isalnum() else "-" for c in action_id)

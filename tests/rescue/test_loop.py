@@ -1,0 +1,81 @@
+"""Restores onto real block devices: loop devices on this machine (partitions of a loop
+device have no nodes here, so the engine writes each partition at its byte offset on the
+whole device, as it would on any disk). Also: a mounted disk is refused before anything is
+written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdpcore.errors import SafetyError
+from rescue.engine import Engine, ExecuteOptions
+from rescue.repo import Repository
+
+from .conftest import MIB, PASS
+from .test_restore import check_equal, digest, make_source, point_of, sh
+
+pytest.importorskip("parted")
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    backing = tmp_path / "loopdisk.img"
+    backing.write_bytes(os.urandom(64 * MIB))  # stale content that must not survive
+    dev = sh("losetup", "-f", "--show", str(backing)).strip()
+    try:
+        yield dev, backing
+    finally:
+        subprocess.run(["umount", dev], capture_output=True)
+        sh("losetup", "-d", dev)
+
+
+@pytest.mark.parametrize("table", ["gpt", "msdos"])
+def test_restore_onto_loop_device(repo_host: dict[str, Any], tmp_path: Path,
+                                  loop: tuple[str, Path], table: str) -> None:
+    dev, backing = loop
+    source = tmp_path / "vda.img"
+    make_source(source, table)
+    point_of(repo_host, source)
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": dev}, verify="read-back")
+    assert [dp.target.path for dp in plan.disks] == [dev]
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "state")))
+    assert report.ok
+    assert {a["device"] for a in report.actions} == {dev}
+    sh("losetup", "-c", dev)
+    os.sync()
+    check_equal(source, backing)
+    if table == "gpt":
+        assert "No problems found" in sh("sgdisk", "-v", dev)
+    else:
+        assert json.loads(sh("sfdisk", "--json", str(source)))["partitiontable"]["id"] == \
+            json.loads(sh("sfdisk", "--json", dev))["partitiontable"]["id"]
+
+
+def test_mounted_loop_device_refused(repo_host: dict[str, Any], tmp_path: Path,
+                                     loop: tuple[str, Path]) -> None:
+    dev = loop[0]
+    source = tmp_path / "vda.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    # No lazy init: a background thread would write to the disk during the test.
+    sh("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    sh("mount", dev, str(mnt))
+    os.sync()
+    before = digest(Path(dev))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    with pytest.raises(SafetyError) as err:
+        engine.plan("latest", {"vda.img": dev})
+    assert str(err.value) == (f"refusing target {dev} for source disk vda.img: {dev} is "
+                              f"mounted on {mnt}")
+    assert digest(Path(dev)) == before
+    sh("umount", str(mnt))

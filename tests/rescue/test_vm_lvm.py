@@ -1,0 +1,110 @@
+"""LVM restore inside QEMU VMs (this machine has no device-mapper): a source machine with
+GPT, an ext4 partition and an LVM PV (VG with a data LV and a swap LV) is backed up by
+`cdp-agent` to the real server fixture; a second machine with a blank, larger disk boots
+the rescue image and runs `rescue restore`; inside it the PV, VG and LV UUIDs, the swap
+UUID and label, and every byte of the data LV must be as they were.
+
+The guests reach the server on this machine's loopback only through the harness's forward.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdpcore.api import Role
+from mkimage.qemu import GUEST_SERVER_IP, VM, Disk, Forward, KernelBoot, VMConfig
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(3600)]
+
+MIB = 1024 * 1024
+GUEST_PORT = 8443
+PASSPHRASE = "vm test: correct horse"
+HOST = "lvmhost"
+VG = "testvg"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> KernelBoot:
+    """The rescue image with this tree's code, built privately (mkimage caches the rest)."""
+    out = tmp_path_factory.mktemp("image")
+    subprocess.run([sys.executable, "-m", "mkimage", "build", "--out", str(out)], check=True,
+                   cwd=Path(__file__).resolve().parents[2])
+    return KernelBoot(kernel=out / "vmlinuz", initrd=out / "initrd.img")
+
+
+SOURCE_SETUP = f"""set -e
+sgdisk -n1:2048:+16M -t1:8300 -c1:boot -n2:0:0 -t2:8e00 -c2:lvm /dev/vda >/dev/null
+udevadm settle
+mkfs.ext4 -q -L bootfs /dev/vda1
+lvm pvcreate -q /dev/vda2
+lvm vgcreate -q {VG} /dev/vda2
+lvm lvcreate -q -L 24M -n data {VG}
+lvm lvcreate -q -L 8M -n swap {VG}
+udevadm settle; lvm vgmknodes {VG}
+mkswap -L lvswap /dev/{VG}/swap >/dev/null
+head -c 20M /dev/urandom > /dev/{VG}/data
+sync
+"""
+
+
+def quiet(command: str) -> str:
+    """`command` with its stderr (log lines) kept out of its JSON, shown if it fails."""
+    return f"{command} 2>/tmp/stderr || {{ rc=$?; cat /tmp/stderr; exit $rc; }}"
+
+
+def identity(vm: VM) -> dict[str, Any]:
+    pvs = json.loads(vm.check("lvm pvs --reportformat json -o pv_uuid,vg_name,vg_uuid"))
+    lvs = json.loads(vm.check(f"lvm lvs --reportformat json -o lv_name,lv_uuid {VG}"))
+    return {
+        "pv": [(p["pv_uuid"], p["vg_name"], p["vg_uuid"]) for p in pvs["report"][0]["pv"]],
+        "lvs": sorted((lv["lv_name"], lv["lv_uuid"]) for lv in lvs["report"][0]["lv"]
+                      if not lv["lv_name"].startswith("cdpsnap")),
+        "data": vm.check(f"sha256sum < /dev/{VG}/data").split()[0],
+        "swap": vm.check(f"blkid -o export /dev/{VG}/swap | grep -E '^(UUID|LABEL|TYPE)='"),
+        "boot": vm.check("blkid -o export /dev/vda1 | grep -E '^(UUID|LABEL)='"),
+    }
+
+
+def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path,
+                                     image: KernelBoot) -> None:
+    tokens = cdp_server.add_host(HOST)
+    url = f"https://{GUEST_SERVER_IP}:{GUEST_PORT}"
+    fwd = Forward(GUEST_PORT, cdp_server.port)
+    source, target = tmp_path / "source.img", tmp_path / "target.img"
+    with source.open("wb") as f:
+        f.truncate(128 * MIB)
+    with target.open("wb") as f:
+        f.truncate(160 * MIB)
+
+    with VM(VMConfig(disks=[Disk(source)], forwards=[fwd], boot=image,
+                     name="rescue-lvm-source")) as vm:
+        vm.check(SOURCE_SETUP, timeout=600)
+        vm.check(f"CDP_PASSPHRASE='{PASSPHRASE}' cdp-agent init --server {url} "
+                 f"--token {tokens[Role.agent]} --host {HOST} "
+                 f"--fingerprint {cdp_server.fingerprint} --source /dev/vda", timeout=600)
+        point = json.loads(vm.check(quiet("cdp-agent backup --json"), timeout=1800))
+        original = identity(vm)
+    assert len(original["pv"]) == 1 and len(original["lvs"]) == 2
+
+    answers = {"server": url, "token": tokens[Role.restore], "host": HOST,
+               "fingerprint": cdp_server.fingerprint, "passphrase": PASSPHRASE,
+               "point": "latest", "map": {"vda": "/dev/vda"}, "resize": "grow-last",
+               "verify": "read-back"}
+    with VM(VMConfig(disks=[Disk(target)], forwards=[fwd], boot=image,
+                     name="rescue-lvm-target")) as vm:
+        vm.put("/tmp/answers.json", json.dumps(answers).encode(), mode=0o600)
+        report = json.loads(vm.check(quiet("rescue restore --answers /tmp/answers.json "
+                                           "--yes --json"), timeout=1800))
+        assert report["ok"], report["errors"]
+        assert report["point_id"] == point["point_id"]
+        assert not [n for n in report["notes"] if "vgcfgrestore failed" in n]
+        vm.check(f"lvm vgchange -ay {VG} >/dev/null && udevadm settle && lvm vgmknodes {VG}")
+        restored = identity(vm)
+        vm.check("e2fsck -fn /dev/vda1")
+    assert restored == original

@@ -1,0 +1,143 @@
+"""Role isolation over HTTPS against the real server process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import requests
+
+from cdpcore.api import API_PREFIX, ObjectKind, Retention, Role
+from cdpcore.client import CdpClient
+from cdpcore.errors import AuthError, ConnectionFailed, NotFoundError, ServerError
+from cdpcore.keys import WrappedKey, new_master_key
+
+from .points import build_point, new_codec, push
+
+
+def _raw(server, method: str, path: str, token: str | None = None, **kw):  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return requests.request(method, server.url + API_PREFIX + path, headers=headers,
+                            verify=str(server.ca_path), timeout=30, **kw)
+
+
+def test_no_token_and_bad_token_are_401(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    cdp_server.add_host("web1")
+    for path in ("/hosts", "/hosts/web1", "/hosts/web1/points"):
+        assert _raw(cdp_server, "GET", path).status_code == 401
+        resp = _raw(cdp_server, "GET", path, "not-a-token")
+        assert resp.status_code == 401
+        assert resp.json()["detail"] == "invalid token"
+    with pytest.raises(AuthError) as exc:
+        cdp_server.client("wrong").hosts()
+    assert exc.value.status == 401
+
+
+def test_health_needs_no_token(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    assert _raw(cdp_server, "GET", "/health").json()["status"] == "ok"
+
+
+def test_other_hosts_are_invisible(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    a = cdp_server.add_host("alpha")
+    b = cdp_server.add_host("beta")
+    codec = new_codec()
+    point = push(cdp_server.client(b[Role.agent]), "beta", build_point(
+        codec, "beta", {"disk": os.urandom(3 * 4096)}))
+    for role in (Role.agent, Role.restore):
+        client = cdp_server.client(a[role])
+        assert [h.name for h in client.hosts()] == ["alpha"]
+        with pytest.raises(NotFoundError):
+            client.host("beta")
+        with pytest.raises(NotFoundError):
+            client.points("beta")
+        with pytest.raises(NotFoundError):
+            client.point("beta", point.point_id)
+        with pytest.raises(NotFoundError):
+            client.fetch("beta", ObjectKind.chunks, [bytes(31) + b"\1"])
+        # an unknown host looks exactly like another host's
+        with pytest.raises(NotFoundError) as exc:
+            client.points("gamma")
+        assert "no host 'gamma'" in str(exc.value)
+    assert sorted(h.name for h in cdp_server.admin().hosts()) == ["alpha", "beta"]
+
+
+def test_restore_token_reads_only(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    codec = new_codec()
+    built = build_point(codec, "web1", {"disk": os.urandom(2 * 4096)})
+    push(cdp_server.client(tokens[Role.agent]), "web1", built)
+    restore = cdp_server.client(tokens[Role.restore])
+    assert [p.point_id for p in restore.points("web1")] == [built.point_id]
+    with pytest.raises(AuthError) as exc:
+        restore.upload("web1", ObjectKind.chunks, list(built.chunks.items()))
+    assert exc.value.status == 403
+    with pytest.raises(AuthError):
+        restore.missing("web1", ObjectKind.chunks, list(built.chunks))
+    with pytest.raises(AuthError):
+        restore.commit("web1", built.request)
+    with pytest.raises(AuthError):
+        restore.put_key("web1", WrappedKey.create(new_master_key(), "pw", n=2**10).to_json())
+
+
+def test_agent_can_never_delete_or_overwrite(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    built = build_point(new_codec(), "web1", {"disk": os.urandom(2 * 4096)})
+    push(agent, "web1", built)
+    forbidden = [
+        lambda: agent.delete_point("web1", built.point_id),
+        lambda: agent.unpin("web1", built.point_id),
+        lambda: agent.pin("web1", built.point_id),
+        lambda: agent.set_retention("web1", Retention(keep_last=1)),
+        lambda: agent.prune("web1"),
+        lambda: agent.gc(),
+        lambda: agent.verify(),
+        lambda: agent.create_host("evil"),
+    ]
+    for call in forbidden:
+        with pytest.raises(AuthError) as exc:
+            call()
+        assert exc.value.status == 403
+    key = WrappedKey.create(new_master_key(), "pw", n=2**10).to_json()
+    assert agent.put_key("web1", key) is True
+    assert agent.put_key("web1", key) is False  # identical: fine, 200
+    other = WrappedKey.create(new_master_key(), "pw", n=2**10).to_json()
+    with pytest.raises(ServerError) as exc2:
+        agent.put_key("web1", other)
+    assert exc2.value.status == 409
+    assert "never overwritten" in str(exc2.value)
+    assert agent.get_key("web1") == key
+    # a different content under the same point ID is refused, not overwritten
+    again = build_point(new_codec(), "web1", {"disk": os.urandom(4096)},
+                        point_id=built.point_id)
+    with pytest.raises(ServerError) as exc3:
+        push(agent, "web1", again)
+    assert exc3.value.status == 409
+    assert [p.point_id for p in agent.points("web1")] == [built.point_id]
+
+
+def test_get_key_absent_is_none(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    assert cdp_server.client(tokens[Role.restore]).get_key("web1") is None
+
+
+def test_fingerprint_pinning(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    pinned = CdpClient(cdp_server.url, cdp_server.admin_token,
+                       fingerprint=cdp_server.fingerprint)
+    assert pinned.health().status == "ok"
+    wrong = CdpClient(cdp_server.url, cdp_server.admin_token, fingerprint="00" * 32,
+                      retries=0)
+    with pytest.raises(ConnectionFailed) as exc:
+        wrong.health()
+    assert "TLS check" in str(exc.value)
+    # without the CA file or a pin, a self-signed server is refused
+    with pytest.raises(ConnectionFailed):
+        CdpClient(cdp_server.url, cdp_server.admin_token, retries=0).health()
+
+
+def test_unreachable_server_is_connection_failed(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    client = cdp_server.client(cdp_server.admin_token, retries=1, backoff=0.01)
+    cdp_server.kill()
+    with pytest.raises(ConnectionFailed) as exc:
+        client.hosts()
+    assert "cannot reach the CDP server" in str(exc.value)

@@ -1,0 +1,177 @@
+"""Upload, missing and fetch over HTTPS; bad and oversized bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+import requests
+
+from cdpcore import index, records
+from cdpcore.api import API_PREFIX, MAX_UPLOAD_BYTES, RECORDS_MEDIA_TYPE, ObjectKind, Role
+from cdpcore.errors import NotFoundError, ServerError
+
+from .points import build_point, new_codec
+
+
+@pytest.fixture
+def host(cdp_server):  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    return cdp_server.client(tokens[Role.agent]), tokens
+
+
+def _post(server, token: str, path: str, data: bytes,  # type: ignore[no-untyped-def]
+          ctype: str = RECORDS_MEDIA_TYPE) -> requests.Response:
+    return requests.post(server.url + API_PREFIX + path, data=data, verify=str(server.ca_path),
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+                         timeout=60)
+
+
+def test_upload_missing_fetch_round_trip(host) -> None:  # type: ignore[no-untyped-def]
+    agent, _ = host
+    codec = new_codec()
+    blocks = [os.urandom(4096) for _ in range(50)]
+    items = [codec.seal_block(b) for b in blocks]
+    ids = [i for i, _ in items]
+    assert agent.missing("web1", ObjectKind.chunks, ids) == set(ids)
+    result = agent.upload("web1", ObjectKind.chunks, items[:20])  # type: ignore[arg-type]
+    assert (result.stored, result.duplicates) == (20, 0)
+    assert agent.missing("web1", ObjectKind.chunks, ids) == set(ids[20:])
+    result = agent.upload("web1", ObjectKind.chunks, items)  # type: ignore[arg-type]
+    assert (result.stored, result.duplicates) == (30, 20)
+    assert agent.missing("web1", ObjectKind.chunks, ids) == set()
+    got = agent.fetch("web1", ObjectKind.chunks, ids)
+    assert [codec.open_block(i, got[i]) for i in ids] == blocks
+    # pages and chunks are separate namespaces
+    assert agent.missing("web1", ObjectKind.pages, ids[:3]) == set(ids[:3])
+
+
+def test_fetch_names_missing_objects(host) -> None:  # type: ignore[no-untyped-def]
+    agent, _ = host
+    codec = new_codec()
+    cid, blob = codec.seal_block(os.urandom(4096))
+    agent.upload("web1", ObjectKind.chunks, [(cid, blob)])
+    absent = hashlib.sha256(b"nothing").digest()
+    with pytest.raises(NotFoundError) as exc:
+        agent.fetch("web1", ObjectKind.chunks, [cid, absent])
+    assert absent.hex() in str(exc.value)
+    assert "1 chunks missing" in str(exc.value)
+
+
+def test_batches_are_split_transparently(host) -> None:  # type: ignore[no-untyped-def]
+    agent, _ = host
+    ids = [hashlib.sha256(str(i).encode()).digest() for i in range(5000)]  # > 4096 per request
+    assert agent.missing("web1", ObjectKind.chunks, ids) == set(ids)
+
+
+def test_corrupt_records_are_refused(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    agent, tokens = host
+    token = tokens[Role.agent]
+    codec = new_codec()
+    cid, blob = codec.seal_block(os.urandom(4096))
+    assert blob is not None
+    good = records.encode_record(cid, blob)
+    flipped = good[:100] + bytes([good[100] ^ 1]) + good[101:]
+    resp = _post(cdp_server, token, "/hosts/web1/chunks", flipped)
+    assert resp.status_code == 422
+    assert resp.json()["detail"] == f"record {cid.hex()[:16]}… does not match its checksum"
+    resp = _post(cdp_server, token, "/hosts/web1/chunks", good[:-5])
+    assert resp.status_code == 400
+    assert "truncated" in resp.json()["detail"]
+    resp = _post(cdp_server, token, "/hosts/web1/chunks", good, ctype="application/json")
+    assert resp.status_code == 415
+    # a page must be a page and be named by its SHA-256
+    pid, page = index.encode_page(0, os.urandom(64))
+    assert page is not None
+    resp = _post(cdp_server, token, "/hosts/web1/pages",
+                 records.encode_record(hashlib.sha256(b"x").digest(), page))
+    assert resp.status_code == 422
+    assert "has wrong content" in resp.json()["detail"]
+    resp = _post(cdp_server, token, "/hosts/web1/pages", records.encode_record(
+        hashlib.sha256(blob).digest(), blob))
+    assert resp.status_code == 400
+    assert "not an index page" in resp.json()["detail"]
+    resp = _post(cdp_server, token, "/hosts/web1/chunks",
+                 records.encode_record(bytes(32), blob))
+    assert resp.status_code == 400
+    # nothing of that was stored
+    assert agent.missing("web1", ObjectKind.chunks, [cid]) == {cid}
+    assert agent.missing("web1", ObjectKind.pages, [pid]) == {pid}
+
+
+def test_oversize_and_malformed_requests(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    _, tokens = host
+    token = tokens[Role.agent]
+    big = b"\0" * (MAX_UPLOAD_BYTES + 2 * 1024 * 1024)
+    resp = _post(cdp_server, token, "/hosts/web1/chunks", big)
+    assert resp.status_code == 413
+    assert "larger than" in resp.json()["detail"]
+
+    def chunked():  # type: ignore[no-untyped-def]
+        for _ in range(80):
+            yield b"\0" * (1024 * 1024)
+
+    resp = _post(cdp_server, token, "/hosts/web1/chunks", chunked())  # type: ignore[arg-type]
+    assert resp.status_code == 413
+    resp = _post(cdp_server, token, "/hosts/web1/chunks/missing", b"{not json",
+                 ctype="application/json")
+    assert resp.status_code == 422
+    resp = _post(cdp_server, token, "/hosts/web1/chunks/missing", b'{"ids": ["xyz"]}',
+                 ctype="application/json")
+    assert resp.status_code == 422
+    assert resp.json()["detail"] == "bad ID 'xyz': 64 lower-case hex digits expected"
+    too_many = ('{"ids": [' + ",".join(['"' + "ab" * 32 + '"'] * 4097) + "]}").encode()
+    resp = _post(cdp_server, token, "/hosts/web1/chunks/missing", too_many,
+                 ctype="application/json")
+    assert resp.status_code == 422
+    assert "at most 4096" in resp.json()["detail"]
+    resp = _post(cdp_server, token, "/hosts/web1/blobs/missing", b'{"ids": []}',
+                 ctype="application/json")
+    assert resp.status_code in (404, 405, 422)
+
+
+def test_concurrent_uploads_of_the_same_objects(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    _, tokens = host
+    codec = new_codec()
+    items = [codec.seal_block(os.urandom(4096)) for _ in range(200)]
+    results = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            client = cdp_server.client(tokens[Role.agent])
+            results.append(client.upload("web1", ObjectKind.chunks, items))  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(r.stored for r in results) == 200
+    assert all(r.stored + r.duplicates == 200 for r in results)
+    reader = cdp_server.client(tokens[Role.restore])
+    got = reader.fetch("web1", ObjectKind.chunks, [i for i, _ in items])
+    assert all(got[i] == b for i, b in items)
+
+
+def test_point_objects_round_trip(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    agent, tokens = host
+    codec = new_codec()
+    built = build_point(codec, "web1", {"disk": os.urandom(300 * 4096)})
+    agent.upload("web1", ObjectKind.pages, list(built.pages.items()))
+    got = cdp_server.client(tokens[Role.restore]).fetch("web1", ObjectKind.pages,
+                                                        list(built.pages))
+    assert got == built.pages
+
+
+def test_upload_error_message_reaches_the_client(host) -> None:  # type: ignore[no-untyped-def]
+    agent, _ = host
+    with pytest.raises(ServerError) as exc:
+        agent.upload("web1", ObjectKind.pages, [(hashlib.sha256(b"a" * 40).digest(), b"a" * 40)])
+    assert exc.value.status == 400
+    assert "not an index page" in str(exc.value)

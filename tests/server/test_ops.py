@@ -1,0 +1,140 @@
+"""Operations: the CLI, configuration file, metrics, OpenAPI, logs, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from cdpcore.api import API_PREFIX, ObjectKind, Retention, Role
+from cdpcore.errors import ServerError
+
+from .points import BS, build_point, new_codec, push
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cdp_server", *args], cwd=REPO,
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def test_cli_admin_commands(tmp_path: Path) -> None:
+    data = str(tmp_path / "ds")
+    token = json.loads(_cli("init", "--data", data, "--json").stdout)["admin_token"]
+    assert len(token) >= 40
+    again = _cli("init", "--data", data, check=False)
+    assert again.returncode == 2
+    assert "already holds a CDP datastore" in again.stderr
+    added = json.loads(_cli("host", "add", "db1", "--data", data, "--json").stdout)
+    assert set(added["tokens"]) == {"agent", "restore"}
+    dup = _cli("host", "add", "db1", "--data", data, check=False)
+    assert dup.returncode == 6
+    assert "host 'db1' already exists" in dup.stderr
+    bad = _cli("host", "add", "../etc", "--data", data, check=False)
+    assert bad.returncode == 2
+    assert json.loads(_cli("host", "list", "--data", data, "--json").stdout) == [
+        {"name": "db1", "points": 0, "latest": None, "has_key": False}]
+    rules = json.loads(_cli("retention", "set", "db1", "--keep-last", "3", "--keep-daily",
+                            "7", "--data", data, "--json").stdout)
+    assert rules == Retention(keep_last=3, keep_daily=7).model_dump()
+    assert json.loads(_cli("prune", "--data", data, "--json").stdout) == {"kept": [],
+                                                                         "removed": []}
+    gc = json.loads(_cli("gc", "--grace", "0", "--data", data, "--json").stdout)
+    assert gc["removed_chunks"] == 0
+    verify = json.loads(_cli("verify", "--data", data, "--json").stdout)
+    assert verify["damaged_points"] == []
+    status = json.loads(_cli("status", "--data", data, "--json").stdout)
+    assert (status["hosts"], status["points"]) == (1, 0)
+    missing = _cli("status", "--data", str(tmp_path / "nothing"), check=False)
+    assert missing.returncode == 2
+    assert "is not a CDP datastore: run `cdp-server init" in missing.stderr
+    for cmd in ("serve", "init", "cert", "host", "retention", "prune", "gc", "verify",
+                "status"):
+        assert _cli(cmd, "--help").returncode == 0
+
+
+def test_cert_fingerprint(tmp_path: Path) -> None:
+    from cdp_server.tls import fingerprint_of
+
+    doc = json.loads(_cli("cert", "--out", str(tmp_path), "--name", "backup.example",
+                          "--json").stdout)
+    assert doc["fingerprint"] == fingerprint_of(Path(doc["cert"]))
+    assert oct(os.stat(doc["key"]).st_mode & 0o777) == "0o600"
+
+
+def test_serve_reads_a_config_file_and_flags_win(tmp_path: Path, server_cert) -> None:  # type: ignore[no-untyped-def]
+    from cdp_server import config
+
+    path = tmp_path / "server.toml"
+    path.write_text(f'[server]\ndata = "{tmp_path}/ds"\nlisten = "127.0.0.1:9"\n'
+                    f'cert = "{server_cert["cert"]}"\nkey = "{server_cert["key"]}"\n'
+                    "grace = 60\n")
+    conf = config.load(path).merged(listen="127.0.0.1:8555", grace=None)
+    assert conf.address() == ("127.0.0.1", 8555)
+    assert conf.grace == 60.0
+    ini = tmp_path / "server.ini"
+    ini.write_text("[server]\nlisten = 127.0.0.1:7000\nbogus = 1\n")
+    with pytest.raises(Exception, match="unknown settings bogus"):
+        config.load(ini)
+    no_cert = _cli("serve", "--data", str(tmp_path / "ds"), check=False)
+    assert no_cert.returncode == 2
+    assert "HTTPS needs --cert and --key" in no_cert.stderr
+
+
+def test_metrics_openapi_and_logs(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    push(agent, "web1", build_point(new_codec(), "web1", {"vda": os.urandom(8 * BS)}))
+    with pytest.raises(ServerError):
+        cdp_server.client("bogus-token").hosts()
+    base = cdp_server.url + API_PREFIX
+    text = requests.get(base + "/metrics", verify=str(cdp_server.ca_path), timeout=30).text
+    assert 'cdp_objects_stored_total{kind="chunks"} 8.0' in text
+    assert "cdp_points_committed_total 1.0" in text
+    assert 'cdp_errors_total{status="401"}' in text
+    assert "cdp_request_duration_seconds_bucket" in text
+    schema = requests.get(cdp_server.url + "/openapi.json", verify=str(cdp_server.ca_path),
+                          timeout=30).json()
+    assert "/api/v1/hosts/{host}/points" in schema["paths"]
+    log = cdp_server.log()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(line.get("path") == "/api/v1/hosts/web1/points" for line in lines)
+    for secret in (*tokens.values(), cdp_server.admin_token, "bogus-token"):
+        assert secret not in log
+
+
+def test_full_disk_is_507_and_leaves_nothing_half_done(
+        make_cdp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    try:
+        server = make_cdp_server(data_dir=small / "ds")
+        tokens = server.add_host("web1")
+        agent = server.client(tokens[Role.agent], retries=0)
+        codec = new_codec()
+        first = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
+        push(agent, "web1", first)
+        big = build_point(codec, "web1", {"vda": os.urandom(1000 * BS)})  # ~4 MiB
+        with pytest.raises(ServerError) as exc:
+            agent.upload("web1", ObjectKind.chunks, list(big.chunks.items()))
+        assert exc.value.status == 507
+        assert "the datastore is full" in str(exc.value)
+        assert agent.missing("web1", ObjectKind.chunks, list(big.chunks)) == set(big.chunks)
+        with pytest.raises(ServerError) as exc2:
+            agent.commit("web1", big.request)
+        assert exc2.value.status == 409
+        assert [p.point_id for p in agent.points("web1")] == [first.point_id]
+        assert not list((small / "ds" / "objects" / "tmp").iterdir())
+        # space is usable again: the failed pack was removed at once
+        second = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
+        push(agent, "web1", second)
+        assert len(agent.points("web1")) == 2
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

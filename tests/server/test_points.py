@@ -1,0 +1,174 @@
+"""Commits: refusing missing objects, idempotent retries, conflicts, listing, restores."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+
+import pytest
+import requests
+
+from cdpcore import index
+from cdpcore.api import API_PREFIX, ObjectKind, Role, VolumeWire
+from cdpcore.client import MissingObjectsError
+from cdpcore.errors import NotFoundError, ServerError
+from cdpcore.manifest import Manifest, VolumeRecord
+
+from .points import BS, build_point, new_codec, push, restore, upload_all
+
+
+@pytest.fixture
+def web1(cdp_server):  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    return cdp_server.client(tokens[Role.agent]), cdp_server.client(tokens[Role.restore])
+
+
+def _disk(blocks: int) -> bytes:
+    data = bytearray(os.urandom(blocks * BS))
+    data[5 * BS:9 * BS] = bytes(4 * BS)  # an all-zero run: ZERO_ID entries, not stored
+    return bytes(data)
+
+
+def test_point_round_trip_byte_for_byte(web1) -> None:  # type: ignore[no-untyped-def]
+    agent, reader = web1
+    codec = new_codec()
+    # 600 blocks: a two-level tree; a short last block
+    vols = {"vda": _disk(600) + os.urandom(1000), "vdb": bytes(64 * BS)}
+    built = build_point(codec, "web1", vols)
+    info = push(agent, "web1", built)
+    assert info.point_id == built.point_id
+    assert info.size == sum(len(v) for v in vols.values())
+    assert restore(reader, codec, "web1", built.point_id) == vols
+    detail = reader.point("web1", built.point_id)
+    records = [VolumeRecord(**v.model_dump()) for v in detail.volumes]
+    manifest = Manifest.open(codec, "web1", built.point_id,
+                             base64.b64decode(detail.manifest), records)
+    assert manifest.point_id == built.point_id
+    assert reader.host("web1").points == 1
+
+
+def test_commit_refuses_missing_objects_and_names_them(web1) -> None:  # type: ignore[no-untyped-def]
+    agent, reader = web1
+    codec = new_codec()
+    built = build_point(codec, "web1", {"vda": _disk(600)})
+    # every page but no chunk: the server must name exactly the absent chunks
+    agent.upload("web1", ObjectKind.pages, list(built.pages.items()))
+    held_back = sorted(built.chunks)[:7]
+    agent.upload("web1", ObjectKind.chunks,
+                 [(c, b) for c, b in built.chunks.items() if c not in held_back])
+    with pytest.raises(MissingObjectsError) as exc:
+        agent.commit("web1", built.request)
+    assert exc.value.status == 409
+    assert exc.value.missing.missing_chunks == [c.hex() for c in held_back]
+    assert exc.value.missing.missing_pages == []
+    assert reader.points("web1") == []
+    with pytest.raises(NotFoundError):
+        reader.point("web1", built.point_id)
+    # a missing leaf page is named too (its chunks cannot be known yet)
+    root = bytes.fromhex(built.request.volumes[0].root)
+    other = build_point(codec, "web1", {"vda": _disk(600)})
+    leaves = [p for p in other.pages if p != bytes.fromhex(other.request.volumes[0].root)]
+    agent.upload("web1", ObjectKind.chunks, list(other.chunks.items()))
+    agent.upload("web1", ObjectKind.pages,
+                 [(p, d) for p, d in other.pages.items() if p != leaves[0]])
+    with pytest.raises(MissingObjectsError) as exc2:
+        agent.commit("web1", other.request)
+    assert exc2.value.missing.missing_pages == [leaves[0].hex()]
+    # after the upload the same commit succeeds
+    agent.upload("web1", ObjectKind.chunks, [(c, built.chunks[c]) for c in held_back])
+    assert agent.commit("web1", built.request).point_id == built.point_id
+    assert root != bytes(32)
+
+
+def test_identical_retry_is_idempotent_and_different_content_conflicts(
+        cdp_server, web1) -> None:  # type: ignore[no-untyped-def]
+    agent, reader = web1
+    codec = new_codec()
+    built = build_point(codec, "web1", {"vda": _disk(20)})
+    upload_all(agent, "web1", built)
+    url = f"{cdp_server.url}{API_PREFIX}/hosts/web1/points"
+    headers = {"Authorization": f"Bearer {agent._token}", "Content-Type": "application/json"}
+    first = requests.post(url, data=built.request.model_dump_json(), headers=headers,
+                          verify=str(cdp_server.ca_path), timeout=30)
+    again = requests.post(url, data=built.request.model_dump_json(), headers=headers,
+                          verify=str(cdp_server.ca_path), timeout=30)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json() == again.json()
+    changed = built.request.model_copy(update={"created": built.request.created + 1})
+    with pytest.raises(ServerError) as exc:
+        agent.commit("web1", changed)
+    assert exc.value.status == 409
+    assert "already exists" in str(exc.value)
+    assert [p.created for p in reader.points("web1")] == [built.request.created]
+
+
+def test_commit_checks_geometry(web1) -> None:  # type: ignore[no-untyped-def]
+    agent, _ = web1
+    built = build_point(new_codec(), "web1", {"vda": _disk(20)})
+    upload_all(agent, "web1", built)
+    vol = built.request.volumes[0]
+    wrong_height = built.request.model_copy(update={"volumes": [
+        VolumeWire(**{**vol.model_dump(), "height": 1})]})
+    with pytest.raises(ServerError) as exc:
+        agent.commit("web1", wrong_height)
+    assert exc.value.status == 422
+    assert "height 1 does not match" in str(exc.value)
+    # claims to be a 600-block volume over a 20-block tree: the root page is too short
+    too_big = built.request.model_copy(update={"volumes": [
+        VolumeWire(**{**vol.model_dump(), "size": 600 * BS, "height": 1})]})
+    with pytest.raises(ServerError) as exc2:
+        agent.commit("web1", too_big)
+    assert exc2.value.status == 422
+    assert "where level 1 with 3 entries belongs" in str(exc2.value)
+
+
+def test_half_uploaded_point_is_never_listed(web1) -> None:  # type: ignore[no-untyped-def]
+    agent, reader = web1
+    codec = new_codec()
+    done = build_point(codec, "web1", {"vda": _disk(40)})
+    push(agent, "web1", done)
+    half = build_point(codec, "web1", {"vda": _disk(40)})
+    agent.upload("web1", ObjectKind.chunks, list(half.chunks.items())[:10])
+    assert [p.point_id for p in reader.points("web1")] == [done.point_id]
+    with pytest.raises(NotFoundError):
+        reader.point("web1", half.point_id)
+
+
+def test_listing_filters(web1) -> None:  # type: ignore[no-untyped-def]
+    agent, reader = web1
+    codec = new_codec()
+    base = time.time() - 1000
+    ids = []
+    for i in range(5):
+        built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=base + i * 10)
+        push(agent, "web1", built)
+        ids.append(built.point_id)
+    assert [p.point_id for p in reader.points("web1")] == ids
+    assert [p.point_id for p in reader.points("web1", limit=2)] == ids[3:]
+    assert [p.point_id for p in reader.points("web1", after=base + 15)] == ids[2:]
+    assert [p.point_id for p in reader.points("web1", before=base + 15)] == ids[:2]
+    assert [p.point_id for p in reader.points("web1", after=base, before=base + 40)] == ids[1:4]
+    assert reader.host("web1").latest == base + 40
+
+
+def test_incremental_commit_reuses_checked_subtrees(web1) -> None:  # type: ignore[no-untyped-def]
+    """A second point that changed one block uploads one chunk and its path of pages;
+    the commit succeeds although nothing else was re-sent."""
+    agent, reader = web1
+    codec = new_codec()
+    data = bytearray(_disk(600))
+    first = build_point(codec, "web1", {"vda": bytes(data)})
+    push(agent, "web1", first)
+    data[300 * BS:301 * BS] = os.urandom(BS)
+    second = build_point(codec, "web1", {"vda": bytes(data)})
+    new_chunks = agent.missing("web1", ObjectKind.chunks, list(second.chunks))
+    new_pages = agent.missing("web1", ObjectKind.pages, list(second.pages))
+    assert len(new_chunks) == 1
+    assert len(new_pages) == 2  # the changed leaf and the root
+    agent.upload("web1", ObjectKind.chunks, [(c, second.chunks[c]) for c in new_chunks])
+    agent.upload("web1", ObjectKind.pages, [(p, second.pages[p]) for p in new_pages])
+    agent.commit("web1", second.request)
+    assert restore(reader, codec, "web1", second.point_id) == {"vda": bytes(data)}
+    geometry = index.Geometry(size=len(data), block_size=BS)
+    assert geometry.height == 1

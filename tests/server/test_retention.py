@@ -1,0 +1,98 @@
+"""Retention rules (pure) and prune over the API, with pins."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+
+from cdp_server.retention import Candidate, select
+from cdpcore.api import Retention, Role
+from cdpcore.errors import NotFoundError
+
+from .points import BS, build_point, new_codec, push
+
+
+def _t(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp()
+
+
+POINTS = [Candidate(f"p{i:02d}", t, False) for i, t in enumerate([
+    _t("2026-01-01 10:00"), _t("2026-01-01 10:05"), _t("2026-01-01 11:00"),
+    _t("2026-01-02 09:00"), _t("2026-01-09 09:00"), _t("2026-02-01 00:00"),
+    _t("2026-02-01 00:30"), _t("2026-02-01 00:31")])]
+
+
+def test_no_rules_keep_everything() -> None:
+    assert select(POINTS, Retention()) == {p.point_id for p in POINTS}
+
+
+@pytest.mark.parametrize(("rules", "kept"), [
+    (Retention(keep_last=2), {"p06", "p07"}),
+    (Retention(keep_hourly=3), {"p07", "p04", "p03"}),
+    (Retention(keep_daily=3), {"p07", "p04", "p03"}),
+    (Retention(keep_monthly=2), {"p07", "p04"}),
+    (Retention(keep_weekly=2), {"p07", "p04"}),
+    (Retention(keep_minutely=2), {"p07", "p06"}),
+    (Retention(keep_last=1, keep_monthly=5), {"p07", "p04"}),
+    (Retention(keep_daily=10), {"p07", "p04", "p03", "p02"}),
+])
+def test_rules(rules: Retention, kept: set[str]) -> None:
+    assert select(POINTS, rules) == kept
+
+
+def test_pins_are_always_kept() -> None:
+    pinned = [*POINTS[:-1], Candidate("p00x", _t("2025-06-01 00:00"), True), POINTS[-1]]
+    assert select(pinned, Retention(keep_last=1)) == {"p07", "p00x"}
+
+
+def test_prune_over_the_api(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    admin = cdp_server.admin()
+    codec = new_codec()
+    ids = []
+    for c in POINTS:
+        built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=c.created)
+        push(agent, "web1", built)
+        ids.append(built.point_id)
+    # no rules: nothing pruned
+    assert admin.prune("web1").removed == []
+    admin.set_retention("web1", Retention(keep_last=2))
+    assert admin.get_retention("web1") == Retention(keep_last=2)
+    admin.pin("web1", ids[0])
+    with pytest.raises(NotFoundError):
+        admin.pin("web1", "0" * 32)
+    report = admin.prune("web1")
+    assert sorted(report.removed) == sorted(ids[1:6])
+    assert sorted(report.kept) == sorted([ids[0], ids[6], ids[7]])
+    listed = agent.points("web1")
+    assert [p.point_id for p in listed] == [ids[0], ids[6], ids[7]]
+    assert [p.pinned for p in listed] == [True, False, False]
+    admin.unpin("web1", ids[0])
+    assert sorted(admin.prune().removed) == [ids[0]]
+    admin.delete_point("web1", ids[6])
+    assert [p.point_id for p in agent.points("web1")] == [ids[7]]
+    with pytest.raises(NotFoundError):
+        admin.delete_point("web1", ids[6])
+
+
+def test_prune_by_the_cli_is_seen_by_the_running_server(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """The server keeps its point listing rendered; a change made by another process
+    (the CLI on the same datastore) must show at once."""
+    import subprocess
+    import sys
+
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    codec = new_codec()
+    ids = [push(agent, "web1", build_point(codec, "web1", {"vda": os.urandom(BS)},
+                                           created=1000.0 + i)).point_id for i in range(3)]
+    assert [p.point_id for p in agent.points("web1")] == ids
+    subprocess.run([sys.executable, "-m", "cdp_server", "retention", "set", "web1",
+                    "--keep-last", "1", "--data", str(cdp_server.data_dir)], check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "cdp_server", "prune", "--data",
+                    str(cdp_server.data_dir)], check=True, capture_output=True)
+    assert [p.point_id for p in agent.points("web1")] == ids[2:]

@@ -1,0 +1,119 @@
+"""Network screen and its commands: interfaces from `ip -j addr`, the kernel command
+line's ip=/vlan= prefilled, bad values refused with the field named, dry-run apply."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+from textual.widgets import DataTable, Input, RadioSet
+
+from cdpcore.errors import UsageError
+from rescue.bootopts import parse_cmdline
+from rescue.tui import netconf
+from rescue.tui.app import RescueApp
+from rescue.tui.netconf import NetSettings
+from rescue.tui.screens.connect import ConnectScreen
+from rescue.tui.screens.network import NetworkScreen
+from rescue.tui.settings import Settings
+
+from .pilot import settle, text, type_text
+
+CMDLINE = ("console=ttyS0,115200 ip=192.0.2.10::192.0.2.1:255.255.255.0:web1:eth0:none "
+           "vlan=eth0.100:eth0 cdp.server=https://cdp.example.net:8443")
+
+
+def app_with(cmdline: str) -> RescueApp:
+    return RescueApp(Settings(boot=parse_cmdline(cmdline), dry_run_network=True,
+                              discover=False, basic=False))
+
+
+def test_interfaces_listed_and_boot_options_prefilled() -> None:
+    kernel = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True,
+                                       check=True).stdout)
+    names = [link["ifname"] for link in kernel if link.get("link_type") != "loopback"]
+
+    async def scenario() -> None:
+        app = app_with(CMDLINE)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, NetworkScreen)
+            table = screen.query_one("#ifaces", DataTable)
+            assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == names
+            assert screen.query_one("#mode", RadioSet).pressed_button.id == "mode-static"
+            values = {k: screen.query_one(f"#{k}", Input).value
+                      for k in ("iface", "address", "gateway", "dns", "vlan")}
+            assert values == {"iface": "eth0", "address": "192.0.2.10/24",
+                              "gateway": "192.0.2.1", "dns": "", "vlan": "100"}
+            screen.query_one("#dns", Input).focus()
+            await type_text(pilot, "192.0.2.53")
+            await pilot.press("f5")
+            await settle(pilot)
+            assert text(pilot, "#net-log").splitlines() == [
+                "would run: ip link set eth0 up",
+                "would run: ip link add link eth0 name eth0.100 type vlan id 100",
+                "would run: ip link set eth0.100 up",
+                "would run: ip addr flush dev eth0.100",
+                "would run: ip addr add 192.0.2.10/24 dev eth0.100",
+                "would run: ip route replace default via 192.0.2.1 dev eth0.100",
+                "would write /etc/resolv.conf: 192.0.2.53"]
+            await pilot.press("ctrl+n")
+            assert isinstance(app.screen, ConnectScreen)
+            assert app.screen.query_one("#url", Input).value == "https://cdp.example.net:8443"
+            await pilot.press("escape")
+            assert isinstance(app.screen, NetworkScreen)
+    asyncio.run(scenario())
+
+
+def test_bad_gateway_is_refused_with_the_value_named() -> None:
+    async def scenario() -> None:
+        app = app_with(CMDLINE)
+        async with app.run_test(size=(80, 24)) as pilot:
+            gateway = app.screen.query_one("#gateway", Input)
+            gateway.value = ""
+            gateway.focus()
+            await type_text(pilot, "192.0.2.300")
+            await pilot.press("f5")
+            await settle(pilot)
+            assert text(pilot, "#net-error") == "gateway '192.0.2.300' is not an IP address"
+            assert text(pilot, "#net-log") == ""
+    asyncio.run(scenario())
+
+
+def test_keyboard_switches_to_dhcp() -> None:
+    async def scenario() -> None:
+        app = app_with("ip=dhcp")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            assert screen.query_one("#mode", RadioSet).pressed_button.id == "mode-dhcp"
+            assert app.focused is screen.query_one("#mode", RadioSet)
+            await pilot.press("down", "enter")  # to Static and select it
+            assert screen.form().mode == "static"
+            await pilot.press("up", "enter")
+            screen.query_one("#iface", Input).value = "eth0"
+            assert netconf.commands(screen.form()) == [
+                ["ip", "link", "set", "eth0", "up"], ["dhclient", "-1", "-v", "eth0"]]
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    (NetSettings("static", "eth0", "192.0.2.10"),
+     "address '192.0.2.10': add the prefix length, e.g. /24"),
+    (NetSettings("static", "eth0", "nonsense/24"),
+     "address 'nonsense/24': expected ADDRESS/PREFIX, e.g. 192.0.2.10/24"),
+    (NetSettings("dhcp", "eth0", vlan="5000"),
+     "VLAN ID '5000': expected a number from 1 to 4094"),
+    (NetSettings("dhcp", ""), "choose an interface"),
+    (NetSettings("dhcp", "eth0", dns="192.0.2.53 dns.example"),
+     "DNS server 'dns.example' is not an IP address"),
+])
+def test_invalid_settings(cfg: NetSettings, message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        netconf.commands(cfg)
+    assert str(err.value) == message
+
+
+def test_none_mode_runs_nothing() -> None:
+    assert netconf.apply(NetSettings("none"), dry_run=True) == []
