@@ -79,8 +79,10 @@ drill: deps image
 bench: deps
 	$(PY) -m bench
 
+# Reliability suite: CDP_TORTURE_ITERATIONS=N scales every loop (default 1, the bounded
+# CI run), CDP_TORTURE_SEED replays a run, CDP_TORTURE_REPORT=FILE collects the figures.
 torture: deps
-	$(PY) -m pytest -q tests/reliability
+	CDP_TORTURE_ITERATIONS=$${CDP_TORTURE_ITERATIONS:-1} $(PY) -m pytest -q tests/reliability
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

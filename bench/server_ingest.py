@@ -23,7 +23,8 @@ from pathlib import Path
 
 import requests
 
-from cdp_server.catalog import PointRow, SqliteCatalog
+from cdp_server.catalog import PointRow
+from cdp_server.sqlite_catalog import SqliteCatalog
 from cdpcore import format as fmt
 from cdpcore.api import API_PREFIX, ObjectKind, PointStats, Role
 from cdpcore.client import CdpClient

@@ -1,67 +1,19 @@
-"""The catalog: hosts, tokens, which pack holds which object, and the recovery points.
+"""The catalog interface: hosts, tokens, which pack holds which object, and the
+recovery points. cdp_server.sqlite_catalog implements it; a PostgreSQL catalog would
+implement the same methods, and nothing above the datastore would change.
 
-SQLite in WAL mode with synchronous=FULL: a committed transaction survives kill -9 and
-power loss. One connection per thread; writers are serialised by a lock (SQLite allows
-one writer anyway, and waiting on a Python lock beats spinning on SQLITE_BUSY).
-"""
+Contract every implementation keeps: each method that writes is one transaction (all of
+it is visible, or none of it); a point and the "complete" marks its commit checked
+appear together; reads see only committed state."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from cdpcore.api import ObjectKind, Retention, Role
-
-from .errors import Conflict, StorageFull
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hosts(
-    name TEXT PRIMARY KEY, created REAL NOT NULL, key TEXT, retention TEXT,
-    -- bumped by every change to the host's points (triggers below): keys listing caches
-    points_gen INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS tokens(
-    hash TEXT PRIMARY KEY, role TEXT NOT NULL, host TEXT);
--- A pack is registered 'pending' before its file is written and becomes 'done' in the
--- transaction that adds its objects: a crash leaves a pending row, never an unknown file.
-CREATE TABLE IF NOT EXISTS packs(
-    name TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, size INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS objects(
-    host TEXT NOT NULL, kind TEXT NOT NULL, id BLOB NOT NULL, pack TEXT NOT NULL,
-    offset INTEGER NOT NULL, length INTEGER NOT NULL, sha256 BLOB NOT NULL,
-    seen REAL NOT NULL, damaged INTEGER NOT NULL DEFAULT 0,
-    -- pages only: the whole subtree below was present when a commit walked it
-    complete INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY(host, kind, id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS objects_pack ON objects(pack);
-CREATE TABLE IF NOT EXISTS points(
-    host TEXT NOT NULL, point_id TEXT NOT NULL, created REAL NOT NULL,
-    committed REAL NOT NULL, parent TEXT, size INTEGER NOT NULL, stats TEXT NOT NULL,
-    pinned INTEGER NOT NULL DEFAULT 0, verify TEXT NOT NULL DEFAULT 'unverified',
-    volumes TEXT NOT NULL, manifest TEXT NOT NULL, digest TEXT NOT NULL,
-    head TEXT NOT NULL,
-    PRIMARY KEY(host, point_id));
-CREATE INDEX IF NOT EXISTS points_created ON points(host, created, point_id);
-CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN
-    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
-CREATE TRIGGER IF NOT EXISTS points_upd AFTER UPDATE ON points BEGIN
-    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
-CREATE TRIGGER IF NOT EXISTS points_del AFTER DELETE ON points BEGIN
-    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = OLD.host; END;
-"""
-#: Hosts whose full point listing is kept rendered (about 28 MB per 100,000 points).
-LIST_CACHE_HOSTS = 8
-
-# A point's JSON (PointInfo) is its immutable head, rendered once at commit, plus the two
-# fields that change: concatenating text lets SQLite list 100,000 points in milliseconds.
-_POINT_JSON = ("head || ',\"pinned\":' || CASE WHEN pinned THEN 'true' ELSE 'false' END "
-               "|| ',\"verify\":\"' || verify || '\"}'")
 
 
 @dataclass(frozen=True)
@@ -97,274 +49,57 @@ class PointRow:
                            "stats": json.loads(self.stats)}, separators=(",", ":"))[:-1]
 
 
-class SqliteCatalog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._list_cache: dict[str, tuple[int, bytes]] = {}
-        self._cache_lock = threading.Lock()
-        with self._write_lock:
-            # executescript commits on its own: no surrounding transaction.
-            self._db().executescript(_SCHEMA)
+@dataclass(frozen=True)
+class PackRow:
+    name: str
+    state: str  # 'pending' (being written, or abandoned by a crash) or 'done'
+    created: float
+    size: int
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=60,
-                                 check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            self._local.db = db
-        return db
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of it is visible, or none of it."""
-        db = self._db()
-        with self._write_lock:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if "full" in str(exc):
-                    raise StorageFull(f"the catalog's disk is full: {exc}") from None
-                raise
+class Catalog(Protocol):
+    # hosts and tokens
+    def add_token(self, token_hash: str, role: Role, host: str | None) -> None: ...
+    def create_host(self, name: str, token_hashes: dict[Role, str]) -> None: ...
+    def token(self, token_hash: str) -> tuple[Role, str | None] | None: ...
+    def host_exists(self, name: str) -> bool: ...
+    def host_names(self) -> list[str]: ...
+    def host_summary(self, name: str) -> tuple[int, float | None, bool]: ...
+    def get_key(self, host: str) -> str | None: ...
+    def put_key(self, host: str, key: str) -> bool: ...
+    def retention(self, host: str) -> Retention: ...
+    def set_retention(self, host: str, retention: Retention) -> None: ...
 
-    def read(self) -> sqlite3.Connection:
-        return self._db()
-
-    # --- hosts and tokens
-
-    def add_token(self, token_hash: str, role: Role, host: str | None) -> None:
-        with self.write() as db:
-            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))
-
-    def create_host(self, name: str, token_hashes: dict[Role, str]) -> None:
-        with self.write() as db:
-            if db.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
-                raise Conflict(f"host {name!r} already exists")
-            db.execute("INSERT INTO hosts(name, created) VALUES (?, ?)", (name, time.time()))
-            db.executemany("INSERT INTO tokens VALUES (?, ?, ?)",
-                           [(h, role.value, name) for role, h in token_hashes.items()])
-
-    def token(self, token_hash: str) -> tuple[Role, str | None] | None:
-        row = self.read().execute("SELECT role, host FROM tokens WHERE hash = ?",
-                                  (token_hash,)).fetchone()
-        return None if row is None else (Role(row[0]), row[1])
-
-    def host_exists(self, name: str) -> bool:
-        return self.read().execute("SELECT 1 FROM hosts WHERE name = ?",
-                                   (name,)).fetchone() is not None
-
-    def host_names(self) -> list[str]:
-        return [r[0] for r in self.read().execute("SELECT name FROM hosts ORDER BY name")]
-
-    def host_summary(self, name: str) -> tuple[int, float | None, bool]:
-        """(points, newest point's created time, has a key)."""
-        db = self.read()
-        count, latest = db.execute("SELECT count(*), max(created) FROM points WHERE host = ?",
-                                   (name,)).fetchone()
-        key = db.execute("SELECT key IS NOT NULL FROM hosts WHERE name = ?",
-                         (name,)).fetchone()
-        return int(count), latest, bool(key and key[0])
-
-    def get_key(self, host: str) -> str | None:
-        row = self.read().execute("SELECT key FROM hosts WHERE name = ?", (host,)).fetchone()
-        return None if row is None else row[0]
-
-    def put_key(self, host: str, key: str) -> bool:
-        """True if stored now, False if the same key was there; Conflict if another one is."""
-        with self.write() as db:
-            (old,) = db.execute("SELECT key FROM hosts WHERE name = ?", (host,)).fetchone()
-            if old is None:
-                db.execute("UPDATE hosts SET key = ? WHERE name = ?", (key, host))
-                return True
-        if json.loads(old) != json.loads(key):
-            raise Conflict(f"host {host!r} already has a different key; keys are never "
-                           "overwritten")
-        return False
-
-    def retention(self, host: str) -> Retention:
-        row = self.read().execute("SELECT retention FROM hosts WHERE name = ?",
-                                  (host,)).fetchone()
-        return Retention.model_validate_json(row[0]) if row and row[0] else Retention()
-
-    def set_retention(self, host: str, retention: Retention) -> None:
-        with self.write() as db:
-            db.execute("UPDATE hosts SET retention = ? WHERE name = ?",
-                       (retention.model_dump_json(), host))
-
-    # --- objects
-
+    # objects
     def locate(self, host: str, kind: ObjectKind, ids: Iterable[bytes],
-               ) -> dict[bytes, Location]:
-        db = self.read()
-        out: dict[bytes, Location] = {}
-        for part in _chunks(list(ids), 900):
-            marks = ",".join("?" * len(part))
-            for row in db.execute(
-                    "SELECT id, pack, offset, length, sha256, damaged, complete FROM objects "
-                    f"WHERE host = ? AND kind = ? AND id IN ({marks})",
-                    (host, kind.value, *part)):
-                out[row[0]] = Location(row[1], row[2], row[3], row[4], bool(row[5]),
-                                       bool(row[6]))
-        return out
-
-    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None:
-        """Refresh "last seen": GC's grace period then protects these objects."""
-        if not ids:
-            return
-        with self.write() as db:
-            db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
-                           [(now, host, kind.value, i) for i in ids])
-
-    def begin_pack(self, name: str, size: int) -> None:
-        with self.write() as db:
-            db.execute("INSERT INTO packs VALUES (?, 'pending', ?, ?)", (name, time.time(), size))
-
+               ) -> dict[bytes, Location]: ...
+    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None: ...
+    def begin_pack(self, name: str, size: int) -> None: ...
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
-                    rows: list[tuple[bytes, int, int, bytes]], now: float) -> int:
-        """Make a written pack's objects visible: rows are (id, offset, length, sha256).
-        An object already present and intact is not replaced (a concurrent upload won);
-        a damaged one is (healing). Returns how many became visible."""
-        with self.write() as db:
-            cur = db.executemany(
-                "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
-                "pack = excluded.pack, offset = excluded.offset, length = excluded.length, "
-                "sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, complete = 0 "
-                "WHERE objects.damaged",
-                [(host, kind.value, oid, pack, offset, length, digest, now)
-                 for oid, offset, length, digest in rows])
-            added = cur.rowcount
-            db.execute("UPDATE packs SET state = 'done' WHERE name = ?", (pack,))
-        return added
+                    rows: list[tuple[bytes, int, int, bytes]], now: float) -> int: ...
+    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None: ...
+    def damaged(self, host: str) -> list[bytes]: ...
 
-    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None:
-        with self.write() as db:
-            db.executemany("UPDATE objects SET damaged = 1 WHERE host = ? AND kind = ? "
-                           "AND id = ?", [(host, kind.value, i) for i in ids])
-            # A subtree holding damage is no longer complete: later commits walk it again.
-            db.execute("UPDATE objects SET complete = 0 WHERE host = ?", (host,))
-
-    def mark_complete(self, host: str, page_ids: list[bytes]) -> None:
-        with self.write() as db:
-            db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
-                           "AND id = ? AND NOT damaged", [(host, i) for i in page_ids])
-
-    def damaged(self, host: str) -> list[bytes]:
-        return [r[0] for r in self.read().execute(
-            "SELECT id FROM objects WHERE host = ? AND kind = 'chunks' AND damaged ORDER BY id",
-            (host,))]
-
-    # --- points
-
-    def point(self, host: str, point_id: str) -> PointRow | None:
-        row = self.read().execute(
-            "SELECT host, point_id, created, committed, parent, size, stats, pinned, verify, "
-            "volumes, manifest, digest FROM points WHERE host = ? AND point_id = ?",
-            (host, point_id)).fetchone()
-        return None if row is None else _row(row)
-
-    def insert_point(self, row: PointRow, complete_pages: list[bytes]) -> None:
-        """The point becomes visible, with the pages its commit checked marked complete,
-        in one transaction."""
-        with self.write() as db:
-            db.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (row.host, row.point_id, row.created, row.committed, row.parent,
-                        row.size, row.stats, int(row.pinned), row.verify, row.volumes,
-                        row.manifest, row.digest, row.head()))
-            db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
-                           "AND id = ? AND NOT damaged", [(row.host, i) for i in complete_pages])
-
+    # points
+    def point(self, host: str, point_id: str) -> PointRow | None: ...
+    def insert_point(self, row: PointRow, complete_pages: list[bytes]) -> None: ...
     def points_json(self, host: str, limit: int | None, before: float | None,
-                    after: float | None) -> bytes:
-        """The JSON list of PointInfo, built by SQLite itself: 100,000 points in a few tens
-        of milliseconds, where building Python objects would take a second."""
-        if limit is None and before is None and after is None:
-            return self._all_points_json(host)
-        where, args = ["host = ?"], [host]
-        if before is not None:
-            where.append("created < ?")
-            args.append(before)  # type: ignore[arg-type]
-        if after is not None:
-            where.append("created > ?")
-            args.append(after)  # type: ignore[arg-type]
-        cond = " AND ".join(where)
-        if limit is None:
-            sql = (f"SELECT group_concat({_POINT_JSON}, ',') FROM "
-                   f"(SELECT * FROM points WHERE {cond} ORDER BY created, point_id)")
-        else:  # the newest `limit` points, still listed oldest first
-            sql = (f"SELECT group_concat({_POINT_JSON}, ',') FROM (SELECT * FROM "
-                   f"(SELECT * FROM points WHERE {cond} ORDER BY created DESC, point_id DESC "
-                   "LIMIT ?) ORDER BY created, point_id)")
-            args.append(limit)  # type: ignore[arg-type]
-        (text,) = self.read().execute(sql, args).fetchone()
-        return f"[{text or ''}]".encode()
+                    after: float | None) -> bytes: ...
+    def point_rows(self, host: str | None = None) -> list[PointRow]: ...
+    def set_pinned(self, host: str, point_id: str, pinned: bool) -> None: ...
+    def delete_points(self, host: str, point_ids: list[str]) -> None: ...
+    def set_verify(self, statuses: list[tuple[str, str, str]]) -> None: ...
 
-    def _all_points_json(self, host: str) -> bytes:
-        """The full listing, cached per host until its points change (in this process or
-        any other: the generation is bumped by triggers in the same transaction)."""
-        db = self.read()
-        row = db.execute("SELECT points_gen FROM hosts WHERE name = ?", (host,)).fetchone()
-        with self._cache_lock:
-            cached = self._list_cache.get(host)
-        if cached and row and cached[0] == row[0]:
-            return cached[1]
-        # Generation and rows read in one transaction: both describe the same state.
-        db.execute("BEGIN")
-        try:
-            (gen,) = db.execute("SELECT points_gen FROM hosts WHERE name = ?",
-                                (host,)).fetchone() or (-1,)
-            (text,) = db.execute(
-                f"SELECT group_concat({_POINT_JSON}, ',') FROM (SELECT head, pinned, verify "
-                "FROM points WHERE host = ? ORDER BY created, point_id)", (host,)).fetchone()
-        finally:
-            db.execute("COMMIT")
-        body = f"[{text or ''}]".encode()
-        with self._cache_lock:
-            if len(self._list_cache) >= LIST_CACHE_HOSTS and host not in self._list_cache:
-                self._list_cache.pop(next(iter(self._list_cache)))
-            self._list_cache[host] = (gen, body)
-        return body
-
-    def point_rows(self, host: str | None = None) -> list[PointRow]:
-        sql = ("SELECT host, point_id, created, committed, parent, size, stats, pinned, verify,"
-               " volumes, manifest, digest FROM points")
-        cur = (self.read().execute(sql + " WHERE host = ? ORDER BY created", (host,)) if host
-               else self.read().execute(sql + " ORDER BY host, created"))
-        return [_row(r) for r in cur]
-
-    def set_pinned(self, host: str, point_id: str, pinned: bool) -> None:
-        with self.write() as db:
-            db.execute("UPDATE points SET pinned = ? WHERE host = ? AND point_id = ?",
-                       (int(pinned), host, point_id))
-
-    def delete_points(self, host: str, point_ids: list[str]) -> None:
-        with self.write() as db:
-            db.executemany("DELETE FROM points WHERE host = ? AND point_id = ?",
-                           [(host, p) for p in point_ids])
-
-    def set_verify(self, statuses: list[tuple[str, str, str]]) -> None:
-        """(host, point_id, status) triples."""
-        with self.write() as db:
-            db.executemany("UPDATE points SET verify = ? WHERE host = ? AND point_id = ?",
-                           [(s, h, p) for h, p, s in statuses])
-
-
-def _row(r: tuple[Any, ...]) -> PointRow:
-    return PointRow(host=r[0], point_id=r[1], created=r[2], committed=r[3], parent=r[4],
-                    size=r[5], stats=r[6], pinned=bool(r[7]), verify=r[8], volumes=r[9],
-                    manifest=r[10], digest=r[11])
-
-
-def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+    # garbage collection and recovery
+    def object_ages(self, host: str, kind: ObjectKind) -> list[tuple[bytes, float]]: ...
+    def delete_unseen(self, host: str, kind: ObjectKind, ids: list[bytes],
+                      cutoff: float) -> int: ...
+    def keep_complete_only(self, host: str, live_pages: set[bytes]) -> None: ...
+    def packs(self) -> list[PackRow]: ...
+    def pack_usage(self) -> dict[str, tuple[int, int]]: ...
+    def drop_pack(self, name: str) -> bool: ...
+    def pack_objects(self, name: str) -> list[tuple[str, ObjectKind, bytes, Location]]: ...
+    def move_objects(self, old: str, new: str,
+                     moves: list[tuple[str, ObjectKind, bytes, int, int]]) -> None: ...
+    def forget_pending(self, names: list[str]) -> None: ...
+    def status(self) -> dict[str, int]: ...

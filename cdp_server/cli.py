@@ -15,7 +15,6 @@ import click
 
 from cdpcore.api import Retention
 from cdpcore.errors import CdpError, FormatError, UsageError
-from cdpcore.manifest import check_name
 
 from . import config as cfgmod
 from . import jobs, logs
@@ -132,10 +131,9 @@ def host_add(name: str, data: Path, as_json: bool) -> None:
     """Enrol host NAME and print its agent and restore tokens (shown once)."""
     def go() -> None:
         try:
-            check_name("host", name)
+            tokens = Datastore.open(data).add_host(name)
         except FormatError as exc:
             raise UsageError(str(exc)) from None
-        tokens = Datastore.open(data).add_host(name)
         _emit(as_json, {"name": name, "tokens": {r.value: t for r, t in tokens.items()}},
               f"host {name} enrolled\n" + "\n".join(f"{r.value} token: {t}"
                                                     for r, t in tokens.items()))

@@ -20,9 +20,11 @@ from cdpcore import format as fmt
 from cdpcore import index, records
 from cdpcore.api import ObjectKind, Role, UploadResult
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError, UsageError
+from cdpcore.manifest import check_name
 
-from .catalog import Location, SqliteCatalog
+from .catalog import Catalog, Location
 from .errors import BadRequest
+from .sqlite_catalog import SqliteCatalog
 from .store import LocalStore, ObjectStore, new_pack_name
 
 log = logging.getLogger("cdp.server")
@@ -48,7 +50,7 @@ class RecoveryReport:
 
 
 class Datastore:
-    def __init__(self, store: ObjectStore, catalog: SqliteCatalog, lock_path: Path) -> None:
+    def __init__(self, store: ObjectStore, catalog: Catalog, lock_path: Path) -> None:
         self.store = store
         self.catalog = catalog
         self._lock = threading.Lock()
@@ -88,6 +90,10 @@ class Datastore:
                 os.close(fd)
 
     def add_host(self, name: str) -> dict[Role, str]:
+        """Enrol a host; returns its new agent and restore tokens (stored hashed)."""
+        check_name("host", name)
+        if "/" in name:
+            raise FormatError(f"invalid host name {name!r}: '/' cannot appear in a URL path")
         tokens: dict[Role, str] = {role: new_token() for role in (Role.agent, Role.restore)}
         self.catalog.create_host(name, {r: hash_token(t) for r, t in tokens.items()})
         return tokens
@@ -95,14 +101,12 @@ class Datastore:
     def recover(self) -> RecoveryReport:
         """At start-up, before serving: remove what a crash left half-done (pending packs,
         pack files the catalog does not know, temp files). Nothing of it was visible."""
-        db = self.catalog.read()
-        pending = [r[0] for r in db.execute("SELECT name FROM packs WHERE state = 'pending'")]
+        packs = self.catalog.packs()
+        pending = [p.name for p in packs if p.state == "pending"]
         for name in pending:
             self.store.delete(name)
-        if pending:
-            with self.catalog.write() as wdb:
-                wdb.executemany("DELETE FROM packs WHERE name = ?", [(n,) for n in pending])
-        known = {r[0] for r in db.execute("SELECT name FROM packs")}
+        self.catalog.forget_pending(pending)
+        known = {p.name for p in packs}
         orphans = [name for name in self.store.list() if name not in known]
         for name in orphans:
             self.store.delete(name)
@@ -158,8 +162,7 @@ class Datastore:
         catalog write too), recovery at the next start or GC removes it."""
         try:
             self.store.delete(pack)
-            with self.catalog.write() as db:
-                db.execute("DELETE FROM packs WHERE name = ? AND state = 'pending'", (pack,))
+            self.catalog.forget_pending([pack])
         except Exception:
             log.warning("could not remove abandoned pack", extra={"pack": pack},
                         exc_info=True)

@@ -17,7 +17,6 @@ from cdpcore import index
 from cdpcore.api import GcReport, ObjectKind
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError
 
-from .catalog import Location
 from .datastore import Datastore
 from .store import new_pack_name
 
@@ -63,12 +62,10 @@ def mark(ds: Datastore, host: str) -> tuple[set[bytes], set[bytes]]:
 
 
 def gc(ds: Datastore, grace: float) -> GcReport:
-    removed = {"chunks": 0, "pages": 0}
+    removed = {ObjectKind.chunks: 0, ObjectKind.pages: 0}
     live_total = kept = 0
-    freed = 0
     with ds.commit_lock():
         cutoff = time.time() - grace
-        db = ds.catalog.read()
         for host in ds.catalog.host_names():
             try:
                 live_pages, live_chunks = mark(ds, host)
@@ -76,91 +73,61 @@ def gc(ds: Datastore, grace: float) -> GcReport:
                 log.warning("gc skips host: %s", exc, extra={"host": host})
                 continue
             live_total += len(live_chunks)
-            live = {"pages": live_pages, "chunks": live_chunks}
-            for kind in ("chunks", "pages"):
-                dead, recent = [], 0
-                for oid, seen in db.execute("SELECT id, seen FROM objects WHERE host = ? AND "
-                                            "kind = ?", (host, kind)):
+            live = {ObjectKind.pages: live_pages, ObjectKind.chunks: live_chunks}
+            for kind in (ObjectKind.chunks, ObjectKind.pages):
+                dead = []
+                for oid, seen in ds.catalog.object_ages(host, kind):
                     if oid in live[kind]:
                         continue
                     if seen >= cutoff:
-                        recent += 1
+                        kept += 1
                     else:
                         dead.append(oid)
-                kept += recent
-                with ds.catalog.write() as wdb:
-                    # `seen < cutoff` again: a "missing" query may have refreshed it since.
-                    cur = wdb.executemany("DELETE FROM objects WHERE host = ? AND kind = ? AND "
-                                          "id = ? AND seen < ?",
-                                          [(host, kind, oid, cutoff) for oid in dead])
-                    removed[kind] += max(cur.rowcount, 0)
+                removed[kind] += ds.catalog.delete_unseen(host, kind, dead, cutoff)
             # Only pages of a point may keep "complete": a subtree outside every point may
             # lose objects to this or a later sweep.
-            with ds.catalog.write() as wdb:
-                wdb.executemany("UPDATE objects SET complete = 0 WHERE host = ? AND "
-                                "kind = 'pages' AND id = ?",
-                                [(host, pid) for (pid,) in db.execute(
-                                    "SELECT id FROM objects WHERE host = ? AND kind = 'pages' "
-                                    "AND complete", (host,)) if pid not in live_pages])
+            ds.catalog.keep_complete_only(host, live_pages)
         freed = _sweep_packs(ds, cutoff)
-    return GcReport(live_chunks=live_total, removed_chunks=removed["chunks"],
-                    removed_pages=removed["pages"], freed_bytes=freed, kept_in_grace=kept)
+    return GcReport(live_chunks=live_total, removed_chunks=removed[ObjectKind.chunks],
+                    removed_pages=removed[ObjectKind.pages], freed_bytes=freed,
+                    kept_in_grace=kept)
 
 
 def _sweep_packs(ds: Datastore, cutoff: float) -> int:
-    db = ds.catalog.read()
-    usage = {name: (n, live) for name, n, live in db.execute(
-        "SELECT pack, count(*), sum(length) FROM objects GROUP BY pack")}
+    usage = ds.catalog.pack_usage()
     freed = 0
     now = time.time()
-    for name, state, created, size in db.execute(
-            "SELECT name, state, created, size FROM packs").fetchall():
-        if state == "pending":
-            if created < now - PENDING_TIMEOUT:
-                with ds.catalog.write() as wdb:
-                    wdb.execute("DELETE FROM packs WHERE name = ?", (name,))
-                ds.store.delete(name)
-                freed += size
+    for pack in ds.catalog.packs():
+        if pack.state == "pending":
+            if pack.created < now - PENDING_TIMEOUT:
+                ds.store.delete(pack.name)
+                ds.catalog.forget_pending([pack.name])
+                freed += pack.size
             continue
-        count, live_bytes = usage.get(name, (0, 0))
+        count, live_bytes = usage.get(pack.name, (0, 0))
         if count == 0:
-            with ds.catalog.write() as wdb:
-                # Re-checked in the transaction: an upload may not point here, but be sure.
-                if wdb.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1",
-                               (name,)).fetchone():
-                    continue
-                wdb.execute("DELETE FROM packs WHERE name = ?", (name,))
-            ds.store.delete(name)
-            freed += size
-        elif live_bytes < size * REWRITE_BELOW and created < cutoff:
-            freed += _rewrite(ds, name, size)
+            if ds.catalog.drop_pack(pack.name):
+                ds.store.delete(pack.name)
+                freed += pack.size
+        elif live_bytes < pack.size * REWRITE_BELOW and pack.created < cutoff:
+            freed += _rewrite(ds, pack.name, pack.size)
     return freed
 
 
 def _rewrite(ds: Datastore, name: str, size: int) -> int:
     """Copy a pack's live objects into a new pack, repoint them, delete the old one."""
-    rows = ds.catalog.read().execute(
-        "SELECT host, kind, id, offset, length, sha256, damaged, complete FROM objects "
-        "WHERE pack = ? ORDER BY offset", (name,)).fetchall()
     parts, moves, offset = [], [], 0
-    for host, kind, oid, old_offset, length, digest, damaged, complete in rows:
-        loc = Location(name, old_offset, length, digest, bool(damaged), bool(complete))
+    for host, kind, oid, loc in ds.catalog.pack_objects(name):
         try:
             blob = ds.read_object(oid, loc)
         except (IntegrityError, NotFoundError):
             return 0  # damage is verify's business: keep the pack as it is
         parts.append(blob)
-        moves.append((host, kind, oid, old_offset, offset))
-        offset += length
+        moves.append((host, kind, oid, loc.offset, offset))
+        offset += loc.length
     new = new_pack_name()
     ds.catalog.begin_pack(new, offset)
     ds.store.put(new, b"".join(parts))
-    with ds.catalog.write() as wdb:
-        wdb.executemany("UPDATE objects SET pack = ?, offset = ? WHERE host = ? AND kind = ? "
-                        "AND id = ? AND pack = ? AND offset = ?",
-                        [(new, new_off, h, k, oid, name, old)
-                         for h, k, oid, old, new_off in moves])
-        wdb.execute("UPDATE packs SET state = 'done' WHERE name = ?", (new,))
-        wdb.execute("DELETE FROM packs WHERE name = ?", (name,))
+    ds.catalog.move_objects(name, new, moves)
     ds.store.delete(name)
     return size - offset

@@ -33,16 +33,4 @@ def prune(ds: Datastore, host: str | None = None) -> PruneReport:
 
 
 def status(ds: Datastore) -> dict[str, Any]:
-    db = ds.catalog.read()
-    hosts, = db.execute("SELECT count(*) FROM hosts").fetchone()
-    points, = db.execute("SELECT count(*) FROM points").fetchone()
-    objects = {kind: (n, b) for kind, n, b in db.execute(
-        "SELECT kind, count(*), coalesce(sum(length), 0) FROM objects GROUP BY kind")}
-    damaged, = db.execute("SELECT count(*) FROM objects WHERE damaged").fetchone()
-    packs, pack_bytes = db.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM packs WHERE state = 'done'").fetchone()
-    return {"hosts": hosts, "points": points,
-            "chunks": objects.get("chunks", (0, 0))[0],
-            "chunk_bytes": objects.get("chunks", (0, 0))[1],
-            "pages": objects.get("pages", (0, 0))[0],
-            "damaged_objects": damaged, "packs": packs, "pack_bytes": pack_bytes}
+    return dict(ds.catalog.status())

@@ -57,7 +57,12 @@ class LocalStore:
         path = self._path(name)
         tmp = self.tmp / f"{uuid.uuid4().hex}.tmp"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # The new directory's own entry must be durable too, or a power loss can
+                # take the directory and every pack in it.
+                for parent in path.relative_to(self.root).parents:
+                    _fsync_dir(self.root / parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -73,6 +74,22 @@ class _PinningAdapter(HTTPAdapter):
 def cert_fingerprint(der: bytes) -> str:
     """The fingerprint format used everywhere: lower-case hex SHA-256 of the DER certificate."""
     return hashlib.sha256(der).hexdigest()
+
+
+def _handshake_cut(exc: BaseException) -> bool:
+    """True when an SSLError only says the connection dropped during the TLS handshake (EOF
+    or reset: a restarting server, a flaky link), not that a certificate was refused.
+    requests wraps the ssl module's error in urllib3's MaxRetryError and SSLError."""
+    err: object = exc
+    for _ in range(6):
+        if isinstance(err, ssl.SSLEOFError | ConnectionResetError | BrokenPipeError):
+            return True
+        if not isinstance(err, BaseException):
+            return False
+        reason = getattr(err, "reason", None)
+        inner = err.args[0] if err.args and isinstance(err.args[0], BaseException) else None
+        err = reason or inner or err.__cause__ or err.__context__
+    return False
 
 
 def _split_ids(ids: list[bytes]) -> Iterator[list[bytes]]:
@@ -155,7 +172,16 @@ class CdpClient:
                 resp = self._session().request(method, url, timeout=self.timeout,
                                                verify=self._verify, **kwargs)
             except requests.exceptions.SSLError as exc:
-                raise ConnectionFailed(f"TLS check of {self.url} failed: {exc}") from None
+                if not _handshake_cut(exc):
+                    raise ConnectionFailed(f"TLS check of {self.url} failed: {exc}") from None
+                # A handshake cut by the network is a dropped connection, not a refused
+                # certificate: retried like one.
+                if last:
+                    raise ConnectionFailed(f"cannot reach the CDP server at {self.url}: "
+                                           f"{exc}") from None
+                self.close()
+                time.sleep(self.backoff * 2 ** attempt)
+                continue
             # A connection cut while the answer's body arrives (server killed, proxy
             # reset) raises ChunkedEncodingError: as retryable as a refused connection.
             except (requests.ConnectionError, requests.Timeout,

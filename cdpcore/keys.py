@@ -103,7 +103,7 @@ class WrappedKey:
             nonce = base64.b64decode(doc["nonce"], validate=True)
             salt = base64.b64decode(kdf["salt"], validate=True)
             check = str(doc["check"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed key file: {exc!r}") from None
         if len(nonce) != fmt.NONCE_SIZE or len(wrapped) != fmt.MASTER_KEY_SIZE + fmt.TAG_SIZE:
             raise FormatError("malformed key file: wrong nonce or wrapped-key length")

@@ -128,7 +128,7 @@ class Layout:
                 disks=[_disk(d) for d in doc["disks"]],
                 volume_groups=[_vg(v) for v in doc.get("volume_groups", [])],
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed layout: {exc!r}") from None
 
 

@@ -69,7 +69,7 @@ class VolumeRecord:
             return cls(name=str(doc["name"]), size=int(doc["size"]),
                        block_size=int(doc["block_size"]), root=str(doc["root"]),
                        height=int(doc["height"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed volume record: {exc!r}") from None
 
 
@@ -117,7 +117,7 @@ class Manifest:
                 volumes=[VolumeRecord.from_json(v) for v in doc["volumes"]],
                 layout=Layout.from_json(doc["layout"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed manifest: {exc!r}") from None
         if manifest.host != host or manifest.point_id != point_id:
             raise IntegrityError("manifest belongs to another host or point")

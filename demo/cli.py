@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import socket
@@ -91,7 +90,7 @@ def gpt_guids(image: Path) -> dict[str, Any]:
 
 def take_point(config: Path, label: str) -> dict[str, Any]:
     started = time.monotonic()
-    point = tool("cdp-agent", "backup", "--config", str(config))
+    point: dict[str, Any] = tool("cdp-agent", "backup", "--config", str(config))
     stats = point.get("stats", {})
     click.echo(f"point {point['point_id'][:12]}  {label:<38} "
                f"changed {stats.get('changed_bytes', 0) / MIB:7.2f} MiB, "

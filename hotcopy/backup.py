@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from cdpcore import format as fmt
 from cdpcore import index
@@ -145,6 +145,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                                        damaged=damaged, only=only, window=2 * workers,
                                        progress=progress)
             uploader.close()
+            era_state = _era_state(eras)
         except BaseException:
             uploader.abort()
             for vol in volumes:
@@ -178,7 +179,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     state.generation = generation
     state.points_since_full = 0 if full else previous.points_since_full + 1
     state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root) for r in records}
-    state.era = {name: {"device": dev.name, "era": era_now} for name, (dev, era_now) in eras.items()}
+    state.era = era_state
     store.save(state)
     log.info("point %s committed: %d changed blocks, %d new chunks (%d bytes)",
              info.point_id, sum(s.changed_blocks for s in scans), stats.new_chunks,
@@ -198,15 +199,24 @@ def _checkpoint_eras(specs: list[VolumeSpec]) -> dict[str, tuple[era.EraDevice, 
     return out
 
 
+def _era_state(eras: dict[str, tuple[era.EraDevice, int]]) -> dict[str, dict[str, Any]]:
+    """What the next point needs: the first era after this point's checkpoint (writes from
+    then on are the next point's changes), and the device's era now, after our own
+    messages (metadata snapshots open eras too). Any other era next time means the device
+    was touched or reset."""
+    return {name: {"device": dev.name, "since": cp + 1, "end": era.current_era(dev)}
+            for name, (dev, cp) in eras.items()}
+
+
 def _era_blocks(spec: VolumeSpec, entry: tuple[era.EraDevice, int], previous: HostState,
                 block_size: int) -> list[int] | None:
     """Blocks written since the last point, or None when the era chain is in doubt."""
     dev, era_now = entry
     rec = previous.era.get(spec.name)
-    if not rec or rec.get("device") != dev.name or int(rec.get("era", -1)) + 1 != era_now:
+    if not rec or rec.get("device") != dev.name or rec.get("end") != era_now:
         log.info("full scan of %s: era tracking of %s was reset or is new", spec.name, dev.name)
         return None
-    ranges = era.written_since(dev, era_now)
+    ranges = era.written_since(dev, int(rec["since"]))
     return era.to_volume_blocks(ranges, dev.block_sectors * era.SECTOR, spec.offset, spec.size,
                                 block_size)
 

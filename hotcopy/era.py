@@ -4,10 +4,9 @@ records in which era each region was last written. At each point the agent opens
 (`checkpoint`) and asks `era_invalidate --written-since` (thin-provisioning-tools), on a
 metadata snapshot, which regions were written since the era of the previous point.
 
-Tracking is a hint: right after a point, the device's current era is exactly one more than
-the era recorded for that point; any other value (the device was recreated, its metadata
-reset, or someone else checkpointed it) puts the chain in doubt, and the caller falls back
-to a full scan. The era of the checkpoint is taken *before* the snapshot, so a write racing with the
+Tracking is a hint: the agent records the device's era at the end of each point; any other
+era at the next point (the device was recreated, its metadata reset, or someone else
+checkpointed it) puts the chain in doubt, and the caller falls back to a full scan. The era of the checkpoint is taken *before* the snapshot, so a write racing with the
 snapshot is read again at the next point, never missed.
 """
 

@@ -4,6 +4,7 @@ chunks and index pages with a bounded background queue."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -27,6 +28,8 @@ T = TypeVar("T")
 #: keeping requests large enough to amortise round trips.
 BATCH_BYTES = 8 * 1024 * 1024
 UPLOAD_BYTES = min(MAX_UPLOAD_BYTES, 16 * 1024 * 1024)
+#: Upload threads (each holds one batch of BATCH_BYTES raw plus its sealed blobs).
+UPLOADERS = 2
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Sender:
                  stats: UploadStats) -> None:
         self.remote, self.host, self.policy = remote, host, policy
         self.throttle, self.stats = throttle, stats
+        self._lock = threading.Lock()  # uploader threads share the stats
 
     def missing(self, kind: ObjectKind, ids: list[bytes]) -> set[bytes]:
         out: set[bytes] = set()
@@ -134,11 +138,12 @@ class Sender:
                 pending = [(oid, blob) for oid, blob in pending if oid in lacking]
                 if not pending:
                     break
-        if kind is ObjectKind.chunks:
-            self.stats.new_chunks += len(batch)
-            self.stats.new_bytes += sum(len(b) for _, b in batch)
-        else:
-            self.stats.new_pages += len(batch)
+        with self._lock:
+            if kind is ObjectKind.chunks:
+                self.stats.new_chunks += len(batch)
+                self.stats.new_bytes += sum(len(b) for _, b in batch)
+            else:
+                self.stats.new_pages += len(batch)
 
 
 @dataclass
@@ -150,17 +155,20 @@ class Candidate:
 
 class ChunkUploader:
     """Background stage: batches of candidate blocks -> missing query -> sealing on the
-    worker pool -> upload. The queue holds at most two batches, which bounds memory and
+    worker pool -> upload, on UPLOADERS threads so that one batch's round trips overlap
+    another's sealing. The queue holds at most UPLOADERS batches, which bounds memory and
     makes the reader wait when the network is the bottleneck."""
 
     def __init__(self, sender: Sender, codec: BlobCodec, pool: Executor) -> None:
         self.sender, self.codec, self.pool = sender, codec, pool
-        self._queue: queue.Queue[list[Candidate] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[list[Candidate] | None] = queue.Queue(maxsize=UPLOADERS)
         self._batch: list[Candidate] = []
         self._size = 0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="cdp-upload", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"cdp-upload-{i}", daemon=True)
+                         for i in range(UPLOADERS)]
+        for thread in self._threads:
+            thread.start()
 
     def add(self, cand: Candidate) -> None:
         self._raise_error()
@@ -184,20 +192,25 @@ class ChunkUploader:
         if self._batch:
             self._put(self._batch)
             self._batch = []
-        self._put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._put(None)
+        for thread in self._threads:
+            thread.join()
         self._raise_error()
 
     def abort(self) -> None:
         """Stop after the batch in progress, dropping queued ones (the run has failed)."""
         self._error = self._error or RuntimeError("upload aborted")
-        while True:
+        alive = list(self._threads)
+        while alive:
+            # Threads stop at the next item they take; keep offering sentinels until all
+            # have (a full queue only holds batches they will drop).
             try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._queue.put(None)  # the thread takes at most one more item: room is left
-        self._thread.join()
+                self._queue.put(None, timeout=0.1)
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+            alive = [t for t in alive if t.is_alive()]
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -210,7 +223,7 @@ class ChunkUploader:
                     return
                 self._process(batch)
         except BaseException as exc:
-            self._error = exc
+            self._error = self._error or exc
 
     def _process(self, batch: list[Candidate]) -> None:
         unique: dict[bytes, Candidate] = {}

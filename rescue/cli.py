@@ -68,6 +68,10 @@ def _plan_options(fn: F) -> F:
                      help="trust per-block checks (default) or also read everything back"),
         click.option("--grow-fs/--no-grow-fs", default=None, help="grow ext2/3/4 and XFS "
                      "filesystems of partitions a resize enlarged (default: on)"),
+        click.option("--reinstall-bootloader", is_flag=True, default=None,
+                     help="after restoring, reinstall GRUB (BIOS or UEFI, as the protected "
+                     "machine booted) from inside the restored system, with a new NVRAM "
+                     "entry, config and initramfs: for new hardware"),
         click.option("--passphrase-file", help="file holding the key passphrase or a "
                      "recovery key [env CDP_PASSPHRASE_FILE; the passphrase itself: env "
                      "CDP_PASSPHRASE]"),
@@ -157,7 +161,9 @@ def _engine_and_plan(a: Answers, kw: dict[str, Any], prompt: bool) -> tuple[Engi
                        parse_maps(a.maps(kw["maps"])),
                        resize=a.get("resize", kw["resize"]) or "same",
                        verify=a.get("verify", kw["verify_mode"]) or "blocks",
-                       grow_fs=True if grow is None else bool(grow))
+                       grow_fs=True if grow is None else bool(grow),
+                       reinstall_bootloader=bool(a.get("reinstall_bootloader",
+                                                       kw["reinstall_bootloader"])))
     return engine, plan
 
 
@@ -165,7 +171,8 @@ def _saved_plan(a: Answers, kw: dict[str, Any], path: str, prompt: bool
                 ) -> tuple[Engine, Plan]:
     """A plan saved by `rescue plan --save`: the options that shape a plan must not be
     given again (the file decides), and its host must be the one named, if any."""
-    shaping = [f"--{k.replace('_', '-')}" for k in ("point", "resize", "verify_mode", "grow_fs")
+    shaping = [f"--{k.replace('_', '-')}" for k in ("point", "resize", "verify_mode", "grow_fs",
+                                                        "reinstall_bootloader")
                if kw[k] is not None] + (["--map"] if kw["maps"] else [])
     if shaping:
         raise UsageError(f"--plan {path} already decides {', '.join(shaping)}: drop them")

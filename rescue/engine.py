@@ -19,7 +19,7 @@ from cdpcore.api import ObjectKind
 from cdpcore.errors import CdpError, IntegrityError, SafetyError
 from cdpcore.layout import Layout
 
-from . import growfs, lvm, partition, swap, target
+from . import bootloader, growfs, lvm, partition, swap, target
 from .discover import LocalDisk, describe_target, discover_disks
 from .mapping import map_disks
 from .plan import Action, Plan, VerifyMode, build_plan
@@ -62,7 +62,8 @@ class Engine:
 
     def plan(self, point: str, maps: dict[str, str] | None = None, *,
              resize: ResizePolicy = "same", verify: VerifyMode = "blocks",
-             grow_fs: bool = True, local: list[LocalDisk] | None = None) -> Plan:
+             grow_fs: bool = True, reinstall_bootloader: bool = False,
+             local: list[LocalDisk] | None = None) -> Plan:
         """Plan restoring the point `point` names ("latest", an ID or prefix, a time)."""
         info = self.repo.choose(point)
         opened = self.repo.open_point(info.point_id)
@@ -73,7 +74,7 @@ class Engine:
         matches = map_disks(layout.disks, disks or [], explicit)
         return build_plan(self.repo.host, info.point_id, info.created, layout,
                           opened.manifest.volumes, matches, resize=resize, verify=verify,
-                          grow_fs=grow_fs)
+                          grow_fs=grow_fs, reinstall_bootloader=reinstall_bootloader)
 
     def execute(self, plan: Plan, options: ExecuteOptions | None = None,
                 on_event: EventSink | None = None) -> RestoreReport:
@@ -134,7 +135,8 @@ class _Execution:
             "partition_table": self._table, "stream": self._stream, "swap": self._swap,
             "lvm": self._lvm, "verify": self._verify,
             "grow_fs": lambda a: growfs.grow(a.target, a.offset, a.size,
-                                             str(a.params["fstype"]))}
+                                             str(a.params["fstype"])),
+            "bootloader": self._bootloader}
         try:
             for action in self.plan.actions:
                 self._one(action, handlers[action.type])
@@ -188,6 +190,11 @@ class _Execution:
         assert self.layout is not None
         vg = next(v for v in self.layout.volume_groups if v.name == action.params["vg"])
         self.report.notes.extend(lvm.recreate_vg(vg, dict(action.params["pv_devices"])))
+
+    def _bootloader(self, action: Action) -> None:
+        self.report.notes.extend(bootloader.reinstall(
+            action.target, str(action.params["boot_mode"]),
+            [str(c) for c in action.params["candidates"]]))
 
     def _stream(self, action: Action) -> None:
         assert action.volume is not None

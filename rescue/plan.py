@@ -16,13 +16,15 @@ from cdpcore.errors import FormatError, SafetyError, UsageError
 from cdpcore.layout import Disk, Layout, Partition, _disk
 from cdpcore.manifest import VolumeRecord
 
+from .bootloader import ROOT_FILESYSTEMS
 from .discover import LocalDisk
 from .growfs import GROWABLE
 from .mapping import Match
 from .resize import ResizePolicy, fit, human
 
 PLAN_VERSION = 1
-ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify", "grow_fs"]
+ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify", "grow_fs",
+                     "bootloader"]
 VerifyMode = Literal["blocks", "read-back"]
 
 
@@ -230,10 +232,30 @@ def _grow_actions(layout: Layout, disks: list[DiskPlan]) -> tuple[list[Action], 
     return acts, notes
 
 
+def _bootloader_action(layout: Layout, disks: list[DiskPlan]) -> Action:
+    """Last step: GRUB again from inside the restored system, onto the boot disk (the one
+    whose boot area is restored, else the first)."""
+    files = [dp.target.path for dp in disks if dp.target.is_file]
+    if files:
+        raise UsageError("--reinstall-bootloader needs block-device targets (it mounts "
+                         "partitions and LVs by their device nodes): " + ", ".join(files)
+                         + " is an image file")
+    boot = next((dp for dp in disks if layout.disk(dp.source).boot_area_volume), disks[0])
+    candidates = [partition_device(dp.target.path, p.number) for dp in disks
+                  for p in dp.layout.partitions
+                  if p.volume and p.filesystem and p.filesystem.type in ROOT_FILESYSTEMS]
+    candidates += [f"/dev/{vg.name}/{lv.name}" for vg in layout.volume_groups for lv in vg.lvs
+                   if lv.volume and lv.filesystem and lv.filesystem.type in ROOT_FILESYSTEMS]
+    return Action(f"bootloader:{boot.source}", "bootloader", boot.target.path,
+                  f"reinstall GRUB ({layout.boot_mode}) on {boot.target.path} from the "
+                  "restored system, regenerate its GRUB config and initramfs",
+                  params={"boot_mode": layout.boot_mode, "candidates": candidates})
+
+
 def build_plan(host: str, point_id: str, created: float, layout: Layout,
                volumes: list[VolumeRecord], matches: list[Match], *,
                resize: ResizePolicy = "same", verify: VerifyMode = "blocks",
-               grow_fs: bool = True) -> Plan:
+               grow_fs: bool = True, reinstall_bootloader: bool = False) -> Plan:
     vols = {v.name: v for v in volumes}
     disks: list[DiskPlan] = []
     for match in matches:
@@ -261,6 +283,8 @@ def build_plan(host: str, point_id: str, created: float, layout: Layout,
     # After the read-back checks: growing rewrites the superblocks they compare.
     grown, notes = _grow_actions(layout, disks) if grow_fs else ([], [])
     actions.extend(grown)
+    if reinstall_bootloader:
+        actions.append(_bootloader_action(layout, disks))
     notes += [f"{dp.target.path}: partitions resized ({resize})" for dp in disks
               if [(p.start, p.length) for p in dp.layout.partitions]
               != [(p.start, p.length) for p in layout.disk(dp.source).partitions]]

@@ -62,13 +62,17 @@ def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
     views: dict[str, ReadView] = {}
     with contextlib.ExitStack() as stack:
         by_path: dict[str, tuple[str, Callable[[], None]]] = {}
-        for path in sorted({v.path for v in volumes}):
+        paths = sorted({v.path for v in volumes})
+        lvs = [p for p in paths if lvm.is_lv(p)]
+        for path in paths:
             mode = os.stat(path).st_mode
             if stat.S_ISREG(mode):
                 read_path = stack.enter_context(image.snapshot(path)) if reflink else path
                 by_path[path] = (read_path, _noop)
-            elif lvm.is_lv(path):
-                by_path[path] = stack.enter_context(lvm.snapshot(path))
+            elif path in lvs:
+                # The VG's free extents are shared among the snapshots still to be made.
+                by_path[path] = stack.enter_context(lvm.snapshot(path, share=len(lvs)))
+                lvs.remove(path)
             elif Path(path).name.startswith("loop"):
                 by_path[path] = (path, _noop)
             else:

@@ -27,7 +27,7 @@ def snapshot(path: str) -> Iterator[str]:
     src = Path(path)
     copy = src.parent / f"{PREFIX}{src.name}-{os.getpid()}"
     try:
-        runcmd.run(["cp", "--reflink=always", "--sparse=always", str(src), str(copy)])
+        runcmd.run(["cp", "--reflink=always", str(src), str(copy)])
     except CommandFailed:
         copy.unlink(missing_ok=True)
         log.debug("no reflink on %s: reading the file as it is", src.parent)

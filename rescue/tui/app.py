@@ -4,7 +4,7 @@ point, disk map, review, restore), a shell one key away (F2 or ctrl+z), and a ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,14 +24,12 @@ from .widgets.ascii import use_ascii_scrollbars
 class State:
     """What the operator chose so far; each screen reads and fills its part."""
 
-    url: str = ""
     login: Login | None = None
     passphrase: str = ""
     host: str = ""
     engine: Engine | None = None
     point: PointInfo | None = None
     plan: Plan | None = None
-    log: list[str] = field(default_factory=list)
 
 
 class RescueApp(App[None]):
@@ -50,7 +48,6 @@ class RescueApp(App[None]):
         # ansi_color keeps the terminal's own 16 colours instead of true-colour shades.
         super().__init__(ansi_color=self.basic or None)
         self.state = State()
-        self.shell_runs = 0
 
     def on_mount(self) -> None:
         if self.basic:
@@ -62,7 +59,6 @@ class RescueApp(App[None]):
 
     def action_shell(self) -> None:
         """Suspend the UI and give the terminal to a shell; the UI comes back after it."""
-        self.shell_runs += 1
         if self.is_headless:
             self.settings.shell()
             return

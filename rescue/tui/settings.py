@@ -4,6 +4,7 @@ effects (shell, reboot/power off) that tests replace with recorders."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +21,18 @@ PowerAction = str  # "reboot" or "poweroff"
 
 def run_shell() -> None:
     """The operator's shell on the terminal the app was suspended from."""
-    subprocess.call([os.environ.get("SHELL") or "/bin/sh"])
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    subprocess.call([shell if shutil.which(shell) else "/bin/sh"])
 
 
 def power(action: PowerAction) -> None:
-    runcmd.run(["systemctl", action] if Path("/run/systemd/system").is_dir()
-               else [action, "-f"])
+    """Reboot or power off. The rescue image's init is a shell script, not systemd: there
+    the restored disks are synced and busybox (always in the image) does it directly."""
+    if Path("/run/systemd/system").is_dir():
+        runcmd.run(["systemctl", action])
+        return
+    runcmd.run(["sync"])
+    runcmd.run([action, "-f"] if shutil.which(action) else ["busybox", action, "-f"])
 
 
 def is_basic_terminal(term: str, tty: str | None) -> bool:

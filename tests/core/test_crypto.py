@@ -94,7 +94,7 @@ def test_truncation_is_detected(codec: BlobCodec, cut: int) -> None:
 
 
 def test_swapped_blob_is_detected(codec: BlobCodec) -> None:
-    id_a, blob_a = codec.seal_block(b"A" * 5000)
+    _id_a, blob_a = codec.seal_block(b"A" * 5000)
     id_b, _ = codec.seal_block(b"B" * 5000)
     assert blob_a is not None
     with pytest.raises(IntegrityError, match="failed authentication"):

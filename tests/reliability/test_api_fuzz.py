@@ -27,10 +27,11 @@ def run_schemathesis(server: Any, token: str, tmp: Path, name: str, seed: int) -
     argv = [str(SCHEMATHESIS), "run", f"{server.url}/openapi.json",
             "--checks", "not_a_server_error", "-H", f"Authorization: Bearer {token}",
             "--tls-verify", str(server.ca_path), "--max-examples", str(20 * iterations(1)),
-            "--seed", str(seed), "--max-time", str(35 * iterations(1)), "--workers", "1",
+            "--seed", str(seed), "--max-time", str(15 * iterations(1)), "--workers", "1",
             "--request-timeout", "30", "--report", "ndjson", "--report-ndjson-path",
             str(ndjson), "--no-shrink", "--suppress-health-check", "all"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+    # cwd: schemathesis keeps a cache in ./.schemathesis, which belongs in the test's tmp
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=tmp,
                          env={**os.environ, "NO_COLOR": "1"})
     cases = statuses = 0
     server_errors = []

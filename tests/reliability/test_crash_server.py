@@ -155,13 +155,13 @@ def _torture(server: Any, rng: random.Random, rounds: int, with_jobs: bool) -> d
 
 def test_kill9_during_concurrent_uploads_loses_no_committed_point(
         cdp_server: Any, rng: random.Random) -> None:
-    figures = _torture(cdp_server, rng, iterations(6), with_jobs=False)
+    figures = _torture(cdp_server, rng, iterations(3), with_jobs=False)
     record("crash_server_uploads", **figures)
     assert figures["acked"] > 0
 
 
 def test_kill9_during_prune_and_gc_keeps_every_remaining_point_whole(
         cdp_server: Any, rng: random.Random) -> None:
-    figures = _torture(cdp_server, rng, iterations(5), with_jobs=True)
+    figures = _torture(cdp_server, rng, iterations(3), with_jobs=True)
     record("crash_server_prune_gc", **figures)
     assert figures["gc_runs"] > 0

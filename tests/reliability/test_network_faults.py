@@ -155,10 +155,10 @@ def test_client_retries_each_fault_kind_and_gets_exact_answers(
     per_kind: dict[str, int] = {}
     for kind in ("drop", "reset", "stall", "slow", "truncate"):
         proxy = FaultProxy(cdp_server.port, random.Random(rng.random()), rate=1.0,
-                           kinds=(kind,), max_faults=3 * iterations(1), stall=2.0)
+                           kinds=(kind,), max_faults=3 * iterations(1), stall=1.0)
         try:
             client = CdpClient(proxy.url, tokens[Role.agent], ca_path=str(cdp_server.ca_path),
-                               timeout=1.5, retries=4, backoff=0.05)
+                               timeout=0.8, retries=4, backoff=0.05)
             client.upload("kinds", ObjectKind.chunks, list(blobs.items()))
             got = client.fetch("kinds", ObjectKind.chunks, list(blobs))
             assert got == blobs

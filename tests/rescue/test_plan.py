@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import pytest
 
 from cdpcore.errors import NotFoundError, SafetyError, UsageError
-from cdpcore.layout import Disk, Layout, Partition
+from cdpcore.layout import Disk, Filesystem, Layout, Partition
 from cdpcore.manifest import VolumeRecord
 from cdpcore.points import select_point
+from rescue.bootloader import boot_mounts, parse_fstab
 from rescue.discover import LocalDisk
 from rescue.mapping import map_disks, parse_maps
 from rescue.plan import Plan, build_plan
@@ -134,3 +135,44 @@ def test_plan_actions_refusals_and_json_round_trip() -> None:
     with pytest.raises(SafetyError, match="holds the rescue medium"):
         build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
                    map_disks([disk], [], {"vda": medium}))
+
+
+def test_grow_fs_and_bootloader_actions() -> None:
+    disk = gpt_disk()
+    disk.partition(4).filesystem = Filesystem("ext4", "u4", "root")
+    disk.partition(3).filesystem = Filesystem("vfat", "u3")
+    layout = Layout(hostname="h", boot_mode="uefi", disks=[disk])
+    dev = local("/dev/sdb", 128 * MIB)
+    plan = build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                      map_disks([disk], [], {"vda": dev}), resize="proportional",
+                      verify="read-back", reinstall_bootloader=True)
+    grow = [a for a in plan.actions if a.type == "grow_fs"]
+    # p3 and p4 both grew; only ext4 can be grown here, vfat gets a note.
+    assert [(a.volume, a.params["fstype"]) for a in grow] == [("vda:p4", "ext4")]
+    assert any("partition 3: vfat filesystem not grown" in n for n in plan.notes)
+    types = [a.type for a in plan.actions]
+    # Growing rewrites superblocks: after every read-back; the boot loader goes last.
+    assert types.index("grow_fs") > max(i for i, t in enumerate(types) if t == "verify")
+    last = plan.actions[-1]
+    assert (last.type, last.target) == ("bootloader", "/dev/sdb")
+    assert last.params == {"boot_mode": "uefi", "candidates": ["/dev/sdb4"]}
+    same = build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                      map_disks([disk], [], {"vda": local("/dev/sdc", 64 * MIB)}))
+    assert not [a for a in same.actions if a.type in ("grow_fs", "bootloader")]
+    with pytest.raises(UsageError) as err:
+        build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                   map_disks([disk], [], {"vda": local("/tmp/x.img", 64 * MIB, is_file=True)}),
+                   reinstall_bootloader=True)
+    assert str(err.value) == ("--reinstall-bootloader needs block-device targets (it mounts "
+                              "partitions and LVs by their device nodes): /tmp/x.img is an "
+                              "image file")
+
+
+def test_fstab_boot_mounts() -> None:
+    text = ("# /etc/fstab\nUUID=aaaa / ext4 errors=remount-ro 0 1\n\n"
+            "UUID=bbbb /boot/efi vfat umask=0077 0 1\nLABEL=boot /boot/ ext4 defaults 0 2\n"
+            "/dev/mapper/vg-swap none swap sw 0 0\nshort line\n")
+    entries = parse_fstab(text)
+    assert [e.mountpoint for e in entries] == ["/", "/boot/efi", "/boot/", "none"]
+    assert [(e.spec, e.mountpoint) for e in boot_mounts(entries)] == [
+        ("LABEL=boot", "/boot/"), ("UUID=bbbb", "/boot/efi")]

@@ -139,9 +139,10 @@ def test_concurrent_uploads_of_the_same_objects(cdp_server, host) -> None:  # ty
     results = []
     errors: list[BaseException] = []
 
+    client = cdp_server.client(tokens[Role.agent])  # one client shared by every thread
+
     def send() -> None:
         try:
-            client = cdp_server.client(tokens[Role.agent])
             results.append(client.upload("web1", ObjectKind.chunks, items))  # type: ignore[arg-type]
         except BaseException as exc:
             errors.append(exc)

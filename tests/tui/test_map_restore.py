@@ -79,8 +79,10 @@ def test_unusable_targets_are_shown_but_not_selectable(env: Env, loop_of: Any) -
             await pilot.press("up", "up", "enter")
             assert screen.chosen["vda.img"].path == str(env.target)
             assert screen.reasons["vda.img"] == "chosen by you"
-            await pilot.press("r", "v")
-            assert "resize: grow-last (r)   verify: read-back (v)" in text(pilot, "#map-info")
+            await pilot.press("r", "v", "g", "i")
+            assert text(pilot, "#map-info").startswith(
+                "resize: grow-last (r)  verify: read-back (v)  grow filesystems: no (g)\n"
+                "reinstall bootloader: yes (i)   ctrl+n: review the plan")
             await pilot.press("u")
             assert "unmapped: vda.img" in text(pilot, "#map-info")
     asyncio.run(scenario())

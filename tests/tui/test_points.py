@@ -11,6 +11,7 @@ from typing import Any
 from textual.widgets import DataTable, Input, Tree
 
 from cdpcore.client import CdpClient
+from rescue.bootopts import BootOptions
 from rescue.tui.screens.dialogs import AskDialog, MessageDialog
 from rescue.tui.screens.points import PointsScreen, when
 
@@ -86,3 +87,33 @@ def test_timeline_jumps_filter_and_layout(env: Env) -> None:
             await pilot.press("l")  # the filter hid it: the jump clears the filter
             assert table.row_count == 3 and cursor_point(screen) == newest.point_id
     asyncio.run(scenario())
+
+
+def test_admin_token_lists_hosts_and_opens_the_chosen_one(env: Env, cdp_server: Any) -> None:
+    cdp_server.add_host("db1")  # a second host: the admin token sees both
+
+    async def scenario(passphrase: str) -> Any:
+        app = env.app(boot=BootOptions(server=env.url, token=env.admin_token, ca=env.ca))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+n")
+            app.screen.query_one("#passphrase").focus()
+            await type_text(pilot, passphrase)
+            await pilot.press("enter")
+            await settle(pilot)
+            screen = app.screen
+            assert isinstance(screen, PointsScreen)
+            hosts = screen.query_one("#hosts", DataTable)
+            assert app.focused is hosts
+            assert [str(hosts.get_row_at(i)[0]) for i in range(hosts.row_count)] == \
+                ["db1", "web1"]
+            await pilot.press("down", "enter")
+            await settle(pilot)
+            if isinstance(app.screen, MessageDialog):
+                return text(pilot, "#dialog-title")
+            assert app.state.host == "web1"
+            await pilot.press("slash")
+            await type_text(pilot, "lvb")  # letters go into the filter, not to the jumps
+            assert screen.query_one("#filter", Input).value == "lvb"
+            return screen.query_one("#points", DataTable).row_count
+    assert asyncio.run(scenario(PASS)) == 1
+    assert asyncio.run(scenario("wrong")) == "Wrong passphrase"

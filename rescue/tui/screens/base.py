@@ -28,5 +28,4 @@ class RescueScreen(Screen[None]):
 
     def show_error(self, exc: BaseException) -> None:
         title, text = explain(exc)
-        self.rescue.state.log.append(f"error: {title}: {text}")
         self.app.push_screen(MessageDialog(title, text))

@@ -136,7 +136,7 @@ class ConnectScreen(RescueScreen):
     def _connected(self, login: Login, host: str, passphrase: str,
                    engine: Engine | None) -> None:
         state = self.rescue.state
-        state.url, state.login, state.passphrase = self.value("url"), login, passphrase
+        state.login, state.passphrase = login, passphrase
         state.host, state.engine = host, engine
         self._status(f"connected: {len(login.hosts)} host(s)")
         from .points import PointsScreen

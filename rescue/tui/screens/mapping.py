@@ -24,7 +24,8 @@ from .base import RescueScreen
 
 class MapScreen(RescueScreen):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "review", "Review plan"), Binding("r", "resize", "Resize"),
-                Binding("v", "verify", "Verify mode"), Binding("u", "unmap", "Unmap")]
+                Binding("v", "verify", "Verify mode"), Binding("g", "grow", "Grow FS"),
+                Binding("i", "bootloader", "Bootloader"), Binding("u", "unmap", "Unmap")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +35,9 @@ class MapScreen(RescueScreen):
         self.reasons: dict[str, str] = {}
         self.resize: ResizePolicy = "same"
         self.verify: VerifyMode = "blocks"
+        self.grow_fs = True  # the engine's default: grow filesystems of enlarged partitions
+        self.reinstall_bootloader = False  # for new hardware
+        self.unplaced: list[str] = []  # why the engine placed no disk automatically
 
     def compose(self) -> ComposeResult:
         yield Static("4/6 Map source disks to target disks", classes="title")
@@ -66,7 +70,7 @@ class MapScreen(RescueScreen):
         found, why = targets.automatic(layout.disks, local)
         for name, match in found.items():
             self.chosen[name], self.reasons[name] = match.target, match.reason
-        self.rescue.state.log.extend(f"automatic mapping: {w}" for w in why)
+        self.unplaced = why
         self._refresh_sources()
         self.query_one("#sources", DataTable).focus()
 
@@ -83,8 +87,11 @@ class MapScreen(RescueScreen):
         table.move_cursor(row=row)
         missing = [d.name for d in self.point_layout.disks if d.name not in self.chosen]
         self.query_one("#map-info", Static).update(
-            f"resize: {self.resize} (r)   verify: {self.verify} (v)   "
-            + (f"unmapped: {', '.join(missing)}" if missing else "ctrl+n: review the plan"))
+            f"resize: {self.resize} (r)  verify: {self.verify} (v)  grow filesystems: "
+            f"{'yes' if self.grow_fs else 'no'} (g)\nreinstall bootloader: "
+            f"{'yes' if self.reinstall_bootloader else 'no'} (i)   "
+            + (f"unmapped: {', '.join(missing)}" if missing else "ctrl+n: review the plan")
+            + "".join(f"\nautomatic: {why}" for why in self.unplaced if missing))
 
     def _source(self) -> str | None:
         table = self.query_one("#sources", DataTable)
@@ -142,6 +149,14 @@ class MapScreen(RescueScreen):
         self.verify = "read-back" if self.verify == "blocks" else "blocks"
         self._refresh_sources()
 
+    def action_grow(self) -> None:
+        self.grow_fs = not self.grow_fs
+        self._refresh_sources()
+
+    def action_bootloader(self) -> None:
+        self.reinstall_bootloader = not self.reinstall_bootloader
+        self._refresh_sources()
+
     def action_review(self) -> None:
         if self.point_layout is None:
             return
@@ -158,7 +173,9 @@ class MapScreen(RescueScreen):
         assert state.engine is not None and state.point is not None
         try:
             plan = state.engine.plan(state.point.point_id, maps, resize=self.resize,
-                                     verify=self.verify, local=self.local)
+                                     verify=self.verify, grow_fs=self.grow_fs,
+                                     reinstall_bootloader=self.reinstall_bootloader,
+                                     local=self.local)
         except Exception as exc:  # shown as a dialog
             self.app.call_from_thread(self.show_error, exc)
             return

@@ -101,7 +101,6 @@ class NetworkScreen(RescueScreen):
         self.app.call_from_thread(self._applied, lines)
 
     def _applied(self, lines: list[str]) -> None:
-        self.rescue.state.log.extend(lines)
         self.query_one("#net-log", Static).update("\n".join(lines) or "nothing to do")
 
     def action_next(self) -> None:

@@ -70,7 +70,7 @@ class PointsScreen(RescueScreen):
         table.add_columns("Time", "Size", "Changed", "Verify", "Pin")
         if self.rescue.state.engine is not None:
             hosts.move_cursor(row=hosts.get_row_index(self.rescue.state.host))
-            self._load_points()
+            self._fetch_points()
             table.focus()
         else:
             hosts.focus()
@@ -95,10 +95,7 @@ class PointsScreen(RescueScreen):
             self.app.call_from_thread(self.show_error, exc)
             return
         state.host, state.engine = host, engine
-        self.app.call_from_thread(self._load_points)
-
-    def _load_points(self) -> None:
-        self._fetch_points()
+        self.app.call_from_thread(self._fetch_points)
 
     @work(thread=True, exclusive=True, group="points")
     def _fetch_points(self) -> None:

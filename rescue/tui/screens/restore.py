@@ -5,10 +5,14 @@ of reboot, power off or shell."""
 
 from __future__ import annotations
 
+import time
+
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Footer, RichLog, Static
+
+from cdpcore.errors import CdpError
 
 from ...engine import Event, ExecuteOptions
 from ...plan import Plan
@@ -19,6 +23,7 @@ from .base import RescueScreen
 
 #: Action types whose bytes count for the overall progress.
 _COUNTED = ("stream", "verify")
+PROGRESS_INTERVAL = 0.1  # seconds
 
 
 class RestoreScreen(RescueScreen):
@@ -69,7 +74,6 @@ class RestoreScreen(RescueScreen):
             self.app.pop_screen()
 
     def log_line(self, text: str) -> None:
-        self.rescue.state.log.append(text)
         self.query_one("#log", RichLog).write(text)
 
     @work(thread=True, exclusive=True)
@@ -77,17 +81,28 @@ class RestoreScreen(RescueScreen):
         state, settings = self.rescue.state, self.rescue.settings
         assert state.engine is not None
         opts = ExecuteOptions(state_dir=settings.state_dir)
+        last = 0.0
+
+        def post(ev: Event) -> None:
+            # call_from_thread waits for the UI: progress is shown ten times a second at
+            # most, so the screen never slows the restore down.
+            nonlocal last
+            now = time.monotonic()
+            if ev.kind == "progress" and now - last < PROGRESS_INTERVAL and ev.done < ev.total:
+                return
+            last = now
+            self.app.call_from_thread(self.show_event, ev)
+
         try:
-            report = state.engine.execute(
-                plan, opts, lambda ev: self.app.call_from_thread(self.on_engine_event, ev))
+            report = state.engine.execute(plan, opts, post)
         except Exception as exc:  # every failure is shown with what can be done next
             self.app.call_from_thread(self._failed, exc)
             return
         self.app.call_from_thread(self._done, report)
 
-    def on_engine_event(self, ev: Event) -> None:
+    def show_event(self, ev: Event) -> None:
         action = ev.action
-        if ev.kind in ("start", "failed", "note") or (ev.kind == "skip"):
+        if ev.kind in ("start", "failed", "note", "skip"):
             self.log_line(f"{ev.kind}: {ev.message}")
         if action is None or action.type not in _COUNTED:
             if ev.kind == "done" and action is not None:
@@ -148,7 +163,10 @@ class RestoreScreen(RescueScreen):
             self.rescue.action_shell()
         elif ident in ("reboot", "poweroff"):
             self.log_line(f"{ident} ...")
-            self.rescue.settings.power(ident)
+            try:
+                self.rescue.settings.power(ident)
+            except CdpError as exc:  # e.g. no reboot tool: say so, the shell is still there
+                self.show_error(exc)
 
 
 def _bar_id(action_id: str) -> str:

@@ -34,7 +34,7 @@ def eta_text(seconds: float | None) -> str:
 
 
 def bar_text(label: str, done: int, total: int, rate: float, eta: float | None,
-             status: str = "", width: int = 14) -> str:
+             status: str = "", width: int = 10) -> str:
     """One line of at most 78 columns: label, bar, percent, bytes, rate, ETA (or status)."""
     frac = min(done / total, 1.0) if total else 1.0
     filled = int(width * frac)
