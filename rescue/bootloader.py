@@ -101,18 +101,21 @@ def reinstall(disk: str, boot_mode: str, candidates: list[str]) -> list[str]:
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cdp-chroot-")))
         stack.enter_context(_mounted(root_dev, str(root)))
+        grub = _first(root, "grub-install", "grub2-install")
+        if grub is None:
+            raise UsageError(f"the restored system on {root_dev} has no grub-install: "
+                             "reinstall its boot loader by hand")
         for entry in boot_mounts(parse_fstab((root / "etc/fstab").read_text())):
             stack.enter_context(_mounted(resolve(entry.spec), str(root / entry.mountpoint[1:])))
         for fs in ("/dev", "/proc", "/sys", "/run"):
+            # A root restored from a live system has these (empty) directories; an
+            # older capture without them gets them, as a fresh install would.
+            (root / fs[1:]).mkdir(exist_ok=True)
             stack.enter_context(_mounted(fs, str(root / fs[1:]), "--bind"))
         efivars = "/sys/firmware/efi/efivars"
         if os.path.isdir(efivars):
             stack.enter_context(_mounted(efivars, str(root / efivars[1:]), "--bind"))
         chroot = ["chroot", str(root)]
-        grub = _first(root, "grub-install", "grub2-install")
-        if grub is None:
-            raise UsageError(f"the restored system on {root_dev} has no grub-install: "
-                             "reinstall its boot loader by hand")
         if boot_mode == "uefi":
             argv = [*chroot, grub, "--target=x86_64-efi", "--efi-directory=/boot/efi",
                     "--recheck"]

@@ -12,7 +12,8 @@ Each accepted connection gets one fault, drawn from a seeded RNG:
 
 Bounded in count and time: at most `max_faults` faults in all, never more than
 `max_streak` faulty connections in a row (so a client with that many retries always
-gets through), every pause is bounded, and `close()` ends every thread.
+gets through), every pause is bounded, and `close()` ends every thread. `forced` kinds
+are injected first, one each, so a run with few connections still meets every kind.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class FaultProxy:
     max_faults: int = 200
     max_streak: int = 2
     stall: float = 3.0
+    forced: list[str] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -59,9 +61,14 @@ class FaultProxy:
 
     def _choose(self) -> str:
         with self._lock:
-            faulty = (self.faults < self.max_faults and self._streak < self.max_streak
-                      and self.rng.random() < self.rate)
-            kind = self.rng.choice(self.kinds) if faulty else "pass"
+            allowed = self.faults < self.max_faults and self._streak < self.max_streak
+            if allowed and self.forced:
+                kind = self.forced.pop(0)
+            elif allowed and self.rng.random() < self.rate:
+                kind = self.rng.choice(self.kinds)
+            else:
+                kind = "pass"
+            faulty = kind != "pass"
             self._streak = self._streak + 1 if faulty else 0
             self.counts[kind] += 1
             return kind

@@ -115,7 +115,7 @@ def _raw(server: Any, method: str, path: str, token: str, **kw: Any) -> requests
                             verify=str(server.ca_path), timeout=30, **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: cdp_server/catalog.py points_json passes an "
+@pytest.mark.xfail(strict=True, reason="defect: cdp_server/sqlite_catalog.py SqliteCatalog.points_json passes an "
                    "unbounded `limit` to SQLite: OverflowError, 500 "
                    "(owner: server; fix: bound them in routes.list_points, answer 422)")
 @pytest.mark.parametrize("query", ["limit=99999999999999999999",

@@ -171,11 +171,9 @@ def test_restore_killed_mid_stream_resumes_byte_exact(cdp_server: Any, tmp_path:
     assert kills > 0
 
 
-@pytest.mark.xfail(strict=True, reason="defect: hotcopy/snapshot/image.py snapshot() runs `cp "
-                   "--reflink=always --sparse=always`, which coreutils rejects ('--reflink can "
-                   "be used only with --sparse=auto'): image files are never snapshotted, even "
-                   "on XFS, and a busy image is read torn (owner: agent; fix: --sparse=auto)")
 def test_image_snapshot_uses_reflink_on_xfs(xfs: Path) -> None:
+    """Regression: `cp --reflink=always --sparse=always` is refused by coreutils, so image
+    files were never snapshotted (found here; fixed in hotcopy/snapshot/image.py)."""
     from hotcopy.snapshot import image as image_snapshot
 
     source = xfs / "disk.img"

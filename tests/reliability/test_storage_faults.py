@@ -177,7 +177,7 @@ def test_corrupted_catalog_page_is_found_by_verify(cdp_server: Any,
     assert out.returncode != 0 and "catalog" in (out.stdout + out.stderr).lower()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: cdp_server/catalog.py lets sqlite3.DatabaseError "
+@pytest.mark.xfail(strict=True, reason="defect: cdp_server/sqlite_catalog.py lets sqlite3.DatabaseError "
                    "('database disk image is malformed') escape: `cdp-server verify` dies with "
                    "a traceback instead of a CdpError naming the catalog (owner: server)")
 def test_corrupted_points_page_is_an_error_not_a_crash(cdp_server: Any,

@@ -136,3 +136,22 @@ def test_unknown_point_exact_message(setup: dict[str, Any], tmp_path: Path) -> N
     assert proc.returncode == 7
     assert proc.stderr.startswith("rescue: error: no recovery point of host 'web1' at or "
                                   "before 2001-01-01 10:00: the oldest is from ")
+
+
+def test_verify_finds_a_changed_byte_on_the_target(setup: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    target = tmp_path / "new.img"
+    target.write_bytes(bytes(32 * MIB))
+    args = ("--host", "web1", "--map", f"vda.img={target}")
+    assert rescue(setup, tmp_path, "restore", *args, "--yes").returncode == 0
+    proc = rescue(setup, tmp_path, "verify", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "verified 1 volumes: every block matches point" in proc.stdout
+    with open(target, "r+b") as f:  # one byte of block 1000 goes bad on the new disk
+        f.seek(1000 * BLOCK + 5)
+        f.write(b"\x01" if f.read(1) != b"\x01" else b"\x02")
+    proc = rescue(setup, tmp_path, "verify", *args)
+    assert proc.returncode == 4
+    assert proc.stderr.endswith(
+        f"rescue: error: read-back of volume vda.img:whole found 1 bad blocks at bytes "
+        f"{1000 * BLOCK}-{1001 * BLOCK - 1}\n")

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,12 @@ class Serial:
             raw = bytes(self.vm._buf[start:])
         return _ESCAPES.sub(b"", raw).decode(errors="replace")
 
-    def wait_for(self, needle: str, timeout: float = 300) -> None:
+    def wait_for(self, needle: str, timeout: float = 300,
+                 after: Callable[[str], bool] | None = None) -> None:
         """Wait for text on the screen (escape sequences removed: a repaint may put style
-        changes inside a line)."""
+        changes inside a line), or for `after` to accept all the text so far."""
         deadline = time.monotonic() + timeout
-        while needle not in self.text():
+        while not (after(self.text()) if after else needle in self.text()):
             if not self.vm.alive() or time.monotonic() > deadline:
                 raise AssertionError(f"{needle!r} did not appear on the serial console; it "
                                      f"ends with:\n{self.text()[-3000:]}")
@@ -78,5 +80,6 @@ def test_serial_console_connects_with_tofu_and_lists_points(env: Env, cdp_server
         serial.wait_for(when(env.points[0].created)[:16])
         serial.wait_for("disk vda.img 16.0 MiB gpt")
         serial.keys("\x1a")  # ctrl+z: a shell on the same console (the harness powers off there)
+        serial.wait_for("#", after=lambda shown: shown.rstrip().endswith("#"))
         serial.keys("echo SHELL-$((6 * 7))\n")
         serial.wait_for("SHELL-42")

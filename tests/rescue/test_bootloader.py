@@ -1,0 +1,66 @@
+"""The boot-loader post-step up to GRUB itself, on real loop devices: the restored root is
+found by its /etc/fstab, /boot is mounted as that fstab says, the chroot's bind mounts are
+made, and a system without grub-install is refused with a clear message, with everything
+unmounted again. (GRUB itself runs only in the restored system: see docs/RESCUE.md.)"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdpcore.errors import UsageError
+from rescue.bootloader import reinstall
+
+MIB = 1024 * 1024
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[list[str]]:
+    """Three ext4 loop devices: a data fs, a root (fstab naming /boot by label), /boot."""
+    devices: list[str] = []
+    for name, files in (("data", {}),
+                        ("root", {"etc/fstab": "LABEL=cdptestroot / ext4 defaults 0 1\n"
+                                               "LABEL=cdptestboot /boot ext4 defaults 0 2\n"}),
+                        ("boot", {"grub/grub.cfg": "# old\n"})):
+        tree = tmp_path / f"tree-{name}"
+        (tree / "boot").mkdir(parents=True)
+        for rel, text in files.items():
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_text(text)
+        img = tmp_path / f"{name}.img"
+        sh("mkfs.ext4", "-q", "-F", "-L", f"cdptest{name}", "-d", str(tree), str(img), "8M")
+        devices.append(sh("losetup", "-f", "--show", str(img)).strip())
+    try:
+        yield devices
+    finally:
+        for dev in devices:
+            sh("losetup", "-d", dev)
+
+
+def mounts() -> str:
+    return Path("/proc/mounts").read_text()
+
+
+def test_root_found_boot_mounted_and_missing_grub_refused(loops: list[str]) -> None:
+    data, root, _ = loops
+    with pytest.raises(UsageError) as err:
+        reinstall("/dev/null", "bios", [data, root])
+    assert str(err.value) == (f"the restored system on {root} has no grub-install: "
+                              "reinstall its boot loader by hand")
+    assert "cdp-chroot" not in mounts() and "cdp-root" not in mounts()
+
+
+def test_no_root_filesystem(loops: list[str]) -> None:
+    with pytest.raises(UsageError) as err:
+        reinstall("/dev/null", "uefi", [loops[0], loops[2]])
+    assert str(err.value) == ("no restored filesystem holds /etc/fstab: cannot find the root "
+                              f"filesystem to reinstall the boot loader from (checked "
+                              f"{loops[0]}, {loops[2]})")
+    assert "cdp-root" not in mounts()
