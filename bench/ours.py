@@ -26,6 +26,8 @@ from cdpcore.keys import new_master_key
 from .measure import DirSize, Sample, dir_size, process_cpu, process_peak_rss_kib, timed
 
 HOST = "benchhost"
+#: Largest sparse volume the empty-point step scans when the agent takes no change list.
+SCAN_CAP = 4 << 30
 
 
 def _free_port() -> int:
@@ -183,16 +185,17 @@ def empty_point(work: Path, size: int) -> dict[str, Any]:
     """Repository growth of a point with nothing changed on a `size`-byte sparse volume
     holding a little data. Uses change tracking with an empty change list when the agent
     has it; otherwise the agent must read the whole volume (about 0.45 GB/s for holes on
-    this machine), so the size is capped at 16 GiB and the note says so."""
+    this machine), so the size is capped at SCAN_CAP and the note says so."""
     from .agent_run import tracking_parameter
 
     tracking = tracking_parameter() is not None
     note = "agent given an empty change list" if tracking else "scan mode"
-    if not tracking and size > 16 << 30:
-        note = (f"scan mode on 16 GiB instead of {size / 2**40:.3g} TiB: without a change "
-                "list the agent reads every hole, which would take about 40 min per TiB here; "
-                "an unchanged point adds only its manifest and catalog row, whatever the size")
-        size = 16 << 30
+    if not tracking and size > SCAN_CAP:
+        note = (f"scan mode on {SCAN_CAP >> 30} GiB instead of {size / 2**40:.3g} TiB: without "
+                "a change list the agent reads every hole, which would take about 40 min per "
+                "TiB here; an unchanged point adds only its manifest and catalog row, whatever "
+                "the size")
+        size = SCAN_CAP
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     volume = work / "sparse.img"

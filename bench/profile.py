@@ -40,13 +40,14 @@ def top_frames(collapsed: Path, limit: int) -> list[tuple[str, float]]:
 
 
 def profiled(tool: CdpTool, out: Path, *args: str) -> None:
-    """Run one bench.agent_run step under py-spy while a second py-spy samples the server."""
+    """Run one bench.agent_run step under py-spy (its worker processes included) while a
+    second py-spy samples the server."""
     assert tool.server is not None and tool.server.proc is not None
     server = subprocess.Popen([PY_SPY, "record", "--pid", str(tool.server.proc.pid),
                                "--format", "raw", "--rate", "50", "-o", str(out) + ".server.txt"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        subprocess.run([PY_SPY, "record", "--format", "raw", "--rate", "50",
+        subprocess.run([PY_SPY, "record", "--format", "raw", "--rate", "50", "--subprocesses",
                         "-o", str(out) + ".agent.txt", "--", sys.executable, "-m",
                         "bench.agent_run", *args], cwd=repo_root(), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

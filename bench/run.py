@@ -125,6 +125,9 @@ def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector,
         out.add(tool.name, "server_rss_mib", server_rss / 1024)
     out.add(tool.name, "full_s", full.wall)
     out.add(tool.name, "full_cpu_s", full.cpu)
+    if full.extra_cpu:  # the part of the CPU time our server spent
+        out.add(tool.name, "full_server_cpu_s", full.extra_cpu)
+        out.add(tool.name, "incr_server_cpu_s", incr.extra_cpu)
     out.add(tool.name, "full_rss_mib", full.rss_kib / 1024)
     out.add(tool.name, "full_repo_mib", before.apparent / MiB)
     out.add(tool.name, "incr_s", incr.wall)

@@ -125,7 +125,9 @@ def main() -> None:
                          pinned=False, verify="unverified", volumes=vols, manifest="AAAA",
                          digest="x") for i in range(args.points)]
         with catalog.write() as db:  # one transaction: the API would commit them one by one
-            db.executemany("INSERT INTO points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+            db.executemany("INSERT INTO points(host, point_id, created, committed, parent, "
+                           "size, stats, pinned, verify, volumes, manifest, digest, head) "
+                           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
                 (r.host, r.point_id, r.created, r.committed, r.parent, r.size, r.stats,
                  0, r.verify, r.volumes, r.manifest, r.digest, r.head()) for r in rows])
         times = []

@@ -139,8 +139,11 @@ class Datastore:
             return UploadResult(stored=0, duplicates=0)
         present = self.catalog.locate(host, kind, list(items))
         new = [oid for oid in items if oid not in present or present[oid].damaged]
+        touched = [o for o in items if o in present]
         stored = 0
-        if new:
+        if not new:
+            self.catalog.touch(host, kind, touched, time.time())
+        else:
             pack, rows, parts, offset = new_pack_name(), [], [], 0
             for oid in new:
                 checksum, blob = items[oid]
@@ -150,11 +153,11 @@ class Datastore:
             self.catalog.begin_pack(pack, offset)
             try:
                 self.store.put(pack, b"".join(parts))
-                stored = self.catalog.add_objects(host, kind, pack, rows, time.time())
+                stored = self.catalog.add_objects(host, kind, pack, rows, time.time(),
+                                                  touched)
             except BaseException:
                 self._abandon(pack)
                 raise
-        self.catalog.touch(host, kind, [o for o in items if o in present], time.time())
         return UploadResult(stored=stored, duplicates=len(items) - stored)
 
     def _abandon(self, pack: str) -> None:

@@ -32,7 +32,7 @@ from cdpcore.errors import FormatError
 from cdpcore.keys import WrappedKey
 
 from . import commit as commits
-from . import jobs
+from . import compress, jobs
 from .auth import ADMIN, READ, WRITE, Principal, principal, require_admin, require_host
 from .catalog import PointRow
 from .datastore import Datastore
@@ -152,8 +152,16 @@ def list_points(request: Request, who: Who, host: str,
                 before: float | None = None, after: float | None = None) -> Response:
     ds = _ds(request)
     require_host(ds, who, host, READ)
-    return Response(ds.catalog.points_json(host, limit, before, after),
-                    media_type="application/json")
+    body = ds.catalog.points_json(host, limit, before, after)
+    vary = {"Vary": "Accept-Encoding"}
+    if len(body) < compress.MIN_BYTES or not compress.accepts_gzip(
+            request.headers.get("accept-encoding", "")):
+        return Response(body, media_type="application/json", headers=vary)
+    full = limit is None and before is None and after is None
+    cache: compress.GzipCache = request.app.state.gzip_cache
+    packed = cache.get(host, body) if full else compress.pack(body)
+    return Response(packed, media_type="application/json",
+                    headers={"Content-Encoding": "gzip", **vary})
 
 
 def _point_row(ds: Datastore, host: str, point_id: str) -> PointRow:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS points(
     pinned INTEGER NOT NULL DEFAULT 0, verify TEXT NOT NULL DEFAULT 'unverified',
     volumes TEXT NOT NULL, manifest TEXT NOT NULL, digest TEXT NOT NULL,
     head TEXT NOT NULL,
+    doc TEXT,  -- the whole PointInfo JSON, kept by the triggers below
     PRIMARY KEY(host, point_id));
 CREATE INDEX IF NOT EXISTS points_created ON points(host, created, point_id);
 CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN
@@ -59,9 +60,19 @@ CREATE TRIGGER IF NOT EXISTS points_del AFTER DELETE ON points BEGIN
 LIST_CACHE_HOSTS = 8
 
 # A point's JSON (PointInfo) is its immutable head, rendered once at commit, plus the two
-# fields that change: concatenating text lets SQLite list 100,000 points in milliseconds.
+# fields that change. The triggers keep the result in `doc`, so a listing only joins
+# ready strings (about half the time of concatenating per row while listing).
 _POINT_JSON = ("head || ',\"pinned\":' || CASE WHEN pinned THEN 'true' ELSE 'false' END "
                "|| ',\"verify\":\"' || verify || '\"}'")
+# Created after the migration below: an older catalog's points table has no `doc` yet.
+_DOC_TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS points_doc_ins AFTER INSERT ON points BEGIN
+    UPDATE points SET doc = {_POINT_JSON}
+    WHERE host = NEW.host AND point_id = NEW.point_id; END;
+CREATE TRIGGER IF NOT EXISTS points_doc_upd AFTER UPDATE OF pinned, verify ON points BEGIN
+    UPDATE points SET doc = {_POINT_JSON}
+    WHERE host = NEW.host AND point_id = NEW.point_id; END;
+"""
 
 
 class SqliteCatalog:
@@ -74,6 +85,16 @@ class SqliteCatalog:
         with self._write_lock:
             # executescript commits on its own: no surrounding transaction.
             self._db().executescript(_SCHEMA)
+        self._add_doc_column()
+        with self._write_lock:
+            self._db().executescript(_DOC_TRIGGERS)
+
+    def _add_doc_column(self) -> None:
+        """Catalogs made before `doc` existed get it, filled, in one transaction."""
+        with self.write() as db:
+            if "doc" not in {r[1] for r in db.execute("PRAGMA table_info(points)")}:
+                db.execute("ALTER TABLE points ADD COLUMN doc TEXT")
+                db.execute(f"UPDATE points SET doc = {_POINT_JSON}")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -87,18 +108,30 @@ class SqliteCatalog:
         return db
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of it is visible, or none of it."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it is visible, or none of it.
+
+        durable=False commits without an fsync (synchronous=NORMAL for this transaction):
+        visible to every connection at once and kept through a crash of this process (the
+        kernel holds the WAL pages), but a power loss or kernel crash may lose it until
+        the next durable commit, whose WAL fsync also covers it (the WAL is appended in
+        order). Only for rows whose loss is harmless."""
         db = self._db()
         with self._write_lock:
             try:
-                db.execute("BEGIN IMMEDIATE")
+                if not durable:
+                    db.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield db
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                    db.execute("COMMIT")
+                finally:
+                    if not durable:
+                        db.execute("PRAGMA synchronous=FULL")
             except sqlite3.OperationalError as exc:
                 if "full" in str(exc):
                     raise StorageFull(f"the catalog's disk is full: {exc}") from None
@@ -193,15 +226,25 @@ class SqliteCatalog:
                            [(now, host, kind.value, i) for i in ids])
 
     def begin_pack(self, name: str, size: int) -> None:
-        with self.write() as db:
+        # Not fsynced (one fsync less per upload): the row tells GC and recovery that the
+        # file belongs to an upload in progress, and that holds as soon as it commits. If
+        # a power loss takes the row, the pack file it announced is unknown to the catalog
+        # and recovery deletes it at the next start, as it does any orphan; the durable
+        # add_objects commit persists the row together with its own.
+        with self.write(durable=False) as db:
             db.execute("INSERT INTO packs VALUES (?, 'pending', ?, ?)", (name, time.time(), size))
 
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
-                    rows: list[tuple[bytes, int, int, bytes]], now: float) -> int:
+                    rows: list[tuple[bytes, int, int, bytes]], now: float,
+                    touched: Sequence[bytes] = ()) -> int:
         """Make a written pack's objects visible: rows are (id, offset, length, sha256).
         An object already present and intact is not replaced (a concurrent upload won);
-        a damaged one is (healing). Returns how many became visible."""
+        a damaged one is (healing). `touched` objects (already present) get "last seen"
+        refreshed in the same transaction: one commit, one fsync. Returns how many
+        became visible."""
         with self.write() as db:
+            db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
+                           [(now, host, kind.value, i) for i in touched])
             cur = db.executemany(
                 "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
@@ -244,7 +287,9 @@ class SqliteCatalog:
         """The point becomes visible, with the pages its commit checked marked complete,
         in one transaction."""
         with self.write() as db:
-            db.execute("INSERT INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO points(host, point_id, created, committed, parent, size, "
+                       "stats, pinned, verify, volumes, manifest, digest, head) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (row.host, row.point_id, row.created, row.committed, row.parent,
                         row.size, row.stats, int(row.pinned), row.verify, row.volumes,
                         row.manifest, row.digest, row.head()))
@@ -266,11 +311,11 @@ class SqliteCatalog:
             args.append(after)  # type: ignore[arg-type]
         cond = " AND ".join(where)
         if limit is None:
-            sql = (f"SELECT group_concat({_POINT_JSON}, ',') FROM "
-                   f"(SELECT * FROM points WHERE {cond} ORDER BY created, point_id)")
+            sql = (f"SELECT group_concat(doc, ',') FROM "
+                   f"(SELECT doc FROM points WHERE {cond} ORDER BY created, point_id)")
         else:  # the newest `limit` points, still listed oldest first
-            sql = (f"SELECT group_concat({_POINT_JSON}, ',') FROM (SELECT * FROM "
-                   f"(SELECT * FROM points WHERE {cond} ORDER BY created DESC, point_id DESC "
+            sql = (f"SELECT group_concat(doc, ',') FROM (SELECT doc, created, point_id FROM "
+                   f"(SELECT doc, created, point_id FROM points WHERE {cond} ORDER BY created DESC, point_id DESC "
                    "LIMIT ?) ORDER BY created, point_id)")
             args.append(limit)  # type: ignore[arg-type]
         (text,) = self.read().execute(sql, args).fetchone()
@@ -291,7 +336,7 @@ class SqliteCatalog:
             (gen,) = db.execute("SELECT points_gen FROM hosts WHERE name = ?",
                                 (host,)).fetchone() or (-1,)
             (text,) = db.execute(
-                f"SELECT group_concat({_POINT_JSON}, ',') FROM (SELECT head, pinned, verify "
+                "SELECT group_concat(doc, ',') FROM (SELECT doc "
                 "FROM points WHERE host = ? ORDER BY created, point_id)", (host,)).fetchone()
         finally:
             db.execute("COMMIT")

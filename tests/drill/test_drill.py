@@ -168,6 +168,21 @@ def _pxe_dir(target: Path) -> Path:
     return tftp
 
 
+_GRUB_PROMPT = re.compile(rb"grub> ")
+
+
+def _grub(vm: VM, at: int, command: str) -> int:
+    """Type a command at GRUB's prompt (which appeared at console offset `at`); returns
+    the offset of the next prompt. OVMF's GRUB drops keys typed right after its prompt
+    appears, so it gets a moment first."""
+    time.sleep(2)
+    vm._send(command + "\r")
+    nxt = vm.wait_for(_GRUB_PROMPT, at, timeout=600)
+    said = vm.console.encode()[at:nxt.start()]
+    assert b"error:" not in said, f"GRUB: {command!r}: {said.decode(errors='replace')}"
+    return nxt.end()
+
+
 @contextmanager
 def _rescue(cfg: VMConfig) -> Iterator[VM]:
     """Boot the rescue image in test mode (root shell on the serial console). From the ISO,
@@ -179,10 +194,10 @@ def _rescue(cfg: VMConfig) -> Iterator[VM]:
         if isinstance(cfg.boot, IsoBoot):
             vm.wait_for(re.compile(rb"GNU GRUB"), timeout=600)
             vm._send("c")  # the harness has no public key-typing call
-            prompt = vm.wait_for(re.compile(rb"grub> "), timeout=120)
-            vm._send(f"linux /boot/vmlinuz {TEST_APPEND} ip=dhcp\r")
-            vm.wait_for(re.compile(rb"grub> "), prompt.end(), timeout=300)
-            vm._send("initrd /boot/initrd.img\rboot\r")
+            at = vm.wait_for(_GRUB_PROMPT, timeout=120).end()
+            at = _grub(vm, at, f"linux /boot/vmlinuz {TEST_APPEND} ip=dhcp")
+            _grub(vm, at, "initrd /boot/initrd.img")
+            vm._send("boot\r")
         vm.wait_ready(timeout=900)
         yield vm
     except BaseException:

@@ -136,8 +136,9 @@ def test_recovery_key_typo_is_caught(pos: int, char: str) -> None:
         got = parse_recovery_key(typo)
     except FormatError:
         return
-    # Accepted only when the typo changed nothing: never a different key.
-    assert got == master and typo.replace("-", "") == text.replace("-", "")
+    # Never a different key. (The last character carries one unused padding bit, so a
+    # typo there may be accepted: it still decodes to the same key.)
+    assert got == master
 
 
 @FUZZ
