@@ -2,7 +2,8 @@
 changed blocks, upload the index pages, commit. The library entry point the CLI, the demo
 and the benchmarks share:
 
-    backup(remote, host, codec, sources, state_dir, *, tracking="scan", ...) -> PointInfo
+    backup(remote, host, codec, sources, state_dir, *, tracking="scan", changed=None,
+           ...) -> PointInfo
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from cdpcore.manifest import Manifest, VolumeRecord, check_name, new_point_id
 
 from . import era, snapshot
 from .capture import VolumeSpec, capture
+from .changes import Run, block_runs, check_ranges, merge_runs, source_key
 from .remote import Remote
 from .scan import Progress, ScanResult, scan_volume
 from .state import HostState, IdFile, StateDir, VolumeState
@@ -85,15 +87,22 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
            state_dir: str | os.PathLike[str], *, tracking: Tracking = "scan",
            block_size: int = fmt.DEFAULT_BLOCK_SIZE, workers: int = 0,
            progress: Progress | None = None, on_total: Callable[[int], None] | None = None,
-           options: BackupOptions | None = None) -> PointInfo:
+           options: BackupOptions | None = None,
+           changed: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> PointInfo:
     """Take one recovery point of `sources` (block devices or image files). `workers`:
     hashing/sealing threads (0: one per CPU). `on_total` is told the total bytes to read
-    (for a progress bar); `progress` each byte count read."""
+    (for a progress bar); `progress` each byte count read.
+
+    `changed`: source path -> (offset, length) byte ranges written since the last point
+    (a caller that knows its writes). When the local state is trusted, only the blocks
+    touching them are read for that source's volumes (as with dm-era); otherwise, and for
+    sources it does not name, every block is read."""
     opts = options or BackupOptions()
     check_name("host", host)
     Geometry(size=0, block_size=block_size)  # validates the block size
     if not sources:
         raise UsageError("nothing to back up: name at least one device or image file")
+    listed = check_ranges(changed, sources) if changed is not None else {}
     started = time.monotonic()
     store = StateDir(state_dir, host)
     state = store.load()
@@ -130,13 +139,16 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                 ids = store.open_ids(spec.name, geometry.blocks)
                 trusted = (doubt is None and old is not None and not ids.fresh
                            and old.size == spec.size and old.block_size == block_size)
-                only = None
-                if spec.name in eras:
-                    only = _era_blocks(spec, eras[spec.name], previous, block_size) \
-                        if trusted else None
-                    trusted = only is not None
-                    if only is not None:
-                        only = sorted(set(only) | set(ids.find(damaged)))
+                written: list[tuple[int, int]] | None = None
+                if source_key(spec.path) in listed:
+                    written = listed[source_key(spec.path)] if trusted else None
+                elif spec.name in eras:
+                    written = _era_ranges(spec, eras[spec.name], previous) if trusted else None
+                    trusted = written is not None
+                only: list[Run] | None = None
+                if written is not None:
+                    only = merge_runs(block_runs(written, spec.offset, spec.size, block_size)
+                                      + [(b, 1) for b in ids.find(damaged)])
                 vol = _Volume(spec, geometry, ids, trusted,
                               bytes.fromhex(old.root) if trusted and old else fmt.ZERO_ID)
                 volumes.append(vol)
@@ -157,7 +169,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
             generation = _generation(remote, host, codec, previous, latest, full)
             manifest = Manifest(
                 host=host, point_id=point_id, created=created, volumes=records, layout=layout,
-                tracking={"mode": tracking, "generation": generation, "full_scan": full},
+                tracking={"mode": "list" if changed is not None else tracking, "generation": generation, "full_scan": full},
                 parent=latest.point_id if latest else None)
             scans = [v.scan for v in volumes if v.scan]
             request = CommitRequest(
@@ -208,17 +220,17 @@ def _era_state(eras: dict[str, tuple[era.EraDevice, int]]) -> dict[str, dict[str
             for name, (dev, cp) in eras.items()}
 
 
-def _era_blocks(spec: VolumeSpec, entry: tuple[era.EraDevice, int], previous: HostState,
-                block_size: int) -> list[int] | None:
-    """Blocks written since the last point, or None when the era chain is in doubt."""
+def _era_ranges(spec: VolumeSpec, entry: tuple[era.EraDevice, int], previous: HostState,
+                ) -> list[tuple[int, int]] | None:
+    """Byte ranges of the device written since the last point, or None when the era chain
+    is in doubt."""
     dev, era_now = entry
     rec = previous.era.get(spec.name)
     if not rec or rec.get("device") != dev.name or rec.get("end") != era_now:
         log.info("full scan of %s: era tracking of %s was reset or is new", spec.name, dev.name)
         return None
     ranges = era.written_since(dev, int(rec["since"]))
-    return era.to_volume_blocks(ranges, dev.block_sectors * era.SECTOR, spec.offset, spec.size,
-                                block_size)
+    return era.to_byte_ranges(ranges, dev.block_sectors * era.SECTOR)
 
 
 def _generation(remote: Remote, host: str, codec: BlobCodec, state: HostState,

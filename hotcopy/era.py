@@ -112,15 +112,9 @@ def parse_blocks(xml: str) -> list[tuple[int, int]]:
     return out
 
 
-def to_volume_blocks(ranges: list[tuple[int, int]], era_block_bytes: int, offset: int,
-                     size: int, block_size: int) -> list[int]:
-    """Volume block indexes touched by era-block ranges of the device, for a volume at
-    `offset` of `size` bytes on it. Sorted, without duplicates."""
-    blocks: set[int] = set()
-    for begin, end in ranges:
-        lo = max(begin * era_block_bytes - offset, 0)
-        hi = min(end * era_block_bytes - offset, size)
-        if hi > lo:
-            blocks.update(range(lo // block_size, -(-hi // block_size)))
-    return sorted(blocks)
-
+def to_byte_ranges(ranges: list[tuple[int, int]], era_block_bytes: int,
+                   ) -> list[tuple[int, int]]:
+    """Era-block ranges [begin, end) as (offset, length) byte ranges of the device: the
+    change list form `changes.block_runs` maps onto each volume."""
+    return [(begin * era_block_bytes, (end - begin) * era_block_bytes)
+            for begin, end in ranges if end > begin]

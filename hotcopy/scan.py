@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -16,6 +16,7 @@ from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.index import Geometry
 
+from .changes import Run
 from .errors import SourceError
 from .snapshot import ReadView
 from .state import IdFile
@@ -64,35 +65,23 @@ def _read(fd: int, view: ReadView, offset: int, length: int) -> bytes:
     return data
 
 
-def _runs(blocks: Iterable[int], per_segment: int) -> Iterable[tuple[int, int]]:
-    """Group sorted block indexes into (first, count) runs of at most `per_segment`."""
-    first = count = -1
-    for b in blocks:
-        if count > 0 and b == first + count and count < per_segment:
-            count += 1
-            continue
-        if count > 0:
-            yield first, count
-        first, count = b, 1
-    if count > 0:
-        yield first, count
+def _segments(runs: Iterable[Run], per_segment: int) -> Iterator[Run]:
+    """Block runs cut into (first, count) pieces of at most `per_segment` blocks."""
+    for first, count in runs:
+        for start in range(first, first + count, per_segment):
+            yield start, min(per_segment, first + count - start)
 
 
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: bool,
                 codec: BlobCodec, pool: Executor, uploader: ChunkUploader,
-                damaged: set[bytes], only: Iterable[int] | None = None,
+                damaged: set[bytes], only: Iterable[Run] | None = None,
                 window: int = 8, progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
-    candidate and the server's missing answer decides). `only`: sorted block indexes to
-    read (change tracking); None reads every block."""
+    candidate and the server's missing answer decides). `only`: sorted, disjoint block
+    runs to read (`changes.block_runs`: a change list or dm-era); None reads every block."""
     bs = geometry.block_size
     per_segment = max(1, SEGMENT_BYTES // bs)
-    if only is None:
-        runs: Iterable[tuple[int, int]] = (
-            (first, min(per_segment, geometry.blocks - first))
-            for first in range(0, geometry.blocks, per_segment))
-    else:
-        runs = _runs(only, per_segment)
+    runs = _segments([(0, geometry.blocks)] if only is None else only, per_segment)
     result = ScanResult(changes={})
     inflight: deque[tuple[int, bytes, Future[list[bytes]]]] = deque()
 

@@ -35,9 +35,16 @@ class Answers:
 
     def maps(self, given: tuple[str, ...]) -> list[str]:
         raw = self.get("map", list(given))
-        if isinstance(raw, dict):
+        if raw is None:
+            return []
+        if isinstance(raw, str):  # one mapping, "vda=/dev/sdb"
+            return [raw]
+        if isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
             return [f"{k}={v}" for k, v in raw.items()]
-        return [str(m) for m in raw or []]
+        if isinstance(raw, list | tuple) and all(isinstance(m, str) for m in raw):
+            return list(raw)
+        raise UsageError(f"answers: 'map' must be a list of SRC=TARGET strings or a mapping "
+                         f"of source disk to target, not {raw!r}")
 
 
 def load_answers(path: str | None) -> Answers:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hotcopy.era import parse_blocks, to_volume_blocks
+from hotcopy.changes import block_runs
+from hotcopy.era import parse_blocks, to_byte_ranges
 from hotcopy.errors import SnapshotError
 
 XML = """<blocks>
@@ -25,12 +26,12 @@ def test_unreadable_output_is_a_snapshot_error() -> None:
         parse_blocks("<blocks><range begin=")
 
 
-def test_era_blocks_map_to_volume_blocks_through_the_volume_offset() -> None:
+def test_era_blocks_map_to_volume_block_runs_through_the_volume_offset() -> None:
     era_block = 64 * 1024  # 128 sectors
     # Volume at 1 MiB (era block 16) of 2 MiB, in 16 KiB blocks: era block 16 is volume
     # blocks 0-3; era blocks 100-101 lie beyond the volume's end (era block 48).
-    ranges = [(0, 3), (16, 17), (20, 22), (100, 102)]
-    assert to_volume_blocks(ranges, era_block, 1 << 20, 2 << 20, 16 * 1024) == [
-        0, 1, 2, 3, 16, 17, 18, 19, 20, 21, 22, 23]
+    ranges = to_byte_ranges([(0, 3), (16, 17), (20, 22), (100, 102)], era_block)
+    assert block_runs(ranges, 1 << 20, 2 << 20, 16 * 1024) == [(0, 4), (16, 8)]
     # A volume ending mid-block keeps its short last block.
-    assert to_volume_blocks([(0, 1)], era_block, 0, 20 * 1024, 16 * 1024) == [0, 1]
+    assert block_runs(to_byte_ranges([(0, 1)], era_block), 0, 20 * 1024, 16 * 1024) == [
+        (0, 2)]

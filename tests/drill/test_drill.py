@@ -169,17 +169,20 @@ def _pxe_dir(target: Path) -> Path:
 
 
 _GRUB_PROMPT = re.compile(rb"grub> ")
+_GRUB_SAID = re.compile(rb"(.*?)grub> ", re.S)
 
 
 def _grub(vm: VM, at: int, command: str) -> int:
     """Type a command at GRUB's prompt (which appeared at console offset `at`); returns
-    the offset of the next prompt. OVMF's GRUB drops keys typed right after its prompt
-    appears, so it gets a moment first."""
-    time.sleep(2)
-    vm._send(command + "\r")
-    nxt = vm.wait_for(_GRUB_PROMPT, at, timeout=600)
-    said = vm.console.encode()[at:nxt.start()]
-    assert b"error:" not in said, f"GRUB: {command!r}: {said.decode(errors='replace')}"
+    the offset of the next prompt. GRUB on OVMF drops keys that arrive faster than it
+    polls the serial port, so they are typed one at a time, as a person would."""
+    time.sleep(1)
+    for key in command + "\r":
+        vm._send(key)
+        time.sleep(0.1)
+    nxt = vm.wait_for(_GRUB_SAID, at, timeout=600)
+    said = nxt.group(1).decode(errors="replace")
+    assert "error:" not in said, f"GRUB: {command!r}: {said}"
     return nxt.end()
 
 

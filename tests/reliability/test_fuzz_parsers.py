@@ -188,9 +188,6 @@ def test_answers_file_parser(doc: Any) -> None:
             answers.load_answers(f.name)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: rescue/answers.py Answers.maps() does not "
-                   "check the type of `map`: true raises TypeError, a string is split into "
-                   "characters (owner: rescue)")
 @pytest.mark.parametrize("value", [True, 5, "vda=/dev/sdb"])
 def test_answers_map_of_the_wrong_type_is_a_usage_error(tmp_path: Any, value: Any) -> None:
     path = tmp_path / "answers.json"
