@@ -59,6 +59,34 @@ def _blocks(mib: int, codec: BlobCodec) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _raw_get(url: str, token: str, ca: str) -> tuple[requests.Response, float]:
+    """The listing through requests as every client sends it (Accept-Encoding: gzip)."""
+    start = time.perf_counter()
+    resp = requests.get(url + API_PREFIX + "/hosts/bench/points",
+                        headers={"Authorization": f"Bearer {token}"}, verify=ca, timeout=60)
+    resp.raise_for_status()
+    return resp, time.perf_counter() - start
+
+
+def _server_ms(work: Path) -> list[float]:
+    """Durations of the listing requests as the server logged them, in order."""
+    return [json.loads(line)["ms"] for line in (work / "server.log").read_text().splitlines()
+            if '"path": "/api/v1/hosts/bench/points"' in line]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all threads: less disturbed by other load
+    on the machine than wall-clock time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wire(resp: requests.Response) -> str:
+    sent = resp.headers.get("Content-Length")
+    encoding = resp.headers.get("Content-Encoding", "identity")
+    return f"{int(sent) / 2**20:.1f} MiB {encoding}" if sent else encoding
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=256, help="volume of plaintext to ingest")
@@ -100,11 +128,12 @@ def main() -> None:
         t_missing = time.perf_counter() - start
         assert sum(len(m) for m in missing) == len(items)
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds(proc.pid)
         with ThreadPoolExecutor(args.workers) as pool:
             results = list(pool.map(lambda b: agent.upload("bench", ObjectKind.chunks, b),
                                     batches))
         t_upload = time.perf_counter() - start
+        cpu = _cpu_seconds(proc.pid) - cpu
         assert sum(r.stored for r in results) == len(items)
         print(f"missing: {len(items)} IDs in {t_missing:.2f} s "
               f"({len(items) / t_missing:,.0f} IDs/s)")
@@ -112,7 +141,8 @@ def main() -> None:
               f"({args.mib} MiB plaintext) in {t_upload:.2f} s: "
               f"{blob_bytes / 2**20 / t_upload:.1f} MiB/s blobs, "
               f"{args.mib / t_upload:.1f} MiB/s plaintext, {len(items) / t_upload:,.0f} "
-              f"chunks/s ({args.workers} client threads, {args.batch} chunks/request)")
+              f"chunks/s ({args.workers} client threads, {args.batch} chunks/request); "
+              f"server CPU {cpu:.2f} s ({cpu / (blob_bytes / 2**30):.1f} s per GiB of blobs)")
 
         print(f"inserting {args.points:,} points into the catalog ...", flush=True)
         catalog = SqliteCatalog(work / "ds" / "catalog.sqlite")
@@ -136,20 +166,27 @@ def main() -> None:
             listed = agent.points("bench")
             times.append(time.perf_counter() - start)
         assert len(listed) == args.points
-        start = time.perf_counter()
-        resp = requests.get(url + API_PREFIX + "/hosts/bench/points",
-                            headers={"Authorization": f"Bearer {token}"},
-                            verify=cert["cert"], timeout=60)
-        raw = time.perf_counter() - start
-        server_ms = [json.loads(line)["ms"] for line in
-                     (work / "server.log").read_text().splitlines()
-                     if '"path": "/api/v1/hosts/bench/points"' in line]
+        resp, raw = _raw_get(url, token, cert["cert"])
+        server_ms = _server_ms(work)
         print(f"list {args.points:,} points: server {server_ms[0]:.1f} ms first (rendered "
               f"by SQLite), {min(server_ms[1:]):.1f} ms best of {len(server_ms) - 1} after "
               f"(cached until the host's points change), both including sending "
-              f"{len(resp.content) / 2**20:.1f} MiB of JSON; raw HTTPS GET measured by the "
-              f"client {raw * 1000:.1f} ms; client with PointInfo parsing "
+              f"{len(resp.content) / 2**20:.1f} MiB of JSON as {_wire(resp)}; raw HTTPS GET "
+              f"measured by the client {raw * 1000:.1f} ms; client with PointInfo parsing "
               f"{min(times) * 1000:.0f} ms")
+        # A change through the API (as a commit would be): the server renders the listing
+        # again in the background, so a GET a moment later finds it ready.
+        admin.pin("bench", rows[-1].point_id)
+        time.sleep(1)
+        resp, raw = _raw_get(url, token, cert["cert"])
+        assert resp.json()[-1]["pinned"] is True
+        later = _server_ms(work)[-1]
+        admin.unpin("bench", rows[-1].point_id)
+        resp, raw_now = _raw_get(url, token, cert["cert"])
+        assert resp.json()[-1]["pinned"] is False
+        print(f"list after a pin: server {later:.1f} ms (GET 1 s after the pin), "
+              f"{_server_ms(work)[-1]:.1f} ms (GET right after an unpin: waits for the "
+              f"refresh under way); client {raw * 1000:.1f} ms and {raw_now * 1000:.1f} ms")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -11,9 +11,9 @@ import cdpcore
 from cdpcore.api import API_PREFIX
 from cdpcore.errors import CdpError, ServerError
 
-from .compress import GzipCache
 from .datastore import Datastore
 from .errors import Conflict
+from .listing import Listings
 from .metrics import Metrics
 from .middleware import BodyLimit, Observe
 from .routes import router
@@ -26,7 +26,7 @@ def create_app(ds: Datastore, *, grace: float = 24 * 3600) -> FastAPI:
                   openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     app.state.ds = ds
     app.state.grace = grace
-    app.state.gzip_cache = GzipCache(LIST_CACHE_HOSTS)
+    app.state.listings = Listings(ds.catalog, LIST_CACHE_HOSTS)
     app.state.metrics = metrics = Metrics()
     app.include_router(router, prefix=API_PREFIX)
 

@@ -37,6 +37,7 @@ from .auth import ADMIN, READ, WRITE, Principal, principal, require_admin, requi
 from .catalog import PointRow
 from .datastore import Datastore
 from .errors import BadRequest
+from .listing import Listings
 from .metrics import Metrics
 
 router = APIRouter()
@@ -46,6 +47,11 @@ Who = Annotated[Principal, Depends(principal)]
 def _ds(request: Request) -> Datastore:
     ds: Datastore = request.app.state.ds
     return ds
+
+
+def _listings(request: Request) -> Listings:
+    listings: Listings = request.app.state.listings
+    return listings
 
 
 def _metrics(request: Request) -> Metrics:
@@ -143,6 +149,7 @@ def commit(request: Request, who: Who, host: str, req: CommitRequest) -> JSONRes
     info, created = commits.commit(ds, host, req)
     if created:
         _metrics(request).points.inc()
+        _listings(request).changed(host)
     return JSONResponse(info.model_dump(mode="json"), status_code=201 if created else 200)
 
 
@@ -152,16 +159,18 @@ def list_points(request: Request, who: Who, host: str,
                 before: float | None = None, after: float | None = None) -> Response:
     ds = _ds(request)
     require_host(ds, who, host, READ)
-    body = ds.catalog.points_json(host, limit, before, after)
-    vary = {"Vary": "Accept-Encoding"}
-    if len(body) < compress.MIN_BYTES or not compress.accepts_gzip(
-            request.headers.get("accept-encoding", "")):
-        return Response(body, media_type="application/json", headers=vary)
-    full = limit is None and before is None and after is None
-    cache: compress.GzipCache = request.app.state.gzip_cache
-    packed = cache.get(host, body) if full else compress.pack(body)
-    return Response(packed, media_type="application/json",
-                    headers={"Content-Encoding": "gzip", **vary})
+    gzip = compress.accepts_gzip(request.headers.get("accept-encoding", ""))
+    if limit is None and before is None and after is None:
+        body, packed = _listings(request).full(host, gzip=gzip)
+    else:
+        body = ds.catalog.points_json(host, limit, before, after)
+        packed = gzip and len(body) >= compress.MIN_BYTES
+        if packed:
+            body = compress.pack(body)
+    headers = {"Vary": "Accept-Encoding"}
+    if packed:
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _point_row(ds: Datastore, host: str, point_id: str) -> PointRow:
@@ -205,6 +214,7 @@ def _pin(request: Request, who: Principal, host: str, point_id: str, pinned: boo
     require_host(ds, who, host, ADMIN)
     _point_row(ds, host, point_id)
     ds.catalog.set_pinned(host, point_id, pinned)
+    _listings(request).changed(host)
     return {"pinned": pinned}
 
 
@@ -224,6 +234,7 @@ def delete_point(request: Request, who: Who, host: str, point_id: str) -> dict[s
     require_host(ds, who, host, ADMIN)
     _point_row(ds, host, point_id)
     ds.catalog.delete_points(host, [point_id])
+    _listings(request).changed(host)
     return {"deleted": point_id}
 
 
@@ -249,6 +260,11 @@ def verify(request: Request, who: Who) -> VerifyReport:
     return jobs.verify(_ds(request))
 
 
+def _upload_parts(ds: Datastore, host: str, kind: ObjectKind,
+                  parts: list[bytes]) -> UploadResult:
+    return ds.upload(host, kind, b"".join(parts))
+
+
 # Declared last: "/hosts/{host}/{kind}" would otherwise capture "/hosts/{host}/points".
 @router.post("/hosts/{host}/{kind}", response_model=UploadResult,
              openapi_extra={"requestBody": {"content": {RECORDS_MEDIA_TYPE: {}}}})
@@ -257,12 +273,16 @@ async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> Upl
     await run_in_threadpool(require_host, ds, who, host, WRITE)
     if request.headers.get("content-type", "").split(";")[0].strip() != RECORDS_MEDIA_TYPE:
         raise BadRequest(f"uploads must be {RECORDS_MEDIA_TYPE}", 415)
-    body = bytearray()
+    # Parts joined once, in the worker thread: growing a buffer part by part on the event
+    # loop copied each upload several times while holding up every other connection.
+    parts: list[bytes] = []
+    size = 0
     async for part in request.stream():
-        body += part
-        if len(body) > MAX_UPLOAD_BYTES:
+        parts.append(part)
+        size += len(part)
+        if size > MAX_UPLOAD_BYTES:
             raise BadRequest(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
-    result: UploadResult = await run_in_threadpool(ds.upload, host, kind, bytes(body))
+    result: UploadResult = await run_in_threadpool(_upload_parts, ds, host, kind, parts)
     m = _metrics(request)
     m.objects_stored.labels(kind.value).inc(result.stored)
     m.objects_duplicate.labels(kind.value).inc(result.duplicates)

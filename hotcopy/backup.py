@@ -250,7 +250,9 @@ def _generation(remote: Remote, host: str, codec: BlobCodec, state: HostState,
 def _index(remote: Remote, host: str, sender: Sender, vol: _Volume) -> VolumeRecord:
     pages = PageUploader(sender)
     assert vol.scan is not None
-    if vol.trusted and vol.scan.changes is not None:
+    # Untrusted volumes start from the empty tree (old_root ZERO_ID): their changes are
+    # relative to it, so a mostly-empty volume is patched rather than rebuilt.
+    if vol.scan.changes is not None:
         root = index.update(vol.geometry, remote.page_source(host), vol.old_root,
                             vol.scan.changes, pages)
     else:

@@ -1,12 +1,14 @@
 """Reading a volume from its snapshot: hash every block (or only the blocks change
 tracking names), compare with the IDs of the last point, and hand the blocks whose ID
-changed to the uploader. Hashing runs on the worker pool (HMAC-SHA256 releases the GIL)
+changed to the uploader. The holes of a sparse image file are not read: their blocks are
+ZERO_ID (`os.lseek` SEEK_DATA/SEEK_HOLE). Hashing runs on the worker pool (HMAC-SHA256 releases the GIL)
 with a bounded window of segments in flight, so memory stays bounded for any volume."""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -16,7 +18,7 @@ from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.index import Geometry
 
-from .changes import Run
+from .changes import Run, block_runs
 from .errors import SourceError
 from .snapshot import ReadView
 from .state import IdFile
@@ -39,7 +41,7 @@ class ScanResult:
     changes: dict[int, bytes] | None  # block -> new ID; None: too many, rebuild the index
     changed_blocks: int = 0
     changed_bytes: int = 0
-    scanned_bytes: int = 0
+    scanned_bytes: int = 0  # bytes read (holes are not)
     healed: int = 0
 
 
@@ -72,6 +74,46 @@ def _segments(runs: Iterable[Run], per_segment: int) -> Iterator[Run]:
             yield start, min(per_segment, first + count - start)
 
 
+def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data of a regular file in [start, end): what is not a
+    hole. A file system without hole support reports all of it as data."""
+    out = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                break
+            raise SourceError(f"cannot map the holes of the source: {exc.strerror}") from None
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        out.append((data, hole - data))
+        pos = hole
+    return out
+
+
+def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, bool]]:
+    """Sorted, disjoint block runs cut at the edges of the `data` runs (sorted, disjoint):
+    (first, count, True for data / False for hole)."""
+    j = 0
+    for first, count in runs:
+        pos, end = first, first + count
+        while pos < end:
+            while j < len(data) and data[j][0] + data[j][1] <= pos:
+                j += 1
+            if j == len(data) or data[j][0] >= end:
+                yield pos, end - pos, False
+                break
+            if data[j][0] > pos:
+                yield pos, data[j][0] - pos, False
+                pos = data[j][0]
+            stop = min(data[j][0] + data[j][1], end)
+            yield pos, stop - pos, True
+            pos = stop
+
+
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: bool,
                 codec: BlobCodec, pool: Executor, uploader: ChunkUploader,
                 damaged: set[bytes], only: Iterable[Run] | None = None,
@@ -81,9 +123,18 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
     runs to read (`changes.block_runs`: a change list or dm-era); None reads every block."""
     bs = geometry.block_size
     per_segment = max(1, SEGMENT_BYTES // bs)
-    runs = _segments([(0, geometry.blocks)] if only is None else only, per_segment)
+    wanted = [(0, geometry.blocks)] if only is None else only
     result = ScanResult(changes={})
     inflight: deque[tuple[int, bytes, Future[list[bytes]]]] = deque()
+
+    def note(index: int, new_id: bytes) -> None:
+        """Record a change of the index: relative to the last point's tree when trusted,
+        else to the empty tree (old root ZERO_ID), so a mostly-empty volume's first index
+        is patched, not rebuilt block by block."""
+        if result.changes is not None:
+            result.changes[index] = new_id
+            if len(result.changes) > MAX_TRACKED_CHANGES:
+                result.changes = None
 
     def drain_one() -> None:
         first, data, fut = inflight.popleft()
@@ -98,10 +149,8 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
                 result.changed_blocks += 1
                 result.changed_bytes += length
                 ids.put(index, new_id)
-                if result.changes is not None:
-                    result.changes[index] = new_id
-                    if len(result.changes) > MAX_TRACKED_CHANGES:
-                        result.changes = None
+                if new_id != (old if trusted else fmt.ZERO_ID):
+                    note(index, new_id)
             if new_id != fmt.ZERO_ID:
                 result.healed += heal
                 block = data[j * bs:j * bs + length]
@@ -111,20 +160,60 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
         fd = os.open(view.path, os.O_RDONLY)  # never opened for writing
     except OSError as exc:
         raise SourceError(f"{view.path}: cannot open for reading: {exc.strerror}") from None
-    try:
-        for first, count in runs:
-            length = min(count * bs, geometry.size - first * bs)
-            data = _read(fd, view, first * bs, length)
+
+    def read_run(first: int, count: int) -> None:
+        for seg_first, seg_count in _segments([(first, count)], per_segment):
+            length = min(seg_count * bs, geometry.size - seg_first * bs)
+            data = _read(fd, view, seg_first * bs, length)
             result.scanned_bytes += length
-            inflight.append((first, data, pool.submit(_hash_segment, codec, data, bs)))
+            inflight.append((seg_first, data, pool.submit(_hash_segment, codec, data, bs)))
             if len(inflight) >= window:
                 drain_one()
-            if only is None and first % RELEASE_BLOCKS < count:
-                ids.release(first)
+            if only is None and seg_first % RELEASE_BLOCKS < seg_count:
+                ids.release(seg_first)
             if progress is not None:
                 progress(length)
+
+    def hole(first: int, count: int) -> None:
+        """Blocks in a hole are ZERO_ID, unread; only IDs that were not zero change."""
+        if not trusted:  # as for read blocks: every block counts as changed
+            result.changed_blocks += count
+            result.changed_bytes += min(count * bs, geometry.size - first * bs)
+        for start in range(first, first + count, RELEASE_BLOCKS):
+            for index in ids.nonzero(start, min(RELEASE_BLOCKS, first + count - start)):
+                ids.put(index, fmt.ZERO_ID)
+                if trusted:
+                    result.changed_blocks += 1
+                    result.changed_bytes += geometry.block_length(index)
+                    note(index, fmt.ZERO_ID)
+            if only is None:
+                ids.release(start)
+
+    def check_size() -> None:
+        """Holes are not read, so a short read cannot reveal a shrunk file there."""
+        end = view.offset + geometry.size
+        if os.fstat(fd).st_size < end:
+            raise SourceError(f"{view.path}: device shrank or vanished while being read "
+                              f"(the volume ends at byte {end})")
+
+    try:
+        data_runs = [(0, geometry.blocks)]
+        sparse = stat.S_ISREG(os.fstat(fd).st_mode)
+        if sparse:
+            check_size()
+            data_runs = block_runs(data_ranges(fd, view.offset, view.offset + geometry.size),
+                                   view.offset, geometry.size, bs)
+        for first, count, is_data in _split(wanted, data_runs):
+            if is_data:
+                read_run(first, count)
+            else:
+                hole(first, count)
+                if progress is not None:
+                    progress(min(count * bs, geometry.size - first * bs))
         while inflight:
             drain_one()
+        if sparse:
+            check_size()
     finally:
         os.close(fd)
     view.check()

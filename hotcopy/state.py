@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cdpcore import format as fmt
+from cdpcore.crypto import is_zero
 
 from .errors import StateError
 
@@ -143,6 +144,19 @@ class IdFile:
         if end > 0:
             self._map.flush(0, end)
             self._map.madvise(mmap.MADV_DONTNEED, 0, end)
+
+    def nonzero(self, first: int, count: int) -> list[int]:
+        """Indexes in [first, first + count) whose ID is not ZERO_ID. Compares slices of
+        the mapping at memcmp speed, so the run of a huge hole costs little."""
+        if self._map is None:
+            return []
+        out = []
+        step = 1 << 16
+        for start in range(first, first + count, step):
+            stop = min(start + step, first + count)
+            if not is_zero(memoryview(self._map)[start * fmt.ID_SIZE:stop * fmt.ID_SIZE]):
+                out += [i for i in range(start, stop) if self.get(i) != fmt.ZERO_ID]
+        return out
 
     def find(self, wanted: set[bytes]) -> list[int]:
         """Block indexes whose ID is in `wanted` (a linear pass over the mapping)."""

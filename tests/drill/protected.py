@@ -81,10 +81,12 @@ echo @HOST@ > $T/etc/hostname
 ROOT_UUID=$(blkid -s UUID -o value /dev/@VG@/root)
 BOOT_UUID=$(blkid -s UUID -o value ${DISK}3)
 ESP_UUID=$(blkid -s UUID -o value ${DISK}2)
+# The ESP is mounted only when a boot loader update needs it: a mounted FAT carries its
+# dirty bit into every snapshot, and a restored one would not fsck clean.
 cat > $T/etc/fstab <<FSTAB
 UUID=$ROOT_UUID / ext4 defaults 0 1
 UUID=$BOOT_UUID /boot ext4 defaults 0 2
-UUID=$ESP_UUID /boot/efi vfat defaults 0 2
+UUID=$ESP_UUID /boot/efi vfat noauto 0 2
 /dev/mapper/cdpera-data /data ext4 defaults 0 2
 FSTAB
 mount ${DISK}3 $T/boot
