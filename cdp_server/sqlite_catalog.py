@@ -48,7 +48,6 @@ CREATE TABLE IF NOT EXISTS points(
     head TEXT NOT NULL,
     doc TEXT,  -- the whole PointInfo JSON, kept by the triggers below
     PRIMARY KEY(host, point_id));
-CREATE INDEX IF NOT EXISTS points_created ON points(host, created, point_id);
 CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN
     UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
 CREATE TRIGGER IF NOT EXISTS points_upd AFTER UPDATE ON points BEGIN
@@ -65,7 +64,12 @@ LIST_CACHE_HOSTS = 8
 _POINT_JSON = ("head || ',\"pinned\":' || CASE WHEN pinned THEN 'true' ELSE 'false' END "
                "|| ',\"verify\":\"' || verify || '\"}'")
 # Created after the migration below: an older catalog's points table has no `doc` yet.
-_DOC_TRIGGERS = f"""
+# The listing index covers `doc`: a listing reads the index alone, in order, without a
+# table lookup per point (about half the time); it serves the time filters and
+# host_summary too, so it replaces the older index on (host, created, point_id).
+_DOC_SCHEMA = f"""
+DROP INDEX IF EXISTS points_created;
+CREATE INDEX IF NOT EXISTS points_listing ON points(host, created, point_id, doc);
 CREATE TRIGGER IF NOT EXISTS points_doc_ins AFTER INSERT ON points BEGIN
     UPDATE points SET doc = {_POINT_JSON}
     WHERE host = NEW.host AND point_id = NEW.point_id; END;
@@ -87,7 +91,7 @@ class SqliteCatalog:
             self._db().executescript(_SCHEMA)
         self._add_doc_column()
         with self._write_lock:
-            self._db().executescript(_DOC_TRIGGERS)
+            self._db().executescript(_DOC_SCHEMA)
 
     def _add_doc_column(self) -> None:
         """Catalogs made before `doc` existed get it, filled, in one transaction."""

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,14 +25,13 @@ from cdpcore.errors import ServerError, UsageError
 from cdpcore.index import Geometry
 from cdpcore.manifest import Manifest, VolumeRecord, check_name, new_point_id
 
-from . import era, snapshot
+from . import era, sealpool, snapshot
 from .capture import VolumeSpec, capture
 from .changes import Run, block_runs, check_ranges, merge_runs, source_key
 from .remote import Remote
 from .scan import Progress, ScanResult, scan_volume
 from .state import HostState, IdFile, StateDir, VolumeState
 from .transfer import (
-    Candidate,
     ChunkUploader,
     PageUploader,
     RetryPolicy,
@@ -90,7 +88,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
            options: BackupOptions | None = None,
            changed: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> PointInfo:
     """Take one recovery point of `sources` (block devices or image files). `workers`:
-    hashing/sealing threads (0: one per CPU). `on_total` is told the total bytes to read
+    hashing/sealing processes (0: one per CPU). `on_total` is told the total bytes to read
     (for a progress bar); `progress` each byte count read.
 
     `changed`: source path -> (offset, length) byte ranges written since the last point
@@ -129,9 +127,9 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     eras = _checkpoint_eras(specs) if tracking == "era" else {}
     created = time.time()
     with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cdp-hash") as pool:
+            sealpool.open_pool(codec, damaged, workers) as pool:
         volumes: list[_Volume] = []
-        uploader = ChunkUploader(sender, codec, pool)
+        uploader = ChunkUploader(sender)
         try:
             for spec in specs:
                 geometry = Geometry(size=spec.size, block_size=block_size)
@@ -153,7 +151,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                               bytes.fromhex(old.root) if trusted and old else fmt.ZERO_ID)
                 volumes.append(vol)
                 vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
-                                       codec=codec, pool=pool, uploader=uploader,
+                                       pool=pool, uploader=uploader,
                                        damaged=damaged, only=only, window=2 * workers,
                                        progress=progress)
             uploader.close()
@@ -292,9 +290,9 @@ def _reupload(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
             for block in vol.ids.find(chunks):
                 f.seek(view.offset + block * bs)
                 data = f.read(vol.geometry.block_length(block))
-                cand = Candidate(vol.ids.get(block), data, force=True)
-                if codec.keys.chunk_id(data) == cand.chunk_id:
-                    items[cand.chunk_id] = codec.seal(fmt.BLOB_KIND_CHUNK, cand.chunk_id, data)
+                chunk_id = vol.ids.get(block)
+                if codec.keys.chunk_id(data) == chunk_id:
+                    items[chunk_id] = codec.seal(fmt.BLOB_KIND_CHUNK, chunk_id, data)
         view.check()
         sender.send(ObjectKind.chunks, list(items.items()))
         pages = PageUploader(sender, only=wanted_pages)

@@ -1,8 +1,9 @@
 """Reading a volume from its snapshot: hash every block (or only the blocks change
 tracking names), compare with the IDs of the last point, and hand the blocks whose ID
 changed to the uploader. The holes of a sparse image file are not read: their blocks are
-ZERO_ID (`os.lseek` SEEK_DATA/SEEK_HOLE). Hashing runs on the worker pool (HMAC-SHA256 releases the GIL)
-with a bounded window of segments in flight, so memory stays bounded for any volume."""
+ZERO_ID (`os.lseek` SEEK_DATA/SEEK_HOLE). Reading, hashing and sealing run on worker
+processes (hotcopy.sealpool) with a bounded window of segments in flight, so memory stays
+bounded for any volume."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from cdpcore import format as fmt
-from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.index import Geometry
 
 from .changes import Run, block_runs
 from .errors import SourceError
+from .sealpool import Sealed, Segment, seal_segment
 from .snapshot import ReadView
 from .state import IdFile
 from .transfer import Candidate, ChunkUploader
@@ -43,28 +44,6 @@ class ScanResult:
     changed_bytes: int = 0
     scanned_bytes: int = 0  # bytes read (holes are not)
     healed: int = 0
-
-
-def _hash_segment(codec: BlobCodec, data: bytes, block_size: int) -> list[bytes]:
-    ids = []
-    for start in range(0, len(data), block_size):
-        block = memoryview(data)[start:start + block_size]
-        ids.append(fmt.ZERO_ID if is_zero(block) else codec.keys.chunk_id(block))
-    return ids
-
-
-def _read(fd: int, view: ReadView, offset: int, length: int) -> bytes:
-    try:
-        data = os.pread(fd, length, view.offset + offset)
-    except OSError as exc:
-        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EIO, errno.ENOENT):
-            raise SourceError(f"{view.path}: device vanished or failed while being read "
-                              f"at byte {view.offset + offset}: {exc.strerror}") from None
-        raise SourceError(f"{view.path}: read error: {exc.strerror}") from None
-    if len(data) != length:
-        raise SourceError(f"{view.path}: device shrank or vanished while being read "
-                          f"(short read at byte {view.offset + offset})")
-    return data
 
 
 def _segments(runs: Iterable[Run], per_segment: int) -> Iterator[Run]:
@@ -115,7 +94,7 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
 
 
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: bool,
-                codec: BlobCodec, pool: Executor, uploader: ChunkUploader,
+                pool: Executor, uploader: ChunkUploader,
                 damaged: set[bytes], only: Iterable[Run] | None = None,
                 window: int = 8, progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
@@ -125,7 +104,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
     per_segment = max(1, SEGMENT_BYTES // bs)
     wanted = [(0, geometry.blocks)] if only is None else only
     result = ScanResult(changes={})
-    inflight: deque[tuple[int, bytes, Future[list[bytes]]]] = deque()
+    inflight: deque[tuple[int, Future[Sealed]]] = deque()
 
     def note(index: int, new_id: bytes) -> None:
         """Record a change of the index: relative to the last point's tree when trusted,
@@ -137,8 +116,9 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
                 result.changes = None
 
     def drain_one() -> None:
-        first, data, fut = inflight.popleft()
-        for j, new_id in enumerate(fut.result()):
+        first, fut = inflight.popleft()
+        sealed = fut.result()
+        for j, new_id in enumerate(sealed.ids):
             index = first + j
             old = ids.get(index) if trusted else None
             heal = new_id in damaged
@@ -151,10 +131,11 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
                 ids.put(index, new_id)
                 if new_id != (old if trusted else fmt.ZERO_ID):
                     note(index, new_id)
-            if new_id != fmt.ZERO_ID:
+            # The worker sealed the first block of each ID per segment; a repeat of an ID
+            # within it is the same chunk.
+            if j in sealed.blobs:
                 result.healed += heal
-                block = data[j * bs:j * bs + length]
-                uploader.add(Candidate(new_id, block, force=heal))
+                uploader.add(Candidate(new_id, sealed.blobs[j], force=heal))
 
     try:
         fd = os.open(view.path, os.O_RDONLY)  # never opened for writing
@@ -164,9 +145,10 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
     def read_run(first: int, count: int) -> None:
         for seg_first, seg_count in _segments([(first, count)], per_segment):
             length = min(seg_count * bs, geometry.size - seg_first * bs)
-            data = _read(fd, view, seg_first * bs, length)
+            olds = ids.slice(seg_first, seg_count) if trusted else b""
+            seg = Segment(view.path, view.offset, seg_first * bs, length, bs, olds)
             result.scanned_bytes += length
-            inflight.append((seg_first, data, pool.submit(_hash_segment, codec, data, bs)))
+            inflight.append((seg_first, pool.submit(seal_segment, seg)))
             if len(inflight) >= window:
                 drain_one()
             if only is None and seg_first % RELEASE_BLOCKS < seg_count:

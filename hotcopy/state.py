@@ -127,6 +127,11 @@ class IdFile:
         assert self._map is not None
         return self._map[index * fmt.ID_SIZE:(index + 1) * fmt.ID_SIZE]
 
+    def slice(self, first: int, count: int) -> bytes:
+        """The IDs of blocks [first, first + count), concatenated."""
+        assert self._map is not None
+        return self._map[first * fmt.ID_SIZE:(first + count) * fmt.ID_SIZE]
+
     def put(self, index: int, chunk_id: bytes) -> None:
         assert self._map is not None
         self._map[index * fmt.ID_SIZE:(index + 1) * fmt.ID_SIZE] = chunk_id

@@ -10,13 +10,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cdpcore import format as fmt
 from cdpcore.api import MAX_IDS_PER_REQUEST, MAX_UPLOAD_BYTES, ObjectKind
-from cdpcore.crypto import BlobCodec
 from cdpcore.errors import ConnectionFailed, ServerError
 
 from .remote import Remote
@@ -149,18 +146,17 @@ class Sender:
 @dataclass
 class Candidate:
     chunk_id: bytes
-    data: bytes
+    blob: bytes  # sealed (hotcopy.sealpool)
     force: bool  # upload even if the server says it has it (healing a damaged chunk)
 
 
 class ChunkUploader:
-    """Background stage: batches of candidate blocks -> missing query -> sealing on the
-    worker pool -> upload, on UPLOADERS threads so that one batch's round trips overlap
-    another's sealing. The queue holds at most UPLOADERS batches, which bounds memory and
+    """Background stage: batches of sealed candidate blocks -> missing query -> upload, on
+    UPLOADERS threads so that one batch's round trips overlap another's. The queue holds at most UPLOADERS batches, which bounds memory and
     makes the reader wait when the network is the bottleneck."""
 
-    def __init__(self, sender: Sender, codec: BlobCodec, pool: Executor) -> None:
-        self.sender, self.codec, self.pool = sender, codec, pool
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
         self._queue: queue.Queue[list[Candidate] | None] = queue.Queue(maxsize=UPLOADERS)
         self._batch: list[Candidate] = []
         self._size = 0
@@ -173,7 +169,7 @@ class ChunkUploader:
     def add(self, cand: Candidate) -> None:
         self._raise_error()
         self._batch.append(cand)
-        self._size += len(cand.data)
+        self._size += len(cand.blob)
         if self._size >= BATCH_BYTES or len(self._batch) >= MAX_IDS_PER_REQUEST:
             self._put(self._batch)
             self._batch, self._size = [], 0
@@ -231,10 +227,8 @@ class ChunkUploader:
             unique.setdefault(cand.chunk_id, cand)
             unique[cand.chunk_id].force |= cand.force
         lacking = self.sender.missing(ObjectKind.chunks, [c for c in unique if not unique[c].force])
-        wanted = [c for c in unique.values() if c.force or c.chunk_id in lacking]
-        blobs = list(self.pool.map(
-            lambda c: self.codec.seal(fmt.BLOB_KIND_CHUNK, c.chunk_id, c.data), wanted))
-        self.sender.send(ObjectKind.chunks, [(c.chunk_id, b) for c, b in zip(wanted, blobs, strict=True)])
+        self.sender.send(ObjectKind.chunks, [(c.chunk_id, c.blob) for c in unique.values()
+                                             if c.force or c.chunk_id in lacking])
 
 
 class PageUploader:

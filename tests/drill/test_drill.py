@@ -216,7 +216,8 @@ def _restore(summary: Summary, s: Scenario, target: Path, fwd: Forward,
     boot: IsoBoot | NetBoot = IsoBoot() if s.boot == "iso" else NetBoot(_pxe_dir(target))
     cfg = VMConfig(disks=[Disk(target, bus=s.bus)], firmware=s.firmware, boot=boot,
                    forwards=[fwd], memory_mib=1536, name=f"drill-rescue-{s.name}")
-    with summary.phase(f"{s.name}: boot rescue ({s.boot}, {s.firmware})") as entry, \
+    with summary.phase(f"{s.name}: rescue system ({s.boot}, {s.firmware}): boot, "
+                       "restore, fsck") as entry, \
             _rescue(cfg) as vm:
         assert vm.ready is not None
         entry["ready_seconds"] = round(vm.ready.seconds, 1)

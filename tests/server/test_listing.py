@@ -95,12 +95,18 @@ def test_catalog_without_stored_listing_is_upgraded(tmp_path: Path) -> None:
     catalog.insert_point(row, [])
     catalog.set_pinned("web1", row.point_id, True)
     expected = catalog.points_json("web1", None, None, None)
-    # the catalog as the previous version made it: no `doc` column, no triggers for it
+    # the catalog as the previous version made it: no `doc` column, no triggers for it,
+    # the listing index without `doc`
     db = sqlite3.connect(path)
     db.executescript("DROP TRIGGER points_doc_ins; DROP TRIGGER points_doc_upd; "
-                     "ALTER TABLE points DROP COLUMN doc;")
+                     "DROP INDEX points_listing; ALTER TABLE points DROP COLUMN doc; "
+                     "CREATE INDEX points_created ON points(host, created, point_id);")
     db.close()
     upgraded = SqliteCatalog(path)
+    indexes = {r[0] for r in upgraded.read().execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'points' "
+        "AND sql IS NOT NULL")}
+    assert indexes == {"points_listing"}
     assert upgraded.points_json("web1", None, None, None) == expected
     info = PointInfo.model_validate_json(expected[1:-1])
     assert (info.point_id, info.pinned, info.stats.changed_bytes) == ("a" * 32, True, 1)

@@ -1,0 +1,111 @@
+"""Hashing and sealing on worker processes: zstd and AES-GCM do not scale across threads
+here (bench/pipeline.py), processes do. Workers are forked once per backup and inherit
+the codec (its keys are never pickled) and the set of damaged chunks; each task names a
+segment of the snapshot, which the worker pread()s itself, so only IDs and the sealed
+blobs of blocks the parent may have to upload cross the pipe. Workers share no mutable
+state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from cdpcore import format as fmt
+from cdpcore.crypto import BlobCodec, is_zero
+
+from .errors import SourceError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    path: str  # the snapshot to read
+    base: int  # byte offset of the volume in it
+    offset: int  # byte offset of the segment in the volume
+    length: int
+    block_size: int
+    olds: bytes = b""  # last point's IDs of the segment's blocks; empty: not trusted
+
+
+@dataclass
+class Sealed:
+    ids: list[bytes]
+    #: position in the segment -> sealed blob, for the first block of each non-zero ID
+    #: that changed (or is damaged on the server)
+    blobs: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class _Worker:
+    codec: BlobCodec
+    damaged: frozenset[bytes]
+    fds: dict[str, int] = field(default_factory=dict)
+
+
+_worker: _Worker | None = None
+
+
+def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes]) -> None:
+    global _worker
+    # A killed agent must not leave workers behind.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    _worker = _Worker(codec, damaged)
+
+
+def _read(fd: int, seg: Segment) -> bytes:
+    at = seg.base + seg.offset
+    try:
+        data = os.pread(fd, seg.length, at)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EIO, errno.ENOENT):
+            raise SourceError(f"{seg.path}: device vanished or failed while being read "
+                              f"at byte {at}: {exc.strerror}") from None
+        raise SourceError(f"{seg.path}: read error: {exc.strerror}") from None
+    if len(data) != seg.length:
+        raise SourceError(f"{seg.path}: device shrank or vanished while being read "
+                          f"(short read at byte {at})")
+    return data
+
+
+def seal_segment(seg: Segment) -> Sealed:
+    """Runs in a worker: read, hash and seal one segment."""
+    assert _worker is not None
+    fd = _worker.fds.get(seg.path)
+    if fd is None:
+        try:
+            fd = _worker.fds[seg.path] = os.open(seg.path, os.O_RDONLY)
+        except OSError as exc:
+            raise SourceError(f"{seg.path}: cannot open for reading: {exc.strerror}") from None
+    data = _read(fd, seg)
+    out = Sealed([])
+    seen: set[bytes] = set()
+    bs = seg.block_size
+    for j, start in enumerate(range(0, len(data), bs)):
+        block = memoryview(data)[start:start + bs]
+        new_id = fmt.ZERO_ID if is_zero(block) else _worker.codec.keys.chunk_id(block)
+        out.ids.append(new_id)
+        old = seg.olds[j * fmt.ID_SIZE:(j + 1) * fmt.ID_SIZE] if seg.olds else None
+        if new_id != fmt.ZERO_ID and new_id not in seen and (
+                new_id != old or new_id in _worker.damaged):
+            seen.add(new_id)
+            out.blobs[j] = _worker.codec.seal(fmt.BLOB_KIND_CHUNK, new_id, bytes(block))
+    return out
+
+
+def open_pool(codec: BlobCodec, damaged: set[bytes], workers: int) -> ProcessPoolExecutor:
+    """Forked workers, all started before returning: fork while the parent's upload
+    threads run would copy locks they may hold."""
+    pool = ProcessPoolExecutor(max_workers=max(1, workers),
+                               mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init,
+                               initargs=(os.getpid(), codec, frozenset(damaged)))
+    pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
+    return pool
