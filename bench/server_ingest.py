@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -190,6 +191,8 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
+        shutil.rmtree(work)  # a run leaves about 200 MB of packs and catalog
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from cdpcore.errors import CdpError, FormatError, UsageError
 from . import config as cfgmod
 from . import jobs, logs
 from .datastore import Datastore
+from .errors import CatalogDamaged
 
 log = logging.getLogger("cdp.server")
 
@@ -37,6 +39,10 @@ def _run(fn: Callable[[], None]) -> None:
     except CdpError as exc:
         click.echo(f"cdp-server: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except sqlite3.DatabaseError as exc:
+        click.echo(f"cdp-server: error: the catalog database is damaged or unreadable "
+                   f"({exc}): restore it from a backup of the datastore", err=True)
+        sys.exit(CatalogDamaged.exit_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

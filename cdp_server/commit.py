@@ -10,7 +10,6 @@ anything below. So a commit costs O(changed pages), not O(volume size).
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import time
@@ -58,7 +57,7 @@ def _records(req: CommitRequest) -> list[VolumeRecord]:
         if req.parent is not None:
             check_point_id(req.parent)
         manifest = base64.b64decode(req.manifest, validate=True)
-    except (FormatError, binascii.Error) as exc:
+    except (FormatError, ValueError) as exc:  # binascii.Error, and non-ASCII text
         raise BadRequest(f"bad commit: {exc}", 422) from None
     if len({v.name for v in vols}) != len(vols):
         raise BadRequest("bad commit: two volumes have the same name", 422)

@@ -16,6 +16,15 @@ class Conflict(ServerError):
         self.body = body
 
 
+class CatalogDamaged(ServerError):
+    """The catalog database failed its own consistency check."""
+
+    exit_code = 12
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 500)
+
+
 class StorageFull(ServerError):
     """The datastore's disk is full: nothing was stored."""
 

@@ -155,7 +155,7 @@ def commit(request: Request, who: Who, host: str, req: CommitRequest) -> JSONRes
 
 @router.get("/hosts/{host}/points", response_model=list[PointInfo])
 def list_points(request: Request, who: Who, host: str,
-                limit: Annotated[int | None, Query(ge=0)] = None,
+                limit: Annotated[int | None, Query(ge=0, le=10**9)] = None,
                 before: float | None = None, after: float | None = None) -> Response:
     ds = _ds(request)
     require_host(ds, who, host, READ)

@@ -167,6 +167,13 @@ class SqliteCatalog:
         return self.read().execute("SELECT 1 FROM hosts WHERE name = ?",
                                    (name,)).fetchone() is not None
 
+    def integrity_problems(self) -> list[str]:
+        try:
+            rows = [r[0] for r in self.read().execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [] if rows == ["ok"] else rows
+
     def host_names(self) -> list[str]:
         return [r[0] for r in self.read().execute("SELECT name FROM hosts ORDER BY name")]
 

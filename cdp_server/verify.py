@@ -14,6 +14,7 @@ from cdpcore.api import DamagedRange, ObjectKind, VerifyReport, VerifyStatus
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError
 
 from .datastore import Datastore
+from .errors import CatalogDamaged
 
 #: A damaged region below a page: (first block relative to the page, blocks, object ID).
 Bad = list[tuple[int, int, bytes]]
@@ -81,6 +82,12 @@ class _HostCheck:
 
 
 def verify(ds: Datastore) -> VerifyReport:
+    problems = ds.catalog.integrity_problems()
+    if problems:
+        # Nothing the catalog says can be trusted: stop before reading any of it.
+        raise CatalogDamaged(f"the catalog is damaged ({'; '.join(problems[:5])}): restore "
+                             "it from a backup of the datastore; the packs are intact "
+                             "unless verify said otherwise before")
     ranges: list[DamagedRange] = []
     damaged_chunks: set[bytes] = set()
     missing: set[bytes] = set()

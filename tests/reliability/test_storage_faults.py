@@ -166,9 +166,6 @@ def _verify_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: cdp_server/verify.py verify() never checks "
-                   "the catalog itself (no PRAGMA quick_check): a corrupted catalog page "
-                   "outside the rows it reads is reported as 'no damage' (owner: server)")
 def test_corrupted_catalog_page_is_found_by_verify(cdp_server: Any,
                                                    stored: dict[str, Any]) -> None:
     cdp_server.stop()
@@ -177,9 +174,6 @@ def test_corrupted_catalog_page_is_found_by_verify(cdp_server: Any,
     assert out.returncode != 0 and "catalog" in (out.stdout + out.stderr).lower()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: cdp_server/sqlite_catalog.py lets sqlite3.DatabaseError "
-                   "('database disk image is malformed') escape: `cdp-server verify` dies with "
-                   "a traceback instead of a CdpError naming the catalog (owner: server)")
 def test_corrupted_points_page_is_an_error_not_a_crash(cdp_server: Any,
                                                        stored: dict[str, Any]) -> None:
     cdp_server.stop()
