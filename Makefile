@@ -19,7 +19,7 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libparted-dev
 	grub-pc-bin grub-efi-amd64-bin grub-common tmux openssl ca-certificates \
 	restic borgbackup time thin-provisioning-tools lvm2
 
-.PHONY: all demo test test-fast test-vm lint sysdeps deps iso pxe image drill bench torture clean
+.PHONY: all demo test test-fast test-vm lint sysdeps deps iso pxe image drill drill-full bench torture clean
 
 all: deps
 
@@ -52,7 +52,7 @@ demo: deps
 
 # The whole suite, QEMU tests included (builds the rescue image first, cached).
 test: deps image
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # Fast iteration: everything but the QEMU tests.
 test-fast: deps
@@ -65,8 +65,10 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy cdpcore hotcopy cdp_server rescue mkimage
 
+# Kernel, initrd, hybrid ISO and PXE set (the boot tests and the drill use all of them);
+# the Debian base is cached in $(IMAGE_CACHE), so a rebuild after a code change takes seconds.
 image: deps
-	$(VENV)/bin/mkimage build --cache $(IMAGE_CACHE) --out $(OUT)
+	$(VENV)/bin/mkimage build --cache $(IMAGE_CACHE) --out $(OUT) --iso --pxe
 
 iso: deps
 	$(VENV)/bin/mkimage build --cache $(IMAGE_CACHE) --out $(OUT) --iso
@@ -76,6 +78,10 @@ pxe: deps
 
 drill: deps image
 	$(PY) -m pytest -q tests/drill
+
+# The drill with every scenario, PXE network boot included (about 8 more minutes).
+drill-full: deps image
+	CDP_DRILL_FULL=1 $(PY) -m pytest -q tests/drill
 
 bench: deps
 	$(PY) -m bench
