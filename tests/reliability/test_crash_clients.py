@@ -76,7 +76,10 @@ def test_agent_killed_mid_point_leaves_nothing_and_the_next_point_is_exact(
     agentconf.save(agentconf.AgentConfig(
         server=cdp_server.url, token=tokens[Role.agent], host="killed",
         recovery_key=recovery_key(master), ca=str(cdp_server.ca_path), state_dir=str(state),
-        sources=[str(image)], workers=1, full_scan_every=0), conf)
+        sources=[str(image)], workers=1, full_scan_every=0,
+        # A bandwidth cap makes a first point last about 4 s whatever the machine's speed,
+        # so the random kill below lands mid-point.
+        bandwidth=8 * MIB), conf)
     argv = [sys.executable, "-m", "hotcopy", "backup", "--config", str(conf), "--json"]
     versions = {sha(image.read_bytes())}
     kills = leftovers_seen = completed = finished = 0
