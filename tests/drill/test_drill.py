@@ -172,14 +172,19 @@ _GRUB_PROMPT = re.compile(rb"grub> ")
 _GRUB_SAID = re.compile(rb"(.*?)grub> ", re.S)
 
 
+def _type(vm: VM, text: str) -> None:
+    """GRUB on OVMF drops keys that arrive faster than it polls the serial port, so they
+    are typed one at a time, as a person would."""
+    time.sleep(1)
+    for key in text:
+        vm._send(key)  # the harness has no public key-typing call
+        time.sleep(0.1)
+
+
 def _grub(vm: VM, at: int, command: str) -> int:
     """Type a command at GRUB's prompt (which appeared at console offset `at`); returns
-    the offset of the next prompt. GRUB on OVMF drops keys that arrive faster than it
-    polls the serial port, so they are typed one at a time, as a person would."""
-    time.sleep(1)
-    for key in command + "\r":
-        vm._send(key)
-        time.sleep(0.1)
+    the offset of the next prompt."""
+    _type(vm, command + "\r")
     nxt = vm.wait_for(_GRUB_SAID, at, timeout=600)
     said = nxt.group(1).decode(errors="replace")
     assert "error:" not in said, f"GRUB: {command!r}: {said}"
@@ -200,7 +205,7 @@ def _rescue(cfg: VMConfig) -> Iterator[VM]:
             at = vm.wait_for(_GRUB_PROMPT, timeout=120).end()
             at = _grub(vm, at, f"linux /boot/vmlinuz {TEST_APPEND} ip=dhcp")
             _grub(vm, at, "initrd /boot/initrd.img")
-            vm._send("boot\r")
+            _type(vm, "boot\r")  # all at once, OVMF lost keys: GRUB ran "b"
         vm.wait_ready(timeout=900)
         yield vm
     except BaseException:
