@@ -115,6 +115,9 @@ def capture_disk(path: str) -> DiskCapture:
     """Read one disk (block device or image file): its layout and its volumes."""
     size = source_size(path)
     name = disk_name(path)
+    # libparted caches devices by path for the life of the process: probe afresh, or a
+    # device seen before with another size keeps its old length.
+    parted.getDevice(path).removeFromCache()
     device = parted.getDevice(path)
     disk = Disk(name=name, size=size, logical_sector_size=device.sectorSize,
                 physical_sector_size=device.physicalSectorSize)

@@ -45,6 +45,9 @@ def write_table(path: str, layout: Disk) -> None:
     # libparted writes a fresh MBR with its own (empty) boot code: keep the restored one.
     with Target(path) as target:
         boot_code = target.read(0, BOOT_CODE_BYTES)
+    # libparted caches devices by path for the life of the process: a loop device or file
+    # seen before with another size would keep its old length. Probe it afresh.
+    parted.getDevice(path).removeFromCache()
     device = parted.getDevice(path)
     pdisk = parted.freshDisk(device, layout.table)
     # Extended before logical partitions: libparted places logicals inside their container.

@@ -59,6 +59,35 @@ def test_restore_onto_loop_device(repo_host: dict[str, Any], tmp_path: Path,
             json.loads(sh("sfdisk", "--json", dev))["partitiontable"]["id"]
 
 
+def test_restore_onto_a_loop_device_that_was_seen_smaller(repo_host: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """libparted caches a device's length for the life of the process: a loop device
+    probed while it was small, then grown (or reused for a larger file), must still get
+    a table that fits its real size (this failed in CI when earlier tests had used the
+    same /dev/loopN)."""
+    parted = pytest.importorskip("parted")
+    backing = tmp_path / "grown.img"
+    backing.write_bytes(bytes(8 * MIB))
+    dev = sh("losetup", "-f", "--show", str(backing)).strip()
+    try:
+        parted.getDevice(dev).removeFromCache()  # whatever earlier tests left cached
+        assert parted.getDevice(dev).getLength() * 512 == 8 * MIB  # now cached at 8 MiB
+        with open(backing, "r+b") as f:
+            f.truncate(64 * MIB)
+        sh("losetup", "-c", dev)
+        source = tmp_path / "vda.img"
+        make_source(source, "gpt")
+        point_of(repo_host, source)
+        engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+        plan = engine.plan("latest", {"vda.img": dev})
+        report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "state")))
+        assert report.ok
+        os.sync()
+        check_equal(source, backing)
+    finally:
+        sh("losetup", "-d", dev)
+
+
 def test_mounted_loop_device_refused(repo_host: dict[str, Any], tmp_path: Path,
                                      loop: tuple[str, Path]) -> None:
     dev = loop[0]
