@@ -20,6 +20,9 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_IDS_PER_REQUEST = 4096
 #: Media type of a binary record stream (cdpcore.records).
 RECORDS_MEDIA_TYPE = "application/x-cdp-records"
+#: Latest creation time a point may carry (9999-12-31T23:59:59Z): every time the server
+#: files by (retention's UTC calendar buckets) must be a date the platform can represent.
+MAX_POINT_TIME = 253402300799.0
 
 HexId = str  # 64 lower-case hex digits
 
@@ -81,7 +84,7 @@ class PointStats(BaseModel):
 
 class CommitRequest(BaseModel):
     point_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    created: float
+    created: float = Field(ge=0, le=MAX_POINT_TIME, allow_inf_nan=False)  # Unix time
     parent: str | None = None
     volumes: list[VolumeWire]
     manifest: str  # base64 of the sealed manifest blob
