@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cdpcore import format as fmt
 from cdpcore import index, records
-from cdpcore.api import ObjectKind, Role, UploadResult
+from cdpcore.api import MAX_FETCH_BYTES, ObjectKind, Role, UploadResult
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError, UsageError
 from cdpcore.manifest import check_name
 
@@ -192,6 +192,10 @@ class Datastore:
         """(id, blob) of each object; NotFoundError naming absent or damaged ones. An object
         found corrupted here is marked damaged so the next backup heals it."""
         locs = self.catalog.locate(host, kind, ids)
+        total = sum(loc.length for loc in locs.values())
+        if total > MAX_FETCH_BYTES and len(ids) > 1:
+            raise BadRequest(f"the {len(ids)} {kind.value} asked for hold {total} bytes, more "
+                             f"than one answer carries ({MAX_FETCH_BYTES}): ask for fewer", 413)
         absent = [i for i in ids if i not in locs or locs[i].damaged]
         out: list[tuple[bytes, bytes]] = []
         corrupted: list[bytes] = []

@@ -22,8 +22,12 @@ def prune(ds: Datastore, host: str | None = None) -> PruneReport:
     hosts = [host] if host else ds.catalog.host_names()
     for name in hosts:
         rows = ds.catalog.point_rows(name)
+        # A point counts as no newer than its arrival: the creation time is the agent's
+        # word, and a compromised agent's points dated in the future would otherwise
+        # outrank every real point that comes after them.
         keep = retention.select(
-            [retention.Candidate(r.point_id, r.created, r.pinned) for r in rows],
+            [retention.Candidate(r.point_id, min(r.created, r.committed), r.pinned)
+             for r in rows],
             ds.catalog.retention(name))
         gone = [r.point_id for r in rows if r.point_id not in keep]
         ds.catalog.delete_points(name, gone)

@@ -18,6 +18,9 @@ API_PREFIX = "/api/v1"
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 #: Upper bound of IDs per missing/fetch query.
 MAX_IDS_PER_REQUEST = 4096
+#: Upper bound of one fetch answer's stored bytes: a fetch of objects larger in all
+#: answers 413, and the client asks again for halves (blocks may be up to 4 MiB each).
+MAX_FETCH_BYTES = 64 * 1024 * 1024
 #: Media type of a binary record stream (cdpcore.records).
 RECORDS_MEDIA_TYPE = "application/x-cdp-records"
 #: Latest creation time a point may carry (9999-12-31T23:59:59Z): every time the server

@@ -273,17 +273,30 @@ class CdpClient:
         pages, against the ID itself). Raises NotFoundError naming missing objects."""
         out: dict[bytes, bytes] = {}
         for part in _split_ids(sorted(set(ids))):
+            self._fetch_part(host, kind, part, out)
+        return out
+
+    def _fetch_part(self, host: str, kind: ObjectKind, part: list[bytes],
+                    out: dict[bytes, bytes]) -> None:
+        try:
             resp = self._request("POST", f"/hosts/{host}/{kind.value}/fetch",
                                  json={"ids": [i.hex() for i in part]})
-            for oid, _checksum, blob in records.decode_records(resp.content):
-                if kind is ObjectKind.pages and hashlib.sha256(blob).digest() != oid:
-                    raise IntegrityError(f"server sent wrong content for page {oid.hex()[:16]}…")
-                out[oid] = blob
-            lacking = [i for i in part if i not in out]
-            if lacking:
-                raise IntegrityError(f"server did not send {len(lacking)} requested "
-                                     f"{kind.value}, e.g. {lacking[0].hex()[:16]}…")
-        return out
+        except ServerError as exc:
+            if exc.status != 413 or len(part) < 2:
+                raise
+            # More bytes than one answer may carry (large blocks): ask for halves.
+            half = len(part) // 2
+            self._fetch_part(host, kind, part[:half], out)
+            self._fetch_part(host, kind, part[half:], out)
+            return
+        for oid, _checksum, blob in records.decode_records(resp.content):
+            if kind is ObjectKind.pages and hashlib.sha256(blob).digest() != oid:
+                raise IntegrityError(f"server sent wrong content for page {oid.hex()[:16]}…")
+            out[oid] = blob
+        lacking = [i for i in part if i not in out]
+        if lacking:
+            raise IntegrityError(f"server did not send {len(lacking)} requested "
+                                 f"{kind.value}, e.g. {lacking[0].hex()[:16]}…")
 
     def page_source(self, host: str) -> ServerPages:
         return ServerPages(self, host)

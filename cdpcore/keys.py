@@ -145,3 +145,17 @@ def parse_recovery_key(text: str) -> bytes:
     if hashlib.sha256(master).digest()[:4] != checksum:
         raise FormatError("recovery key checksum mismatch: a character was mistyped")
     return master
+
+
+def master_from_recovery_key(text: str, key_doc: Any | None) -> bytes:
+    """The master key of a printable recovery key, checked against the host's key file
+    where it has one: a recovery key of another repository is refused here, by name,
+    instead of failing later on the first blob as if the data were damaged."""
+    master = parse_recovery_key(text)
+    if key_doc is not None:
+        expected = WrappedKey.from_json(key_doc).check
+        if not hmac.compare_digest(key_check(master), expected):
+            raise WrongKeyError(f"this recovery key belongs to another repository: its "
+                                f"fingerprint {key_check(master)} is not the host key's "
+                                f"{expected}")
+    return master

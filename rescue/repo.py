@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from cdpcore.api import PointDetail, PointInfo
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.errors import FormatError, NotFoundError
-from cdpcore.keys import WrappedKey, parse_recovery_key
+from cdpcore.keys import WrappedKey, master_from_recovery_key
 from cdpcore.manifest import Manifest, VolumeRecord
 from cdpcore.points import select_point
 
@@ -40,14 +40,14 @@ class Repository:
     @classmethod
     def open(cls, client: RestoreClient, host: str, passphrase: str) -> Repository:
         """`passphrase` is the key passphrase, or a recovery key (CDP1-...)."""
+        try:
+            doc = client.get_key(host)
+        except NotFoundError:
+            raise NotFoundError(f"unknown host {host!r}: the server has no such host, or "
+                                "this token belongs to another host", 404) from None
         if passphrase.strip().upper().startswith("CDP1-"):
-            master = parse_recovery_key(passphrase)
+            master = master_from_recovery_key(passphrase, doc)
         else:
-            try:
-                doc = client.get_key(host)
-            except NotFoundError:
-                raise NotFoundError(f"unknown host {host!r}: the server has no such host, or "
-                                    "this token belongs to another host", 404) from None
             if doc is None:
                 raise NotFoundError(f"host {host!r} has no key on the server: open it with "
                                     "its printable recovery key (CDP1-...) instead")

@@ -7,7 +7,13 @@ import json
 import pytest
 
 from cdpcore.errors import FormatError, WrongKeyError
-from cdpcore.keys import WrappedKey, new_master_key, parse_recovery_key, recovery_key
+from cdpcore.keys import (
+    WrappedKey,
+    master_from_recovery_key,
+    new_master_key,
+    parse_recovery_key,
+    recovery_key,
+)
 
 FAST_N = 2**14  # scrypt cost for tests; the default (2**15) is exercised once below
 
@@ -75,3 +81,12 @@ def test_recovery_key_round_trip_and_typos() -> None:
         parse_recovery_key("XYZ1-AAAAA")
     with pytest.raises(FormatError, match="outside A-Z"):
         parse_recovery_key(text[:-1] + "1")
+
+
+def test_recovery_key_is_checked_against_the_host_key_file() -> None:
+    master = new_master_key()
+    key_file = WrappedKey.create(master, "pw", n=2**10).to_json()
+    assert master_from_recovery_key(recovery_key(master), key_file) == master
+    assert master_from_recovery_key(recovery_key(master), None) == master  # no key file
+    with pytest.raises(WrongKeyError, match="belongs to another repository"):
+        master_from_recovery_key(recovery_key(new_master_key()), key_file)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cdpcore.errors import NotFoundError, SafetyError, WrongKeyError
+from cdpcore.keys import new_master_key, recovery_key
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
 
@@ -158,6 +159,8 @@ def test_wrong_passphrase_unknown_host_and_point(repo_host: dict[str, Any]) -> N
         Repository.open(repo_host["restore"], "web1", "not the passphrase")
     with pytest.raises(NotFoundError):
         Repository.open(repo_host["restore"], "nosuchhost", PASS)
+    with pytest.raises(WrongKeyError, match="recovery key belongs to another repository"):
+        Repository.open(repo_host["restore"], "web1", recovery_key(new_master_key()))
     repo = Repository.open(repo_host["restore"], "web1", PASS)
     with pytest.raises(NotFoundError, match="there are no recovery points of host 'web1'"):
         repo.choose("latest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 
@@ -10,7 +11,14 @@ import pytest
 import requests
 
 from cdpcore import index, records
-from cdpcore.api import API_PREFIX, MAX_UPLOAD_BYTES, RECORDS_MEDIA_TYPE, ObjectKind, Role
+from cdpcore.api import (
+    API_PREFIX,
+    MAX_FETCH_BYTES,
+    MAX_UPLOAD_BYTES,
+    RECORDS_MEDIA_TYPE,
+    ObjectKind,
+    Role,
+)
 from cdpcore.errors import NotFoundError, ServerError
 
 from .points import build_point, new_codec
@@ -46,6 +54,24 @@ def test_upload_missing_fetch_round_trip(host) -> None:  # type: ignore[no-untyp
     assert [codec.open_block(i, got[i]) for i in ids] == blocks
     # pages and chunks are separate namespaces
     assert agent.missing("web1", ObjectKind.pages, ids[:3]) == set(ids[:3])
+
+
+def test_fetch_larger_than_one_answer_is_split(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    """One answer carries at most MAX_FETCH_BYTES: the server refuses a larger fetch
+    (413) instead of building it in memory, and the client asks again for halves."""
+    agent, tokens = host
+    codec = new_codec()
+    blocks = [os.urandom(4 * 1024 * 1024) for _ in range(MAX_FETCH_BYTES // (4 << 20) + 1)]
+    items = [codec.seal_block(b) for b in blocks]
+    ids = [i for i, _ in items]
+    for item in items:
+        agent.upload("web1", ObjectKind.chunks, [item])  # type: ignore[list-item]
+    resp = _post(cdp_server, tokens[Role.agent], "/hosts/web1/chunks/fetch",
+                 json.dumps({"ids": [i.hex() for i in ids]}).encode(), "application/json")
+    assert resp.status_code == 413, resp.text
+    assert "ask for fewer" in resp.json()["detail"]
+    got = agent.fetch("web1", ObjectKind.chunks, ids)
+    assert [codec.open_block(i, got[i]) for i in ids] == blocks
 
 
 def test_fetch_names_missing_objects(host) -> None:  # type: ignore[no-untyped-def]

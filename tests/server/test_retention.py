@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -76,6 +77,23 @@ def test_prune_over_the_api(cdp_server) -> None:  # type: ignore[no-untyped-def]
     assert [p.point_id for p in agent.points("web1")] == [ids[7]]
     with pytest.raises(NotFoundError):
         admin.delete_point("web1", ids[6])
+
+
+def test_points_dated_in_the_future_do_not_outrank_later_points(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """A compromised agent may date its points as it likes; retention ranks a point by
+    its arrival when that is earlier, so junk dated in year 9999 cannot make the real
+    points that come after it look older than itself."""
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    admin = cdp_server.admin()
+    codec = new_codec()
+    junk = push(agent, "web1", build_point(codec, "web1", {"vda": os.urandom(BS)},
+                                           created=253402300799.0)).point_id
+    real = [push(agent, "web1", build_point(codec, "web1", {"vda": os.urandom(BS)},
+                                            created=time.time())).point_id for _ in range(2)]
+    admin.set_retention("web1", Retention(keep_last=2))
+    assert admin.prune("web1").removed == [junk]
+    assert sorted(p.point_id for p in agent.points("web1")) == sorted(real)
 
 
 def test_prune_by_the_cli_is_seen_by_the_running_server(cdp_server) -> None:  # type: ignore[no-untyped-def]
