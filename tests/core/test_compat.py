@@ -66,6 +66,12 @@ def test_second_point_shares_unchanged_pages_and_chunks() -> None:
     second, _ = restore(codec, "00000000000000000000000000000002")
     assert second.parent == first.point_id
     assert first.volumes[0].root != second.volumes[0].root
+    ids = [dict(ix.iter_block_ids(m.volumes[0].geometry, DirPages(), m.volumes[0].root_id))
+           for m in (first, second)]
+    # block 3 was edited and block 9 zeroed; every other block is the same stored chunk
+    assert {b for b in ids[0] if ids[0][b] != ids[1][b]} == {3, 9}
+    assert ids[1][9] == fmt.ZERO_ID
+    assert len({cid for cid in ids[0].values() if cid != fmt.ZERO_ID}) > 1
 
 
 def test_manifest_cannot_be_moved_to_another_point() -> None:
