@@ -49,6 +49,9 @@ def test_keyboard_only_restore_is_byte_exact(env: Env) -> None:
             await settle(pilot)
             assert isinstance(app.screen, ReviewScreen)
             assert f"wipe {env.target} (16.0 MiB)" in text(pilot, "#plan-text")
+            # In the map screen's words, not the engine's "--map" (a CLI option).
+            assert f"vda.img -> {env.target} (16.0 MiB, chosen by you)" in \
+                text(pilot, "#plan-text")
             await type_text(pilot, "vda.img")
             await pilot.press("enter")
             assert text(pilot, "#confirm-error") == \

@@ -60,12 +60,16 @@ def test_timeline_jumps_filter_and_layout(env: Env) -> None:
             assert [r[3] for r in rows] == ["-", "ok", "ok"]
             assert rows[0][1] == "16.0 MiB"
             assert cursor_point(screen) == newest.point_id
+            # The minutes-only timeline; the info line names the highlighted point exactly.
+            assert text(pilot, "#info") == \
+                f"web1: 3 of 3 points. Enter: restore {when(newest.created)}"
             labels = tree_labels(screen.query_one("#layout", Tree))
             assert labels[0] == "disk vda.img 16.0 MiB gpt"
             assert labels[1].startswith("1 4.0 MiB esp")
             assert labels[2].startswith("2 11.0 MiB")
             await pilot.press("v")
             assert cursor_point(screen) == middle.point_id
+            assert text(pilot, "#info").endswith(f"Enter: restore {when(middle.created)}")
             await pilot.press("b")
             assert isinstance(app.screen, AskDialog)
             await type_text(pilot, "2026-11-21 00:00")

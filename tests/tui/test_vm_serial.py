@@ -1,11 +1,13 @@
 """The rescue console inside QEMU on the serial console, as the boot image starts it
 (TERM=vt100): connect to a real server through trust on first use, list the points, and
-open a shell with ctrl+z.
+open a shell with ctrl+z; and the whole restore of an older point onto a blank virtio disk,
+checked byte for byte on the host once the VM has powered itself off.
 Keys go in over the serial line; the screen is read from it with escape sequences removed."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -15,10 +17,12 @@ from typing import Any
 
 import pytest
 
-from mkimage.qemu import GUEST_SERVER_IP, VM, Forward, KernelBoot, VMConfig
+from mkimage.qemu import GUEST_SERVER_IP, VM, Disk, Forward, KernelBoot, VMConfig
 from rescue.tui.screens.points import when
+from tests.rescue.pointmaker import make_point
 
-from .conftest import PASS, Env
+from .conftest import MIB, PASS, Env, sh
+from .test_happy_path import table
 
 pytestmark = pytest.mark.vm
 GUEST_PORT = 8443
@@ -38,21 +42,41 @@ class Serial:
     def __init__(self, vm: VM) -> None:
         self.vm = vm
 
+    def mark(self) -> int:
+        """Where the console is now: wait_for(start=mark) ignores what was shown before."""
+        with self.vm._cond:
+            return len(self.vm._buf)
+
     def text(self, start: int = 0) -> str:
         with self.vm._cond:  # the harness's buffer of everything the console printed
             raw = bytes(self.vm._buf[start:])
         return _ESCAPES.sub(b"", raw).decode(errors="replace")
 
     def wait_for(self, needle: str, timeout: float = 300,
-                 after: Callable[[str], bool] | None = None) -> None:
+                 after: Callable[[str], bool] | None = None, start: int = 0) -> None:
         """Wait for text on the screen (escape sequences removed: a repaint may put style
-        changes inside a line), or for `after` to accept all the text so far."""
+        changes inside a line), or for `after` to accept all the text so far (from start)."""
         deadline = time.monotonic() + timeout
-        while not (after(self.text()) if after else needle in self.text()):
+        while not (after(self.text(start)) if after else needle in self.text(start)):
             if not self.vm.alive() or time.monotonic() > deadline:
                 raise AssertionError(f"{needle!r} did not appear on the serial console; it "
                                      f"ends with:\n{self.text()[-3000:]}")
             time.sleep(0.5)
+
+    def quiet(self, start: int, seconds: float = 2, timeout: float = 60) -> None:
+        """Wait until the screen changed after start and then stayed still for a while: a
+        key whose effect shows no new text (a moved cursor or focus) has been handled."""
+        deadline = time.monotonic() + timeout
+        size, since = start, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = self.mark()
+            if now != size:
+                size, since = now, time.monotonic()
+            elif size > start and time.monotonic() - since >= seconds:
+                return
+        raise AssertionError(f"the console did not settle; it ends with:\n"
+                             f"{self.text()[-3000:]}")
 
     def keys(self, data: str) -> None:
         self.vm._send(data)  # the harness has no public way to type on the console
@@ -83,3 +107,79 @@ def test_serial_console_connects_with_tofu_and_lists_points(env: Env, cdp_server
         serial.wait_for("#", after=lambda shown: shown.rstrip().endswith("#"))
         serial.keys("echo SHELL-$((6 * 7))\n")
         serial.wait_for("SHELL-42")
+
+
+def test_serial_console_restores_an_older_point_byte_exact(env: Env, cdp_server: Any,
+                                                           tmp_path: Path) -> None:
+    # The point to restore is the fixture's; a newer one (new partition GUIDs, other data)
+    # is the latest, so restoring it by mistake would show in the bytes and the GUIDs.
+    chosen = env.points[0]
+    kept = tmp_path / "chosen.img"
+    shutil.copyfile(env.source, kept)
+    sh("sgdisk", "-G", str(env.source))
+    with open(env.source, "r+b") as f:
+        f.seek(5 * MIB)
+        f.write(b"\xa5" * MIB)
+    # Seconds apart at least: the screens name points to the second.
+    latest = make_point(env.agent, "web1", env.codec, [str(env.source)],
+                        created=chosen.created + 30)
+    target = tmp_path / "disk.img"
+    sh("truncate", "-s", str(24 * MIB), str(target))  # blank and larger than the source
+    url = f"https://{GUEST_SERVER_IP}:{GUEST_PORT}"
+    cfg = VMConfig(boot=image(tmp_path / "image"), disks=[Disk(target)],
+                   forwards=[Forward(GUEST_PORT, cdp_server.port)],
+                   extra_append=f"ip=dhcp cdp.server={url} cdp.token={env.token}",
+                   name="tui-serial-restore")
+    with VM(cfg) as vm:
+        assert vm.ready is not None and vm.ready.list("disks") == ["vda"]
+        serial = Serial(vm)
+        serial.wait_for("1/6 Network")
+        serial.keys("\x0e")  # ctrl+n: accept the network the init brought up
+        serial.wait_for("2/6 Connect")
+        serial.keys(PASS + "\r")
+        serial.wait_for(env.fingerprint)
+        serial.keys("y")
+        serial.wait_for(f"web1: 2 of 2 points. Enter: restore {when(latest.created)}")
+        serial.wait_for("disk vda.img 16.0 MiB gpt")
+        serial.keys("\x1b[B")  # down: from the latest (on top) to the older point
+        serial.wait_for(f"Enter: restore {when(chosen.created)}")
+        serial.keys("\r")
+        serial.wait_for("4/6 Map source disks to target disks")
+        serial.wait_for("vda            24.0 MiB")  # the blank disk, selectable
+        at = serial.mark()
+        serial.keys("\r")  # the source row: to its targets
+        serial.quiet(at)
+        serial.keys("\r")  # pick the highlighted (the only selectable) target
+        serial.wait_for("chosen by you")
+        serial.wait_for("vda (24.0 MiB)", start=at)
+        serial.wait_for("ctrl+n: review the plan")
+        serial.keys("\x0e")
+        serial.wait_for("5/6 Review")
+        serial.wait_for(f"point {chosen.point_id[:12]} ({when(chosen.created)})")
+        serial.wait_for("vda.img -> /dev/vda (24.0 MiB, chosen by you)")
+        serial.wait_for("Type /dev/vda or vda or the host name 'web1'")
+        serial.keys("/dev/vda\r")
+        serial.wait_for("6/6 Restore")
+        serial.wait_for("restoring ...")
+        serial.wait_for("overall")
+        serial.wait_for("Restored 16.0 MiB of host web1 in ", timeout=900)
+        serial.wait_for("Power off")
+        serial.keys("\t\r")  # Reboot has the focus; tab to Power off
+        deadline = time.monotonic() + 120
+        while vm.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not vm.alive(), "the VM did not power off from the summary screen"
+    # The target holds the chosen point: its partition table (GUIDs, types, names, bounds;
+    # the backup GPT moved to the larger disk's end), boot code and every partition's bytes.
+    src_table, dst_table = table(kept), table(target)
+    assert dst_table.pop("lastlba") == 24 * MIB // 512 - 34
+    src_table.pop("lastlba")
+    assert src_table == dst_table
+    assert table(env.source)["id"] != dst_table["id"]
+    assert "No problems found" in sh("sgdisk", "-v", str(target))
+    src, dst = kept.read_bytes(), target.read_bytes()
+    assert len(dst) == 24 * MIB
+    assert src[:440] == dst[:440]
+    for part in src_table["partitions"]:
+        start, size = part["start"] * 512, part["size"] * 512
+        assert src[start:start + size] == dst[start:start + size]

@@ -181,4 +181,4 @@ class MapScreen(RescueScreen):
             return
         state.plan = plan
         from .review import ReviewScreen
-        self.app.call_from_thread(self.app.push_screen, ReviewScreen())
+        self.app.call_from_thread(self.app.push_screen, ReviewScreen(dict(self.reasons)))

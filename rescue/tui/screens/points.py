@@ -46,6 +46,7 @@ class PointsScreen(RescueScreen):
     def __init__(self) -> None:
         super().__init__()
         self.points: list[PointInfo] = []
+        self.summary = ""  # "web1: 2 of 5 points on 2026-11-24", above the key hint
         self.layouts: dict[str, Layout] = {}
 
     def compose(self) -> ComposeResult:
@@ -84,6 +85,7 @@ class PointsScreen(RescueScreen):
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "points" and event.row_key.value:
             self._show_layout(str(event.row_key.value))
+            self._show_info(str(event.row_key.value))
 
     @work(thread=True, exclusive=True, group="host")
     def _open_host(self, host: str) -> None:
@@ -116,11 +118,19 @@ class PointsScreen(RescueScreen):
         for p in reversed(shown):  # newest first: the usual choice is at the top
             table.add_row(when(p.created)[:16], human(p.size), human(p.stats.changed_bytes),
                           VERIFY_SHORT[p.verify], "P" if p.pinned else "", key=p.point_id)
-        self.query_one("#info", Static).update(
-            f"{self.rescue.state.host}: {len(shown)} of {len(points)} points"
-            + (f" on {day}" if day else "") + ". Enter: restore the highlighted point")
+        self.summary = (f"{self.rescue.state.host}: {len(shown)} of {len(points)} points"
+                        + (f" on {day}" if day else ""))
+        self._show_info(None)
         if not shown:
             self.query_one("#layout", LayoutTree).show(None, "no point")
+
+    def _show_info(self, point_id: str | None) -> None:
+        """Name the highlighted point to the second: the timeline shows minutes only, and
+        a monochrome serial terminal does not show the cursor row, which is only coloured."""
+        point = next((p for p in self.points if p.point_id == point_id), None)
+        self.query_one("#info", Static).update(
+            f"{self.summary}. Enter: restore "
+            + (when(point.created) if point else "the highlighted point"))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self._fill(self.points, event.value)

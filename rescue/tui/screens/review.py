@@ -22,11 +22,14 @@ def confirm_words(plan: Plan) -> set[str]:
     return words
 
 
-def describe(plan: Plan) -> str:
+def describe(plan: Plan, reasons: dict[str, str] | None = None) -> str:
+    """reasons: why each source's target, in the map screen's words (the plan says "--map"
+    for every disk the screen passed on, automatic matches included)."""
     lines = [f"Restore host {plan.host}, point {plan.point_id[:12]} ({when(plan.created)})"]
     for dp in plan.disks:
+        reason = (reasons or {}).get(dp.source) or dp.reason
         lines.append(f"  {dp.source} -> {dp.target.path} ({human(dp.target.size)}, "
-                     f"{dp.reason})")
+                     f"{reason})")
         lines += [f"     now on it: {c}" for c in dp.target.contents]
     lines.append("Steps (destructive, in this order):")
     lines += [f"  {i:2}. {a.description}" for i, a in enumerate(plan.actions, 1)]
@@ -35,12 +38,16 @@ def describe(plan: Plan) -> str:
 
 
 class ReviewScreen(RescueScreen):
+    def __init__(self, reasons: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.reasons = reasons or {}
+
     def compose(self) -> ComposeResult:
         plan = self.plan
         yield Static("5/6 Review: everything on the target disks will be destroyed",
                      classes="title")
         with VerticalScroll(id="steps"):
-            yield Static(describe(plan), id="plan-text")
+            yield Static(describe(plan, self.reasons), id="plan-text")
         names = " or ".join(sorted(confirm_words(plan) - {plan.host})) or ""
         yield Static(f"Type {names + ' or ' if names else ''}the host name "
                      f"{plan.host!r} and press Enter to start:", classes="hint")
