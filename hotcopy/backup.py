@@ -51,6 +51,8 @@ class BackupOptions:
     full_scan_every: int = 0  # verify tracking with a full scan every N points; 0: never
     bandwidth: int = 0  # bytes/s; 0: no cap
     reflink: bool = True
+    #: Record the free space of ext2/3/4 volumes as zeros instead of reading it.
+    skip_free: bool = False
     hostname: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -152,7 +154,8 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                 volumes.append(vol)
                 vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
                                        pool=pool, uploader=uploader,
-                                       damaged=damaged, only=only, window=2 * workers,
+                                       damaged=damaged, only=only,
+                                       skip_free=opts.skip_free, window=2 * workers,
                                        progress=progress)
             uploader.close()
             era_state = _era_state(eras)

@@ -214,6 +214,31 @@ def capture(paths: list[str], hostname: str | None = None) -> tuple[Layout, list
     return layout, volumes
 
 
+def local_disks() -> list[str]:
+    """What the agent protects when no source is configured: every local disk."""
+    return pick_local_disks(runcmd.run_json(["lsblk", "-J", "-d", "-b", "-o",
+                                             "NAME,PATH,TYPE,RO,RM,SIZE"]))
+
+
+def pick_local_disks(doc: dict[str, Any]) -> list[str]:
+    """Disks of an `lsblk -J -d` answer worth protecting: writable, fixed, not empty; not
+    loop devices, RAM disks, zram swap, optical drives or removable media (a USB stick
+    plugged in for the day is not part of the server). Pure."""
+    out = []
+    for dev in doc.get("blockdevices") or []:
+        name = str(dev.get("name") or "")
+        if (dev.get("type") != "disk" or _flag(dev.get("ro")) or _flag(dev.get("rm"))
+                or not int(dev.get("size") or 0) or name.startswith(("zram", "ram", "loop"))):
+            continue
+        out.append(str(dev.get("path") or f"/dev/{name}"))
+    return sorted(out)
+
+
+def _flag(value: Any) -> bool:
+    # lsblk prints booleans as true/false, or as "0"/"1" in older versions
+    return value in (True, 1, "1", "true")
+
+
 def partition_name(disk: str, number: int) -> str:
     """Kernel name of a partition: vda3, but nvme0n1p3 and loop0p3."""
     return f"{disk}p{number}" if disk[-1:].isdigit() else f"{disk}{number}"

@@ -65,3 +65,24 @@ def block_runs(byte_ranges: Iterable[tuple[int, int]], offset: int, size: int,
             first = lo // block_size
             runs.append((first, -(-hi // block_size) - first))
     return merge_runs(runs)
+
+
+def subtract_runs(runs: Iterable[Run], minus: Iterable[Run]) -> list[Run]:
+    """The blocks of `runs` that are not in `minus` (both sorted and disjoint)."""
+    out: list[Run] = []
+    cut = merge_runs(minus)
+    j = 0
+    for first, count in runs:
+        pos, end = first, first + count
+        while j < len(cut) and cut[j][0] + cut[j][1] <= pos:
+            j += 1
+        k = j
+        while pos < end:
+            if k == len(cut) or cut[k][0] >= end:
+                out.append((pos, end - pos))
+                break
+            if cut[k][0] > pos:
+                out.append((pos, cut[k][0] - pos))
+            pos = max(pos, cut[k][0] + cut[k][1])
+            k += 1
+    return out

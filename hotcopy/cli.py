@@ -1,6 +1,6 @@
-"""`cdp-agent`: init, backup, run, points, verify, status. Every command exits with the
-stable code of its error class (cdpcore.errors, hotcopy.errors) and prints one line saying
-what went wrong and what to do."""
+"""`cdp-agent`: init, backup, run, points, verify, status, thaw and the `era` group.
+Every command exits with the stable code of its error class (cdpcore.errors,
+hotcopy.errors) and prints one line saying what went wrong and what to do."""
 
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from cdpcore.errors import CdpError, UsageError
 from cdpcore.points import select_point
 
 from . import config as cfgmod
-from . import logs
+from . import era as eramod
+from . import logs, priority
 from .backup import BackupOptions, backup
-from .keysetup import codec_from_recovery_key, establish_key
+from .capture import local_disks
+from .keysetup import codec_for_host, establish_key
 from .remote import Remote
+from .snapshot import freeze
 from .state import StateDir
 from .verify import verify_point
 
@@ -128,10 +131,16 @@ def _progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[
 
 def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> None:
     remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
-    codec = codec_from_recovery_key(conf.recovery_key)
+    codec = codec_for_host(remote, conf.host, conf.recovery_key)
     if not conf.sources:
-        raise UsageError("no sources configured: pass --source or set `sources` in the config")
-    opts = BackupOptions(full_scan_every=conf.full_scan_every, bandwidth=conf.bandwidth)
+        # whole disks by default, found afresh for every point (a disk added is protected)
+        conf = replace(conf, sources=local_disks())
+        if not conf.sources:
+            raise UsageError("no sources configured and no local disk found: pass --source "
+                             "or set `sources` in the config")
+    opts = BackupOptions(full_scan_every=conf.full_scan_every, bandwidth=conf.bandwidth,
+                         skip_free=conf.skip_free)
+    priority.lower(conf.nice, conf.io_class)
     with _progress(interactive and not as_json) as (on_total, progress):
         info = backup(remote, conf.host, codec, conf.sources, conf.state_dir,
                       tracking=conf.tracking, block_size=conf.block_size,  # type: ignore[arg-type]
@@ -227,7 +236,8 @@ def verify(config_path: str, as_json: bool, point: str) -> None:
     conf = _load(config_path)
     remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
     point = select_point(remote.points(conf.host), point, conf.host).point_id
-    result = verify_point(remote, conf.host, codec_from_recovery_key(conf.recovery_key), point)
+    result = verify_point(remote, conf.host,
+                          codec_for_host(remote, conf.host, conf.recovery_key), point)
     _emit(as_json, {**asdict(result), "ok": result.ok},
           f"point {point}: {result.chunks_checked} chunks ({result.bytes_checked} bytes) "
           f"checked, {len(result.missing)} missing, {len(result.damaged)} damaged")
@@ -250,6 +260,63 @@ def status(config_path: str, as_json: bool) -> None:
            "server_latest": latest.point_id if latest else None,
            "in_sync": latest is not None and latest.point_id == state.point_id}
     _emit(as_json, doc, "\n".join(f"{k}: {v}" for k, v in doc.items()))
+
+
+@cli.command()
+@config_option
+def thaw(config_path: str) -> None:
+    """Thaw the filesystems a killed agent left frozen (the systemd unit's ExecStopPost;
+    every run does it too)."""
+    conf = _load(config_path)
+    freeze.thaw_leftover(StateDir(conf.state_dir, conf.host).dir)
+
+
+@cli.group()
+def era() -> None:
+    """dm-era change tracking: an era device over a volume records which blocks are
+    written, so that `--tracking era` reads only those. Attach it at boot, before the
+    filesystem is mounted, and mount the filesystem from /dev/mapper/cdpera-NAME."""
+
+
+@era.command("attach")
+@click.argument("volume")
+@click.option("--metadata", required=True,
+              help="Device for dm-era's metadata (a small LV of its own).")
+@click.option("--name", default="",
+              help="Era device name: /dev/mapper/cdpera-NAME (default: the volume's name).")
+@click.option("--block-sectors", type=int, default=128, show_default=True,
+              help="Tracking granularity in 512-byte sectors.")
+@click.option("--reset-unreadable", is_flag=True,
+              help="Wipe metadata that dm-era refuses and start tracking afresh (the next "
+                   "point is then a full scan).")
+@click.option("--wait", type=float, default=0, show_default=True,
+              help="Seconds to wait for the devices to appear (at boot).")
+def era_attach(volume: str, metadata: str, name: str, block_sectors: int,
+               reset_unreadable: bool, wait: float) -> None:
+    """Put a dm-era device over VOLUME (unused: not yet mounted) and print its path; an
+    era device already over VOLUME is kept."""
+    click.echo(eramod.attach(volume, metadata, name, block_sectors, reset_unreadable, wait))
+
+
+@era.command("status")
+@json_option
+def era_status(as_json: bool) -> None:
+    """The era devices of this machine: origin, metadata, current era."""
+    docs = [eramod.status(dev) for dev in eramod.list_eras()]
+    _emit(as_json, docs, "\n".join(
+        f"{d['device']}: origin {d['origin']}, metadata {d['metadata']} "
+        f"({d['metadata_blocks_used']}/{d['metadata_blocks_total']} blocks), "
+        f"era {d['current_era']}, {d['block_bytes']} B blocks" for d in docs)
+        or "no dm-era devices")
+
+
+@era.command("detach")
+@click.argument("name_or_volume")
+def era_detach(name_or_volume: str) -> None:
+    """Remove an era device (by name, or by the volume it tracks); unmount its filesystem
+    first. The volume itself is untouched; points fall back to scanning."""
+    dev = eramod.detach(name_or_volume)
+    click.echo(f"removed /dev/mapper/{dev.name}")
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from typing import Any
 from cdpcore import format as fmt
 from cdpcore.errors import UsageError
 
+from . import priority
+
 DEFAULT_CONFIG = "/etc/cdp-agent/agent.toml"
 DEFAULT_STATE_DIR = "/var/lib/cdp-agent"
 MIN_INTERVAL = 60
@@ -34,8 +36,12 @@ class AgentConfig:
     workers: int = 0
     bandwidth: int = 0  # bytes/s, 0: no cap
     full_scan_every: int = 288  # one verifying full scan a day at 5-minute points
+    skip_free: bool = False  # record ext2/3/4 free space as zeros instead of reading it
+    nice: int = 10  # CPU priority of the agent and its workers (0-19)
+    io_class: str = "idle"  # I/O class: idle, best-effort (lowest level) or none
 
     def check(self) -> AgentConfig:
+        priority.check(self.nice, self.io_class)
         if self.interval < MIN_INTERVAL:
             raise UsageError(f"interval must be at least {MIN_INTERVAL} s, not {self.interval}")
         if self.tracking not in ("scan", "era"):

@@ -1,8 +1,9 @@
 """dm-era change tracking (a mainline device-mapper target). An era device sits between
-a volume and its users (`create_era`, once, while the volume is unused); the kernel then
-records in which era each region was last written. At each point the agent opens a new era
-(`checkpoint`) and asks `era_invalidate --written-since` (thin-provisioning-tools), on a
-metadata snapshot, which regions were written since the era of the previous point.
+a volume and its users (`attach`, run by `cdp-agent era attach` at boot, before the
+filesystem is mounted); the kernel then records in which era each region was last
+written. At each point the agent opens a new era (`checkpoint`) and asks `era_invalidate
+--written-since` (thin-provisioning-tools), on a metadata snapshot, which regions were
+written since the era of the previous point.
 
 Tracking is a hint: the agent records the device's era at the end of each point; any other
 era at the next point (the device was recreated, its metadata reset, or someone else
@@ -15,16 +16,20 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cdpcore import runcmd
+from cdpcore.errors import CommandFailed, UsageError
 
 from .errors import SnapshotError
 
 PREFIX = "cdpera-"
 SECTOR = 512
+_SUPERBLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -40,24 +45,31 @@ def _devno(path: str) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
-def find_era(path: str) -> EraDevice | None:
-    """The era device that tracks the block device `path` (path is the era device itself
-    or its origin), if any."""
-    if not os.path.exists("/dev/mapper/control") or not stat.S_ISBLK(os.stat(path).st_mode):
-        return None
+def list_eras() -> list[EraDevice]:
+    """Every dm-era device of the machine (none without device-mapper)."""
+    if not os.path.exists("/dev/mapper/control"):
+        return []
     listing = runcmd.run_text(["dmsetup", "ls", "--target", "era"], check=False)
-    want = _devno(path)
+    out = []
     for line in listing.splitlines():
         fields = line.split()
         if not fields or fields[0] == "No":
             continue
-        name = fields[0]
-        table = runcmd.run_text(["dmsetup", "table", name]).split()
+        table = runcmd.run_text(["dmsetup", "table", fields[0]]).split()
         # <start> <length> era <metadata dev> <origin dev> <block size>
-        if len(table) >= 6 and table[2] == "era" and want in (
-                table[4], _devno(f"/dev/mapper/{name}")):
-            return EraDevice(name, table[3], table[4], int(table[5]))
-    return None
+        if len(table) >= 6 and table[2] == "era":
+            out.append(EraDevice(fields[0], table[3], table[4], int(table[5])))
+    return out
+
+
+def find_era(path: str) -> EraDevice | None:
+    """The era device that tracks the block device `path` (path is the era device itself
+    or its origin), if any."""
+    if not os.path.exists(path) or not stat.S_ISBLK(os.stat(path).st_mode):
+        return None
+    want = _devno(path)
+    return next((dev for dev in list_eras()
+                 if want in (dev.origin, _devno(f"/dev/mapper/{dev.name}"))), None)
 
 
 def create_era(origin: str, metadata: str, name: str, block_sectors: int = 128) -> str:
@@ -68,10 +80,71 @@ def create_era(origin: str, metadata: str, name: str, block_sectors: int = 128) 
     return f"/dev/mapper/{PREFIX}{name}"
 
 
-def current_era(dev: EraDevice) -> int:
+def _check_unused(path: str) -> None:
+    # O_EXCL on a block device fails while it is mounted or held by another device.
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_EXCL))
+    except OSError as exc:
+        raise SnapshotError(f"{path} is in use ({exc.strerror}): dm-era must be attached "
+                            "before the filesystem is mounted (at boot)") from None
+
+
+def attach(origin: str, metadata: str, name: str = "", block_sectors: int = 128,
+           reset_unreadable: bool = False, wait: float = 0) -> str:
+    """The boot-time setup: put an era device over `origin` (waiting up to `wait` seconds
+    for both devices to appear) and return its path; an era device already tracking
+    `origin` is kept. With `reset_unreadable`, metadata dm-era refuses (say, restored from
+    a copy taken while in use) is wiped and tracking starts afresh: the agent notices the
+    reset and runs a full scan."""
+    deadline = time.monotonic() + wait
+    while not (os.path.exists(origin) and os.path.exists(metadata)):
+        if time.monotonic() >= deadline:
+            raise SnapshotError(f"{origin} or {metadata} does not exist")
+        time.sleep(0.5)
+    existing = find_era(origin)
+    if existing is not None:
+        return f"/dev/mapper/{existing.name}"
+    _check_unused(origin)
+    _check_unused(metadata)
+    name = name or Path(origin).name
+    try:
+        return create_era(origin, metadata, name, block_sectors)
+    except CommandFailed:
+        if not reset_unreadable:
+            raise
+    # dm-era formats fresh metadata when the superblock (its first 4 KiB) is all zeros.
+    fd = os.open(metadata, os.O_WRONLY | os.O_EXCL)
+    try:
+        os.pwrite(fd, bytes(_SUPERBLOCK), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return create_era(origin, metadata, name, block_sectors)
+
+
+def detach(name_or_path: str) -> EraDevice:
+    """Remove the era device (named, or over the given origin): the filesystem on it
+    must be unmounted. The volume itself is untouched."""
+    dev = next((d for d in list_eras() if d.name in (name_or_path, PREFIX + name_or_path)),
+               None) or find_era(name_or_path)
+    if dev is None:
+        raise UsageError(f"{name_or_path}: no dm-era device of that name or over that device")
+    runcmd.run(["dmsetup", "remove", dev.name])
+    return dev
+
+
+def status(dev: EraDevice) -> dict[str, Any]:
     # <metadata block size> <used>/<total> <current era> <held metadata root>
-    status = runcmd.run_text(["dmsetup", "status", dev.name]).split()
-    return int(status[5])
+    fields = runcmd.run_text(["dmsetup", "status", dev.name]).split()
+    used, total = (int(x) for x in fields[4].split("/"))
+    return {"name": dev.name, "device": f"/dev/mapper/{dev.name}", "origin": dev.origin,
+            "metadata": dev.metadata, "block_bytes": dev.block_sectors * SECTOR,
+            "current_era": int(fields[5]), "metadata_blocks_used": used,
+            "metadata_blocks_total": total}
+
+
+def current_era(dev: EraDevice) -> int:
+    return int(status(dev)["current_era"])
 
 
 def checkpoint(dev: EraDevice) -> int:

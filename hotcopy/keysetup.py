@@ -17,14 +17,23 @@ def establish_key(remote: Remote, host: str, passphrase: str) -> tuple[bytes, bo
         return keys.WrappedKey.from_json(doc).unwrap(passphrase), False
     master = keys.new_master_key()
     wrapped = keys.WrappedKey.create(master, passphrase)
-    if remote.put_key(host, wrapped.to_json()) is False:
-        # Another agent of this host stored a key meanwhile: use that one.
+    try:
+        remote.put_key(host, wrapped.to_json())
+    except ServerError as exc:
+        if exc.status != 409:
+            raise
+        # Another agent of this host stored its key first (keys are never overwritten):
+        # use that one.
         doc = remote.get_key(host)
         if doc is None:
-            raise ServerError(f"the server neither stored nor returned the key of {host}")
+            raise ServerError(f"the server neither stored nor returned the key of {host}") \
+                from None
         return keys.WrappedKey.from_json(doc).unwrap(passphrase), False
     return master, True
 
 
-def codec_from_recovery_key(text: str) -> BlobCodec:
-    return BlobCodec(KeySet.from_master(keys.parse_recovery_key(text)))
+def codec_for_host(remote: Remote, host: str, recovery_key: str) -> BlobCodec:
+    """The codec of the configured recovery key, refused if it is not the host's key:
+    points sealed under another key could not be opened with the host's passphrase."""
+    return BlobCodec(KeySet.from_master(
+        keys.master_from_recovery_key(recovery_key, remote.get_key(host))))

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from cdpcore import format as fmt
 from cdpcore.index import Geometry
 
-from .changes import Run, block_runs
+from . import fsmap
+from .changes import Run, block_runs, subtract_runs
 from .errors import SourceError
 from .sealpool import Sealed, Segment, seal_segment
 from .snapshot import ReadView
@@ -42,7 +43,8 @@ class ScanResult:
     changes: dict[int, bytes] | None  # block -> new ID; None: too many, rebuild the index
     changed_blocks: int = 0
     changed_bytes: int = 0
-    scanned_bytes: int = 0  # bytes read (holes are not)
+    scanned_bytes: int = 0  # bytes read (holes and free filesystem space are not)
+    free_bytes: int = 0  # bytes skipped because the filesystem marks them free
     healed: int = 0
 
 
@@ -96,10 +98,14 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: bool,
                 pool: Executor, uploader: ChunkUploader,
                 damaged: set[bytes], only: Iterable[Run] | None = None,
-                window: int = 8, progress: Progress | None = None) -> ScanResult:
+                skip_free: bool = False, window: int = 8,
+                progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
     candidate and the server's missing answer decides). `only`: sorted, disjoint block
-    runs to read (`changes.block_runs`: a change list or dm-era); None reads every block."""
+    runs to read (`changes.block_runs`: a change list or dm-era); None reads every block.
+    `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
+    all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
+    metadata, with zeros in its free space."""
     bs = geometry.block_size
     per_segment = max(1, SEGMENT_BYTES // bs)
     wanted = [(0, geometry.blocks)] if only is None else only
@@ -185,6 +191,13 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
             check_size()
             data_runs = block_runs(data_ranges(fd, view.offset, view.offset + geometry.size),
                                    view.offset, geometry.size, bs)
+        # A full read skips what the filesystem marks free; a change list reads only
+        # written blocks anyway, and a block freed since keeps its last content.
+        free = fsmap.free_block_runs(view.path, view.offset, geometry.size, bs) \
+            if skip_free and only is None else None
+        if free:
+            result.free_bytes = sum(min(n * bs, geometry.size - f * bs) for f, n in free)
+            data_runs = subtract_runs(data_runs, free)
         for first, count, is_data in _split(wanted, data_runs):
             if is_data:
                 read_run(first, count)

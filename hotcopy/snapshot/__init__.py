@@ -9,11 +9,13 @@ to read its bytes from at one moment. What it uses per source:
 - loop device: read as it is (the same rule applies to its backing file);
 - LVM logical volume: an LVM snapshot (thick, sized from the VG's free extents; thin for
   thin LVs) named with the fixed prefix `cdpsnap_`;
-- any other block device: `fsfreeze` of its mounted filesystem for the read; an unused
-  device is read as it is.
+- any other block device (a whole disk, a partition): `fsfreeze` of every filesystem
+  mounted on it or on its partitions for the read (LVM PVs excepted: their LVs are volumes
+  of their own); an unused device is read as it is.
 
 Leftovers of a killed run (reflink copies, snapshot LVs, a frozen filesystem) carry fixed
-prefixes or a marker file, and `cleanup_leftovers` removes them at the start of a run.
+prefixes or a marker file, and `cleanup_leftovers` removes them at the start of a run
+(a frozen filesystem is thawed at once by a guard process: see freeze.py).
 """
 
 from __future__ import annotations

@@ -1,13 +1,30 @@
-"""fsfreeze: the last resort for a mounted block device with no snapshot mechanism. The
-filesystem is frozen only while the device is read; a marker file in the state directory
-names it, so a killed run's freeze is undone by the next run."""
+"""fsfreeze: the last resort for a block device with no snapshot mechanism (a whole disk, a
+partition). Every filesystem mounted on the device or on anything it holds (its partitions,
+a dm-crypt or md device on them) is frozen while the device is read; LVM logical volumes
+are left alone: they are volumes of their own, read from LVM snapshots.
+
+A frozen filesystem blocks its writers until it is thawed, so no freeze may outlive the
+agent:
+
+- normal end and errors: the context manager thaws, in reverse order;
+- the agent killed (SIGKILL, the OOM killer, SIGTERM of `cdp-agent backup`): a guard
+  process (hotcopy.thawguard), started before the first freeze in a session of its own
+  and deaf to SIGHUP/SIGINT/SIGTERM, waits on the agent's pidfd and thaws as soon as the
+  agent is gone without having said `thawed` on the guard's stdin;
+- agent and guard killed together (systemd's final SIGKILL of the unit's cgroup): the
+  marker file in the state directory lists the frozen mountpoints, written before the first
+  freeze; the unit's `ExecStopPost=cdp-agent thaw` and the next run thaw them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cdpcore import runcmd
 
@@ -17,35 +34,83 @@ log = logging.getLogger("cdp.agent.snapshot")
 MARKER = "frozen"
 
 
-def mountpoint(device: str) -> str | None:
-    proc = runcmd.run(["findmnt", "-n", "-o", "TARGET", "--source", device], check=False)
-    lines = proc.stdout.decode().split()
-    return lines[0] if proc.returncode == 0 and lines else None
+def mounted_filesystems(doc: dict[str, Any]) -> list[str]:
+    """The mountpoints to freeze for reading a device, from `lsblk --json -o
+    NAME,PATH,TYPE,MOUNTPOINTS DEVICE`: one per mounted block device in its tree (a
+    filesystem is frozen once, whatever its bind mounts), LVM volumes and what they hold
+    excluded. Raises SnapshotError for the root filesystem, which cannot be frozen under
+    a running system."""
+    targets: list[str] = []
+
+    def walk(dev: dict[str, Any], top: bool) -> None:
+        if dev.get("type") == "lvm" and not top:
+            return
+        mounts = [m for m in dev.get("mountpoints") or [] if m and m.startswith("/")]
+        if "/" in mounts:
+            raise SnapshotError(
+                f"{dev.get('path') or dev.get('name')} holds the root filesystem, which "
+                "cannot be frozen: put it on LVM, or protect it from the rescue system")
+        if mounts and mounts[0] not in targets:
+            targets.append(mounts[0])
+        for child in dev.get("children") or []:
+            walk(child, False)
+
+    for dev in doc.get("blockdevices") or []:
+        walk(dev, True)
+    return targets
 
 
 def thaw_leftover(state_dir: Path) -> None:
     marker = state_dir / MARKER
     if marker.exists():
-        target = marker.read_text().strip()
-        log.warning("thawing %s, left frozen by an interrupted run", target)
-        runcmd.run(["fsfreeze", "--unfreeze", target], check=False)
+        for target in marker.read_text().split("\n"):
+            if target:
+                log.warning("thawing %s, left frozen by an interrupted run", target)
+                runcmd.run(["fsfreeze", "--unfreeze", target], check=False)
         marker.unlink()
+
+
+def _check_state_dir(device: str, targets: list[str], state_dir: Path) -> None:
+    # The agent writes its state during the read: on a frozen filesystem it would hang.
+    st_dev = os.stat(state_dir).st_dev
+    for target in targets:
+        if os.stat(target).st_dev == st_dev:
+            raise SnapshotError(f"the state directory {state_dir} is on {target}, which must "
+                                f"be frozen to read {device}: move the state directory")
+
+
+def _drop_cache(device: str) -> None:
+    # The device's page cache is its own (a whole disk's is not its partitions'): it may
+    # still hold blocks read at the last point that a filesystem has rewritten since.
+    runcmd.run(["blockdev", "--flushbufs", device])
 
 
 @contextlib.contextmanager
 def frozen(device: str, state_dir: Path) -> Iterator[None]:
-    target = mountpoint(device)
-    if target is None:
-        yield  # not mounted: nothing writes to it
+    doc = runcmd.run_json(["lsblk", "--json", "-o", "NAME,PATH,TYPE,MOUNTPOINTS", device])
+    targets = mounted_filesystems(doc)
+    if not targets:
+        _drop_cache(device)
+        yield  # nothing mounted: nothing writes to it
         return
-    if target == "/":
-        raise SnapshotError(f"{device} is the root filesystem and has no snapshot "
-                            "mechanism: put it on LVM, or protect it from the rescue system")
+    _check_state_dir(device, targets, state_dir)
     marker = state_dir / MARKER
-    marker.write_text(target)
-    runcmd.run(["fsfreeze", "--freeze", target])
+    marker.write_text("".join(t + "\n" for t in targets))
+    guard = runcmd.start([sys.executable, "-m", "hotcopy.thawguard", str(os.getpid()),
+                          *targets])
+    assert guard.stdin is not None
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            for target in targets:
+                runcmd.run(["fsfreeze", "--freeze", target])
+                stack.callback(runcmd.run, ["fsfreeze", "--unfreeze", target], check=False)
+            log.info("froze %s to read %s", ", ".join(targets), device)
+            _drop_cache(device)
+            yield
     finally:
-        runcmd.run(["fsfreeze", "--unfreeze", target], check=False)
+        # Told, the guard exits without thawing: a later freeze is not its business.
+        with contextlib.suppress(OSError):
+            guard.stdin.write(b"thawed\n")
+            guard.stdin.close()
+        guard.wait()
         marker.unlink(missing_ok=True)

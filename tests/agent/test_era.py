@@ -1,10 +1,13 @@
-"""The functional core of dm-era tracking: era_invalidate's XML to volume blocks. (The
-device path itself runs only in the QEMU VM tests, which need device-mapper.)"""
+"""The functional core of dm-era tracking: era_invalidate's XML to volume blocks, and
+`cdp-agent era` reading dmsetup's answers. (The device path itself runs only in the QEMU
+VM tests, which need device-mapper.)"""
 
 from __future__ import annotations
 
 import pytest
 
+from cdpcore.errors import UsageError
+from hotcopy import era
 from hotcopy.changes import block_runs
 from hotcopy.era import parse_blocks, to_byte_ranges
 from hotcopy.errors import SnapshotError
@@ -35,3 +38,38 @@ def test_era_blocks_map_to_volume_block_runs_through_the_volume_offset() -> None
     # A volume ending mid-block keeps its short last block.
     assert block_runs(to_byte_ranges([(0, 1)], era_block), 0, 20 * 1024, 16 * 1024) == [
         (0, 2)]
+
+
+def _fake_dmsetup(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """dmsetup of a machine with one era device, cdpera-data over 253:1."""
+    ran: list[list[str]] = []
+    answers = {
+        ("ls", "--target", "era"): "cdpera-data\t(253:3)\n",
+        ("table", "cdpera-data"): "0 262144 era 253:2 253:1 128\n",
+        ("status", "cdpera-data"): "0 262144 era 8 37/2048 5 -\n",
+    }
+    monkeypatch.setattr(era.os.path, "exists", lambda path: path == "/dev/mapper/control")
+    monkeypatch.setattr(era.runcmd, "run_text",
+                        lambda argv, **_: answers[tuple(argv[1:])])
+    monkeypatch.setattr(era.runcmd, "run", lambda argv, **_: ran.append(list(argv)))
+    return ran
+
+
+def test_era_status_reads_the_table_and_the_status_line(monkeypatch: pytest.MonkeyPatch,
+                                                        ) -> None:
+    _fake_dmsetup(monkeypatch)
+    [dev] = era.list_eras()
+    assert era.status(dev) == {
+        "name": "cdpera-data", "device": "/dev/mapper/cdpera-data", "origin": "253:1",
+        "metadata": "253:2", "block_bytes": 65536, "current_era": 5,
+        "metadata_blocks_used": 37, "metadata_blocks_total": 2048}
+
+
+@pytest.mark.parametrize("name", ["data", "cdpera-data"])
+def test_era_detach_by_name_with_or_without_the_prefix(monkeypatch: pytest.MonkeyPatch,
+                                                       name: str) -> None:
+    ran = _fake_dmsetup(monkeypatch)
+    assert era.detach(name).name == "cdpera-data"
+    assert ran == [["dmsetup", "remove", "cdpera-data"]]
+    with pytest.raises(UsageError, match="other: no dm-era device"):
+        era.detach("other")

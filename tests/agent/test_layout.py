@@ -81,3 +81,26 @@ def test_lvm_pv_in_an_image_file_is_copied_as_raw_partition_bytes(tmp_path: Path
     assert (part.role, part.volume) == ("lvm_pv", "l.img:p2")
     assert ("l.img:p2", 5 * MiB, 24 * MiB) in [(v.name, v.offset, v.size) for v in volumes]
     assert layout.volume_groups == []
+
+
+def test_whole_local_disks_are_the_default_sources() -> None:
+    from hotcopy.capture import pick_local_disks
+
+    doc = {"blockdevices": [
+        {"name": "sda", "path": "/dev/sda", "type": "disk", "ro": False, "rm": False,
+         "size": 500107862016},
+        {"name": "nvme0n1", "path": "/dev/nvme0n1", "type": "disk", "ro": "0", "rm": "0",
+         "size": "1000204886016"},
+        {"name": "sdb", "path": "/dev/sdb", "type": "disk", "ro": False, "rm": True,
+         "size": 32010928128},  # a USB stick
+        {"name": "sr0", "path": "/dev/sr0", "type": "rom", "ro": False, "rm": True, "size": 1},
+        {"name": "loop0", "path": "/dev/loop0", "type": "loop", "ro": True, "rm": False,
+         "size": 4096},
+        {"name": "zram0", "path": "/dev/zram0", "type": "disk", "ro": False, "rm": False,
+         "size": 4294967296},
+        {"name": "sdc", "path": "/dev/sdc", "type": "disk", "ro": True, "rm": False,
+         "size": 1},  # write-protected
+        {"name": "sdd", "path": "/dev/sdd", "type": "disk", "ro": False, "rm": False,
+         "size": 0},  # a card reader with no card
+    ]}
+    assert pick_local_disks(doc) == ["/dev/nvme0n1", "/dev/sda"]

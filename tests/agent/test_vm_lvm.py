@@ -1,12 +1,15 @@
-"""LVM snapshots (thick and thin), dm-era tracking and LVM layout capture, inside a QEMU VM
-booted from the rescue image (this machine's kernel has no device-mapper). The agent runs
-in the guest against the real server on this machine; every point is read back here and
-compared with the SHA-256 the guest computed of each LV at that moment."""
+"""LVM snapshots (thick and thin), dm-era tracking (set up with `cdp-agent era attach`),
+LVM layout capture, and the freeze of a mounted partition of a whole-disk source, inside a
+QEMU VM booted from the rescue image (this machine's kernel has no device-mapper). The
+agent runs in the guest against the real server on this machine; every point is read back
+here and compared with the SHA-256 the guest computed of each LV at that moment, and the
+partition's filesystem must come back clean with the guest's files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,8 +36,17 @@ lvcreate -q -y -V 24M -T vg0/pool -n thin
 mkfs.ext4 -q -U 5e1f7c2a-3b4d-4e6f-8a9b-0c1d2e3f4a5b -L datafs /dev/vg0/data
 dd if=/dev/urandom of=/dev/vg0/tracked bs=1M count=40 status=none
 dd if=/dev/urandom of=/dev/vg0/thin bs=1M count=8 status=none
-dmsetup create cdpera-tracked --table "0 $(blockdev --getsz /dev/vg0/tracked) era /dev/vg0/erameta /dev/vg0/tracked 128"
+cdp-agent era attach /dev/vg0/tracked --metadata /dev/vg0/erameta
+sgdisk -n1:1MiB:0 /dev/vdb >/dev/null
+partprobe /dev/vdb; udevadm settle
+# No lazy initialisation: nothing may write to the mounted filesystem behind the test's back.
+mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 -L partfs /dev/vdb1
+mkdir -p /mnt/part
+mount /dev/vdb1 /mnt/part
+echo first > /mnt/part/step0.bin
 """
+#: The mounted filesystem on the whole-disk source /dev/vdb, written by the workload.
+PART_FILES = "/mnt/part"
 
 
 def _workload(step: int) -> str:
@@ -45,16 +57,42 @@ def _workload(step: int) -> str:
              "count=1 conv=notrunc oflag=direct status=none" for i in range(4)]
     cmds.append(f"dd if=/dev/urandom of=/dev/vg0/thin bs=64k seek={200 + step * 8} count=8 "
                 "conv=notrunc oflag=direct status=none")
+    cmds.append(f"head -c {128 * step}K /dev/urandom > {PART_FILES}/step{step}.bin")
     return "set -e\n" + "\n".join(cmds) + "\nsync\n"
 
 
 def _hashes(vm) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """SHA-256 of each LV (by name) and of each file on the partition (by file name)."""
     # The era-tracked LV is written through its era device, so the LV's own page cache is
     # stale: drop it before reading.
     devs = " ".join(f"/dev/vg0/{lv}" for lv in LVS)
     out = vm.check(f"sync; blockdev --flushbufs {devs}; echo 3 > /proc/sys/vm/drop_caches; "
-                   f"sha256sum {devs}")
+                   f"sha256sum {devs} {PART_FILES}/*.bin")
     return {line.split()[1].rsplit("/", 1)[1]: line.split()[0] for line in out.splitlines()}
+
+
+def _frozen(vm, mountpoint: str) -> bool:  # type: ignore[no-untyped-def]
+    # A second freeze of a frozen filesystem fails (EBUSY); writing to it would hang.
+    code, _ = vm.run(f"fsfreeze --freeze {mountpoint} && fsfreeze --unfreeze {mountpoint}")
+    return code != 0
+
+
+def _partition_files(image: Path) -> dict[str, str]:
+    """The filesystem of a restored partition must be clean (it was frozen when read);
+    returns the SHA-256 of its files."""
+    fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True,
+                          check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    names = subprocess.run(["debugfs", "-R", "ls -p /", str(image)], capture_output=True,
+                           text=True, check=True).stdout
+    out = {}
+    for line in names.splitlines():
+        name = line.strip("/").split("/")[4] if line.count("/") >= 5 else ""
+        if name.endswith(".bin"):
+            data = subprocess.run(["debugfs", "-R", f"cat /{name}", str(image)],
+                                  capture_output=True, check=True).stdout
+            out[name] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -63,17 +101,24 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
     host = "vmhost"
     token = cdp_server.add_host(host)[Role.agent]
     remote = cdp_server.client(token)
-    disk = tmp_path / "vda.img"
-    with open(disk, "wb") as f:
-        f.truncate(256 * MiB)
-    cfg = VMConfig(disks=[Disk(disk)], memory_mib=2048,
+    disk, part_disk = tmp_path / "vda.img", tmp_path / "vdb.img"
+    for path, size in ((disk, 256 * MiB), (part_disk, 48 * MiB)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    cfg = VMConfig(disks=[Disk(disk), Disk(part_disk)], memory_mib=2048,
                    forwards=[Forward(guest_port=GUEST_PORT, host_port=cdp_server.port)])
     with VM(cfg) as vm:
         vm.check(SETUP, timeout=300)
+        eras = json.loads(vm.check("cdp-agent era status --json"))
+        assert [(e["name"], e["block_bytes"]) for e in eras] == [("cdpera-tracked", 65536)]
+        # Attaching again keeps the device (a restarted boot unit must not fail).
+        assert vm.check("cdp-agent era attach /dev/vg0/tracked --metadata /dev/vg0/erameta"
+                        ).strip() == "/dev/mapper/cdpera-tracked"
         init = vm.check(
             f"cdp-agent init --server https://{GUEST_SERVER_IP}:{GUEST_PORT} --token {token} "
             f"--host {host} --passphrase pw --fingerprint {cdp_server.fingerprint} "
-            "--source /dev/vda --state-dir /root/state --config /root/agent.toml "
+            "--source /dev/vda --source /dev/vdb --state-dir /root/state "
+            "--config /root/agent.toml "
             "--print-recovery-key", timeout=600)
         recovery = init.split("recovery key: ", 1)[1].split()[0]
         codec = BlobCodec(KeySet.from_master(parse_recovery_key(recovery)))
@@ -82,10 +127,22 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
             if step:
                 vm.check(_workload(step), timeout=300)
             hashes = _hashes(vm)
-            out = vm.check("cdp-agent backup --config /root/agent.toml --tracking era --json",
-                           timeout=900)
-            points.append((hashes, json.loads(out[out.index("{"):])))
+            out = vm.check("cdp-agent backup --config /root/agent.toml --tracking era --json "
+                           "2>>/root/agent.log", timeout=900)
+            points.append((hashes, json.loads(out)))
         assert "cdpsnap_" not in vm.check("lvs -a --noheadings -o lv_name vg0")
+        assert "froze /mnt/part to read /dev/vdb" in vm.check("cat /root/agent.log")
+        assert not _frozen(vm, "/mnt/part")
+        # A killed agent leaves nothing frozen: its guard thaws at once, and `thaw` clears
+        # the marker it left.
+        vm.check("cdp-agent backup --config /root/agent.toml 2>/root/killed.log & "
+                 "until grep -q froze /root/killed.log; do sleep 0.2; done; kill -9 $!",
+                 timeout=600)
+        vm.check("for i in $(seq 50); do fsfreeze -f /mnt/part 2>/dev/null && "
+                 "fsfreeze -u /mnt/part && exit 0; sleep 0.2; done; exit 1")
+        assert vm.check("cat /root/state/vmhost/frozen").split() == ["/mnt/part"]
+        vm.check("cdp-agent thaw --config /root/agent.toml; test ! -e /root/state/vmhost/frozen")
+        vm.check("cdp-agent era detach tracked && test ! -e /dev/mapper/cdpera-tracked")
         vg_uuid = vm.check("vgs --noheadings -o vg_uuid vg0").strip()
         pv_uuid = vm.check("pvs --noheadings -o pv_uuid /dev/vda").strip()
         lv_uuids = dict(line.split() for line in vm.check(
@@ -102,6 +159,12 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
             for block in iter_volume(remote, host, codec, vol):
                 digest.update(block)
             assert digest.hexdigest() == hashes[lv], f"{lv} differs in point {n}"
+        image = tmp_path / f"part{n}.img"
+        with image.open("wb") as f:
+            for block in iter_volume(remote, host, codec, by_name["vdb:p1"]):
+                f.write(block)
+        assert _partition_files(image) == {k: v for k, v in hashes.items()
+                                           if k.endswith(".bin")}, f"vdb1 differs in point {n}"
         assert manifest.tracking["mode"] == "era"
         assert manifest.tracking["full_scan"] is (n == 0)
         assert verify_point(remote, host, codec, point_id).ok

@@ -1,0 +1,122 @@
+"""Skipping what the filesystem marks free (BackupOptions.skip_free): the point holds
+every file and all of ext4's metadata exactly, zeros in its free space, and reads less.
+Real ext4 made by mkfs.ext4 at a partition's offset, a file deleted with debugfs so that
+its old blocks are free but not zero."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from cdpcore.api import PointInfo
+from hotcopy.backup import BackupOptions, backup
+from hotcopy.changes import subtract_runs
+from hotcopy.fsmap import parse_dumpe2fs, volume_runs
+from hotcopy.verify import iter_volume, open_point
+
+from .conftest import Agent
+from .images import MiB
+
+P2 = 5 * MiB  # the ext4 partition of the GPT test image (24 MiB)
+FS = f"?offset={P2}"
+
+DUMPE2FS = """\
+Filesystem state:         clean
+Filesystem features:      has_journal ext_attr extent 64bit flex_bg metadata_csum
+Free blocks:              7
+Block size:               4096
+
+Group 0: (Blocks 0-32767) csum 0x1234
+  Free blocks: 10-12, 20
+  Free inodes: 5-8192
+Group 1: (Blocks 32768-65535)
+  Free blocks:
+Group 2: (Blocks 65536-70000)
+  Free blocks: 69997-69999
+"""
+
+
+def test_dumpe2fs_map_is_trusted_only_when_clean_and_consistent() -> None:
+    assert parse_dumpe2fs(DUMPE2FS) == (4096, [(10, 3), (20, 1), (69997, 3)])
+    assert parse_dumpe2fs(DUMPE2FS.replace("clean", "not clean")) is None
+    assert parse_dumpe2fs(DUMPE2FS.replace("64bit", "64bit needs_recovery")) is None
+    # the groups' lists must add up to the superblock's count
+    assert parse_dumpe2fs(DUMPE2FS.replace("Free blocks:              7",
+                                           "Free blocks:              8")) is None
+
+
+def test_free_runs_become_whole_volume_blocks_only() -> None:
+    # 4 KiB filesystem blocks 10-12 cover no whole 16 KiB block; 16-23 cover blocks 4-5
+    assert volume_runs(4096, [(10, 3), (16, 8)], 1 << 20, 16384) == [(4, 2)]
+    # a free run past the volume's end is cut at it
+    assert volume_runs(4096, [(60, 100)], 256 * 1024, 16384) == [(15, 1)]
+    assert subtract_runs([(0, 16)], [(4, 2), (15, 1)]) == [(0, 4), (6, 9)]
+
+
+def _cat(image: Path, name: str) -> bytes:
+    return subprocess.run(["debugfs", "-R", f"cat {name}", f"{image}{FS}"], check=True,
+                          capture_output=True).stdout
+
+
+def _restore(agent: Agent, point_id: str, size: int, out: Path) -> None:
+    manifest = open_point(agent.remote, agent.host, agent.codec, point_id)
+    (vol,) = [v for v in manifest.volumes if v.name.endswith("p2")]
+    with open(out, "wb") as f:
+        f.truncate(size)
+        f.seek(P2)
+        for block in iter_volume(agent.remote, agent.host, agent.codec, vol):
+            f.write(block)
+
+
+def _point(agent: Agent, image: Path, skip_free: bool) -> PointInfo:
+    return backup(agent.remote, agent.host, agent.codec, [str(image)], agent.state_dir,
+                  workers=2, options=BackupOptions(skip_free=skip_free))
+
+
+def _deleted_file_image(image: Path, tmp_path: Path) -> Path:
+    """ext4 on the image's partition 2 with keep.bin (3 MiB) and the blocks of a deleted
+    6 MiB file: free, but still holding its bytes. Returns the files' directory."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "keep.bin").write_bytes(os.urandom(3 * MiB))
+    (files / "gone.bin").write_bytes(os.urandom(6 * MiB))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(files), "-E", f"offset={P2}",
+                    str(image), "24576k"], check=True)
+    subprocess.run(["debugfs", "-w", "-R", "rm /gone.bin", f"{image}{FS}"], check=True,
+                   capture_output=True)
+    return files
+
+
+def test_skip_free_point_has_every_file_and_zeros_in_free_space(
+        agent: Agent, gpt_image: Path, tmp_path: Path) -> None:
+    files = _deleted_file_image(gpt_image, tmp_path)
+    full = _point(agent, gpt_image, skip_free=False)
+    # the next point (trusted local state) skips the deleted file's 6 MiB, now free
+    info = _point(agent, gpt_image, skip_free=True)
+    assert info.stats.scanned_bytes <= full.stats.scanned_bytes - 6 * MiB
+    restored = tmp_path / "restored.img"
+    _restore(agent, info.point_id, os.path.getsize(gpt_image), restored)
+    assert _cat(restored, "/keep.bin") == (files / "keep.bin").read_bytes()
+    fsck = subprocess.run(["e2fsck", "-fn", f"{restored}{FS}"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    # where the source still holds the deleted file's bytes, the point holds zeros
+    with open(gpt_image, "rb") as src, open(restored, "rb") as dst:
+        src.seek(P2)
+        dst.seek(P2)
+        source, copy = src.read(24 * MiB), dst.read(24 * MiB)
+    differing = [i for i in range(0, len(source), 16384)
+                 if source[i:i + 16384] != copy[i:i + 16384]]
+    assert len(differing) * 16384 >= 6 * MiB - 2 * 16384
+    assert all(copy[i:i + 16384] == bytes(16384) for i in differing)
+
+
+def test_a_filesystem_that_needs_recovery_is_read_in_full(
+        agent: Agent, gpt_image: Path, tmp_path: Path) -> None:
+    """A journal still to be replayed may allocate blocks the bitmaps show free."""
+    _deleted_file_image(gpt_image, tmp_path)
+    subprocess.run(["debugfs", "-w", "-R", "feature needs_recovery", f"{gpt_image}{FS}"],
+                   check=True, capture_output=True)
+    full = _point(agent, gpt_image, skip_free=False)
+    again = _point(agent, gpt_image, skip_free=True)
+    assert again.stats.scanned_bytes == full.stats.scanned_bytes
