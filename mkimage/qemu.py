@@ -19,7 +19,8 @@ What it does:
 - Disks: raw (or qcow2) images on virtio-blk (/dev/vdX), NVMe (/dev/nvme0n1, ...), SATA
   (AHCI, /dev/sdX) or USB storage. The rescue init prints
   `CDP-RESCUE-READY disks=vda,nvme0n1 nics=eth0 ip=10.0.2.15/24 ui=test auto=0`
-  once it is ready; `VM.ready` holds it parsed.
+  once it is ready; `VM.ready` holds it parsed. An `IsoBoot` with other kernel options:
+  `vm.start(); vm.grub_boot("console=ttyS0,115200n8 ...")` types them at GRUB's prompt.
 - Network: QEMU user-mode networking with `restrict=on` (the guest reaches nothing outside),
   plus explicit forwards: `Forward(guest_port, host_port)` makes GUEST_SERVER_IP:guest_port
   inside the guest reach 127.0.0.1:host_port on this machine (a relay process per
@@ -69,6 +70,9 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: Kernel options of the harness's default boot (test mode: root shell on ttyS0).
 TEST_APPEND = "console=ttyS0,115200n8 cdp.test=1 quiet loglevel=3 panic=-1"
 _READY = re.compile(rb"CDP-RESCUE-READY ([^\r\n]*)\r?\n")
+_GRUB_MENU = re.compile(rb"GNU GRUB")
+_GRUB_PROMPT = re.compile(rb"grub> ")
+_GRUB_SAID = re.compile(rb"(.*?)grub> ", re.S)
 
 
 class VMError(CdpError):
@@ -338,6 +342,28 @@ class VM:
         assert self._proc and self._proc.stdin
         self._proc.stdin.write(text.encode())
         self._proc.stdin.flush()
+
+    def type(self, text: str, delay: float = 0.1) -> None:
+        """Type on the serial console one key at a time, as a person would: GRUB on OVMF
+        drops keys that arrive faster than it polls the serial port."""
+        time.sleep(1)
+        for key in text:
+            self._send(key)
+            time.sleep(delay)
+
+    def grub_boot(self, append: str, timeout: float = 600) -> None:
+        """Boot the ISO's kernel and initrd with these kernel options: at its GRUB menu,
+        open GRUB's command line ('c') and type the commands, as an operator would."""
+        self.wait_for(_GRUB_MENU, timeout=timeout)
+        self._send("c")
+        at = self.wait_for(_GRUB_PROMPT, timeout=120).end()
+        for command in (f"linux /boot/vmlinuz {append}", "initrd /boot/initrd.img"):
+            self.type(command + "\r")
+            said = self.wait_for(_GRUB_SAID, at, timeout=timeout)
+            if b"error:" in said.group(1):
+                raise self._fail(f"GRUB: {command!r}: {said.group(1).decode(errors='replace')}")
+            at = said.end()
+        self.type("boot\r")  # typed too: sent at once, OVMF lost keys and GRUB ran "b"
 
     def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
         """Run a shell command in the guest; returns (exit code, stdout+stderr)."""

@@ -14,7 +14,7 @@ from cdpcore.errors import UsageError
 
 _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
          "point", "map", "resize", "verify", "grow_fs", "reinstall_bootloader", "yes",
-         "state_dir", "workers"}
+         "state_dir", "workers", "after"}
 _ENV = {"server": "CDP_SERVER", "token": "CDP_TOKEN", "host": "CDP_HOST", "ca": "CDP_CA",
         "fingerprint": "CDP_FINGERPRINT", "passphrase": "CDP_PASSPHRASE",
         "passphrase_file": "CDP_PASSPHRASE_FILE"}

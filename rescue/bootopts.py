@@ -4,8 +4,8 @@ One parser for the init (initramfs/init evaluates `--shell`), the TUI and the re
 (`/run/cdp/bootopts.json`, written at boot by `--json`). `parse_cmdline` is pure.
 
 Product options: cdp.server=URL cdp.token=T cdp.host=NAME cdp.point=ID
-cdp.answers=URL|path cdp.ca=path cdp.auto=1 (unattended restore; nothing destructive
-happens without it) cdp.test=1 (root shell on the serial console for mkimage.qemu).
+cdp.answers=URL|path cdp.ca=path cdp.medium=/dev/DISK (the boot medium, never a target)
+cdp.auto=1 (unattended restore by `rescue auto`; nothing destructive happens without it) cdp.test=1 (root shell on the serial console for mkimage.qemu).
 Network: ip=dhcp | ip=addr::gw:mask:hostname:iface:none (the kernel's nfsroot form),
 vlan=NAME:PARENT (dracut form, e.g. vlan=eth0.100:eth0). Console: console=ttyS0,115200.
 Defaults baked into a site's image (/etc/cdp/defaults.json) apply unless the command line
@@ -30,7 +30,7 @@ DEFAULTS_FILE = Path("/etc/cdp/defaults.json")
 _TRUE = {"1", "yes", "true", "on", ""}
 _FALSE = {"0", "no", "false", "off"}
 _KNOWN = {"cdp.server", "cdp.token", "cdp.host", "cdp.point", "cdp.answers", "cdp.ca",
-          "cdp.auto", "cdp.test"}
+          "cdp.medium", "cdp.auto", "cdp.test"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class BootOptions:
     point: str | None = None
     answers: str | None = None
     ca: str | None = None
+    medium: str | None = None  # the boot medium's device (rescue.discover refuses it)
     auto: bool = False
     test: bool = False
     net: NetConfig = field(default_factory=NetConfig)

@@ -17,14 +17,17 @@ from cdpcore.client import CdpClient
 from cdpcore.errors import CdpError, UsageError
 
 from .answers import Answers, load_answers, read_passphrase
+from .auto import after_restore, decide, done_line, failed_line, fetch, given_options
 from .discover import discover_disks
-from .engine import Engine, Event, ExecuteOptions
+from .engine import Engine, Event, EventSink, ExecuteOptions
 from .mapping import parse_maps
 from .plan import Plan
 from .repo import Repository
+from .report import RestoreReport
 from .resize import RESIZE_POLICIES, human
 from .stream import StreamOptions
 from .tui.cli import tui
+from .tui.settings import boot_options_from, power
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,14 +270,32 @@ def restore(plan_file: str | None, dry_run: bool, yes: bool, as_json: bool,
             state_dir: str | None, workers: int | None, checkpoint_mib: int,
             answers_file: str | None, **kw: Any) -> None:
     """Restore a point onto the mapped disks (rerun the same command to resume)."""
-    a = load_answers(answers_file)
-    prompt = sys.stdin.isatty()
-    engine, the_plan = (_saved_plan(a, kw, plan_file, prompt) if plan_file
-                        else _engine_and_plan(a, kw, prompt))
-    if not as_json:
+    report = run_restore(load_answers(answers_file), kw, interactive=sys.stdin.isatty(),
+                         plan_file=plan_file, dry_run=dry_run, yes=yes, show_plan=not as_json,
+                         state_dir=state_dir, workers=workers, checkpoint_mib=checkpoint_mib,
+                         on_event=None if as_json else _Progress())
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    elif not dry_run:
+        took = max(report.finished - report.started, 1e-6)
+        click.echo(f"restored {human(report.bytes_restored)} in {took:.1f} s "
+                   f"({human(int(report.bytes_restored / took))}/s)")
+
+
+def run_restore(a: Answers, kw: dict[str, Any], *, interactive: bool,
+                plan_file: str | None = None, dry_run: bool = False, yes: bool = False,
+                show_plan: bool = True, state_dir: str | None = None,
+                workers: int | None = None, checkpoint_mib: int = 64,
+                on_event: EventSink | None = None) -> RestoreReport:
+    """What `rescue restore` does, for it and `rescue auto`: plan (or load a saved plan),
+    confirm (`interactive`: ask on the terminal; else --yes or the answers' "yes" is
+    needed), execute. `kw` holds the server and plan options as given on a command line."""
+    engine, the_plan = (_saved_plan(a, kw, plan_file, interactive) if plan_file
+                        else _engine_and_plan(a, kw, interactive))
+    if show_plan:
         print_plan(the_plan)
     if not dry_run and not (yes or a.get("yes")):
-        if not sys.stdin.isatty():
+        if not interactive:
             raise UsageError("refusing to write without confirmation: add --yes (or "
                              '"yes": true in the answers file), or use --dry-run')
         targets = ", ".join(d.target.path for d in the_plan.disks)
@@ -285,13 +306,7 @@ def restore(plan_file: str | None, dry_run: bool, yes: bool, as_json: bool,
                           stream=StreamOptions(checkpoint_bytes=checkpoint_mib << 20))
     if a.get("workers", workers):
         opts.stream.workers = int(a.get("workers", workers))
-    report = engine.execute(the_plan, opts, None if as_json else _Progress())
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    elif not dry_run:
-        took = max(report.finished - report.started, 1e-6)
-        click.echo(f"restored {human(report.bytes_restored)} in {took:.1f} s "
-                   f"({human(int(report.bytes_restored / took))}/s)")
+    return engine.execute(the_plan, opts, on_event)
 
 
 @main.command()
@@ -307,6 +322,31 @@ def verify(answers_file: str | None, **kw: Any) -> None:
     engine.execute(the_plan, ExecuteOptions(state_dir=a.get("state_dir")), _Progress())
     click.echo(f"verified {len(the_plan.actions)} volumes: every block matches point "
                f"{the_plan.point_id}")
+
+
+@main.command()
+@click.option("--cmdline", default="/proc/cmdline", show_default=True,
+              help="kernel command line to read the boot options from")
+def auto(cmdline: str) -> None:
+    """Unattended restore as the boot options say (cdp.auto=1 cdp.answers=URL|path): run by
+    the rescue init. Prints a CDP-RESTORE-DONE line, then does the answers file's "after"
+    (shell, reboot, poweroff). Without cdp.auto=1 it does nothing."""
+    boot = boot_options_from(cmdline)
+    try:
+        run = decide(boot)
+        if run is None:
+            click.echo("rescue auto: no cdp.auto=1 on the kernel command line: nothing to do")
+            return
+        click.echo(f"rescue auto: unattended restore, answers from {run.answers}", err=True)
+        a = load_answers(fetch(run, boot.ca))
+        after = after_restore(a)
+        report = run_restore(a, given_options(boot), interactive=False, on_event=_Progress())
+    except Exception as exc:
+        click.echo(failed_line(exc))
+        sys.exit(exc.exit_code if isinstance(exc, CdpError) else 1)
+    click.echo(done_line(report))
+    if after != "shell":
+        power(after)
 
 
 main.add_command(tui)

@@ -1,6 +1,7 @@
 """Discover local disks and describe restore targets (block devices or image files):
 identity (size, serial, WWN, model, transport) and why a disk must not be touched
-(mounted, in use as swap or by a holder, holding the rescue medium)."""
+(mounted, in use as swap or by a holder, holding the rescue medium: mounted, named by
+root=/cdp.medium=, or carrying the rescue image's ISO 9660 label)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from cdpcore.errors import UsageError
 #: Kernel device names that are never restore targets by discovery (RAM disks, CD-ROMs,
 #: zram swap, device-mapper and MD nodes: these are rebuilt, not targeted).
 _SKIP_PREFIXES = ("ram", "zram", "sr", "fd", "dm-", "md")
+#: ISO 9660 volume label of the rescue image (mkimage gives it to the hybrid ISO): a disk
+#: carrying it is the stick or CD the rescue system booted from.
+MEDIUM_LABEL = "CDP_RESCUE"
 
 
 @dataclass
@@ -99,6 +103,26 @@ def _attached_loops(path: str) -> list[str]:
     return found
 
 
+def _probe(dev: str) -> dict[str, str]:
+    """blkid's low-level probe of one device: TYPE, LABEL, ... (empty when nothing is found)."""
+    proc = runcmd.run(["blkid", "-p", "-o", "export", dev], check=False)
+    pairs = (line.split("=", 1) for line in proc.stdout.decode(errors="replace").splitlines())
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+def carries_medium_label(node: dict[str, Any]) -> bool:
+    """True if an lsblk node (disk or partition) holds the rescue image's ISO 9660 file
+    system. The rescue system runs from RAM, so the medium is never mounted: its label is
+    what gives it away."""
+    fstype, label = node.get("fstype"), node.get("label")
+    dev = f"/dev/{node['name']}"
+    if fstype is None and os.path.exists(dev):
+        # Without a udev database (containers, before coldplug) lsblk knows no labels.
+        probed = _probe(dev)
+        fstype, label = probed.get("TYPE"), probed.get("LABEL")
+    return fstype == "iso9660" and label == MEDIUM_LABEL
+
+
 def _busy_reasons(name: str, children: list[str], medium: set[str]) -> list[str]:
     reasons = []
     mounted = _mounted_devices()
@@ -123,14 +147,17 @@ def _describe_block(dev: dict[str, Any], medium: set[str]) -> LocalDisk:
         if node.get("fstype"):
             contents.append(f"{node['name']}: {node['fstype']}"
                             + (f" {node['label']!r}" if node.get("label") else ""))
+    busy = _busy_reasons(name, children, medium)
+    if name not in medium and any(carries_medium_label(n)
+                                  for n in [dev, *(dev.get("children") or [])]):
+        busy.append(f"/dev/{name} is the boot medium (ISO 9660 label {MEDIUM_LABEL})")
     return LocalDisk(
         path=f"/dev/{name}", name=name, size=int(dev["size"]),
         logical_sector_size=int(dev.get("log-sec") or 512),
         model=(dev.get("model") or "").strip() or None,
         serial=(dev.get("serial") or "").strip() or None,
         wwn=dev.get("wwn") or None, transport=dev.get("tran") or None,
-        read_only=bool(dev.get("ro")), contents=contents,
-        busy=_busy_reasons(name, children, medium))
+        read_only=bool(dev.get("ro")), contents=contents, busy=busy)
 
 
 def _lsblk(paths: list[str]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from .settings import Settings, boot_options_from
               help="also offer this image file as a restore target (repeatable)")
 @click.option("--no-discover", is_flag=True, help="do not list local disks (image files only)")
 @click.option("--dry-run-network", is_flag=True,
-              help="show the ip/dhclient commands instead of running them")
+              help="show the ip/udhcpc commands instead of running them")
 @click.option("--basic/--full", default=None,
               help="16 colours and ASCII borders (default: on for TERM=linux/vt100 and "
               "serial consoles)")

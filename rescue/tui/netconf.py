@@ -1,10 +1,12 @@
 """Network screen model (pure parts) and the commands that apply it: interfaces from
 `ip -j addr`, a configuration prefilled from the boot options, and the exact `ip` and
-`dhclient` commands, run through cdpcore.runcmd unless the TUI runs in dry-run mode."""
+`udhcpc` commands, run through cdpcore.runcmd unless the TUI runs in dry-run mode."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,6 +16,9 @@ from cdpcore.errors import UsageError
 from ..bootopts import BootOptions
 
 Mode = Literal["dhcp", "static", "none"]
+#: The image has busybox's udhcpc, not dhclient; this script (from initramfs/) applies the
+#: lease, as it does for the init's own DHCP.
+UDHCPC_SCRIPT = "/usr/share/cdp-rescue/udhcpc.script"
 
 
 @dataclass
@@ -89,19 +94,23 @@ def validate(cfg: NetSettings) -> None:
                 raise UsageError(f"{what} {value!r} is not an IP address") from None
 
 
-def commands(cfg: NetSettings) -> list[list[str]]:
+def commands(cfg: NetSettings, existing: Collection[str] = ()) -> list[list[str]]:
     """The commands that bring the configuration up, in order (resolv.conf is written
-    separately, see `resolv_conf`)."""
+    separately, see `resolv_conf`). `existing`: interface names already present; a VLAN
+    among them (the init makes the one vlan= names) is used as it is."""
     validate(cfg)
     if cfg.mode == "none":
         return []
     dev = f"{cfg.iface}.{cfg.vlan}" if cfg.vlan else cfg.iface
     cmds = [["ip", "link", "set", cfg.iface, "up"]]
     if cfg.vlan:
-        cmds += [["ip", "link", "add", "link", cfg.iface, "name", dev, "type", "vlan",
-                  "id", cfg.vlan], ["ip", "link", "set", dev, "up"]]
+        if dev not in existing:
+            cmds.append(["ip", "link", "add", "link", cfg.iface, "name", dev, "type", "vlan",
+                         "id", cfg.vlan])
+        cmds.append(["ip", "link", "set", dev, "up"])
     if cfg.mode == "dhcp":
-        return [*cmds, ["dhclient", "-1", "-v", dev]]
+        return [*cmds, ["busybox", "udhcpc", "-i", dev, "-n", "-q", "-t", "5", "-T", "2",
+                        "-s", UDHCPC_SCRIPT]]
     cmds += [["ip", "addr", "flush", "dev", dev], ["ip", "addr", "add", cfg.address, "dev", dev]]
     if cfg.gateway:
         cmds.append(["ip", "route", "replace", "default", "via", cfg.gateway, "dev", dev])
@@ -117,7 +126,7 @@ def apply(cfg: NetSettings, dry_run: bool) -> list[str]:
     """Run the commands (or only list them in a dry run); returns what was done, one line
     each. A failing command raises CommandFailed naming it."""
     done = []
-    for argv in commands(cfg):
+    for argv in commands(cfg, os.listdir("/sys/class/net")):
         if not dry_run:
             runcmd.run(argv, timeout=90)
         done.append(("would run: " if dry_run else "ran: ") + " ".join(argv))

@@ -55,7 +55,7 @@ class Settings:
     boot: BootOptions = field(default_factory=BootOptions)
     #: A pinned server certificate fingerprint (hex SHA-256); a different one is refused.
     fingerprint: str | None = None
-    #: Do not run ip/dhclient: the commands are only shown (tests, trying the UI out).
+    #: Do not run ip/udhcpc: the commands are only shown (tests, trying the UI out).
     dry_run_network: bool = False
     #: Image files offered as restore targets besides the discovered disks.
     targets: list[str] = field(default_factory=list)

@@ -37,16 +37,18 @@ from mkimage.qemu import (
 )
 
 from .protected import HOSTNAME, VG, ProtectedDisk, boot_from_disk, identity
-from .workload import checksums, round_script
+from .workload import RECORDS, between_points, checksums, parse_checksums, round_script
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_PORT = 8443
 PASSPHRASE = "drill: correct horse battery staple"
-#: Points taken with `cdp-agent backup` before `cdp-agent run` takes the newest one: the
-#: drill restores the second of the three.
-ROUNDS = 2
+#: Points `cdp-agent run` takes (a workload round before each): the drill restores the
+#: second.
+POINTS = 3
+INTERVAL = 60  # seconds between points in `run`: a point every minute
+AGENT_LOG = "/var/log/cdp-agent.log"
 TARGET_BYTES = 3 << 30  # the new machine's disk is larger than the protected one (2 GiB)
 
 
@@ -108,39 +110,53 @@ def _lvm_ids(ident: dict[str, Any]) -> dict[str, Any]:
 
 def _protect(summary: Summary, disk: Path, fwd: Forward, url: str, fingerprint: str,
              agent_token: str, restore_client: Any) -> tuple[list[Point], dict[str, Any]]:
-    """Phase 1: boot the protected server, take points while the workload writes, let
-    `cdp-agent run` take the newest one; returns the points and the disk's identity."""
+    """Phase 1: boot the protected server; `cdp-agent run` takes POINTS points, a minute
+    apart, while the workload writes between them; returns the points and the disk's
+    identity."""
     cfg = VMConfig(disks=[Disk(disk)], forwards=[fwd], memory_mib=1536, name="drill-protected")
-    points: list[Point] = []
     with summary.phase("boot protected server") as entry, boot_from_disk(cfg) as booted:
         entry["boot_seconds"] = round(booted.seconds, 1)
         assert booted.hostname == HOSTNAME
         vm = booted.vm
+        # drill-init attached dm-era over the data LV with `cdp-agent era attach`.
+        eras = json.loads(vm.check("cdp-agent era status --json"))
+        assert [e["name"] for e in eras] == ["cdpera-data"], eras
         vm.check(f"CDP_PASSPHRASE='{PASSPHRASE}' cdp-agent init --server {url} "
                  f"--token {agent_token} --host {HOSTNAME} --fingerprint {fingerprint} "
-                 "--source /dev/vda --interval 60")
-        for k in range(1, ROUNDS + 1):
-            with summary.phase(f"workload round {k} + point") as p:
-                vm.check(round_script(k))
-                files = checksums(vm)
-                # The agent logs on stderr; run() returns both streams together.
-                info = json.loads(vm.check("cdp-agent backup --tracking era --json "
-                                           "2>>/var/log/cdp-agent.log", timeout=1800))
-                points.append(Point(info["point_id"], info["created"], files))
-                p.update(point=info["point_id"][:12], changed=info["stats"]["changed_bytes"],
-                         read=info["stats"]["scanned_bytes"])
-        with summary.phase("workload round + `cdp-agent run` point") as p:
-            vm.check(round_script(ROUNDS + 1))
-            files = checksums(vm)
-            vm.check("setsid cdp-agent run --tracking era >>/var/log/cdp-agent.log 2>&1 "
-                     "</dev/null &")
+                 f"--source /dev/vda --interval {INTERVAL}")
+        with summary.phase(f"`cdp-agent run`: {POINTS} points, workload between") as p:
+            vm.check(round_script(1))
+            first = checksums(vm)
+            vm.put("/root/between-points.sh",
+                   between_points(range(2, POINTS + 1), AGENT_LOG).encode())
+            vm.check(f"setsid sh /root/between-points.sh >{RECORDS}.log 2>&1 </dev/null &")
+            # The agent logs on stderr, its points (JSON) on stdout: both to the log.
+            vm.check(f"setsid cdp-agent run --tracking era >>{AGENT_LOG} 2>&1 </dev/null &")
             deadline = time.monotonic() + 1800
-            while len(restore_client.points(HOSTNAME)) <= ROUNDS:
-                assert time.monotonic() < deadline, "cdp-agent run took no point in 30 min"
+            while len(restore_client.points(HOSTNAME)) < POINTS:
+                assert time.monotonic() < deadline, f"cdp-agent run took no {POINTS} points " \
+                    f"in 30 min: {vm.check(f'tail -5 {AGENT_LOG}; cat {RECORDS}.log')}"
                 time.sleep(5)
-            newest = max(restore_client.points(HOSTNAME), key=lambda x: x.created)
-            points.append(Point(newest.point_id, newest.created, files))
-            p.update(point=newest.point_id[:12])
+            infos = sorted(restore_client.points(HOSTNAME), key=lambda x: x.created)[:POINTS]
+            points = [Point(infos[0].point_id, infos[0].created, first)]
+            for k, info in enumerate(infos[1:], 2):
+                ended = float(vm.check(f"cat {RECORDS}/round{k}.end"))
+                # The round ended before the point began: the point holds all of it (and
+                # the previous point, committed before the round began, none of it).
+                assert ended < info.created, f"round {k} still wrote when point {k} began"
+                points.append(Point(info.point_id, info.created,
+                                    parse_checksums(vm.check(f"cat {RECORDS}/round{k}.sums"))))
+                # dm-era: the data LV's unwritten blocks are not read (every other volume
+                # is read in full).
+                detail = restore_client.point(HOSTNAME, info.point_id)
+                data = next(v.size for v in detail.volumes if v.name == f"lvm:{VG}/data")
+                data_read = info.stats.scanned_bytes - (detail.size - data)
+                assert data_read < data // 4, \
+                    f"point {k} read {data_read} bytes of the data LV: dm-era was not used"
+            p.update(points=" ".join(f"{i.point_id[:8]}:{i.stats.duration:.0f}s" for i in infos),
+                     read=" ".join(str(i.stats.scanned_bytes) for i in infos))
+        log = vm.check(f"cat {AGENT_LOG}")
+        assert "froze /boot to read /dev/vda" in log  # the mounted partition of the disk
         original = _lvm_ids(identity(vm, "vda"))
         # The disaster: the machine is gone at once, no clean shutdown.
         vm.kill(keep_log=False)
@@ -157,57 +173,34 @@ def _choose(points: list[Point]) -> tuple[Point, str]:
     return chosen, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(moment))
 
 
+#: The unattended restore as the kernel command line starts it, with the harness's test
+#: options too, so that a shell is left on the serial console for the checks after it.
+#: The answers file comes through the harness's 9p share (mounted before the restore).
+AUTO_APPEND = f"{TEST_APPEND} ip=dhcp cdp.auto=1 cdp.answers=/mnt/host/answers.json"
+_DONE = re.compile(rb"CDP-RESTORE-DONE ([^\r\n]*)\r?\n")
+
+
 def _pxe_dir(target: Path) -> Path:
-    """The rescue PXE set with the harness's test options on the kernel line (the stock
-    boot.ipxe starts the TUI on the serial console; the drill drives a shell there)."""
+    """The rescue PXE set with the unattended restore's options on the kernel line."""
     tftp = target.with_name("tftp")
     tftp.mkdir(exist_ok=True)
     for name in ("vmlinuz", "initrd.img"):
         (tftp / name).unlink(missing_ok=True)
         (tftp / name).symlink_to(image_dir() / "pxe" / name)
-    (tftp / "boot.ipxe").write_text(f"#!ipxe\nkernel vmlinuz initrd=initrd.img {TEST_APPEND} "
-                                    "ip=dhcp\ninitrd initrd.img\nboot\n")
+    (tftp / "boot.ipxe").write_text(f"#!ipxe\nkernel vmlinuz initrd=initrd.img {AUTO_APPEND}"
+                                    "\ninitrd initrd.img\nboot\n")
     return tftp
-
-
-_GRUB_PROMPT = re.compile(rb"grub> ")
-_GRUB_SAID = re.compile(rb"(.*?)grub> ", re.S)
-
-
-def _type(vm: VM, text: str) -> None:
-    """GRUB on OVMF drops keys that arrive faster than it polls the serial port, so they
-    are typed one at a time, as a person would."""
-    time.sleep(1)
-    for key in text:
-        vm._send(key)  # the harness has no public key-typing call
-        time.sleep(0.1)
-
-
-def _grub(vm: VM, at: int, command: str) -> int:
-    """Type a command at GRUB's prompt (which appeared at console offset `at`); returns
-    the offset of the next prompt."""
-    _type(vm, command + "\r")
-    nxt = vm.wait_for(_GRUB_SAID, at, timeout=600)
-    said = nxt.group(1).decode(errors="replace")
-    assert "error:" not in said, f"GRUB: {command!r}: {said}"
-    return nxt.end()
 
 
 @contextmanager
 def _rescue(cfg: VMConfig) -> Iterator[VM]:
-    """Boot the rescue image in test mode (root shell on the serial console). From the ISO,
-    at its GRUB menu: the command line ('c') loads the kernel with the test options, as an
-    operator would at the console."""
+    """Boot the rescue image with AUTO_APPEND. From the ISO, at its GRUB menu, the harness
+    types them at GRUB's command line, as an operator would at the console."""
     vm = VM(cfg)
     vm.start()
     try:
         if isinstance(cfg.boot, IsoBoot):
-            vm.wait_for(re.compile(rb"GNU GRUB"), timeout=600)
-            vm._send("c")  # the harness has no public key-typing call
-            at = vm.wait_for(_GRUB_PROMPT, timeout=120).end()
-            at = _grub(vm, at, f"linux /boot/vmlinuz {TEST_APPEND} ip=dhcp")
-            _grub(vm, at, "initrd /boot/initrd.img")
-            _type(vm, "boot\r")  # all at once, OVMF lost keys: GRUB ran "b"
+            vm.grub_boot(AUTO_APPEND)
         vm.wait_ready(timeout=900)
         yield vm
     except BaseException:
@@ -218,25 +211,29 @@ def _rescue(cfg: VMConfig) -> Iterator[VM]:
 
 def _restore(summary: Summary, s: Scenario, target: Path, fwd: Forward,
              answers: dict[str, Any], expect_point: str) -> dict[str, Any]:
-    """Phases 3-4: boot the rescue image on the new machine and restore unattended from
-    an answers file; returns the rescue system's view of the restored disk."""
+    """Phases 3-4: boot the rescue image on the new machine with `cdp.auto=1
+    cdp.answers=...`: it restores unattended and prints its result line; returns the
+    rescue system's view of the restored disk."""
     boot: IsoBoot | NetBoot = IsoBoot() if s.boot == "iso" else NetBoot(_pxe_dir(target))
+    share = target.with_name(f"{s.name}-share")
+    share.mkdir(exist_ok=True)
+    (share / "answers.json").write_text(json.dumps(answers))
     cfg = VMConfig(disks=[Disk(target, bus=s.bus)], firmware=s.firmware, boot=boot,
-                   forwards=[fwd], memory_mib=1536, name=f"drill-rescue-{s.name}")
+                   forwards=[fwd], share=share, memory_mib=1536,
+                   name=f"drill-rescue-{s.name}")
     with summary.phase(f"{s.name}: rescue system ({s.boot}, {s.firmware}): boot, "
                        "restore, fsck") as entry, \
             _rescue(cfg) as vm:
         assert vm.ready is not None
         entry["ready_seconds"] = round(vm.ready.seconds, 1)
-        vm.put("/tmp/answers.json", json.dumps(answers).encode(), mode=0o600)
+        assert vm.ready.fields["auto"] == "1"
         with summary.phase(f"{s.name}: restore") as r:
-            report = json.loads(vm.check("rescue restore --answers /tmp/answers.json "
-                                         "--yes --json 2>/tmp/restore.log", timeout=2400))
-            took = max(report["finished"] - report["started"], 1e-6)
-            r.update(bytes=report["bytes_restored"],
-                     mb_per_s=round(report["bytes_restored"] / took / 1e6, 1))
-        assert report["ok"], report["errors"]
-        assert report["point_id"] == expect_point
+            done = vm.wait_for(_DONE, timeout=2400).group(1).decode()
+            assert done.startswith("ok "), f"unattended restore: {done}"
+            result = dict(w.split("=", 1) for w in done.split()[1:])
+            r.update(bytes=int(result["bytes"]), mb_per_s=round(
+                int(result["bytes"]) / max(float(result["seconds"]), 1e-6) / 1e6, 1))
+        assert result["point"] == expect_point
         with summary.phase(f"{s.name}: fsck"):
             vm.check(f"lvm vgchange -ay {VG} && udevadm settle")
             dev = f"/dev/{s.device}{'p' if s.bus == 'nvme' else ''}"

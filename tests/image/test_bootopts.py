@@ -33,6 +33,11 @@ def test_auto_without_source_warns() -> None:
         "cdp.auto=1 without cdp.server or cdp.answers: nothing to restore from",)
 
 
+def test_boot_medium_option_is_known() -> None:
+    opts = parse_cmdline("cdp.medium=/dev/sdb")
+    assert opts.medium == "/dev/sdb" and opts.warnings == ()
+
+
 def test_unknown_cdp_option_is_a_warning_not_a_failure() -> None:
     assert parse_cmdline("cdp.sever=x").warnings == ("unknown boot option cdp.sever (ignored)",)
 

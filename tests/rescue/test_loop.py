@@ -1,10 +1,11 @@
 """Restores onto real block devices: loop devices on this machine (partitions of a loop
 device have no nodes here, so the engine writes each partition at its byte offset on the
-whole device, as it would on any disk). Also: a mounted disk is refused before anything is
-written."""
+whole device, as it would on any disk). Also: a mounted disk and the boot medium (an ISO
+with the rescue image's label) are refused before anything is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,8 +16,11 @@ from typing import Any
 import pytest
 
 from cdpcore.errors import SafetyError
+from mkimage.qemu import image_dir
+from rescue.discover import MEDIUM_LABEL, describe_target, discover_disks
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
+from rescue.tui.targets import problems
 
 from .conftest import MIB, PASS
 from .test_restore import check_equal, make_source, point_of, sh
@@ -107,3 +111,45 @@ def test_mounted_loop_device_refused(repo_host: dict[str, Any], tmp_path: Path,
     # Untouched: still the ext4 filesystem, no partition table written over it.
     assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", dev).strip() == "ext4"
     assert subprocess.run(["sfdisk", "--json", dev], capture_output=True).returncode != 0
+
+
+def _small_iso(path: Path) -> None:
+    tree = path.with_suffix(".d")
+    tree.mkdir()
+    (tree / "README").write_text("not the rescue image, but labelled like it\n")
+    sh("xorriso", "-as", "mkisofs", "-quiet", "-V", MEDIUM_LABEL, "-o", str(path), str(tree))
+
+
+@pytest.mark.parametrize("medium", ["small-iso", "rescue-iso"])
+def test_boot_medium_flagged_and_refused(repo_host: dict[str, Any], tmp_path: Path,
+                                         medium: str) -> None:
+    """The rescue system never mounts the stick it booted from: the ISO 9660 label alone
+    must mark it (lsblk has no labels here without udev, so blkid's probe is what finds
+    it), and the planner must refuse it with the reason named."""
+    if medium == "rescue-iso":
+        iso = image_dir() / "rescue.iso"
+        if not iso.exists():
+            pytest.skip(f"{iso} is missing: make iso")
+    else:
+        iso = tmp_path / "small.iso"
+        _small_iso(iso)
+    before = hashlib.sha256(iso.read_bytes()).hexdigest()
+    source = tmp_path / "vda.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    dev = sh("losetup", "-f", "--show", "--read-only", str(iso)).strip()
+    try:
+        reason = f"{dev} is the boot medium (ISO 9660 label CDP_RESCUE)"
+        found = {d.path: d for d in discover_disks()}
+        assert reason in found[dev].busy
+        assert describe_target(dev).busy == [reason]
+        engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+        with pytest.raises(SafetyError) as err:
+            engine.plan("latest", {"vda.img": dev})
+        assert str(err.value) == f"refusing target {dev} for source disk vda.img: {reason}"
+        # The TUI's disk map offers it with the same reason, as not a target.
+        layout = engine.repo.open_point(engine.repo.choose("latest").point_id).manifest.layout
+        assert reason in problems(layout.disks[0], found[dev])
+    finally:
+        sh("losetup", "-d", dev)
+    assert hashlib.sha256(iso.read_bytes()).hexdigest() == before

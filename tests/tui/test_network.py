@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input, RadioSet
@@ -94,8 +95,41 @@ def test_keyboard_switches_to_dhcp() -> None:
             await pilot.press("up", "enter")
             screen.query_one("#iface", Input).value = "eth0"
             assert netconf.commands(screen.form()) == [
-                ["ip", "link", "set", "eth0", "up"], ["dhclient", "-1", "-v", "eth0"]]
+                ["ip", "link", "set", "eth0", "up"],
+                ["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5", "-T", "2",
+                 "-s", "/usr/share/cdp-rescue/udhcpc.script"]]
     asyncio.run(scenario())
+
+
+def test_dhcp_uses_the_images_udhcpc_and_its_lease_script() -> None:
+    """The image has no dhclient: DHCP is busybox udhcpc with the script the init uses."""
+    [*_, dhcp] = netconf.commands(NetSettings("dhcp", "eth1"))
+    assert dhcp[:2] == ["busybox", "udhcpc"]
+    script = Path(__file__).resolve().parents[2] / "initramfs" / "udhcpc.script"
+    assert dhcp[-2:] == ["-s", netconf.UDHCPC_SCRIPT] and script.is_file()
+    assert netconf.UDHCPC_SCRIPT in (script.parent / "init").read_text()
+
+
+def test_vlan_made_by_the_init_is_not_added_again() -> None:
+    """vlan=eth0.100:eth0 makes eth0.100 at boot: Apply must not fail with "File exists"."""
+    cfg = NetSettings("dhcp", "eth0", vlan="100")
+    fresh = netconf.commands(cfg, existing=["eth0"])
+    assert ["ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id",
+            "100"] in fresh
+    again = netconf.commands(cfg, existing=["eth0", "eth0.100"])
+    assert again == [c for c in fresh if c[:3] != ["ip", "link", "add"]]
+    assert again[:2] == [["ip", "link", "set", "eth0", "up"],
+                         ["ip", "link", "set", "eth0.100", "up"]]
+
+
+def test_apply_skips_an_existing_vlan(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(netconf.os, "listdir", lambda path: ["lo", "eth0", "eth0.100"])
+    monkeypatch.setattr(netconf.runcmd, "run", lambda argv, **kw: ran.append(list(argv)))
+    netconf.apply(NetSettings("static", "eth0", "192.0.2.10/24", vlan="100"), dry_run=False)
+    assert ran == [["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "eth0.100", "up"],
+                   ["ip", "addr", "flush", "dev", "eth0.100"],
+                   ["ip", "addr", "add", "192.0.2.10/24", "dev", "eth0.100"]]
 
 
 @pytest.mark.parametrize(("cfg", "message"), [
