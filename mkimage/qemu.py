@@ -331,11 +331,15 @@ class VM:
                                      f"{pattern.pattern!r}")
                 self._cond.wait(min(left, 1.0))
 
+    def elapsed(self) -> float:
+        """Seconds since QEMU started."""
+        return time.monotonic() - self._started
+
     def wait_ready(self, timeout: float = 180) -> Ready:
         """Wait for the rescue init's CDP-RESCUE-READY line; returns it parsed."""
         match = self.wait_for(_READY, timeout=timeout)
         fields = dict(w.split("=", 1) for w in match.group(1).decode().split() if "=" in w)
-        self.ready = Ready(fields, time.monotonic() - self._started)
+        self.ready = Ready(fields, self.elapsed())
         return self.ready
 
     def _send(self, text: str) -> None:

@@ -21,3 +21,19 @@ def rescue_image() -> Path:
     subprocess.run([sys.executable, "-m", "mkimage", "build", "--cache", str(CACHE),
                     "--out", str(out), "--iso", "--pxe"], check=True)
     return out
+
+
+#: boot name -> (seconds to the ready line, seconds to the TUI), filled by test_boot.
+BOOT_TIMES: dict[str, tuple[float, float]] = {}
+BOOT_TARGET_S = 45.0
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report the boot times of this run, also under -q (issue #7's target: < 45 s)."""
+    if not BOOT_TIMES:
+        return
+    terminalreporter.section("rescue image boot times (QEMU software emulation)")
+    for name, (ready, tui) in sorted(BOOT_TIMES.items()):
+        verdict = "met" if tui < BOOT_TARGET_S else "MISSED"
+        terminalreporter.write_line(f"{name}: ready line {ready:.1f} s, TUI {tui:.1f} s "
+                                    f"(target < {BOOT_TARGET_S:.0f} s: {verdict})")

@@ -17,7 +17,7 @@ from rescue.tui import netconf
 from rescue.tui.app import RescueApp
 from rescue.tui.netconf import NetSettings
 from rescue.tui.screens.connect import ConnectScreen
-from rescue.tui.screens.network import NetworkScreen
+from rescue.tui.screens.network import Choice, NetworkScreen
 from rescue.tui.settings import Settings
 
 from .pilot import settle, text, type_text
@@ -92,6 +92,9 @@ def test_keyboard_switches_to_dhcp() -> None:
             assert app.focused is screen.query_one("#mode", RadioSet)
             await pilot.press("down", "enter")  # to Static and select it
             assert screen.form().mode == "static"
+            # the mark, not only its colour, says which is chosen (monochrome serial)
+            marks = {b.id: str(b.render())[:3] for b in screen.query(Choice)}
+            assert marks == {"mode-dhcp": "( )", "mode-static": "(*)", "mode-none": "( )"}
             await pilot.press("up", "enter")
             screen.query_one("#iface", Input).value = "eth0"
             assert netconf.commands(screen.form()) == [

@@ -9,6 +9,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
 from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Static
 
 from cdpcore.errors import CdpError
@@ -21,11 +22,16 @@ MODES: tuple[Mode, ...] = ("dhcp", "static", "none")
 
 
 class Choice(RadioButton):
-    """A radio button drawn as (*) so it reads on the Linux console and serial lines."""
+    """A radio button drawn as (*) when chosen and ( ) when not: on a monochrome serial
+    line the colour that tells Textual's buttons apart does not show."""
 
     BUTTON_LEFT = "("
-    BUTTON_INNER = "*"
     BUTTON_RIGHT = ")"
+
+    @property
+    def _button(self) -> Content:
+        self.BUTTON_INNER = "*" if self.value else " "
+        return super()._button
 
 
 class NetworkScreen(RescueScreen):
