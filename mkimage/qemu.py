@@ -35,6 +35,9 @@ What it does:
   read-only 9p share mounted at /mnt/host in the guest (fast, any size).
 - Device-mapper (linear, snapshot, snapshot-origin, era, thin, thin-pool) and md modules are
   loaded at boot, udevd runs, and lvm.conf has `obtain_device_list_from_udev = 0`.
+- Full-screen programs (the rescue TUI): `Serial(vm)` reads the console as text with the
+  escape sequences removed and types keys on it (`keys`); `wait_for` waits for text on the
+  screen, `quiet` for a key to have been handled.
 - Logs: the whole serial console goes to a log file (`VM.log_path`, under
   CDP_VM_LOG_DIR or /tmp/cdp-vm-logs); it is kept, and its path printed to stderr (pytest
   shows it for failed tests), when the `with` block raises or a wait times out, and
@@ -53,7 +56,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -73,6 +76,8 @@ _READY = re.compile(rb"CDP-RESCUE-READY ([^\r\n]*)\r?\n")
 _GRUB_MENU = re.compile(rb"GNU GRUB")
 _GRUB_PROMPT = re.compile(rb"grub> ")
 _GRUB_SAID = re.compile(rb"(.*?)grub> ", re.S)
+#: CSI and other escape sequences, and the charset switches of a vt100.
+_ESCAPES = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78]|\][^\x07]*\x07)")
 
 
 class VMError(CdpError):
@@ -411,3 +416,53 @@ class VM:
         for i in range(0, len(encoded), step):
             self.check(f"printf %s '{encoded[i:i + step]}' | base64 -d >> '{tmp}'")
         self.check(f"chmod {mode:o} '{tmp}' && mv '{tmp}' '{guest_path}'")
+
+
+class Serial:
+    """A full-screen program on the VM's serial console, read as text with the escape
+    sequences removed (a repaint may put style changes inside a line) and driven by keys
+    typed on the serial line."""
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+
+    def mark(self) -> int:
+        """Where the console is now: wait_for(start=mark) ignores what was shown before."""
+        with self.vm._cond:
+            return len(self.vm._buf)
+
+    def text(self, start: int = 0) -> str:
+        with self.vm._cond:
+            raw = bytes(self.vm._buf[start:])
+        return _ESCAPES.sub(b"", raw).decode(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 300,
+                 after: Callable[[str], bool] | None = None, start: int = 0) -> None:
+        """Wait for text on the screen, or for `after` to accept all the text so far (from
+        start)."""
+        deadline = time.monotonic() + timeout
+        while not (after(self.text(start)) if after else needle in self.text(start)):
+            if not self.vm.alive() or time.monotonic() > deadline:
+                raise self.vm._fail(f"{needle!r} did not appear on the serial console; it "
+                                    f"ends with:\n{self.text()[-3000:]}\n")
+            time.sleep(0.5)
+
+    def quiet(self, start: int, seconds: float = 2, timeout: float = 60) -> None:
+        """Wait until the screen changed after start and then stayed still for a while: a
+        key whose effect shows no new text (a moved cursor or focus) has been handled. A
+        blinking cursor (a focused text input) never lets it settle."""
+        deadline = time.monotonic() + timeout
+        size, since = start, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = self.mark()
+            if now != size:
+                size, since = now, time.monotonic()
+            elif size > start and time.monotonic() - since >= seconds:
+                return
+        raise self.vm._fail(f"the console did not settle; it ends with:\n"
+                            f"{self.text()[-3000:]}\n")
+
+    def keys(self, data: str) -> None:
+        """Send keys at once (a program that reads the tty raw gets them all)."""
+        self.vm._send(data)

@@ -4,9 +4,11 @@ that is not the latest, chosen by time, onto a larger blank disk through the res
 the restored server then boots from its own disk with its files, partition GUIDs, file
 system UUIDs and PV/VG/LV UUIDs as they were, and clean file systems.
 
-Runs: BIOS + rescue ISO + virtio disk. With
-CDP_DRILL_FULL=1 also UEFI + ISO + NVMe and BIOS + PXE + virtio (`make drill-full`). Each phase is printed with
-its duration; the JSON summary goes to CDP_DRILL_SUMMARY (default out/drill-summary.json).
+Runs, from the same points: BIOS + rescue ISO + virtio disk, restored unattended
+(`cdp.auto=1`), then the same again with the restore typed through the TUI on the serial
+console. With CDP_DRILL_FULL=1 also UEFI + ISO + NVMe and BIOS + PXE + virtio, unattended
+(`make drill-full`). Each phase is printed with its duration; the JSON summary goes to
+CDP_DRILL_SUMMARY (default out/drill-summary.json).
 """
 
 from __future__ import annotations
@@ -32,8 +34,18 @@ from mkimage.qemu import (
     Forward,
     IsoBoot,
     NetBoot,
+    Serial,
     VMConfig,
     image_dir,
+)
+from rescue.resize import human
+from rescue.state import RAM_STATE_DIR
+from tests.tui.serial_steps import (
+    SHELL,
+    connect,
+    map_only_target,
+    review_and_start,
+    wait_focus,
 )
 
 from .protected import HOSTNAME, VG, ProtectedDisk, boot_from_disk, identity
@@ -50,6 +62,8 @@ POINTS = 3
 INTERVAL = 60  # seconds between points in `run`: a point every minute
 AGENT_LOG = "/var/log/cdp-agent.log"
 TARGET_BYTES = 3 << 30  # the new machine's disk is larger than the protected one (2 GiB)
+#: What a restore must keep (tests/drill/protected.py:identity).
+IDENTITIES = ("disk_guid", "partitions", "filesystems", "pv", "lvs")
 
 
 @dataclass(frozen=True)
@@ -58,13 +72,17 @@ class Scenario:
     firmware: Literal["bios", "uefi"]
     boot: Literal["iso", "pxe"]
     bus: Literal["virtio", "nvme"]
+    #: Who drives the restore: `cdp.auto=1` with an answers file, or an operator typing
+    #: at the TUI on the serial console.
+    ui: Literal["auto", "tui"] = "auto"
 
     @property
     def device(self) -> str:
         return "nvme0n1" if self.bus == "nvme" else "vda"
 
 
-SCENARIOS = [Scenario("bios-iso-virtio", "bios", "iso", "virtio")]
+SCENARIOS = [Scenario("bios-iso-virtio", "bios", "iso", "virtio"),
+             Scenario("bios-iso-virtio-tui", "bios", "iso", "virtio", ui="tui")]
 #: Also run by `make drill-full`. The UEFI run is out of the default (CI) drill until its
 #: GRUB typing on OVMF is proven reliable: it once hung when OVMF dropped keys.
 FULL_SCENARIOS = [Scenario("uefi-iso-nvme", "uefi", "iso", "nvme"),
@@ -164,13 +182,18 @@ def _protect(summary: Summary, disk: Path, fwd: Forward, url: str, fingerprint: 
     return points, original
 
 
+def _utc(ts: float) -> str:
+    """A time as the rescue system reads and shows it (its time zone is UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
 def _choose(points: list[Point]) -> tuple[Point, str]:
-    """The second point, named by a time between it and the third (UTC, the rescue
-    system's time zone): not the latest, and not by its ID."""
+    """The second point, named by a time between it and the third: not the latest, and not
+    by its ID."""
     chosen, after = points[1], points[2]
     moment = int(chosen.created) + 1
     assert moment < after.created, "points less than 2 s apart: cannot choose by time"
-    return chosen, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(moment))
+    return chosen, _utc(moment)
 
 
 #: The unattended restore as the kernel command line starts it, with the harness's test
@@ -193,14 +216,15 @@ def _pxe_dir(target: Path) -> Path:
 
 
 @contextmanager
-def _rescue(cfg: VMConfig) -> Iterator[VM]:
-    """Boot the rescue image with AUTO_APPEND. From the ISO, at its GRUB menu, the harness
-    types them at GRUB's command line, as an operator would at the console."""
+def _rescue(cfg: VMConfig, append: str | None) -> Iterator[VM]:
+    """Boot the rescue image. With kernel options `append` from the ISO, at its GRUB menu,
+    the harness types them at GRUB's command line, as an operator would at the console;
+    without, the ISO boots its default menu entry."""
     vm = VM(cfg)
     vm.start()
     try:
-        if isinstance(cfg.boot, IsoBoot):
-            vm.grub_boot(AUTO_APPEND)
+        if append and isinstance(cfg.boot, IsoBoot):
+            vm.grub_boot(append)
         vm.wait_ready(timeout=900)
         yield vm
     except BaseException:
@@ -223,7 +247,7 @@ def _restore(summary: Summary, s: Scenario, target: Path, fwd: Forward,
                    name=f"drill-rescue-{s.name}")
     with summary.phase(f"{s.name}: rescue system ({s.boot}, {s.firmware}): boot, "
                        "restore, fsck") as entry, \
-            _rescue(cfg) as vm:
+            _rescue(cfg, AUTO_APPEND) as vm:
         assert vm.ready is not None
         entry["ready_seconds"] = round(vm.ready.seconds, 1)
         assert vm.ready.fields["auto"] == "1"
@@ -234,15 +258,97 @@ def _restore(summary: Summary, s: Scenario, target: Path, fwd: Forward,
             r.update(bytes=int(result["bytes"]), mb_per_s=round(
                 int(result["bytes"]) / max(float(result["seconds"]), 1e-6) / 1e6, 1))
         assert result["point"] == expect_point
-        with summary.phase(f"{s.name}: fsck"):
-            vm.check(f"lvm vgchange -ay {VG} && udevadm settle")
-            dev = f"/dev/{s.device}{'p' if s.bus == 'nvme' else ''}"
-            for fs in (f"{dev}3", f"/dev/{VG}/root", f"/dev/{VG}/data"):
-                vm.check(f"e2fsck -fn {fs}")
-            vm.check(f"fsck.vfat -n {dev}2")
-            restored = _lvm_ids(identity(vm, s.device))
-            vm.check(f"lvm vgchange -an {VG}")
+        restored = _fsck(summary, s, vm)
     return {**restored, "mb_per_s": r["mb_per_s"], "bytes": r["bytes"]}
+
+
+def _restore_tui(summary: Summary, s: Scenario, target: Path, fwd: Forward, url: str,
+                 token: str, fingerprint: str, chosen: Point, when: str) -> dict[str, Any]:
+    """Phases 3-4 typed at the console: the rescue ISO boots its default menu entry (no
+    cdp.auto, no server options), and the restore is driven through the TUI on the serial
+    console with the keys an operator would type: network as booted, the server's URL,
+    token and passphrase, trust on first use, the newest point at or before `when`, the
+    blank disk as the target, resize grow-last, the typed confirmation; at the summary
+    screen ctrl+z opens a shell. Returns the rescue system's view of the restored disk."""
+    assert s.boot == "iso" and s.ui == "tui"
+    # A new machine's disk has a serial of its own: nothing maps it automatically.
+    cfg = VMConfig(disks=[Disk(target, bus=s.bus, serial="NEWDISK0")], firmware=s.firmware,
+                   boot=IsoBoot(), forwards=[fwd], memory_mib=1536,
+                   name=f"drill-rescue-{s.name}")
+    with summary.phase(f"{s.name}: rescue system ({s.boot}, {s.firmware}): boot, TUI, "
+                       "restore, fsck") as entry, \
+            _rescue(cfg, None) as vm:
+        assert vm.ready is not None
+        entry["ready_seconds"] = round(vm.ready.seconds, 1)
+        assert (vm.ready.fields["ui"], vm.ready.fields["auto"]) == ("tui", "0")
+        serial = Serial(vm)
+        with summary.phase(f"{s.name}: TUI: connect, point, map, review"):
+            connect(serial, PASSPHRASE, fingerprint, url, token)
+            serial.wait_for(f"{HOSTNAME}: {POINTS} of {POINTS} points")
+            at = serial.mark()
+            serial.keys("b")  # Before...: the newest point at or before a time
+            wait_focus(serial, "2026-11-24 10:05", at)  # the dialog's example time
+            serial.keys(when + "\r")
+            serial.wait_for(f"Enter: restore {_utc(chosen.created)}", start=at)
+            serial.keys("\r")
+            map_only_target(serial, s.device, TARGET_BYTES)
+            at = serial.mark()
+            serial.keys("r")  # resize: same -> grow-last, as the unattended answers say
+            serial.wait_for("resize: grow-last", start=at)
+            review_and_start(serial, (
+                f"point {chosen.point_id[:12]} ({_utc(chosen.created)})",
+                f"vda -> /dev/{s.device} ({human(TARGET_BYTES)}, chosen by you)"),
+                f"/dev/{s.device}")
+        with summary.phase(f"{s.name}: restore") as r:
+            at = serial.mark()
+            # The summary ("Restored 1.1 GiB of host ... in ...", wrapped as it fits) and its
+            # choices, shown only when the restore succeeded.
+            serial.wait_for("Power off", timeout=2400, start=at)
+            serial.wait_for("Restored ", start=at)
+            at = serial.mark()
+            serial.keys(SHELL)
+            serial.wait_for("#", start=at, after=lambda shown: shown.rstrip().endswith("#"))
+            # The engine's report of the run: the summary screen names no point ID.
+            report = json.loads(vm.check(f"cat {RAM_STATE_DIR}/*.report.json"))
+            assert report["ok"], report["errors"]
+            took = max(report["finished"] - report["started"], 1e-6)
+            r.update(bytes=report["bytes_restored"],
+                     mb_per_s=round(report["bytes_restored"] / took / 1e6, 1))
+        assert report["point_id"] == chosen.point_id
+        restored = _fsck(summary, s, vm)
+    return {**restored, "mb_per_s": r["mb_per_s"], "bytes": r["bytes"]}
+
+
+def _fsck(summary: Summary, s: Scenario, vm: VM) -> dict[str, Any]:
+    """Phase 5 in the rescue system: the restored file systems are clean; returns the
+    restored disk's identity."""
+    with summary.phase(f"{s.name}: fsck"):
+        vm.check(f"lvm vgchange -ay {VG} && udevadm settle")
+        dev = f"/dev/{s.device}{'p' if s.bus == 'nvme' else ''}"
+        for fs in (f"{dev}3", f"/dev/{VG}/root", f"/dev/{VG}/data"):
+            vm.check(f"e2fsck -fn {fs}")
+        vm.check(f"fsck.vfat -n {dev}2")
+        restored = _lvm_ids(identity(vm, s.device))
+        vm.check(f"lvm vgchange -an {VG}")
+    return restored
+
+
+def _prove(summary: Summary, s: Scenario, target: Path, restored: dict[str, Any],
+           original: dict[str, Any], chosen: Point) -> None:
+    """Phase 5: the identities the rescue system saw are the original's; the new machine
+    boots from its own disk with the chosen point's files and the same identities."""
+    for key in IDENTITIES:
+        assert restored[key] == original[key], f"{s.name}: {key} differs after restore"
+    cfg = VMConfig(disks=[Disk(target, bus=s.bus)], firmware=s.firmware, network=False,
+                   name=f"drill-restored-{s.name}")
+    with summary.phase(f"{s.name}: boot restored server ({s.firmware})") as entry, \
+            boot_from_disk(cfg) as booted:
+        entry["boot_seconds"] = round(booted.seconds, 1)
+        assert booted.hostname == HOSTNAME
+        assert checksums(booted.vm) == chosen.files
+        booted_ids = _lvm_ids(identity(booted.vm, s.device))
+        for key in IDENTITIES:
+            assert booted_ids[key] == original[key], f"{s.name}: {key} differs when booted"
 
 
 def _scenarios() -> list[Scenario]:
@@ -274,23 +380,16 @@ def test_disaster_drill(cdp_server: Any, protected_disk: ProtectedDisk, tmp_path
         target = tmp_path / f"{s.name}.raw"
         with target.open("wb") as f:
             f.truncate(TARGET_BYTES)
-        answers = {"server": url, "token": tokens[Role.restore], "host": HOSTNAME,
-                   "fingerprint": cdp_server.fingerprint, "passphrase": PASSPHRASE,
-                   "point": when, "map": {"vda": f"/dev/{s.device}"}, "resize": "grow-last",
-                   "yes": True}
-        restored = _restore(summary, s, target, fwd, answers, chosen.point_id)
-        for key in ("disk_guid", "partitions", "filesystems", "pv", "lvs"):
-            assert restored[key] == original[key], f"{s.name}: {key} differs after restore"
-        cfg = VMConfig(disks=[Disk(target, bus=s.bus)], firmware=s.firmware, network=False,
-                       name=f"drill-restored-{s.name}")
-        with summary.phase(f"{s.name}: boot restored server ({s.firmware})") as entry, \
-                boot_from_disk(cfg) as booted:
-            entry["boot_seconds"] = round(booted.seconds, 1)
-            assert booted.hostname == HOSTNAME
-            assert checksums(booted.vm) == chosen.files
-            booted_ids = _lvm_ids(identity(booted.vm, s.device))
-            for key in ("disk_guid", "partitions", "filesystems", "pv", "lvs"):
-                assert booted_ids[key] == original[key], f"{s.name}: {key} differs when booted"
+        if s.ui == "tui":
+            restored = _restore_tui(summary, s, target, fwd, url, tokens[Role.restore],
+                                    cdp_server.fingerprint, chosen, when)
+        else:
+            answers = {"server": url, "token": tokens[Role.restore], "host": HOSTNAME,
+                       "fingerprint": cdp_server.fingerprint, "passphrase": PASSPHRASE,
+                       "point": when, "map": {"vda": f"/dev/{s.device}"},
+                       "resize": "grow-last", "yes": True}
+            restored = _restore(summary, s, target, fwd, answers, chosen.point_id)
+        _prove(summary, s, target, restored, original, chosen)
         summary.restores.append({"scenario": asdict(s), "mb_per_s": restored["mb_per_s"],
                                  "bytes": restored["bytes"],
                                  "time_to_recovery_s": round(time.monotonic() - start, 1)})

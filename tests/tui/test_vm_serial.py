@@ -6,28 +6,25 @@ Keys go in over the serial line; the screen is read from it with escape sequence
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mkimage.qemu import GUEST_SERVER_IP, VM, Disk, Forward, KernelBoot, VMConfig
+from mkimage.qemu import GUEST_SERVER_IP, VM, Disk, Forward, KernelBoot, Serial, VMConfig
 from rescue.tui.screens.points import when
 from tests.rescue.pointmaker import make_point
 
 from .conftest import MIB, PASS, Env, sh
+from .serial_steps import SHELL, connect, map_only_target, review_and_start
 from .test_happy_path import table
 
 pytestmark = pytest.mark.vm
 GUEST_PORT = 8443
-#: CSI and other escape sequences, and the charset switches of a vt100.
-_ESCAPES = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78]|\][^\x07]*\x07)")
 
 
 def image(out: Path) -> KernelBoot:
@@ -36,50 +33,6 @@ def image(out: Path) -> KernelBoot:
                    cwd=Path(__file__).resolve().parents[2], capture_output=True)
     return KernelBoot(kernel=out / "vmlinuz", initrd=out / "initrd.img",
                       append="console=ttyS0,115200n8 quiet loglevel=3 panic=-1")
-
-
-class Serial:
-    def __init__(self, vm: VM) -> None:
-        self.vm = vm
-
-    def mark(self) -> int:
-        """Where the console is now: wait_for(start=mark) ignores what was shown before."""
-        with self.vm._cond:
-            return len(self.vm._buf)
-
-    def text(self, start: int = 0) -> str:
-        with self.vm._cond:  # the harness's buffer of everything the console printed
-            raw = bytes(self.vm._buf[start:])
-        return _ESCAPES.sub(b"", raw).decode(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float = 300,
-                 after: Callable[[str], bool] | None = None, start: int = 0) -> None:
-        """Wait for text on the screen (escape sequences removed: a repaint may put style
-        changes inside a line), or for `after` to accept all the text so far (from start)."""
-        deadline = time.monotonic() + timeout
-        while not (after(self.text(start)) if after else needle in self.text(start)):
-            if not self.vm.alive() or time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} did not appear on the serial console; it "
-                                     f"ends with:\n{self.text()[-3000:]}")
-            time.sleep(0.5)
-
-    def quiet(self, start: int, seconds: float = 2, timeout: float = 60) -> None:
-        """Wait until the screen changed after start and then stayed still for a while: a
-        key whose effect shows no new text (a moved cursor or focus) has been handled."""
-        deadline = time.monotonic() + timeout
-        size, since = start, time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.25)
-            now = self.mark()
-            if now != size:
-                size, since = now, time.monotonic()
-            elif size > start and time.monotonic() - since >= seconds:
-                return
-        raise AssertionError(f"the console did not settle; it ends with:\n"
-                             f"{self.text()[-3000:]}")
-
-    def keys(self, data: str) -> None:
-        self.vm._send(data)  # the harness has no public way to type on the console
 
 
 def test_serial_console_connects_with_tofu_and_lists_points(env: Env, cdp_server: Any,
@@ -92,18 +45,11 @@ def test_serial_console_connects_with_tofu_and_lists_points(env: Env, cdp_server
     with VM(cfg) as vm:
         assert vm.ready is not None and vm.ready.fields["ui"] == "tui"
         serial = Serial(vm)
-        serial.wait_for("1/6 Network")
-        serial.keys("\x0e")  # ctrl+n: the init already brought the network up
-        serial.wait_for("2/6 Connect")
-        serial.keys(PASS + "\r")
-        serial.wait_for("Trust this server?")
-        serial.wait_for(env.fingerprint)  # shown whole, on one line, before anything is sent
-        serial.keys("y")
-        serial.wait_for("3/6 Host and recovery point")
+        connect(serial, PASS, env.fingerprint)  # the URL and token came with the boot
         serial.wait_for("web1: 1 of 1 points")
         serial.wait_for(when(env.points[0].created)[:16])
         serial.wait_for("disk vda.img 16.0 MiB gpt")
-        serial.keys("\x1a")  # ctrl+z: a shell on the same console (the harness powers off there)
+        serial.keys(SHELL)  # ctrl+z: a shell on the same console (the harness powers off there)
         serial.wait_for("#", after=lambda shown: shown.rstrip().endswith("#"))
         serial.keys("echo SHELL-$((6 * 7))\n")
         serial.wait_for("SHELL-42")
@@ -133,34 +79,16 @@ def test_serial_console_restores_an_older_point_byte_exact(env: Env, cdp_server:
     with VM(cfg) as vm:
         assert vm.ready is not None and vm.ready.list("disks") == ["vda"]
         serial = Serial(vm)
-        serial.wait_for("1/6 Network")
-        serial.keys("\x0e")  # ctrl+n: accept the network the init brought up
-        serial.wait_for("2/6 Connect")
-        serial.keys(PASS + "\r")
-        serial.wait_for(env.fingerprint)
-        serial.keys("y")
+        connect(serial, PASS, env.fingerprint)
         serial.wait_for(f"web1: 2 of 2 points. Enter: restore {when(latest.created)}")
         serial.wait_for("disk vda.img 16.0 MiB gpt")
         serial.keys("\x1b[B")  # down: from the latest (on top) to the older point
         serial.wait_for(f"Enter: restore {when(chosen.created)}")
         serial.keys("\r")
-        serial.wait_for("4/6 Map source disks to target disks")
-        serial.wait_for("vda            24.0 MiB")  # the blank disk, selectable
-        at = serial.mark()
-        serial.keys("\r")  # the source row: to its targets
-        serial.quiet(at)
-        serial.keys("\r")  # pick the highlighted (the only selectable) target
-        serial.wait_for("chosen by you")
-        serial.wait_for("vda (24.0 MiB)", start=at)
-        serial.wait_for("ctrl+n: review the plan")
-        serial.keys("\x0e")
-        serial.wait_for("5/6 Review")
-        serial.wait_for(f"point {chosen.point_id[:12]} ({when(chosen.created)})")
-        serial.wait_for("vda.img -> /dev/vda (24.0 MiB, chosen by you)")
-        serial.wait_for("Type /dev/vda or vda or the host name 'web1'")
-        serial.keys("/dev/vda\r")
-        serial.wait_for("6/6 Restore")
-        serial.wait_for("restoring ...")
+        map_only_target(serial, "vda", 24 * MIB)
+        review_and_start(serial, (f"point {chosen.point_id[:12]} ({when(chosen.created)})",
+                                  "vda.img -> /dev/vda (24.0 MiB, chosen by you)",
+                                  "Type /dev/vda or vda or the host name 'web1'"), "/dev/vda")
         serial.wait_for("overall")
         serial.wait_for("Restored 16.0 MiB of host web1 in ", timeout=900)
         serial.wait_for("Power off")
