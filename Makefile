@@ -79,7 +79,7 @@ pxe: deps
 drill: deps image
 	$(PY) -m pytest -q tests/drill
 
-# The drill with every scenario, PXE network boot included (about 8 more minutes).
+# The drill with every scenario, UEFI + NVMe and PXE network boot included (about 4 more minutes).
 drill-full: deps image
 	CDP_DRILL_FULL=1 $(PY) -m pytest -q tests/drill
 
