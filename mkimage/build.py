@@ -83,6 +83,8 @@ def _make_iso(tmp: Path, src: Path, base: Base, epoch: int) -> int:
     cpio.clamp_mtimes(stage, epoch)
     iso = tmp / "rescue.iso"
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+    # The volume label is how the rescue system recognises its own boot medium
+    # (rescue.discover.MEDIUM_LABEL; tests/rescue/test_loop.py checks the two agree).
     run(["grub-mkrescue", "-o", str(iso), str(stage), "--", "-volid", "CDP_RESCUE"],
         env=env, timeout=1800)
     size = iso.stat().st_size
