@@ -6,13 +6,16 @@ the newest point to an image file through the rescue engine's streaming path
     python -m bench.agent_run backup SETTINGS.json IMAGE [--changed RANGES.json]
     python -m bench.agent_run restore SETTINGS.json DEST
 
-SETTINGS.json: {"url", "token", "ca", "host", "master_hex", "state_dir"}.
+SETTINGS.json: {"url", "token", "ca", "host", "master_hex", "state_dir"}. With
+CDP_BENCH_LOG=info the agent's log (per-phase times of each point) goes to stderr.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ def tracking_parameter() -> str | None:
 @click.group()
 def main() -> None:
     """Measured steps of this project for the benchmark."""
+    logging.basicConfig(level=os.environ.get("CDP_BENCH_LOG", "warning").upper())
 
 
 @main.command()

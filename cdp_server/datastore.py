@@ -188,22 +188,27 @@ class Datastore:
                 raise
             return self.read_object(oid, again)
 
-    def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]) -> list[tuple[bytes, bytes]]:
-        """(id, blob) of each object; NotFoundError naming absent or damaged ones. An object
-        found corrupted here is marked damaged so the next backup heals it."""
+    def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]
+              ) -> list[tuple[bytes, bytes, bytes]]:
+        """(id, blob, its SHA-256, checked) of each object; NotFoundError naming absent or
+        damaged ones. An object found corrupted here is marked damaged so the next backup
+        heals it."""
         locs = self.catalog.locate(host, kind, ids)
         total = sum(loc.length for loc in locs.values())
         if total > MAX_FETCH_BYTES and len(ids) > 1:
             raise BadRequest(f"the {len(ids)} {kind.value} asked for hold {total} bytes, more "
                              f"than one answer carries ({MAX_FETCH_BYTES}): ask for fewer", 413)
         absent = [i for i in ids if i not in locs or locs[i].damaged]
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[bytes, bytes, bytes]] = []
         corrupted: list[bytes] = []
         # Pack order, then offset order: sequential reads.
         for oid in sorted(dict.fromkeys(i for i in ids if i not in absent),
                           key=lambda i: (locs[i].pack, locs[i].offset)):
             try:
-                out.append((oid, self.read_current(host, kind, oid, locs[oid])))
+                # Checked against its stored SHA-256 (which a GC move keeps): the answer
+                # reuses it rather than hashing the blob again.
+                out.append((oid, self.read_current(host, kind, oid, locs[oid]),
+                            locs[oid].sha256))
             except (IntegrityError, NotFoundError):
                 corrupted.append(oid)
         if corrupted:

@@ -136,7 +136,7 @@ def missing(request: Request, who: Who, host: str, kind: ObjectKind, body: IdLis
 def fetch(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList) -> Response:
     ds = _ds(request)
     require_host(ds, who, host, READ)
-    data = records.encode_records(ds.fetch(host, kind, _ids(body)))
+    data = records.encode_checked_records(ds.fetch(host, kind, _ids(body)))
     _metrics(request).bytes_out.inc(len(data))
     return Response(data, media_type=RECORDS_MEDIA_TYPE)
 

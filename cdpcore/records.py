@@ -4,7 +4,9 @@ request (docs/FORMAT.md, "Object batches"):
     record = id (32) || sha256(blob) (32) || length (u32, big-endian) || blob (length)
 
 The checksum lets the server reject a blob damaged in transit or by a broken client
-without holding the key, and is what it stores to verify the blob at rest later.
+without holding the key, and is what it stores to verify the blob at rest later. A client
+reading fetched objects need not recompute it: a chunk is authenticated by AES-GCM and its
+keyed ID when opened, a page by its SHA-256 ID.
 """
 
 from __future__ import annotations
@@ -22,18 +24,28 @@ RECORD_HEADER_SIZE = _RECORD.size  # 68
 MAX_RECORD_BLOB = fmt.MAX_BLOCK_SIZE + fmt.BLOB_OVERHEAD
 
 
-def encode_record(object_id: bytes, blob: bytes) -> bytes:
-    return _RECORD.pack(object_id, hashlib.sha256(blob).digest(), len(blob)) + blob
+def encode_record(object_id: bytes, blob: bytes, checksum: bytes | None = None) -> bytes:
+    """`checksum`: the blob's SHA-256 when the caller has just checked it (the server
+    serving a stored object), so it is not computed twice."""
+    if checksum is None:
+        checksum = hashlib.sha256(blob).digest()
+    return _RECORD.pack(object_id, checksum, len(blob)) + blob
 
 
 def encode_records(items: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join(encode_record(oid, blob) for oid, blob in items)
 
 
+def encode_checked_records(items: Iterable[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Records of (id, blob, its SHA-256 already checked)."""
+    return b"".join(encode_record(oid, blob, checksum) for oid, blob, checksum in items)
+
+
 def decode_records(data: bytes | memoryview, *, max_count: int = 1 << 20,
-                   ) -> Iterator[tuple[bytes, bytes, bytes]]:
-    """Yield (id, checksum, blob) and check each blob against its checksum. Raises
-    FormatError on truncation or absurd lengths, IntegrityError on a checksum mismatch."""
+                   verify: bool = True) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Yield (id, checksum, blob), checking each blob against its checksum unless
+    `verify` is false (the reader authenticates every blob itself). Raises FormatError on
+    truncation or absurd lengths, IntegrityError on a checksum mismatch."""
     view = memoryview(data)
     offset = count = 0
     while offset < len(view):
@@ -49,7 +61,7 @@ def decode_records(data: bytes | memoryview, *, max_count: int = 1 << 20,
                               f"announced, {len(view) - offset} present")
         blob = bytes(view[offset:offset + length])
         offset += length
-        if hashlib.sha256(blob).digest() != checksum:
+        if verify and hashlib.sha256(blob).digest() != checksum:
             raise IntegrityError(f"record {object_id.hex()[:16]}… does not match its checksum")
         count += 1
         if count > max_count:

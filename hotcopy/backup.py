@@ -104,15 +104,22 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
         raise UsageError("nothing to back up: name at least one device or image file")
     listed = check_ranges(changed, sources) if changed is not None else {}
     started = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        phases[name] = time.monotonic() - started - sum(phases.values())
+
     store = StateDir(state_dir, host)
     state = store.load()
     layout, specs = capture(sources, opts.hostname or host)
+    lap("capture")
     snapshot.cleanup_leftovers(specs, store.dir)
     latest = _latest(remote, host, opts.retry)
     doubt = _doubt(state, latest, opts)
     if doubt:
         log.info("full scan: %s", doubt)
     damaged = set(retrying(opts.retry, "asking for damaged chunks", lambda: remote.damaged(host)))
+    lap("server state")
     stats = UploadStats()
     sender = Sender(remote, host, opts.retry, Throttle(opts.bandwidth), stats)
     point_id = new_point_id()
@@ -132,6 +139,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
             sealpool.open_pool(codec, damaged, workers) as pool:
         volumes: list[_Volume] = []
         uploader = ChunkUploader(sender)
+        lap("snapshot and workers")
         try:
             for spec in specs:
                 geometry = Geometry(size=spec.size, block_size=block_size)
@@ -159,6 +167,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                                        progress=progress)
             uploader.close()
             era_state = _era_state(eras)
+            lap("blocks")
         except BaseException:
             uploader.abort()
             for vol in volumes:
@@ -166,6 +175,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
             raise
         try:
             records = [_index(remote, host, sender, vol) for vol in volumes]
+            lap("index")
             full = any(not v.trusted for v in volumes)
             generation = _generation(remote, host, codec, previous, latest, full)
             manifest = Manifest(
@@ -194,9 +204,11 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root) for r in records}
     state.era = era_state
     store.save(state)
-    log.info("point %s committed: %d changed blocks, %d new chunks (%d bytes)",
+    lap("commit")
+    log.info("point %s committed: %d changed blocks, %d new chunks (%d bytes) in %.2f s (%s)",
              info.point_id, sum(s.changed_blocks for s in scans), stats.new_chunks,
-             stats.new_bytes)
+             stats.new_bytes, time.monotonic() - started,
+             ", ".join(f"{name} {secs:.2f} s" for name, secs in phases.items()))
     return info
 
 

@@ -110,7 +110,10 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
     per_segment = max(1, SEGMENT_BYTES // bs)
     wanted = [(0, geometry.blocks)] if only is None else only
     result = ScanResult(changes={})
-    inflight: deque[tuple[int, Future[Sealed]]] = deque()
+    inflight: deque[tuple[tuple[Run, ...], Future[Sealed]]] = deque()
+    #: Runs gathered for the next task: scattered changed blocks share one task.
+    gathered: list[Run] = []
+    gathered_blocks = [0]  # blocks in `gathered`
 
     def note(index: int, new_id: bytes) -> None:
         """Record a change of the index: relative to the last point's tree when trusted,
@@ -122,10 +125,10 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
                 result.changes = None
 
     def drain_one() -> None:
-        first, fut = inflight.popleft()
+        runs, fut = inflight.popleft()
         sealed = fut.result()
-        for j, new_id in enumerate(sealed.ids):
-            index = first + j
+        blocks = (index for first, count in runs for index in range(first, first + count))
+        for j, (index, new_id) in enumerate(zip(blocks, sealed.ids, strict=True)):
             old = ids.get(index) if trusted else None
             heal = new_id in damaged
             if new_id == old and not heal:
@@ -148,17 +151,30 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
     except OSError as exc:
         raise SourceError(f"{view.path}: cannot open for reading: {exc.strerror}") from None
 
+    def submit() -> None:
+        runs = tuple(gathered)
+        gathered.clear()
+        gathered_blocks[0] = 0
+        olds = b"".join(ids.slice(first, count) for first, count in runs) if trusted else b""
+        seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds)
+        inflight.append((runs, pool.submit(seal_segment, seg)))
+        if len(inflight) >= window:
+            drain_one()
+        last, count = runs[-1]
+        if only is None and last % RELEASE_BLOCKS < count:
+            ids.release(last)
+
     def read_run(first: int, count: int) -> None:
         for seg_first, seg_count in _segments([(first, count)], per_segment):
             length = min(seg_count * bs, geometry.size - seg_first * bs)
-            olds = ids.slice(seg_first, seg_count) if trusted else b""
-            seg = Segment(view.path, view.offset, seg_first * bs, length, bs, olds)
             result.scanned_bytes += length
-            inflight.append((seg_first, pool.submit(seal_segment, seg)))
-            if len(inflight) >= window:
-                drain_one()
-            if only is None and seg_first % RELEASE_BLOCKS < seg_count:
-                ids.release(seg_first)
+            while seg_count:  # cut where the gathered task is full
+                take = min(seg_count, per_segment - gathered_blocks[0])
+                gathered.append((seg_first, take))
+                gathered_blocks[0] += take
+                seg_first, seg_count = seg_first + take, seg_count - take
+                if gathered_blocks[0] == per_segment:
+                    submit()
             if progress is not None:
                 progress(length)
 
@@ -205,6 +221,8 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
                 hole(first, count)
                 if progress is not None:
                     progress(min(count * bs, geometry.size - first * bs))
+        if gathered:
+            submit()
         while inflight:
             drain_one()
         if sparse:

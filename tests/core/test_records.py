@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 
 import pytest
@@ -28,6 +29,17 @@ def test_damage_and_truncation() -> None:
     data[-1] ^= 1
     with pytest.raises(IntegrityError, match="does not match its checksum"):
         list(records.decode_records(data))
+    # A reader that authenticates blobs itself skips the checksum, not the framing.
+    assert [b for _, _, b in records.decode_records(data, verify=False)] == [bytes(data[68:])]
+    with pytest.raises(FormatError, match="70 bytes announced, 69 present"):
+        list(records.decode_records(data[:-1], verify=False))
+
+
+def test_checked_records_carry_the_given_checksum() -> None:
+    blob = b"stored blob"
+    checksum = hashlib.sha256(blob).digest()
+    assert records.encode_checked_records([(bytes(32), blob, checksum)]) == \
+        records.encode_records([(bytes(32), blob)])
 
 
 def test_absurd_length_refused_before_reading() -> None:
