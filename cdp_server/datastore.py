@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import secrets
@@ -172,10 +173,7 @@ class Datastore:
 
     def read_object(self, oid: bytes, loc: Location) -> bytes:
         """The object's bytes, checked against the stored checksum (IntegrityError)."""
-        blob = self.store.get_range(loc.pack, loc.offset, loc.length)
-        if len(blob) != loc.length or hashlib.sha256(blob).digest() != loc.sha256:
-            raise IntegrityError(f"stored object {oid.hex()[:16]}… is corrupted")
-        return blob
+        return _checked(oid, loc, self.store.get_ranges(loc.pack, [(loc.offset, loc.length)])[0])
 
     def read_current(self, host: str, kind: ObjectKind, oid: bytes, loc: Location) -> bytes:
         """read_object, but if it fails, look the object up again once: GC may have moved
@@ -201,16 +199,28 @@ class Datastore:
         absent = [i for i in ids if i not in locs or locs[i].damaged]
         out: list[tuple[bytes, bytes, bytes]] = []
         corrupted: list[bytes] = []
-        # Pack order, then offset order: sequential reads.
-        for oid in sorted(dict.fromkeys(i for i in ids if i not in absent),
-                          key=lambda i: (locs[i].pack, locs[i].offset)):
+        # Pack order, then offset order: sequential reads, each pack opened once.
+        order = sorted(dict.fromkeys(i for i in ids if i not in absent),
+                       key=lambda i: (locs[i].pack, locs[i].offset))
+        for pack, group in itertools.groupby(order, key=lambda i: locs[i].pack):
+            members = list(group)
             try:
-                # Checked against its stored SHA-256 (which a GC move keeps): the answer
-                # reuses it rather than hashing the blob again.
-                out.append((oid, self.read_current(host, kind, oid, locs[oid]),
-                            locs[oid].sha256))
-            except (IntegrityError, NotFoundError):
-                corrupted.append(oid)
+                blobs = self.store.get_ranges(
+                    pack, [(locs[i].offset, locs[i].length) for i in members])
+            except NotFoundError:  # GC may have moved them: read_current looks again
+                blobs = [b""] * len(members)
+            for oid, blob in zip(members, blobs, strict=True):
+                loc = locs[oid]
+                try:
+                    try:
+                        blob = _checked(oid, loc, blob)
+                    except IntegrityError:
+                        blob = self.read_current(host, kind, oid, loc)
+                    # Checked against its stored SHA-256 (which a GC move keeps): the
+                    # answer reuses it rather than hashing the blob again.
+                    out.append((oid, blob, loc.sha256))
+                except (IntegrityError, NotFoundError):
+                    corrupted.append(oid)
         if corrupted:
             self.catalog.mark_damaged(host, kind, corrupted)
         if absent or corrupted:
@@ -218,3 +228,9 @@ class Datastore:
             raise NotFoundError(f"{len(absent)} {kind.value} missing and {len(corrupted)} "
                                 f"damaged on host {host!r}: {names}", 404)
         return out
+
+
+def _checked(oid: bytes, loc: Location, blob: bytes) -> bytes:
+    if len(blob) != loc.length or hashlib.sha256(blob).digest() != loc.sha256:
+        raise IntegrityError(f"stored object {oid.hex()[:16]}… is corrupted")
+    return blob

@@ -24,8 +24,9 @@ class ObjectStore(Protocol):
     def put(self, name: str, data: bytes) -> None:
         """Store `data` durably under `name`; visible only once complete."""
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
-        """Read `length` bytes at `offset` (short if the object is shorter)."""
+    def get_ranges(self, name: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Read each (offset, length) range of one object (a range comes back short if
+        the object is shorter): many blobs of a pack for one open or request."""
 
     def delete(self, name: str) -> None:
         """Remove an object; no error if it is already gone."""
@@ -80,13 +81,15 @@ class LocalStore:
                     from None
             raise
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def get_ranges(self, name: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         try:
-            with open(self._path(name), "rb") as f:
-                f.seek(offset)
-                return f.read(length)
+            fd = os.open(self._path(name), os.O_RDONLY)
         except FileNotFoundError:
             raise NotFoundError(f"object {name} is missing from the store", 404) from None
+        try:
+            return [os.pread(fd, length, offset) for offset, length in ranges]
+        finally:
+            os.close(fd)
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -21,9 +21,10 @@ from cdpcore.index import Geometry
 from . import fsmap
 from .changes import Run, block_runs, subtract_runs
 from .errors import SourceError
-from .sealpool import Sealed, Segment, seal_segment
+from .fingerprint import UNKNOWN
+from .sealpool import Sealed, Segment, read_ahead, seal_segment
 from .snapshot import ReadView
-from .state import IdFile
+from .state import FINGERPRINT_SIZE, IdFile
 from .transfer import Candidate, ChunkUploader
 
 #: Bytes read and hashed per task.
@@ -95,13 +96,16 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
             pos = stop
 
 
-def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: bool,
-                pool: Executor, uploader: ChunkUploader,
+def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
+                trusted: bool, pool: Executor, uploader: ChunkUploader,
                 damaged: set[bytes], only: Iterable[Run] | None = None,
                 skip_free: bool = False, window: int = 8,
                 progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
-    candidate and the server's missing answer decides). `only`: sorted, disjoint block
+    candidate and the server's missing answer decides). `fps`: the blocks' scan
+    fingerprints, patched with the IDs; a block whose fingerprint is unchanged keeps its
+    ID unhashed (when trusted; a fresh fingerprint file is all UNKNOWN, so nothing
+    matches). `only`: sorted, disjoint block
     runs to read (`changes.block_runs`: a change list or dm-era); None reads every block.
     `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
     all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
@@ -127,6 +131,10 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
     def drain_one() -> None:
         runs, fut = inflight.popleft()
         sealed = fut.result()
+        at = 0
+        for first, count in runs:
+            fps.put_slice(first, sealed.fps[at:at + count * FINGERPRINT_SIZE])
+            at += count * FINGERPRINT_SIZE
         blocks = (index for first, count in runs for index in range(first, first + count))
         for j, (index, new_id) in enumerate(zip(blocks, sealed.ids, strict=True)):
             old = ids.get(index) if trusted else None
@@ -155,14 +163,19 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
         runs = tuple(gathered)
         gathered.clear()
         gathered_blocks[0] = 0
-        olds = b"".join(ids.slice(first, count) for first, count in runs) if trusted else b""
-        seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds)
+        olds = old_fps = b""
+        if trusted:
+            olds = b"".join(ids.slice(first, count) for first, count in runs)
+            old_fps = b"".join(fps.slice(first, count) for first, count in runs)
+        seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds, old_fps)
+        read_ahead(fd, seg)
         inflight.append((runs, pool.submit(seal_segment, seg)))
         if len(inflight) >= window:
             drain_one()
         last, count = runs[-1]
         if only is None and last % RELEASE_BLOCKS < count:
             ids.release(last)
+            fps.release(last)
 
     def read_run(first: int, count: int) -> None:
         for seg_first, seg_count in _segments([(first, count)], per_segment):
@@ -186,12 +199,14 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *, trusted: boo
         for start in range(first, first + count, RELEASE_BLOCKS):
             for index in ids.nonzero(start, min(RELEASE_BLOCKS, first + count - start)):
                 ids.put(index, fmt.ZERO_ID)
+                fps.put(index, UNKNOWN)
                 if trusted:
                     result.changed_blocks += 1
                     result.changed_bytes += geometry.block_length(index)
                     note(index, fmt.ZERO_ID)
             if only is None:
                 ids.release(start)
+                fps.release(start)
 
     def check_size() -> None:
         """Holes are not read, so a short read cannot reveal a shrunk file there."""

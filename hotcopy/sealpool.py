@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, is_zero
 
+from . import fingerprint
 from .errors import SourceError
+from .fingerprint import Fingerprinter
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,6 +35,7 @@ class Segment:
     volume_size: int
     block_size: int
     olds: bytes = b""  # last point's IDs of the runs' blocks, in order; empty: not trusted
+    old_fps: bytes = b""  # their scan fingerprints (with olds; empty: hash every block)
 
     def ranges(self) -> list[tuple[int, int]]:
         """(byte offset in the snapshot, length) of each run; the volume's last block may
@@ -45,6 +48,7 @@ class Segment:
 @dataclass
 class Sealed:
     ids: list[bytes]
+    fps: bytes = b""  # the blocks' scan fingerprints, concatenated
     #: position in the segment's blocks -> sealed blob, for the first block of each non-zero ID
     #: that changed (or is damaged on the server)
     blobs: dict[int, bytes] = field(default_factory=dict)
@@ -54,6 +58,7 @@ class Sealed:
 class _Worker:
     codec: BlobCodec
     damaged: frozenset[bytes]
+    fingerprint: Fingerprinter
     fds: dict[str, int] = field(default_factory=dict)
 
 
@@ -66,7 +71,7 @@ def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes]) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    _worker = _Worker(codec, damaged)
+    _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key))
 
 
 def _pread(fd: int, path: str, at: int, length: int) -> bytes:
@@ -84,13 +89,15 @@ def _pread(fd: int, path: str, at: int, length: int) -> bytes:
 
 
 def _read(fd: int, seg: Segment) -> list[bytes]:
-    ranges = seg.ranges()
-    if len(ranges) > 1:
-        # Scattered blocks: queue every read at once (the kernel's readahead), so the disk
-        # sees them together instead of one synchronous 16 KiB read at a time.
-        for at, length in ranges:
-            os.posix_fadvise(fd, at, length, os.POSIX_FADV_WILLNEED)
-    return [_pread(fd, seg.path, at, length) for at, length in ranges]
+    return [_pread(fd, seg.path, at, length) for at, length in seg.ranges()]
+
+
+def read_ahead(fd: int, seg: Segment) -> None:
+    """Ask the kernel to start reading a segment now (the parent, when it queues the
+    task): the disk then works on the segments in flight while the workers hash, and
+    scattered blocks reach it together rather than one synchronous read at a time."""
+    for at, length in seg.ranges():
+        os.posix_fadvise(fd, at, length, os.POSIX_FADV_WILLNEED)
 
 
 def seal_segment(seg: Segment) -> Sealed:
@@ -104,19 +111,31 @@ def seal_segment(seg: Segment) -> Sealed:
             raise SourceError(f"{seg.path}: cannot open for reading: {exc.strerror}") from None
     out = Sealed([])
     seen: set[bytes] = set()
-    bs = seg.block_size
+    fps: list[bytes] = []
+    bs, size = seg.block_size, fmt.ID_SIZE
+    fp_size = len(fingerprint.UNKNOWN)
     j = 0
     for data in _read(fd, seg):
         for start in range(0, len(data), bs):
             block = memoryview(data)[start:start + bs]
-            new_id = fmt.ZERO_ID if is_zero(block) else _worker.codec.keys.chunk_id(block)
+            old = seg.olds[j * size:(j + 1) * size] if seg.olds else None
+            if is_zero(block):
+                new_id, fp = fmt.ZERO_ID, fingerprint.UNKNOWN
+            else:
+                fp = _worker.fingerprint(block)
+                # An unchanged fingerprint is an unchanged block: its ID is the old one,
+                # and the HMAC is not computed.
+                same = fp == seg.old_fps[j * fp_size:(j + 1) * fp_size]
+                new_id = old if same and old is not None and old != fmt.ZERO_ID \
+                    else _worker.codec.keys.chunk_id(block)
             out.ids.append(new_id)
-            old = seg.olds[j * fmt.ID_SIZE:(j + 1) * fmt.ID_SIZE] if seg.olds else None
+            fps.append(fp)
             if new_id != fmt.ZERO_ID and new_id not in seen and (
                     new_id != old or new_id in _worker.damaged):
                 seen.add(new_id)
                 out.blobs[j] = _worker.codec.seal(fmt.BLOB_KIND_CHUNK, new_id, bytes(block))
             j += 1
+    out.fps = b"".join(fps)
     return out
 
 

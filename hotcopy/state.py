@@ -1,6 +1,7 @@
 """The agent's local state: per volume, the chunk ID of every block as of the last
 committed point (a flat file of 32-byte IDs, memory-mapped so memory stays bounded for any
-volume size), plus a small JSON document naming that point.
+volume size) and each block's scan fingerprint (16 bytes, hotcopy.fingerprint), plus a
+small JSON document naming that point.
 
 Protocol (crash-safe): before a run patches any ID file, the document is rewritten with
 `point_id = null` (dirty); only after the server accepted the commit is it rewritten with
@@ -98,15 +99,27 @@ class StateDir:
     def open_ids(self, volume: str, blocks: int) -> IdFile:
         return IdFile(self.ids_path(volume), blocks)
 
+    def open_fingerprints(self, volume: str, blocks: int) -> IdFile:
+        """The blocks' scan fingerprints, kept beside their IDs and patched with them; all
+        zero (unknown: the block is hashed in full) where never written."""
+        return IdFile(self.ids_path(volume).with_suffix(".fp"), blocks,
+                      record=FINGERPRINT_SIZE)
+
+
+#: Bytes of a block's scan fingerprint (hotcopy.fingerprint).
+FINGERPRINT_SIZE = 16
+
 
 class IdFile:
-    """A memory-mapped array of `blocks` 32-byte chunk IDs. A missing or resized file
-    starts as all ZERO_ID, and a size change is reported through `fresh`."""
+    """A memory-mapped array of `blocks` records of `record` bytes: chunk IDs (or scan
+    fingerprints). A missing or resized file starts as all zero (ZERO_ID), and a size
+    change is reported through `fresh`."""
 
-    def __init__(self, path: Path, blocks: int) -> None:
+    def __init__(self, path: Path, blocks: int, record: int = fmt.ID_SIZE) -> None:
         self.path = path
         self.blocks = blocks
-        size = blocks * fmt.ID_SIZE
+        self.record = record
+        size = blocks * record
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -125,16 +138,21 @@ class IdFile:
 
     def get(self, index: int) -> bytes:
         assert self._map is not None
-        return self._map[index * fmt.ID_SIZE:(index + 1) * fmt.ID_SIZE]
+        return self._map[index * self.record:(index + 1) * self.record]
 
     def slice(self, first: int, count: int) -> bytes:
         """The IDs of blocks [first, first + count), concatenated."""
         assert self._map is not None
-        return self._map[first * fmt.ID_SIZE:(first + count) * fmt.ID_SIZE]
+        return self._map[first * self.record:(first + count) * self.record]
 
     def put(self, index: int, chunk_id: bytes) -> None:
         assert self._map is not None
-        self._map[index * fmt.ID_SIZE:(index + 1) * fmt.ID_SIZE] = chunk_id
+        self._map[index * self.record:(index + 1) * self.record] = chunk_id
+
+    def put_slice(self, first: int, records: bytes) -> None:
+        """Records of blocks [first, first + len(records) // record)."""
+        assert self._map is not None
+        self._map[first * self.record:first * self.record + len(records)] = records
 
     def iter_ids(self) -> Iterator[bytes]:
         for i in range(self.blocks):
@@ -145,7 +163,7 @@ class IdFile:
         volume then keeps only a window of its ID file in the process's memory."""
         if self._map is None:
             return
-        end = (end_block * fmt.ID_SIZE) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = (end_block * self.record) // mmap.PAGESIZE * mmap.PAGESIZE
         if end > 0:
             self._map.flush(0, end)
             self._map.madvise(mmap.MADV_DONTNEED, 0, end)
@@ -159,7 +177,7 @@ class IdFile:
         step = 1 << 16
         for start in range(first, first + count, step):
             stop = min(start + step, first + count)
-            if not is_zero(memoryview(self._map)[start * fmt.ID_SIZE:stop * fmt.ID_SIZE]):
+            if not is_zero(memoryview(self._map)[start * self.record:stop * self.record]):
                 out += [i for i in range(start, stop) if self.get(i) != fmt.ZERO_ID]
         return out
 

@@ -9,7 +9,8 @@ runs explicitly (holes in files, BLKZEROOUT on devices). Only small tuples cross
 process boundary, and at most two batches per worker are in flight: memory stays bounded.
 
 The parent takes results in volume order, so the blocks it has seen are a contiguous
-prefix: after syncing the target it checkpoints that prefix for resume. A block that fails
+prefix: after syncing the target (on a thread of its own, so the pipeline keeps moving
+while the disk flushes) it checkpoints that prefix for resume. A block that fails
 verification stops the volume with its exact byte range named; the blocks before it are
 written (verified), it and nothing unverified after it is.
 """
@@ -24,7 +25,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -258,12 +259,16 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
     done_blocks, unsynced = start_block, 0
     damage: _Damage | None = None
 
-    def checkpoint() -> None:
-        nonlocal unsynced
+    def checkpoint(blocks: int) -> None:
         target.sync()  # flushes the workers' writes too: they share the page cache
-        unsynced = 0
         if on_checkpoint:
-            on_checkpoint(done_blocks)
+            on_checkpoint(blocks)
+
+    # Checkpoints run on their own thread: while the disk flushes, the workers go on
+    # fetching and decrypting instead of stalling behind the fsync. One at a time; a
+    # checkpoint due while another runs waits for the next batch.
+    syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-sync")
+    syncing: Future[None] | None = None
 
     # fork: the workers inherit the codec and client instead of receiving pickles.
     pool = ProcessPoolExecutor(max_workers=max(1, opts.workers),
@@ -288,15 +293,21 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
             unsynced += done.written + done.zeroed
             if on_progress:
                 on_progress(done.written + done.zeroed)
-            if unsynced >= opts.checkpoint_bytes:
-                checkpoint()
+            if unsynced >= opts.checkpoint_bytes and (syncing is None or syncing.done()):
+                if syncing is not None:
+                    syncing.result()  # a failed sync stops the restore
+                syncing = syncer.submit(checkpoint, done_blocks)
+                unsynced = 0
     finally:
         for fut in pending:
             fut.cancel()
         # Batches already running finish (they write only verified blocks) before the
         # checkpoint: the state never claims more than the contiguous prefix seen.
         pool.shutdown(wait=True, cancel_futures=True)
-        checkpoint()
+        syncer.shutdown(wait=True)
+        checkpoint(done_blocks)
+        if syncing is not None:
+            syncing.result()
     if damage is not None:
         raise BlockDamaged(vol.name, damage.offset, damage.length, damage.chunk, damage.why)
     return result
