@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -139,3 +142,44 @@ def read_limit(image: Path) -> Sample:
 def copy_limit(image: Path, dest: Path) -> Sample:
     """The fastest possible restore: copy the image to a file (`dd`, then fsync)."""
     return timed(["dd", f"if={image}", f"of={dest}", "bs=4M", "status=none"], flushed=dest)
+
+
+def write_floor(image: Path, dest: Path, block_size: int, cool: Callable[..., object]) -> float:
+    """Seconds to write the image's non-zero blocks (of `block_size`) from memory to a new
+    sparse file and fsync it: what any restore that skips zeros must at least spend on
+    this disk. The blocks are read before the clock starts."""
+    runs: list[tuple[int, bytes]] = []
+    zero = bytes(block_size)
+    with open(image, "rb") as f:
+        offset = 0
+        while block := f.read(block_size):
+            if block != zero[:len(block)]:
+                if runs and runs[-1][0] + len(runs[-1][1]) == offset and \
+                        len(runs[-1][1]) < 4 << 20:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + block)
+                else:
+                    runs.append((offset, block))
+            offset += len(block)
+    dest.unlink(missing_ok=True)
+    cool(image)
+    start = time.perf_counter()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, offset)
+        for at, data in runs:
+            os.pwrite(fd, data, at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    took = time.perf_counter() - start
+    dest.unlink()
+    return took
+
+
+def start_floor(cool: Callable[..., object]) -> float:
+    """Seconds for a cold Python to start and import the agent's modules, nothing more:
+    what every point taken by a fresh agent process pays before reading a block."""
+    cool()
+    start = time.perf_counter()
+    runcmd.run([sys.executable, "-c", "import hotcopy.backup, cdpcore.client"])
+    return time.perf_counter() - start

@@ -20,6 +20,9 @@ FIGURES = [
     ("incr_cpu_s", "Incremental backup CPU", "s"),
     ("growth_x", "Repository growth / changed bytes", "x"),
     ("restore_s", "Restore time (to a file, fsynced)", "s"),
+    ("restore_floor_s", "Restore floor: the non-zero 16 KiB blocks written from memory, fsynced",
+     "s"),
+    ("start_floor_s", "Python start and the agent's imports, cold cache", "s"),
     ("full_repo_mib", "Repository after the full backup", "MiB"),
 ]
 
@@ -152,7 +155,8 @@ def markdown(doc: dict[str, Any], summary: dict[str, dict[str, Stat]],
         lines.append("| Restore byte-for-byte equal | "
                      + " | ".join(restores.get(t, "-") for t in tools) + " |")
     lines += ["", "Limit: `cat` of the image to /dev/null (full backup column) and `dd` of "
-              "the image to a file (restore column).", ""]
+              "the image to a file (restore column); the two floors are measured by the "
+              "benchmark itself (bench/peers.py `write_floor`, `start_floor`).", ""]
     series = doc.get("series")
     if series:
         lines += [f"Series of {series['points']} points, one per simulated minute, on a "

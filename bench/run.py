@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdpcore import format as fmt
 from cdpcore.errors import CdpError
 
 from . import report, workload
 from .measure import Sample, cold, machine, same_bytes
-from .peers import Tool, copy_limit, read_limit
+from .peers import Tool, copy_limit, read_limit, start_floor, write_floor
 from .workload import MiB, Write
 
 log = logging.getLogger("cdp.bench")
@@ -156,6 +157,9 @@ def run_limit(prep: Prepared, scratch: Path, out: Collector,
     out.add("limit", "restore_s", written.wall)
     out.restores.setdefault("limit", []).append(same_bytes(copy, prep.changed))
     copy.unlink()
+    out.add("limit", "restore_floor_s",
+            write_floor(prep.changed, copy, fmt.DEFAULT_BLOCK_SIZE, cool))
+    out.add("limit", "start_floor_s", start_floor(cool))
 
 
 def run_series(tool: Tool, prep: Prepared, scratch: Path, points: int) -> dict[str, float]:

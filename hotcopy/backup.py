@@ -44,6 +44,8 @@ from .verify import open_point
 
 log = logging.getLogger("cdp.agent.backup")
 Tracking = Literal["scan", "era"]
+#: Points listed to find the latest one.
+LATEST_WINDOW = 8
 
 
 @dataclass
@@ -69,7 +71,10 @@ class _Volume:
 
 
 def _latest(remote: Remote, host: str, policy: RetryPolicy) -> PointInfo | None:
-    points = retrying(policy, "listing points", lambda: remote.points(host))
+    # Only the newest few (by creation time, as the server lists them): a point a minute
+    # must not cost a listing of every point the host has. A few, not one, so a tie in
+    # creation time is still broken by commit time.
+    points = retrying(policy, "listing points", lambda: remote.points(host, limit=LATEST_WINDOW))
     return max(points, key=lambda p: (p.created, p.committed), default=None)
 
 

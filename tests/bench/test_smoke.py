@@ -68,6 +68,9 @@ def test_smoke_run(tmp_path: Path, peer_versions: dict[str, str]) -> None:
         assert doc["raw"][tool]["growth_bytes"][0] > 0
     assert set(doc["series"]["tools"]) >= {"cdp-scan", "restic", "borg"}
     assert doc["empty_point"]["volume_size"] == 64 * workload.MiB
+    assert set(doc["raw"]["limit"]) >= {"restore_floor_s", "start_floor_s"}
+    assert "| Restore floor: the non-zero 16 KiB blocks written from memory, fsynced |" \
+        in proc.stdout
     assert "| Full backup time |" in proc.stdout
     assert "| Target (issue #9) |" in proc.stdout
     assert doc["versions"] == peer_versions
