@@ -37,7 +37,7 @@ class Built:
 
 def build_point(codec: BlobCodec, host: str, volumes: dict[str, bytes], *,
                 block_size: int = BS, created: float | None = None,
-                point_id: str | None = None) -> Built:
+                point_id: str | None = None, parent: str | None = None) -> Built:
     pages = index.MemoryPages()
     built = Built(request=None)  # type: ignore[arg-type]
     records = []
@@ -59,7 +59,7 @@ def build_point(codec: BlobCodec, host: str, volumes: dict[str, bytes], *,
                         layout=Layout(hostname=host))
     built.pages = dict(pages.pages)
     built.request = CommitRequest(
-        point_id=pid, created=created,
+        point_id=pid, created=created, parent=parent,
         volumes=[VolumeWire(name=r.name, size=r.size, block_size=r.block_size, root=r.root,
                             height=r.height) for r in records],
         manifest=base64.b64encode(manifest.seal(codec)).decode(),

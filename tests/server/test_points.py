@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -172,3 +174,55 @@ def test_incremental_commit_reuses_checked_subtrees(web1) -> None:  # type: igno
     assert restore(reader, codec, "web1", second.point_id) == {"vda": bytes(data)}
     geometry = index.Geometry(size=len(data), block_size=BS)
     assert geometry.height == 1
+
+
+def _damage_chunk(data_dir: Path, chunk_id: bytes) -> None:
+    """Flip a byte of a stored chunk in its pack file (the catalog still trusts it)."""
+    db = sqlite3.connect(data_dir / "catalog.sqlite")
+    pack, offset = db.execute("SELECT pack, offset FROM objects WHERE kind = 'chunks' AND "
+                              "id = ?", (chunk_id,)).fetchone()
+    db.close()
+    with open(data_dir / "objects" / pack, "r+b") as f:
+        f.seek(offset + 40)
+        byte = f.read(1)
+        f.seek(offset + 40)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+def test_commit_beside_its_parent_still_names_every_missing_or_damaged_chunk(
+        cdp_server, web1) -> None:  # type: ignore[no-untyped-def]
+    """With a parent, the commit looks up only the entries that changed against the
+    parent's complete pages; it must still refuse a changed entry that is absent, and an
+    unchanged one that went bad since (damage clears "complete")."""
+    agent, reader = web1
+    codec = new_codec()
+    data = bytearray(_disk(600))
+    first = build_point(codec, "web1", {"vda": bytes(data)})
+    push(agent, "web1", first)
+    data[10 * BS:11 * BS] = os.urandom(BS)
+    data[300 * BS:301 * BS] = os.urandom(BS)
+    second = build_point(codec, "web1", {"vda": bytes(data)}, parent=first.point_id)
+    new_chunks = sorted(agent.missing("web1", ObjectKind.chunks, list(second.chunks)))
+    assert len(new_chunks) == 2
+    agent.upload("web1", ObjectKind.pages, list(second.pages.items()))
+    agent.upload("web1", ObjectKind.chunks, [(new_chunks[0], second.chunks[new_chunks[0]])])
+    with pytest.raises(MissingObjectsError) as exc:
+        agent.commit("web1", second.request)
+    assert exc.value.missing.missing_chunks == [new_chunks[1].hex()]
+    agent.upload("web1", ObjectKind.chunks, [(new_chunks[1], second.chunks[new_chunks[1]])])
+    agent.commit("web1", second.request)
+    assert restore(reader, codec, "web1", second.point_id) == {"vda": bytes(data)}
+
+    # A chunk both points share goes bad; reading it marks it damaged.
+    shared = second.block_ids["vda"][20]
+    _damage_chunk(cdp_server.data_dir, shared)
+    with pytest.raises(NotFoundError):
+        reader.fetch("web1", ObjectKind.chunks, [shared])
+    data[30 * BS:31 * BS] = os.urandom(BS)  # the third point changes the same leaf
+    third = build_point(codec, "web1", {"vda": bytes(data)}, parent=second.point_id)
+    changed = third.block_ids["vda"][30]
+    agent.upload("web1", ObjectKind.pages, list(third.pages.items()))
+    agent.upload("web1", ObjectKind.chunks, [(changed, third.chunks[changed])])
+    with pytest.raises(MissingObjectsError) as exc3:
+        agent.commit("web1", third.request)
+    assert exc3.value.missing.missing_chunks == [shared.hex()]
