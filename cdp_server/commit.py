@@ -10,6 +10,7 @@ anything below. So a commit costs O(changed pages), not O(volume size).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
@@ -126,10 +127,9 @@ class _Walk:
             old_loc = locs.get(old) if old is not None else None
             if pid in pages and old is not None and old_loc is not None and \
                     old_loc.complete and not old_loc.damaged and old not in old_pages:
-                try:
+                # Unreadable: then every entry of the new page is looked up.
+                with contextlib.suppress(IntegrityError, FormatError, NotFoundError):
                     old_pages[old] = self._read(old, old_loc)
-                except (IntegrityError, FormatError, NotFoundError):
-                    pass  # then every entry of the new page is looked up
         children: list[_Entry] = []
         chunks: set[bytes] = set()
         for pid, level, position, old in batch:
