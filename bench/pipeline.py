@@ -1,7 +1,9 @@
 """Block pipeline micro-benchmark (issue #2): chunk ID + compress + encrypt ("seal"), and
 decrypt + decompress + ID check ("open"), through cdpcore's BlobCodec, beside the same
 primitives called back to back without any of the project's code; on one core, and on
-every core with threads and with processes.
+every core with threads and with processes. Also, on one core, the agent's two ways to
+tell a changed block: its chunk ID (HMAC-SHA256) and its scan fingerprint (keyed BLAKE3,
+hotcopy/fingerprint.py).
 
     .venv/bin/python -m bench.pipeline [--mib 256] [--json]
 """
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, KeySet
+from hotcopy.fingerprint import Fingerprinter
 
 MASTER = bytes(range(64))  # a fixed key: this is a benchmark
 _BATCH = 256
@@ -47,6 +50,7 @@ class Workload:
         self.keys = KeySet.from_master(MASTER)
         self.codec = BlobCodec(self.keys)
         self.aead = AESGCM(self.keys.enc_key)
+        self.fingerprint = Fingerprinter(self.keys.id_key)
         self.sealed: dict[bytes, tuple[bytes, bytes | None]] = {}
         self.raw_sealed: dict[bytes, bytes] = {}
         # the primitives at their best: one zstd context per thread, reused
@@ -58,6 +62,9 @@ class Workload:
 
     def seal(self, block: bytes) -> object:
         return self.codec.seal_block(block)
+
+    def chunk_id(self, block: bytes) -> bytes:
+        return self.keys.chunk_id(block)
 
     def raw_seal(self, block: bytes) -> bytes:
         chunk_id = hmac.digest(self.keys.id_key, block, "sha256")
@@ -139,6 +146,10 @@ def measure(mib: int, block_size: int) -> dict[str, object]:
                     "primitives_mb_s": round(total / t_raw / 1e6, 1),
                     "overhead_pct": round((t_project / t_raw - 1) * 100, 1),
                 }
+    results["hash, 1 core"] = {
+        "chunk_id_mb_s": round(total / timed("chunk_id", blocks, None) / 1e6, 1),
+        "fingerprint_mb_s": round(total / timed("fingerprint", blocks, None) / 1e6, 1),
+    }
     return results
 
 
@@ -155,10 +166,15 @@ def main(mib: int, block_size: int, as_json: bool) -> None:
     click.echo(f"block pipeline: {mib} MiB of {block_size}-byte blocks (half compressible), "
                f"{results['machine']}, Python {results['python']}")
     click.echo(f"{'':24}{'project MB/s':>14}{'primitives MB/s':>17}{'overhead':>10}")
+    hashes = results.pop("hash, 1 core")
     for key, row in results.items():
         if isinstance(row, dict):
             click.echo(f"{key:24}{row['project_mb_s']:>14}{row['primitives_mb_s']:>17}"
                        f"{row['overhead_pct']:>9}%")
+    assert isinstance(hashes, dict)
+    click.echo(f"telling a changed block, 1 core: chunk ID (HMAC-SHA256) "
+               f"{hashes['chunk_id_mb_s']} MB/s, scan fingerprint (keyed BLAKE3) "
+               f"{hashes['fingerprint_mb_s']} MB/s")
 
 
 if __name__ == "__main__":

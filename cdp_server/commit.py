@@ -87,9 +87,9 @@ class _Walk:
 
     def volume(self, vol: VolumeRecord, old: VolumeRecord | None) -> None:
         geometry = vol.geometry
-        same_shape = old is not None and (old.size, old.block_size, old.height) == (
-            vol.size, vol.block_size, vol.height) and old.root_id != fmt.ZERO_ID
-        old_root = old.root_id if old is not None and same_shape else None
+        old_root = old.root_id if old is not None and old.root_id != fmt.ZERO_ID and (
+            old.size, old.block_size, old.height) == (vol.size, vol.block_size, vol.height) \
+            else None
         frontier: list[_Entry] = [] if vol.root_id == fmt.ZERO_ID else [
             (vol.root_id, vol.height, 0, old_root)]
         while frontier:

@@ -105,8 +105,8 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
     candidate and the server's missing answer decides). `fps`: the blocks' scan
     fingerprints, patched with the IDs; a block whose fingerprint is unchanged keeps its
     ID unhashed (when trusted; a fresh fingerprint file is all UNKNOWN, so nothing
-    matches). `only`: sorted, disjoint block
-    runs to read (`changes.block_runs`: a change list or dm-era); None reads every block.
+    matches). `only`: sorted, disjoint block runs to read (`changes.block_runs`: a change
+    list or dm-era); None reads every block.
     `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
     all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
     metadata, with zeros in its free space."""
@@ -117,7 +117,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
     inflight: deque[tuple[tuple[Run, ...], Future[Sealed]]] = deque()
     #: Runs gathered for the next task: scattered changed blocks share one task.
     gathered: list[Run] = []
-    gathered_blocks = [0]  # blocks in `gathered`
+    gathered_blocks = 0
 
     def note(index: int, new_id: bytes) -> None:
         """Record a change of the index: relative to the last point's tree when trusted,
@@ -160,9 +160,10 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
         raise SourceError(f"{view.path}: cannot open for reading: {exc.strerror}") from None
 
     def submit() -> None:
+        nonlocal gathered_blocks
         runs = tuple(gathered)
         gathered.clear()
-        gathered_blocks[0] = 0
+        gathered_blocks = 0
         olds = old_fps = b""
         if trusted:
             olds = b"".join(ids.slice(first, count) for first, count in runs)
@@ -178,15 +179,16 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
             fps.release(last)
 
     def read_run(first: int, count: int) -> None:
+        nonlocal gathered_blocks
         for seg_first, seg_count in _segments([(first, count)], per_segment):
             length = min(seg_count * bs, geometry.size - seg_first * bs)
             result.scanned_bytes += length
             while seg_count:  # cut where the gathered task is full
-                take = min(seg_count, per_segment - gathered_blocks[0])
+                take = min(seg_count, per_segment - gathered_blocks)
                 gathered.append((seg_first, take))
-                gathered_blocks[0] += take
+                gathered_blocks += take
                 seg_first, seg_count = seg_first + take, seg_count - take
-                if gathered_blocks[0] == per_segment:
+                if gathered_blocks == per_segment:
                     submit()
             if progress is not None:
                 progress(length)

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, is_zero
 
-from . import fingerprint
 from .errors import SourceError
-from .fingerprint import Fingerprinter
+from .fingerprint import UNKNOWN, Fingerprinter
 
 _PR_SET_PDEATHSIG = 1
 
@@ -113,14 +112,14 @@ def seal_segment(seg: Segment) -> Sealed:
     seen: set[bytes] = set()
     fps: list[bytes] = []
     bs, size = seg.block_size, fmt.ID_SIZE
-    fp_size = len(fingerprint.UNKNOWN)
+    fp_size = len(UNKNOWN)
     j = 0
     for data in _read(fd, seg):
         for start in range(0, len(data), bs):
             block = memoryview(data)[start:start + bs]
             old = seg.olds[j * size:(j + 1) * size] if seg.olds else None
             if is_zero(block):
-                new_id, fp = fmt.ZERO_ID, fingerprint.UNKNOWN
+                new_id, fp = fmt.ZERO_ID, UNKNOWN
             else:
                 fp = _worker.fingerprint(block)
                 # An unchanged fingerprint is an unchanged block: its ID is the old one,

@@ -141,7 +141,7 @@ class IdFile:
         return self._map[index * self.record:(index + 1) * self.record]
 
     def slice(self, first: int, count: int) -> bytes:
-        """The IDs of blocks [first, first + count), concatenated."""
+        """The records of blocks [first, first + count), concatenated."""
         assert self._map is not None
         return self._map[first * self.record:(first + count) * self.record]
 

@@ -77,7 +77,7 @@ def test_a_matching_fingerprint_never_revives_a_zero_id(worker: BlobCodec,
     disk = tmp_path / "disk.img"
     block = os.urandom(BS)
     disk.write_bytes(block)
-    stale = sealpool._worker.fingerprint(block) if sealpool._worker else b""
+    stale = Fingerprinter(worker.keys.id_key)(block)  # the worker's own key
     out = seal_segment(segment(disk, 1, fmt.ZERO_ID, stale))
     assert CountingKeys.calls == 1
     assert out.ids == [worker.keys.chunk_id(block)] and list(out.blobs) == [0]

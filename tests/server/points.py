@@ -4,8 +4,10 @@ built by cdpcore.index and a sealed manifest."""
 from __future__ import annotations
 
 import base64
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cdpcore import index
 from cdpcore.api import CommitRequest, ObjectKind, PointInfo, PointStats, VolumeWire
@@ -95,3 +97,16 @@ def restore(client: CdpClient, codec: BlobCodec, host: str, point_id: str) -> di
                 data += bytes(geometry.block_length(b))
         out[vol.name] = bytes(data)
     return out
+
+
+def flip_stored_byte(data_dir: Path, kind: str, object_id: bytes, at: int = 40) -> None:
+    """Flip one byte of a stored object in its pack file; the catalog still trusts it."""
+    db = sqlite3.connect(data_dir / "catalog.sqlite")
+    pack, offset = db.execute("SELECT pack, offset FROM objects WHERE kind = ? AND id = ?",
+                              (kind, object_id)).fetchone()
+    db.close()
+    with open(data_dir / "objects" / pack, "r+b") as f:
+        f.seek(offset + at)
+        byte = f.read(1)
+        f.seek(offset + at)
+        f.write(bytes([byte[0] ^ 0x01]))

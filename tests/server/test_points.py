@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,7 +15,7 @@ from cdpcore.client import MissingObjectsError
 from cdpcore.errors import NotFoundError, ServerError
 from cdpcore.manifest import Manifest, VolumeRecord
 
-from .points import BS, build_point, new_codec, push, restore, upload_all
+from .points import BS, build_point, flip_stored_byte, new_codec, push, restore, upload_all
 
 
 @pytest.fixture
@@ -176,19 +174,6 @@ def test_incremental_commit_reuses_checked_subtrees(web1) -> None:  # type: igno
     assert geometry.height == 1
 
 
-def _damage_chunk(data_dir: Path, chunk_id: bytes) -> None:
-    """Flip a byte of a stored chunk in its pack file (the catalog still trusts it)."""
-    db = sqlite3.connect(data_dir / "catalog.sqlite")
-    pack, offset = db.execute("SELECT pack, offset FROM objects WHERE kind = 'chunks' AND "
-                              "id = ?", (chunk_id,)).fetchone()
-    db.close()
-    with open(data_dir / "objects" / pack, "r+b") as f:
-        f.seek(offset + 40)
-        byte = f.read(1)
-        f.seek(offset + 40)
-        f.write(bytes([byte[0] ^ 0x40]))
-
-
 def test_commit_beside_its_parent_still_names_every_missing_or_damaged_chunk(
         cdp_server, web1) -> None:  # type: ignore[no-untyped-def]
     """With a parent, the commit looks up only the entries that changed against the
@@ -215,7 +200,7 @@ def test_commit_beside_its_parent_still_names_every_missing_or_damaged_chunk(
 
     # A chunk both points share goes bad; reading it marks it damaged.
     shared = second.block_ids["vda"][20]
-    _damage_chunk(cdp_server.data_dir, shared)
+    flip_stored_byte(cdp_server.data_dir, "chunks", shared)
     with pytest.raises(NotFoundError):
         reader.fetch("web1", ObjectKind.chunks, [shared])
     data[30 * BS:31 * BS] = os.urandom(BS)  # the third point changes the same leaf

@@ -4,7 +4,6 @@ re-upload heals it."""
 from __future__ import annotations
 
 import os
-import sqlite3
 
 import pytest
 
@@ -12,19 +11,7 @@ from cdpcore.api import ObjectKind, Role, VerifyStatus
 from cdpcore.client import MissingObjectsError
 from cdpcore.errors import NotFoundError
 
-from .points import BS, build_point, new_codec, push, restore
-
-
-def _flip(data_dir, kind: str, object_id: bytes, at: int = 40) -> None:  # type: ignore[no-untyped-def]
-    db = sqlite3.connect(data_dir / "catalog.sqlite")
-    pack, offset = db.execute("SELECT pack, offset FROM objects WHERE kind = ? AND id = ?",
-                              (kind, object_id)).fetchone()
-    db.close()
-    with open(data_dir / "objects" / pack, "r+b") as f:
-        f.seek(offset + at)
-        byte = f.read(1)
-        f.seek(offset + at)
-        f.write(bytes([byte[0] ^ 0x01]))
+from .points import BS, build_point, flip_stored_byte, new_codec, push, restore
 
 
 def test_verify_finds_and_heals_a_flipped_chunk(cdp_server) -> None:  # type: ignore[no-untyped-def]
@@ -46,8 +33,8 @@ def test_verify_finds_and_heals_a_flipped_chunk(cdp_server) -> None:  # type: ig
 
     bad_a = first.block_ids["vda"][517]  # only in the first point
     bad_b = first.block_ids["vdb"][3]  # shared by both points
-    _flip(cdp_server.data_dir, "chunks", bad_a)
-    _flip(cdp_server.data_dir, "chunks", bad_b)
+    flip_stored_byte(cdp_server.data_dir, "chunks", bad_a)
+    flip_stored_byte(cdp_server.data_dir, "chunks", bad_b)
     report = admin.verify()
     assert sorted(report.damaged_chunks) == sorted([bad_a.hex(), bad_b.hex()])
     assert report.missing_chunks == []
@@ -86,7 +73,7 @@ def test_verify_maps_a_damaged_page_to_its_whole_span(cdp_server) -> None:  # ty
     # the leaf covering blocks 256..511: its first entry is block 256's chunk ID
     leaf = next(p for p, page in built.pages.items()
                 if page[8:40] == built.block_ids["vda"][256])
-    _flip(cdp_server.data_dir, "pages", leaf)
+    flip_stored_byte(cdp_server.data_dir, "pages", leaf)
     report = admin.verify()
     assert [(r.volume, r.offset, r.length, r.chunk) for r in report.ranges] == [
         ("vda", 256 * BS, 256 * BS, leaf.hex())]
