@@ -153,7 +153,7 @@ class Datastore:
                 offset += len(blob)
             self.catalog.begin_pack(pack, offset)
             try:
-                self.store.put(pack, b"".join(parts))
+                self.store.put(pack, parts)
                 stored = self.catalog.add_objects(host, kind, pack, rows, time.time(),
                                                   touched)
             except BaseException:

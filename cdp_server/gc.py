@@ -127,7 +127,7 @@ def _rewrite(ds: Datastore, name: str, size: int) -> int:
         offset += loc.length
     new = new_pack_name()
     ds.catalog.begin_pack(new, offset)
-    ds.store.put(new, b"".join(parts))
+    ds.store.put(new, parts)
     ds.catalog.move_objects(name, new, moves)
     ds.store.delete(name)
     return size - offset

@@ -1,9 +1,14 @@
 """Hashing and sealing on worker processes: zstd and AES-GCM do not scale across threads
 here (bench/pipeline.py), processes do. Workers are forked once per backup and inherit
 the codec (its keys are never pickled) and the set of damaged chunks; each task names a
-segment of the snapshot, which the worker pread()s itself, so only IDs and the sealed
+segment of the snapshot, which the worker reads itself, so only IDs and the sealed
 blobs of blocks the parent may have to upload cross the pipe. Workers share no mutable
-state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do."""
+state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do.
+
+Long runs are read with direct I/O into the worker's aligned buffer (cdpcore.directio):
+a full read of a disk must not evict the applications' page cache. Short runs (scattered
+changed blocks) go through the page cache, where the parent's read-ahead has queued them
+together."""
 
 from __future__ import annotations
 
@@ -17,11 +22,14 @@ from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, is_zero
+from cdpcore.directio import ALIGN, AlignedBuffer, DirectFile
 
 from .errors import SourceError
 from .fingerprint import UNKNOWN, Fingerprinter
 
 _PR_SET_PDEATHSIG = 1
+#: Runs at least this long are read with direct I/O, shorter ones through the page cache.
+DIRECT_MIN = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,29 @@ class _Worker:
     codec: BlobCodec
     damaged: frozenset[bytes]
     fingerprint: Fingerprinter
-    fds: dict[str, int] = field(default_factory=dict)
+    files: dict[str, DirectFile] = field(default_factory=dict)
+    buffer: AlignedBuffer | None = None  # shared by the files: one read at a time
+
+    def open(self, path: str, longest: int) -> DirectFile:
+        """The worker's reader of `path`, with a buffer for a run of `longest` bytes."""
+        if self.buffer is None or self.buffer.size < longest + 2 * ALIGN:
+            self.buffer = AlignedBuffer(longest + 2 * ALIGN)
+            for file in self.files.values():
+                file.buffer = self.buffer
+        file = self.files.get(path)
+        if file is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise SourceError(f"{path}: cannot open for reading: {exc.strerror}") from None
+            file = self.files[path] = DirectFile(path, fd, os.O_RDONLY, self.buffer)
+        return file
+
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
+            os.close(file.fd)
+        self.files.clear()
 
 
 _worker: _Worker | None = None
@@ -73,9 +103,11 @@ def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes]) -> None:
     _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key))
 
 
-def _pread(fd: int, path: str, at: int, length: int) -> bytes:
+def _read(file: DirectFile, path: str, at: int, length: int) -> bytes | memoryview:
+    """One run: a view into the worker's buffer (valid until the next read) when direct."""
     try:
-        data = os.pread(fd, length, at)
+        data: bytes | memoryview = file.read(at, length) if length >= DIRECT_MIN \
+            else os.pread(file.fd, length, at)
     except OSError as exc:
         if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EIO, errno.ENOENT):
             raise SourceError(f"{path}: device vanished or failed while being read "
@@ -87,34 +119,28 @@ def _pread(fd: int, path: str, at: int, length: int) -> bytes:
     return data
 
 
-def _read(fd: int, seg: Segment) -> list[bytes]:
-    return [_pread(fd, seg.path, at, length) for at, length in seg.ranges()]
-
-
 def read_ahead(fd: int, seg: Segment) -> None:
-    """Ask the kernel to start reading a segment now (the parent, when it queues the
-    task): the disk then works on the segments in flight while the workers hash, and
-    scattered blocks reach it together rather than one synchronous read at a time."""
+    """Ask the kernel to start reading a segment's short runs now (the parent, when it
+    queues the task): scattered blocks then reach the disk together rather than one
+    synchronous read at a time. Long runs are read direct, past the page cache."""
     for at, length in seg.ranges():
-        os.posix_fadvise(fd, at, length, os.POSIX_FADV_WILLNEED)
+        if length < DIRECT_MIN:
+            os.posix_fadvise(fd, at, length, os.POSIX_FADV_WILLNEED)
 
 
 def seal_segment(seg: Segment) -> Sealed:
     """Runs in a worker: read, hash and seal one segment."""
     assert _worker is not None
-    fd = _worker.fds.get(seg.path)
-    if fd is None:
-        try:
-            fd = _worker.fds[seg.path] = os.open(seg.path, os.O_RDONLY)
-        except OSError as exc:
-            raise SourceError(f"{seg.path}: cannot open for reading: {exc.strerror}") from None
+    ranges = seg.ranges()
+    file = _worker.open(seg.path, max(length for _, length in ranges))
     out = Sealed([])
     seen: set[bytes] = set()
     fps: list[bytes] = []
     bs, size = seg.block_size, fmt.ID_SIZE
     fp_size = len(UNKNOWN)
     j = 0
-    for data in _read(fd, seg):
+    for at, length in ranges:
+        data = _read(file, seg.path, at, length)
         for start in range(0, len(data), bs):
             block = memoryview(data)[start:start + bs]
             old = seg.olds[j * size:(j + 1) * size] if seg.olds else None

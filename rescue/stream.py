@@ -163,9 +163,8 @@ class _Writer:
 
     def flush(self) -> None:
         if self.run:
-            data = b"".join(self.run)
-            self.target.write(self.base + self.run_start * self.block_size, data)
-            self.written += len(data)
+            self.written += self.target.write_run(self.base + self.run_start * self.block_size,
+                                                  self.run)
             self.run = []
         if self.zero_len:
             self.target.zero(self.base + self.zero_start * self.block_size, self.zero_len)
@@ -230,7 +229,8 @@ def _init_worker(parent: int, src: ChunkSource, host: str, codec: BlobCodec,
     close = getattr(src, "close", None)
     if callable(close):
         close()
-    _worker = _Worker(src, host, codec, vol, Target(path), base, opts)
+    _worker = _Worker(src, host, codec, vol, Target(path, direct_buffer=opts.batch_bytes),
+                      base, opts)
 
 
 def _run_batch(batch: Batch) -> _BatchDone:

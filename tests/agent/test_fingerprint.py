@@ -34,8 +34,7 @@ def worker() -> Iterator[BlobCodec]:
     sealpool._worker = sealpool._Worker(codec, frozenset(), Fingerprinter(keys.id_key))
     CountingKeys.calls = 0
     yield codec
-    for fd in sealpool._worker.fds.values():
-        os.close(fd)
+    sealpool._worker.close()
     sealpool._worker = None
 
 
