@@ -60,6 +60,12 @@ def loop(tmp_path: Path) -> Iterator[str]:
         runcmd.run(["losetup", "-d", dev], check=False)
 
 
+def quiet_ext4(dev: str) -> None:
+    """ext4 without lazy init: once mounted it writes nothing to the disk by itself while
+    a test checks that nothing else did (ext4lazyinit would zero inode tables then)."""
+    runcmd.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev])
+
+
 def refused(engine: Engine, target: str, tmp_path: Path) -> str:
     before = digest(target)
     with pytest.raises(SafetyError) as exc:
@@ -70,7 +76,7 @@ def refused(engine: Engine, target: str, tmp_path: Path) -> str:
 
 
 def test_refuses_a_mounted_disk(engine: Engine, loop: str, tmp_path: Path) -> None:
-    runcmd.run(["mkfs.ext4", "-q", "-F", loop])
+    quiet_ext4(loop)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     runcmd.run(["mount", loop, str(mnt)])
@@ -83,7 +89,7 @@ def test_refuses_a_mounted_disk(engine: Engine, loop: str, tmp_path: Path) -> No
 
 
 def test_refuses_the_rescue_medium(engine: Engine, loop: str, tmp_path: Path) -> None:
-    runcmd.run(["mkfs.ext4", "-q", "-F", loop])
+    quiet_ext4(loop)
     medium = Path("/media/rescue")
     created = not medium.exists()
     medium.mkdir(parents=True, exist_ok=True)
