@@ -73,16 +73,15 @@ class _Worker:
         """The worker's reader of `path`, with a buffer for a run of `longest` bytes."""
         if self.buffer is None or self.buffer.size < longest + 2 * ALIGN:
             self.buffer = AlignedBuffer(longest + 2 * ALIGN)
-            for file in self.files.values():
-                file.buffer = self.buffer
-        file = self.files.get(path)
-        if file is None:
+            for known in self.files.values():
+                known.buffer = self.buffer
+        if path not in self.files:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise SourceError(f"{path}: cannot open for reading: {exc.strerror}") from None
-            file = self.files[path] = DirectFile(path, fd, os.O_RDONLY, self.buffer)
-        return file
+            self.files[path] = DirectFile(path, fd, os.O_RDONLY, self.buffer)
+        return self.files[path]
 
     def close(self) -> None:
         for file in self.files.values():
