@@ -22,7 +22,7 @@ import mmap
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 ALIGN = 4096
 
@@ -56,12 +56,17 @@ class AlignedBuffer:
 
     def __init__(self, size: int) -> None:
         self.size = align_up(max(size, ALIGN))
-        self._map = mmap.mmap(-1, self.size)
+        # Private: a buffer that exists at a fork is not shared with the child.
+        self._map = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self._map)
 
     def close(self) -> None:
-        self.view.release()
-        self._map.close()
+        # A slice may outlive the call (held by the traceback of an error raised during a
+        # transfer): then the map is unmapped when the last slice goes, and the error in
+        # flight is not replaced by a BufferError.
+        with suppress(BufferError):
+            self.view.release()
+            self._map.close()
 
 
 class BufferPool:

@@ -78,9 +78,13 @@ class _Worker:
         if path not in self.files:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self.files[path] = DirectFile(path, fd, os.O_RDONLY, self.buffer)
+                except OSError:
+                    os.close(fd)
+                    raise
             except OSError as exc:
                 raise SourceError(f"{path}: cannot open for reading: {exc.strerror}") from None
-            self.files[path] = DirectFile(path, fd, os.O_RDONLY, self.buffer)
         return self.files[path]
 
     def close(self) -> None:

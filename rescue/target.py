@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 
 from cdpcore import runcmd
-from cdpcore.directio import AlignedBuffer, DirectFile
+from cdpcore.directio import AlignedBuffer, DirectFile, align_down, align_up
 
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -37,7 +37,11 @@ class Target:
         self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
         self._bulk: DirectFile | None = None
         if direct_buffer:
-            self._bulk = DirectFile(path, self.fd, os.O_RDWR, AlignedBuffer(direct_buffer))
+            try:
+                self._bulk = DirectFile(path, self.fd, os.O_RDWR, AlignedBuffer(direct_buffer))
+            except BaseException:
+                os.close(self.fd)
+                raise
 
     def __enter__(self) -> Target:
         return self
@@ -46,11 +50,13 @@ class Target:
         self.close()
 
     def close(self) -> None:
-        if self._bulk is not None:
-            self._bulk.close()
-            self._bulk.buffer.close()
-            self._bulk = None
-        os.close(self.fd)
+        try:
+            if self._bulk is not None:
+                self._bulk.close()
+                self._bulk.buffer.close()
+                self._bulk = None
+        finally:
+            os.close(self.fd)
 
     def write_run(self, offset: int, pieces: Sequence[bytes]) -> int:
         """Write the concatenation of `pieces` (a run of blocks) at `offset`, with direct
@@ -75,14 +81,26 @@ class Target:
         if length <= 0:
             return
         if self.is_device:
-            try:
-                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
-                return
-            except OSError:
-                pass  # unaligned range or a driver without zeroing: write zeros below
+            # BLKZEROOUT goes past the page cache: only whole pages, which no other
+            # worker writes, are zeroed with it. A page shared with a neighbouring block
+            # (a volume starting off a 4 KiB boundary) is written with zeros through the
+            # cache, where it meets the neighbour's write instead of racing it.
+            lo, hi = align_up(offset), align_down(offset + length)
+            if lo < hi:
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", lo, hi - lo))
+                except OSError:
+                    pass  # a driver without zeroing: write zeros below
+                else:
+                    self._write_zeros(offset, lo - offset)
+                    self._write_zeros(hi, offset + length - hi)
+                    return
         elif _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
                              ctypes.c_long(offset), ctypes.c_long(length)) == 0:
             return
+        self._write_zeros(offset, length)
+
+    def _write_zeros(self, offset: int, length: int) -> None:
         end = offset + length
         while offset < end:
             n = min(len(_ZEROS), end - offset)

@@ -20,6 +20,7 @@ from mkimage.qemu import image_dir
 from rescue.discover import MEDIUM_LABEL, describe_target, discover_disks
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
+from rescue.target import Target
 from rescue.tui.targets import problems
 
 from .conftest import MIB, PASS
@@ -153,3 +154,22 @@ def test_boot_medium_flagged_and_refused(repo_host: dict[str, Any], tmp_path: Pa
     finally:
         sh("losetup", "-d", dev)
     assert hashlib.sha256(iso.read_bytes()).hexdigest() == before
+
+
+def test_zeroing_a_device_off_page_boundaries_keeps_the_neighbours(
+        loop: tuple[str, Path]) -> None:
+    # A volume at sector 63 (an old MBR layout): its zero runs start and end inside pages
+    # that neighbouring blocks share. Whole pages are zeroed with BLKZEROOUT, the edges
+    # through the page cache; every byte outside the range keeps its content.
+    dev, _ = loop
+    with open(dev, "rb") as f:
+        before = f.read(1 * MIB)
+    offset, length = 63 * 512 + 16384, 3 * 16384
+    with Target(dev, direct_buffer=MIB) as target:
+        target.zero(offset, length)
+        target.sync()
+    with open(dev, "rb") as f:
+        after = f.read(1 * MIB)
+    assert after[offset:offset + length] == bytes(length)
+    assert after[:offset] == before[:offset]
+    assert after[offset + length:] == before[offset + length:]
