@@ -145,7 +145,7 @@ class DirectFile:
         at once. Buffered when `offset` is not aligned."""
         if self._direct_fd is None or not aligned(offset):
             data = b"".join(pieces)
-            _write_fully(self.fd, memoryview(data), offset)
+            write_fully(self.fd, memoryview(data), offset)
             return len(data)
         buf, fill, at, total = self.buffer, 0, offset, 0
         for piece in pieces:
@@ -162,13 +162,13 @@ class DirectFile:
         if cut:
             self._write_direct(at, buf.view[:cut])
         if fill > cut:
-            _write_fully(self.fd, buf.view[cut:fill], at + cut)
+            write_fully(self.fd, buf.view[cut:fill], at + cut)
         return total
 
     def _write_direct(self, offset: int, view: memoryview) -> None:
         while view:
             if self._direct_fd is None or not aligned(offset) or not aligned(len(view)):
-                _write_fully(self.fd, view, offset)
+                write_fully(self.fd, view, offset)
                 return
             try:
                 n = os.pwrite(self._direct_fd, view, offset)
@@ -190,7 +190,8 @@ def _read_fully(fd: int, view: memoryview, offset: int, *, direct: bool = False)
     return got
 
 
-def _write_fully(fd: int, view: memoryview, offset: int) -> None:
+def write_fully(fd: int, view: memoryview, offset: int) -> None:
+    """pwrite all of `view` at `offset` (a write may return short)."""
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 
 from cdpcore import runcmd
-from cdpcore.directio import AlignedBuffer, DirectFile, align_down, align_up
+from cdpcore.directio import AlignedBuffer, DirectFile, align_down, align_up, write_fully
 
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -71,10 +71,7 @@ class Target:
         return os.lseek(self.fd, 0, os.SEEK_END)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
+        write_fully(self.fd, memoryview(data), offset)
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, without writing them when possible."""
