@@ -2,7 +2,8 @@
 its TUI and the tests.
 
 One `requests.Session` per thread (connection pooling without sharing a session between
-worker threads), TLS verified by default, optional certificate pinning for self-signed
+worker threads; a forked child starts with none, never using its parent's sockets), TLS
+verified by default, optional certificate pinning for self-signed
 servers, retries with backoff on dropped connections and 5xx answers (every call here is
 idempotent on the server except `create_host`), and batches split transparently to
 respect MAX_IDS_PER_REQUEST and MAX_UPLOAD_BYTES. IDs are raw 32-byte `bytes`.
@@ -13,9 +14,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -122,8 +125,22 @@ class ServerPages:
         return self.client.fetch(self.host, ObjectKind.pages, page_ids)
 
 
+_CLIENTS: weakref.WeakSet[CdpClient] = weakref.WeakSet()
+
+
+def _forget_sessions_after_fork() -> None:
+    """In a forked child, the inherited sessions' sockets are still the parent's: a
+    request on one would interleave with the parent's TLS stream. The child opens its own."""
+    for client in list(_CLIENTS):
+        client._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_sessions_after_fork)
+
+
 class CdpClient:
-    """Client of one CDP server with one token. Safe to share between threads."""
+    """Client of one CDP server with one token. Safe to share between threads, and
+    usable in a forked child (hotcopy.sealpool's workers upload through it)."""
 
     def __init__(self, url: str, token: str, *, verify: bool | str = True,
                  ca_path: str | None = None, fingerprint: str | None = None,
@@ -140,6 +157,7 @@ class CdpClient:
         self.retries = retries
         self.backoff = backoff
         self._local = threading.local()
+        _CLIENTS.add(self)
 
     # --- transport
 

@@ -1,5 +1,6 @@
 """What the agent needs from the CDP server, as a structural type: `cdpcore.client.CdpClient`
-satisfies it, and so does anything else with these methods."""
+satisfies it, and so does anything else with these methods that keeps working in a forked
+child (the sealing workers of hotcopy.sealpool upload through the parent's Remote)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Reading a volume from its snapshot: hash every block (or only the blocks change
-tracking names), compare with the IDs of the last point, and hand the blocks whose ID
-changed to the uploader. The holes of a sparse image file are not read: their blocks are
+tracking names), compare with the IDs of the last point, and upload the blocks whose ID
+changed. The holes of a sparse image file are not read: their blocks are
 ZERO_ID (`os.lseek` SEEK_DATA/SEEK_HOLE). Reading, hashing and sealing run on worker
-processes (hotcopy.sealpool) with a bounded window of segments in flight, so memory stays
-bounded for any volume."""
+processes (hotcopy.sealpool), which also upload what they sealed, with a bounded window of
+segments in flight, so memory stays bounded for any volume."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ from . import fsmap
 from .changes import Run, block_runs, subtract_runs
 from .errors import SourceError
 from .fingerprint import UNKNOWN
-from .sealpool import Sealed, Segment, read_ahead, seal_segment
+from .sealpool import Segment, Stored, read_ahead, seal_and_upload
 from .snapshot import ReadView
 from .state import FINGERPRINT_SIZE, IdFile
-from .transfer import Candidate, ChunkUploader
+from .transfer import UploadStats
 
-#: Bytes read and hashed per task.
-SEGMENT_BYTES = 4 * 1024 * 1024
+#: Bytes read, sealed and uploaded per task: one upload request each (about 6 MiB of blobs
+#: for mixed data), so the server's fsyncs per request stay few.
+SEGMENT_BYTES = 16 * 1024 * 1024
 #: Above this many changed blocks, the index is rebuilt from the ID file rather than
 #: patched, so the change map never grows without bound.
 MAX_TRACKED_CHANGES = 1 << 18
@@ -97,16 +98,15 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
 
 
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
-                trusted: bool, pool: Executor, uploader: ChunkUploader,
-                damaged: set[bytes], only: Iterable[Run] | None = None,
-                skip_free: bool = False, window: int = 8,
+                trusted: bool, pool: Executor, uploaded: UploadStats,
+                only: Iterable[Run] | None = None, skip_free: bool = False, window: int = 8,
                 progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
     candidate and the server's missing answer decides). `fps`: the blocks' scan
     fingerprints, patched with the IDs; a block whose fingerprint is unchanged keeps its
     ID unhashed (when trusted; a fresh fingerprint file is all UNKNOWN, so nothing
-    matches). `only`: sorted, disjoint block runs to read (`changes.block_runs`: a change
-    list or dm-era); None reads every block.
+    matches). `uploaded` adds up what the workers sent. `only`: sorted, disjoint block runs
+    to read (`changes.block_runs`: a change list or dm-era); None reads every block.
     `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
     all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
     metadata, with zeros in its free space."""
@@ -114,7 +114,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
     per_segment = max(1, SEGMENT_BYTES // bs)
     wanted = [(0, geometry.blocks)] if only is None else only
     result = ScanResult(changes={})
-    inflight: deque[tuple[tuple[Run, ...], Future[Sealed]]] = deque()
+    inflight: deque[tuple[tuple[Run, ...], Future[Stored]]] = deque()
     #: Runs gathered for the next task: scattered changed blocks share one task.
     gathered: list[Run] = []
     gathered_blocks = 0
@@ -130,29 +130,23 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
 
     def drain_one() -> None:
         runs, fut = inflight.popleft()
-        sealed = fut.result()
+        stored = fut.result()
+        uploaded.add(stored.uploaded)
+        result.healed += stored.healed
         at = 0
         for first, count in runs:
-            fps.put_slice(first, sealed.fps[at:at + count * FINGERPRINT_SIZE])
+            fps.put_slice(first, stored.fps[at:at + count * FINGERPRINT_SIZE])
             at += count * FINGERPRINT_SIZE
         blocks = (index for first, count in runs for index in range(first, first + count))
-        for j, (index, new_id) in enumerate(zip(blocks, sealed.ids, strict=True)):
+        for index, new_id in zip(blocks, stored.ids, strict=True):
             old = ids.get(index) if trusted else None
-            heal = new_id in damaged
-            if new_id == old and not heal:
+            if new_id == old:
                 continue
-            length = geometry.block_length(index)
-            if new_id != old:
-                result.changed_blocks += 1
-                result.changed_bytes += length
-                ids.put(index, new_id)
-                if new_id != (old if trusted else fmt.ZERO_ID):
-                    note(index, new_id)
-            # The worker sealed the first block of each ID per segment; a repeat of an ID
-            # within it is the same chunk.
-            if j in sealed.blobs:
-                result.healed += heal
-                uploader.add(Candidate(new_id, sealed.blobs[j], force=heal))
+            result.changed_blocks += 1
+            result.changed_bytes += geometry.block_length(index)
+            ids.put(index, new_id)
+            if new_id != (old if trusted else fmt.ZERO_ID):
+                note(index, new_id)
 
     try:
         fd = os.open(view.path, os.O_RDONLY)  # never opened for writing
@@ -170,7 +164,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
             old_fps = b"".join(fps.slice(first, count) for first, count in runs)
         seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds, old_fps)
         read_ahead(fd, seg)
-        inflight.append((runs, pool.submit(seal_segment, seg)))
+        inflight.append((runs, pool.submit(seal_and_upload, seg)))
         if len(inflight) >= window:
             drain_one()
         last, count = runs[-1]

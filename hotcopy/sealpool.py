@@ -1,9 +1,10 @@
-"""Hashing and sealing on worker processes: zstd and AES-GCM do not scale across threads
-here (bench/pipeline.py), processes do. Workers are forked once per backup and inherit
-the codec (its keys are never pickled) and the set of damaged chunks; each task names a
-segment of the snapshot, which the worker reads itself, so only IDs and the sealed
-blobs of blocks the parent may have to upload cross the pipe. Workers share no mutable
-state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do.
+"""Hashing, sealing and uploading on worker processes: zstd and AES-GCM do not scale across
+threads here (bench/pipeline.py), processes do. Workers are forked once per backup and
+inherit the codec (its keys are never pickled), the set of damaged chunks and the server
+connection settings; each task names a segment of the snapshot, which the worker reads,
+seals and uploads itself (asking the server first which of its new chunks it lacks), so
+only IDs, fingerprints and counts cross the pipe back to the parent. Workers share no
+mutable state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do.
 
 Long runs are read with direct I/O into the worker's aligned buffer (cdpcore.directio):
 a full read of a disk must not evict the applications' page cache. Short runs (scattered
@@ -21,11 +22,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
+from cdpcore.api import ObjectKind
 from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.directio import ALIGN, AlignedBuffer, DirectFile
 
 from .errors import SourceError
 from .fingerprint import UNKNOWN, Fingerprinter
+from .remote import Remote
+from .transfer import RetryPolicy, Sender, Throttle, UploadStats
 
 _PR_SET_PDEATHSIG = 1
 #: Runs at least this long are read with direct I/O, shorter ones through the page cache.
@@ -62,10 +66,32 @@ class Sealed:
 
 
 @dataclass
+class Stored:
+    """What a worker answers for a segment once its new chunks are on the server."""
+
+    ids: list[bytes]
+    fps: bytes
+    uploaded: UploadStats
+    healed: int  # damaged chunks sent again
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """Where and how the workers upload: each over its own connection (Remote clients
+    forget their connections in a forked child), all under one bandwidth cap."""
+
+    remote: Remote
+    host: str
+    policy: RetryPolicy
+    throttle: Throttle
+
+
+@dataclass
 class _Worker:
     codec: BlobCodec
     damaged: frozenset[bytes]
     fingerprint: Fingerprinter
+    uploads: Uploads | None = None
     files: dict[str, DirectFile] = field(default_factory=dict)
     buffer: AlignedBuffer | None = None  # shared by the files: one read at a time
 
@@ -97,13 +123,13 @@ class _Worker:
 _worker: _Worker | None = None
 
 
-def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes]) -> None:
+def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes], uploads: Uploads) -> None:
     global _worker
     # A killed agent must not leave workers behind.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key))
+    _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key), uploads)
 
 
 def _read(file: DirectFile, path: str, at: int, length: int) -> bytes | memoryview:
@@ -167,12 +193,29 @@ def seal_segment(seg: Segment) -> Sealed:
     return out
 
 
-def open_pool(codec: BlobCodec, damaged: set[bytes], workers: int) -> ProcessPoolExecutor:
-    """Forked workers, all started before returning: fork while the parent's upload
-    threads run would copy locks they may hold."""
+def seal_and_upload(seg: Segment) -> Stored:
+    """Runs in a worker: seal one segment, then upload the new chunks the server lacks
+    (and every damaged one, which heals it), with the agent's retries."""
+    assert _worker is not None and _worker.uploads is not None
+    sealed = seal_segment(seg)
+    up = _worker.uploads
+    stats = UploadStats()
+    sender = Sender(up.remote, up.host, up.policy, up.throttle, stats)
+    new = [(sealed.ids[j], blob) for j, blob in sealed.blobs.items()]
+    healing = {oid for oid, _ in new if oid in _worker.damaged}
+    lacking = sender.missing(ObjectKind.chunks, [oid for oid, _ in new if oid not in healing])
+    sender.send(ObjectKind.chunks, [(oid, blob) for oid, blob in new
+                                    if oid in healing or oid in lacking])
+    return Stored(sealed.ids, sealed.fps, stats, len(healing))
+
+
+def open_pool(codec: BlobCodec, damaged: set[bytes], workers: int,
+              uploads: Uploads) -> ProcessPoolExecutor:
+    """Forked workers, all started before returning: fork while other threads run would
+    copy locks they may hold."""
     pool = ProcessPoolExecutor(max_workers=max(1, workers),
                                mp_context=multiprocessing.get_context("fork"),
                                initializer=_init,
-                               initargs=(os.getpid(), codec, frozenset(damaged)))
+                               initargs=(os.getpid(), codec, frozenset(damaged), uploads))
     pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
     return pool

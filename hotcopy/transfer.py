@@ -1,12 +1,11 @@
 """Talking to the server safely: retries after dropped connections (asking again what the
 server lacks, so nothing stored is sent twice), a bandwidth cap, and batched upload of
-chunks and index pages with a bounded background queue."""
+chunks (by the sealing workers, hotcopy.sealpool) and index pages."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +20,9 @@ from .remote import Remote
 log = logging.getLogger("cdp.agent.transfer")
 T = TypeVar("T")
 
-#: Raw bytes per batch of candidate blocks: bounds memory (a few batches in flight) while
-#: keeping requests large enough to amortise round trips.
+#: Bytes of index pages gathered per upload request.
 BATCH_BYTES = 8 * 1024 * 1024
 UPLOAD_BYTES = min(MAX_UPLOAD_BYTES, 16 * 1024 * 1024)
-#: Upload threads (each holds one batch of BATCH_BYTES raw plus its sealed blobs).
-UPLOADERS = 2
 
 
 @dataclass
@@ -57,20 +53,22 @@ def retrying(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
 
 
 class Throttle:
-    """Caps the average upload rate (bytes/s); 0 means no cap."""
+    """Caps the average upload rate (bytes/s) of everything sharing it: threads, and the
+    sealing workers forked after it was made (the count lives in shared memory). 0 means
+    no cap."""
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self._start = time.monotonic()
-        self._sent = 0
-        self._lock = threading.Lock()
+        self._start = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
+        self._sent = multiprocessing.RawValue("q", 0)
+        self._lock = multiprocessing.Lock()
 
     def take(self, nbytes: int) -> None:
         if self.rate <= 0:
             return
         with self._lock:
-            self._sent += nbytes
-            due = self._start + self._sent / self.rate
+            self._sent.value += nbytes
+            due = self._start + self._sent.value / self.rate
         pause = due - time.monotonic()
         if pause > 0:
             time.sleep(pause)
@@ -81,6 +79,11 @@ class UploadStats:
     new_chunks: int = 0
     new_bytes: int = 0
     new_pages: int = 0
+
+    def add(self, other: UploadStats) -> None:
+        self.new_chunks += other.new_chunks
+        self.new_bytes += other.new_bytes
+        self.new_pages += other.new_pages
 
 
 class Sender:
@@ -141,94 +144,6 @@ class Sender:
                 self.stats.new_bytes += sum(len(b) for _, b in batch)
             else:
                 self.stats.new_pages += len(batch)
-
-
-@dataclass
-class Candidate:
-    chunk_id: bytes
-    blob: bytes  # sealed (hotcopy.sealpool)
-    force: bool  # upload even if the server says it has it (healing a damaged chunk)
-
-
-class ChunkUploader:
-    """Background stage: batches of sealed candidate blocks -> missing query -> upload, on
-    UPLOADERS threads so that one batch's round trips overlap another's. The queue holds at most UPLOADERS batches, which bounds memory and
-    makes the reader wait when the network is the bottleneck."""
-
-    def __init__(self, sender: Sender) -> None:
-        self.sender = sender
-        self._queue: queue.Queue[list[Candidate] | None] = queue.Queue(maxsize=UPLOADERS)
-        self._batch: list[Candidate] = []
-        self._size = 0
-        self._error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._run, name=f"cdp-upload-{i}", daemon=True)
-                         for i in range(UPLOADERS)]
-        for thread in self._threads:
-            thread.start()
-
-    def add(self, cand: Candidate) -> None:
-        self._raise_error()
-        self._batch.append(cand)
-        self._size += len(cand.blob)
-        if self._size >= BATCH_BYTES or len(self._batch) >= MAX_IDS_PER_REQUEST:
-            self._put(self._batch)
-            self._batch, self._size = [], 0
-
-    def _put(self, batch: list[Candidate] | None) -> None:
-        while True:
-            self._raise_error()
-            try:
-                self._queue.put(batch, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> None:
-        """Flush the last batch and wait until everything is uploaded (or raise)."""
-        if self._batch:
-            self._put(self._batch)
-            self._batch = []
-        for _ in self._threads:
-            self._put(None)
-        for thread in self._threads:
-            thread.join()
-        self._raise_error()
-
-    def abort(self) -> None:
-        """Stop after the batch in progress, dropping queued ones (the run has failed)."""
-        self._error = self._error or RuntimeError("upload aborted")
-        alive = list(self._threads)
-        while alive:
-            # Threads stop at the next item they take; keep offering sentinels until all
-            # have (a full queue only holds batches they will drop).
-            try:
-                self._queue.put(None, timeout=0.1)
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get_nowait()
-            alive = [t for t in alive if t.is_alive()]
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        try:
-            while (batch := self._queue.get()) is not None:
-                if self._error is not None:
-                    return
-                self._process(batch)
-        except BaseException as exc:
-            self._error = self._error or exc
-
-    def _process(self, batch: list[Candidate]) -> None:
-        unique: dict[bytes, Candidate] = {}
-        for cand in batch:
-            unique.setdefault(cand.chunk_id, cand)
-            unique[cand.chunk_id].force |= cand.force
-        lacking = self.sender.missing(ObjectKind.chunks, [c for c in unique if not unique[c].force])
-        self.sender.send(ObjectKind.chunks, [(c.chunk_id, c.blob) for c in unique.values()
-                                             if c.force or c.chunk_id in lacking])
 
 
 class PageUploader:

@@ -12,7 +12,7 @@ from pathlib import Path
 from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
 from cdpcore.api import PointInfo
 from cdpcore.manifest import Manifest
-from hotcopy.backup import backup
+from hotcopy.backup import BackupOptions, backup
 from hotcopy.capture import capture
 from hotcopy.verify import iter_volume, open_point, verify_point
 
@@ -152,3 +152,18 @@ def test_state_files_never_write_the_source(agent: Agent, gpt_image: Path) -> No
     mtime = os.stat(gpt_image).st_mtime_ns
     _point(agent, [str(gpt_image)])
     assert gpt_image.read_bytes() == before and os.stat(gpt_image).st_mtime_ns == mtime
+
+
+def test_the_bandwidth_cap_holds_for_all_workers_together(agent: Agent, tmp_path: Path) -> None:
+    """Two workers upload a segment each at the same time; the cap is one shared budget,
+    so the point takes at least its bytes over the cap (a cap per worker would halve it)."""
+    image = tmp_path / "plain.img"
+    image.write_bytes(os.urandom(32 * MiB))  # incompressible: two full segments
+    rate = 8 * MiB
+    info = backup(agent.remote, agent.host, agent.codec, [str(image)], agent.state_dir,
+                  workers=2, options=BackupOptions(bandwidth=rate))
+    assert info.stats.new_bytes > 32 * MiB
+    assert info.stats.duration >= 0.95 * info.stats.new_bytes / rate
+    manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    (vol,) = manifest.volumes
+    assert b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol)) == image.read_bytes()

@@ -56,6 +56,30 @@ def test_upload_missing_fetch_round_trip(host) -> None:  # type: ignore[no-untyp
     assert agent.missing("web1", ObjectKind.pages, ids[:3]) == set(ids[:3])
 
 
+def test_a_forked_child_opens_its_own_connection(host) -> None:  # type: ignore[no-untyped-def]
+    """The agent's sealing workers upload through the client they inherit by fork: the
+    child must start without the parent's pooled sessions (a request on an inherited TLS
+    socket would break the parent's stream), and both must keep working."""
+    agent, _ = host
+    codec = new_codec()
+    first, second = os.urandom(4096), os.urandom(4096)
+    (first_id, first_blob), (child_id, child_blob) = map(codec.seal_block, (first, second))
+    agent.upload("web1", ObjectKind.chunks, [(first_id, first_blob)])  # pools a connection
+    assert agent._local.session is not None
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit status only
+        ok = getattr(agent._local, "session", None) is None
+        try:
+            ok = ok and agent.upload("web1", ObjectKind.chunks, [(child_id, child_blob)]).stored == 1
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert agent.missing("web1", ObjectKind.chunks, [first_id, child_id]) == set()
+    got = agent.fetch("web1", ObjectKind.chunks, [child_id])
+    assert codec.open_block(child_id, got[child_id]) == second
+
+
 def test_fetch_larger_than_one_answer_is_split(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
     """One answer carries at most MAX_FETCH_BYTES: the server refuses a larger fetch
     (413) instead of building it in memory, and the client asks again for halves."""
