@@ -145,7 +145,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     created = time.time()
     uploads = sealpool.Uploads(remote, host, opts.retry, throttle)
     with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
-            sealpool.open_pool(codec, damaged, workers, uploads) as pool:
+            sealpool.SealPool(codec, damaged, workers, uploads) as pool:
         volumes: list[_Volume] = []
         lap("snapshot and workers")
         try:
@@ -173,11 +173,10 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                                        pool=pool, uploaded=stats, only=only,
                                        skip_free=opts.skip_free, window=2 * workers,
                                        progress=progress)
+            stats.add(pool.flush())
             era_state = _era_state(eras)
             lap("blocks")
         except BaseException:
-            # Queued segments are not started: each would retry a failing server again.
-            pool.shutdown(wait=True, cancel_futures=True)
             for vol in volumes:
                 vol.ids.close()
                 vol.fps.close()

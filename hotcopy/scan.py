@@ -2,8 +2,9 @@
 tracking names), compare with the IDs of the last point, and upload the blocks whose ID
 changed. The holes of a sparse image file are not read: their blocks are
 ZERO_ID (`os.lseek` SEEK_DATA/SEEK_HOLE). Reading, hashing and sealing run on worker
-processes (hotcopy.sealpool), which also upload what they sealed, with a bounded window of
-segments in flight, so memory stays bounded for any volume."""
+processes (hotcopy.sealpool), which also upload what they sealed (the caller flushes them
+at the end), with a bounded window of segments in flight, so memory stays bounded for any
+volume."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from cdpcore import format as fmt
@@ -22,13 +23,12 @@ from . import fsmap
 from .changes import Run, block_runs, subtract_runs
 from .errors import SourceError
 from .fingerprint import UNKNOWN
-from .sealpool import Segment, Stored, read_ahead, seal_and_upload
+from .sealpool import SealPool, Segment, Stored, read_ahead
 from .snapshot import ReadView
 from .state import FINGERPRINT_SIZE, IdFile
 from .transfer import UploadStats
 
-#: Bytes read, sealed and uploaded per task: one upload request each (about 6 MiB of blobs
-#: for mixed data), so the server's fsyncs per request stay few.
+#: Bytes read and sealed per task.
 SEGMENT_BYTES = 16 * 1024 * 1024
 #: Above this many changed blocks, the index is rebuilt from the ID file rather than
 #: patched, so the change map never grows without bound.
@@ -47,7 +47,6 @@ class ScanResult:
     changed_bytes: int = 0
     scanned_bytes: int = 0  # bytes read (holes and free filesystem space are not)
     free_bytes: int = 0  # bytes skipped because the filesystem marks them free
-    healed: int = 0
 
 
 def _segments(runs: Iterable[Run], per_segment: int) -> Iterator[Run]:
@@ -98,7 +97,7 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
 
 
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
-                trusted: bool, pool: Executor, uploaded: UploadStats,
+                trusted: bool, pool: SealPool, uploaded: UploadStats,
                 only: Iterable[Run] | None = None, skip_free: bool = False, window: int = 8,
                 progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
@@ -132,7 +131,6 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
         runs, fut = inflight.popleft()
         stored = fut.result()
         uploaded.add(stored.uploaded)
-        result.healed += stored.healed
         at = 0
         for first, count in runs:
             fps.put_slice(first, stored.fps[at:at + count * FINGERPRINT_SIZE])
@@ -164,7 +162,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
             old_fps = b"".join(fps.slice(first, count) for first, count in runs)
         seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds, old_fps)
         read_ahead(fd, seg)
-        inflight.append((runs, pool.submit(seal_and_upload, seg)))
+        inflight.append((runs, pool.submit(seg)))
         if len(inflight) >= window:
             drain_one()
         last, count = runs[-1]

@@ -1,9 +1,12 @@
 """Hashing, sealing and uploading on worker processes: zstd and AES-GCM do not scale across
 threads here (bench/pipeline.py), processes do. Workers are forked once per backup and
 inherit the codec (its keys are never pickled), the set of damaged chunks and the server
-connection settings; each task names a segment of the snapshot, which the worker reads,
-seals and uploads itself (asking the server first which of its new chunks it lacks), so
-only IDs, fingerprints and counts cross the pipe back to the parent. Workers share no
+connection settings; each task names a segment of the snapshot, which the worker reads
+and seals. The worker keeps the new chunks until it holds a request's worth, then its
+upload thread asks the server which of them it lacks and uploads those over the worker's
+own connection while the worker seals on; only IDs, fingerprints and counts cross the
+pipe back to the parent. `SealPool.flush` makes every
+worker send what it still holds before the point's index goes up. Workers share no
 mutable state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do.
 
 Long runs are read with direct I/O into the worker's aligned buffer (cdpcore.directio):
@@ -18,7 +21,8 @@ import errno
 import multiprocessing
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
@@ -29,7 +33,7 @@ from cdpcore.directio import ALIGN, AlignedBuffer, DirectFile
 from .errors import SourceError
 from .fingerprint import UNKNOWN, Fingerprinter
 from .remote import Remote
-from .transfer import RetryPolicy, Sender, Throttle, UploadStats
+from .transfer import BATCH_BYTES, RetryPolicy, Sender, Throttle, UploadStats
 
 _PR_SET_PDEATHSIG = 1
 #: Runs at least this long are read with direct I/O, shorter ones through the page cache.
@@ -67,12 +71,12 @@ class Sealed:
 
 @dataclass
 class Stored:
-    """What a worker answers for a segment once its new chunks are on the server."""
+    """What a worker answers for a segment: its IDs and fingerprints, and what it uploaded
+    meanwhile (the segment's new chunks may wait in the worker until the next flush)."""
 
     ids: list[bytes]
     fps: bytes
     uploaded: UploadStats
-    healed: int  # damaged chunks sent again
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,12 @@ class _Worker:
     damaged: frozenset[bytes]
     fingerprint: Fingerprinter
     uploads: Uploads | None = None
+    flushed: threading.Barrier | None = None  # every worker takes one flush task
+    #: sealed chunks not yet handed to the upload thread, by ID, and their bytes
+    pending: dict[bytes, bytes] = field(default_factory=dict)
+    pending_bytes: int = 0
+    sending: Future[UploadStats] | None = None  # the batch being uploaded
+    uploader: ThreadPoolExecutor | None = None
     files: dict[str, DirectFile] = field(default_factory=dict)
     buffer: AlignedBuffer | None = None  # shared by the files: one read at a time
 
@@ -123,13 +133,14 @@ class _Worker:
 _worker: _Worker | None = None
 
 
-def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes], uploads: Uploads) -> None:
+def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes], uploads: Uploads,
+          flushed: threading.Barrier) -> None:
     global _worker
     # A killed agent must not leave workers behind.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key), uploads)
+    _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key), uploads, flushed)
 
 
 def _read(file: DirectFile, path: str, at: int, length: int) -> bytes | memoryview:
@@ -193,29 +204,97 @@ def seal_segment(seg: Segment) -> Sealed:
     return out
 
 
-def seal_and_upload(seg: Segment) -> Stored:
-    """Runs in a worker: seal one segment, then upload the new chunks the server lacks
-    (and every damaged one, which heals it), with the agent's retries."""
+def _upload(batch: dict[bytes, bytes]) -> UploadStats:
+    """Upload the chunks of `batch` that the server lacks, and every damaged one (which
+    heals it), with the agent's retries."""
     assert _worker is not None and _worker.uploads is not None
-    sealed = seal_segment(seg)
     up = _worker.uploads
     stats = UploadStats()
     sender = Sender(up.remote, up.host, up.policy, up.throttle, stats)
-    new = [(sealed.ids[j], blob) for j, blob in sealed.blobs.items()]
-    healing = {oid for oid, _ in new if oid in _worker.damaged}
-    lacking = sender.missing(ObjectKind.chunks, [oid for oid, _ in new if oid not in healing])
-    sender.send(ObjectKind.chunks, [(oid, blob) for oid, blob in new
-                                    if oid in healing or oid in lacking])
-    return Stored(sealed.ids, sealed.fps, stats, len(healing))
+    lacking = sender.missing(ObjectKind.chunks,
+                             [oid for oid in batch if oid not in _worker.damaged])
+    sender.send(ObjectKind.chunks, [(oid, blob) for oid, blob in batch.items()
+                                    if oid in lacking or oid in _worker.damaged])
+    return stats
 
 
-def open_pool(codec: BlobCodec, damaged: set[bytes], workers: int,
-              uploads: Uploads) -> ProcessPoolExecutor:
-    """Forked workers, all started before returning: fork while other threads run would
-    copy locks they may hold."""
-    pool = ProcessPoolExecutor(max_workers=max(1, workers),
-                               mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init,
-                               initargs=(os.getpid(), codec, frozenset(damaged), uploads))
-    pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
-    return pool
+def _sent() -> UploadStats:
+    """Wait for the batch being uploaded, if any (its error is raised here)."""
+    assert _worker is not None
+    sending, _worker.sending = _worker.sending, None
+    return sending.result() if sending is not None else UploadStats()
+
+
+def _take_pending() -> dict[bytes, bytes]:
+    assert _worker is not None
+    batch, _worker.pending, _worker.pending_bytes = _worker.pending, {}, 0
+    return batch
+
+
+def seal_and_keep(seg: Segment) -> Stored:
+    """Runs in a worker: seal one segment and keep its new chunks. Once the worker holds a
+    request's worth (scattered changes: one request for many segments), they go to its
+    upload thread, after the batch before them is through."""
+    assert _worker is not None
+    sealed = seal_segment(seg)
+    for j, blob in sealed.blobs.items():
+        if sealed.ids[j] not in _worker.pending:
+            _worker.pending[sealed.ids[j]] = blob
+            _worker.pending_bytes += len(blob)
+    uploaded = UploadStats()
+    if _worker.pending_bytes >= BATCH_BYTES:
+        uploaded = _sent()
+        if _worker.uploader is None:
+            _worker.uploader = ThreadPoolExecutor(1, thread_name_prefix="cdp-upload")
+        _worker.sending = _worker.uploader.submit(_upload, _take_pending())
+    return Stored(sealed.ids, sealed.fps, uploaded)
+
+
+def _flush(_: int) -> UploadStats:
+    """Runs in a worker: finish its uploads, then wait for the others, so that each of the
+    flush tasks lands on a different worker (also when an upload fails)."""
+    assert _worker is not None and _worker.flushed is not None
+    try:
+        stats = _sent()
+        pending = _take_pending()
+        if pending:
+            stats.add(_upload(pending))
+        return stats
+    finally:
+        _worker.flushed.wait()
+
+
+class SealPool:
+    """The forked workers, all started before the constructor returns: a fork while other
+    threads run would copy locks they may hold."""
+
+    def __init__(self, codec: BlobCodec, damaged: set[bytes], workers: int,
+                 uploads: Uploads) -> None:
+        self.workers = max(1, workers)
+        context = multiprocessing.get_context("fork")
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=context, initializer=_init,
+            initargs=(os.getpid(), codec, frozenset(damaged), uploads,
+                      context.Barrier(self.workers)))
+        self._pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
+
+    def submit(self, seg: Segment) -> Future[Stored]:
+        return self._pool.submit(seal_and_keep, seg)
+
+    def flush(self) -> UploadStats:
+        """Every worker uploads the chunks it still holds; call with no segment in flight."""
+        total = UploadStats()
+        for done in [self._pool.submit(_flush, i) for i in range(self.workers)]:
+            total.add(done.result())
+        return total
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        """`cancel`: drop queued segments (the point has failed; each would only retry a
+        failing server again)."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> SealPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(cancel=exc[0] is not None)

@@ -20,7 +20,7 @@ from .remote import Remote
 log = logging.getLogger("cdp.agent.transfer")
 T = TypeVar("T")
 
-#: Bytes of index pages gathered per upload request.
+#: Bytes of chunks (in each sealing worker) or index pages gathered per upload request.
 BATCH_BYTES = 8 * 1024 * 1024
 UPLOAD_BYTES = min(MAX_UPLOAD_BYTES, 16 * 1024 * 1024)
 

@@ -3,15 +3,19 @@ incremental uploads of exactly the changed blocks, fallback to full scans, heali
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
 from cdpcore.api import PointInfo
 from cdpcore.manifest import Manifest
+from hotcopy import scan
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.capture import capture
 from hotcopy.verify import iter_volume, open_point, verify_point
@@ -167,3 +171,25 @@ def test_the_bandwidth_cap_holds_for_all_workers_together(agent: Agent, tmp_path
     manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
     (vol,) = manifest.volumes
     assert b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol)) == image.read_bytes()
+
+
+def test_every_worker_sends_the_chunks_it_holds_before_the_commit(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Workers keep small batches of new chunks (scattered changes) until they hold a
+    request's worth; the flush at the end must reach every worker. A chunk left behind
+    would only show as the commit's 409 and a re-upload from the snapshot."""
+    monkeypatch.setattr(scan, "SEGMENT_BYTES", 1 * MiB)  # many segments: both workers hold some
+    image = tmp_path / "sparse.img"
+    data = bytearray(64 * MiB)
+    for block in range(0, 64 * MiB // BS, 64):  # one random block per MiB
+        data[block * BS:(block + 1) * BS] = os.urandom(BS)
+    image.write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="cdp.agent.backup"):
+        info = backup(agent.remote, agent.host, agent.codec, [str(image)], agent.state_dir,
+                      workers=2)
+    assert not [r for r in caplog.records if "lacks objects" in r.getMessage()]
+    assert info.stats.new_chunks == 64
+    manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    (vol,) = manifest.volumes
+    assert b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol)) == data
