@@ -181,8 +181,9 @@ def seal_segment(seg: Segment) -> Sealed:
     j = 0
     for at, length in ranges:
         data = _read(file, seg.path, at, length)
+        view = memoryview(data)
         for start in range(0, len(data), bs):
-            block = memoryview(data)[start:start + bs]
+            block = bytes(view[start:start + bs])  # the one copy: compared, hashed, sealed
             old = seg.olds[j * size:(j + 1) * size] if seg.olds else None
             if is_zero(block):
                 new_id, fp = fmt.ZERO_ID, UNKNOWN
@@ -198,7 +199,7 @@ def seal_segment(seg: Segment) -> Sealed:
             if new_id != fmt.ZERO_ID and new_id not in seen and (
                     new_id != old or new_id in _worker.damaged):
                 seen.add(new_id)
-                out.blobs[j] = _worker.codec.seal(fmt.BLOB_KIND_CHUNK, new_id, bytes(block))
+                out.blobs[j] = _worker.codec.seal(fmt.BLOB_KIND_CHUNK, new_id, block)
             j += 1
     out.fps = b"".join(fps)
     return out

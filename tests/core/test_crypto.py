@@ -42,6 +42,19 @@ def test_zero_block_has_zero_id_and_no_blob(codec: BlobCodec) -> None:
     assert is_zero(bytes(200_000)) and not is_zero(bytes(199_999) + b"\x01")
 
 
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(0, 140_000), flip=st.integers(0, 139_999) | st.none(),
+       as_view=st.booleans())
+def test_is_zero_finds_any_non_zero_byte(length: int, flip: int | None, as_view: bool) -> None:
+    """Block-sized bytes are compared without a copy, everything else piece by piece:
+    both paths see a single non-zero byte anywhere, and nothing in an all-zero buffer."""
+    data = bytearray(length)
+    if flip is not None and flip < length:
+        data[flip] = 0x80
+    buf: bytes | memoryview = memoryview(bytes(data)) if as_view else bytes(data)
+    assert is_zero(buf) == (flip is None or flip >= length)
+
+
 def test_chunk_id_is_keyed(codec: BlobCodec) -> None:
     other = BlobCodec(KeySet.from_master(bytes(range(1, 65))))
     data = b"same plaintext"
