@@ -84,24 +84,14 @@ class SqliteCatalog:
         self.path = path
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        # Every write goes through this one connection (under the lock), so its page cache
-        # stays valid from one transaction to the next, and it is allowed a large one:
-        # inserts of random chunk IDs touch pages all over the table. Checkpoints every
-        # 64 MiB of WAL instead of SQLite's 4 MiB: a page rewritten by many uploads in
-        # between is copied once. With SQLite's defaults, the benchmark's full backup
-        # (74,000 chunks) made 400,000 preads and 290,000 pwrites (strace -c); with these,
-        # 120,000 and 160,000.
-        self._writer = self._connect()
-        self._writer.execute("PRAGMA cache_size=-262144")  # KiB: at most 256 MiB
-        self._writer.execute("PRAGMA wal_autocheckpoint=16384")  # pages
         self._list_cache: dict[str, tuple[int, bytes]] = {}
         self._cache_lock = threading.Lock()
         with self._write_lock:
             # executescript commits on its own: no surrounding transaction.
-            self._writer.executescript(_SCHEMA)
+            self._db().executescript(_SCHEMA)
         self._add_doc_column()
         with self._write_lock:
-            self._writer.executescript(_DOC_SCHEMA)
+            self._db().executescript(_DOC_SCHEMA)
 
     def _add_doc_column(self) -> None:
         """Catalogs made before `doc` existed get it, filled, in one transaction."""
@@ -110,19 +100,15 @@ class SqliteCatalog:
                 db.execute("ALTER TABLE points ADD COLUMN doc TEXT")
                 db.execute(f"UPDATE points SET doc = {_POINT_JSON}")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=60,
-                             check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        return db
-
     def _db(self) -> sqlite3.Connection:
-        """This thread's reading connection."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = self._connect()
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=60,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
         return db
 
     @contextmanager
@@ -134,7 +120,7 @@ class SqliteCatalog:
         kernel holds the WAL pages), but a power loss or kernel crash may lose it until
         the next durable commit, whose WAL fsync also covers it (the WAL is appended in
         order). Only for rows whose loss is harmless."""
-        db = self._writer
+        db = self._db()
         with self._write_lock:
             try:
                 if not durable:
