@@ -173,7 +173,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                                        pool=pool, uploaded=stats, only=only,
                                        skip_free=opts.skip_free, window=2 * workers,
                                        progress=progress)
-            stats.add(pool.flush())
+            stats.add(pool.flush(sender))
             era_state = _era_state(eras)
             lap("blocks")
         except BaseException:

@@ -26,14 +26,20 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
-from cdpcore.api import ObjectKind
 from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.directio import ALIGN, AlignedBuffer, DirectFile
 
 from .errors import SourceError
 from .fingerprint import UNKNOWN, Fingerprinter
 from .remote import Remote
-from .transfer import BATCH_BYTES, RetryPolicy, Sender, Throttle, UploadStats
+from .transfer import (
+    BATCH_BYTES,
+    RetryPolicy,
+    Sender,
+    Throttle,
+    UploadStats,
+    send_new_chunks,
+)
 
 _PR_SET_PDEATHSIG = 1
 #: Runs at least this long are read with direct I/O, shorter ones through the page cache.
@@ -206,16 +212,11 @@ def seal_segment(seg: Segment) -> Sealed:
 
 
 def _upload(batch: dict[bytes, bytes]) -> UploadStats:
-    """Upload the chunks of `batch` that the server lacks, and every damaged one (which
-    heals it), with the agent's retries."""
     assert _worker is not None and _worker.uploads is not None
     up = _worker.uploads
     stats = UploadStats()
-    sender = Sender(up.remote, up.host, up.policy, up.throttle, stats)
-    lacking = sender.missing(ObjectKind.chunks,
-                             [oid for oid in batch if oid not in _worker.damaged])
-    sender.send(ObjectKind.chunks, [(oid, blob) for oid, blob in batch.items()
-                                    if oid in lacking or oid in _worker.damaged])
+    send_new_chunks(Sender(up.remote, up.host, up.policy, up.throttle, stats), batch,
+                    _worker.damaged)
     return stats
 
 
@@ -251,16 +252,14 @@ def seal_and_keep(seg: Segment) -> Stored:
     return Stored(sealed.ids, sealed.fps, uploaded)
 
 
-def _flush(_: int) -> UploadStats:
-    """Runs in a worker: finish its uploads, then wait for the others, so that each of the
-    flush tasks lands on a different worker (also when an upload fails)."""
+def _flush(_: int) -> tuple[UploadStats, dict[bytes, bytes]]:
+    """Runs in a worker: finish its upload and hand back the chunks it still holds (less
+    than a request's worth: the parent sends every worker's rest in one request, so a
+    small point costs one upload, not one per worker). Then wait for the others, so that
+    each of the flush tasks lands on a different worker (also when an upload fails)."""
     assert _worker is not None and _worker.flushed is not None
     try:
-        stats = _sent()
-        pending = _take_pending()
-        if pending:
-            stats.add(_upload(pending))
-        return stats
+        return _sent(), _take_pending()
     finally:
         _worker.flushed.wait()
 
@@ -272,21 +271,27 @@ class SealPool:
     def __init__(self, codec: BlobCodec, damaged: set[bytes], workers: int,
                  uploads: Uploads) -> None:
         self.workers = max(1, workers)
+        self._damaged = frozenset(damaged)
         context = multiprocessing.get_context("fork")
         self._pool = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=context, initializer=_init,
-            initargs=(os.getpid(), codec, frozenset(damaged), uploads,
+            initargs=(os.getpid(), codec, self._damaged, uploads,
                       context.Barrier(self.workers)))
         self._pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
 
     def submit(self, seg: Segment) -> Future[Stored]:
         return self._pool.submit(seal_and_keep, seg)
 
-    def flush(self) -> UploadStats:
-        """Every worker uploads the chunks it still holds; call with no segment in flight."""
-        total = UploadStats()
+    def flush(self, sender: Sender) -> UploadStats:
+        """Get every chunk the workers hold onto the server (the rest of each worker through
+        `sender`, which counts it); call with no segment in flight. Returns what the
+        workers' own uploads sent."""
+        total, rest = UploadStats(), {}
         for done in [self._pool.submit(_flush, i) for i in range(self.workers)]:
-            total.add(done.result())
+            sent, held = done.result()
+            total.add(sent)
+            rest.update(held)
+        send_new_chunks(sender, rest, self._damaged)
         return total
 
     def shutdown(self, *, cancel: bool = False) -> None:

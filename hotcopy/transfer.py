@@ -8,7 +8,7 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -72,6 +72,14 @@ class Throttle:
         pause = due - time.monotonic()
         if pause > 0:
             time.sleep(pause)
+
+
+def send_new_chunks(sender: Sender, chunks: Mapping[bytes, bytes],
+                    damaged: Collection[bytes]) -> None:
+    """Upload the chunks the server lacks, and every damaged one (which heals it)."""
+    lacking = sender.missing(ObjectKind.chunks, [c for c in chunks if c not in damaged])
+    sender.send(ObjectKind.chunks, [(c, blob) for c, blob in chunks.items()
+                                    if c in lacking or c in damaged])
 
 
 @dataclass
