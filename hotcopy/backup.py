@@ -95,8 +95,8 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
            options: BackupOptions | None = None,
            changed: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> PointInfo:
     """Take one recovery point of `sources` (block devices or image files). `workers`:
-    hashing, sealing and uploading processes (0: one per CPU, plus one). `on_total` is told the total bytes to read
-    (for a progress bar); `progress` each byte count read.
+    hashing, sealing and uploading processes (0: one per CPU, plus one). `on_total` is
+    told the total bytes to read (for a progress bar); `progress` each byte count read.
 
     `changed`: source path -> (offset, length) byte ranges written since the last point
     (a caller that knows its writes). When the local state is trusted, only the blocks
@@ -137,7 +137,8 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     if on_total is not None:
         on_total(sum(s.size for s in specs))
     # One more than the CPUs: a worker waiting for the server's answer leaves its core to
-    # the spare one (2 cores: 6.4-6.9 s for the benchmark's full backup against 7.5-7.8 s).
+    # the spare one (2 cores, the benchmark's full backup, workers uploading per segment:
+    # 6.4-6.9 s with 3 workers, 7.5-7.8 s with 2).
     workers = workers or (os.cpu_count() or 2) + 1
     # The era checkpoint comes before the snapshot: a write racing with it is read again
     # at the next point rather than missed.

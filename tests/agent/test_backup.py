@@ -9,15 +9,19 @@ import random
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
-from cdpcore.api import PointInfo
+from cdpcore.api import ObjectKind, PointInfo
+from cdpcore.errors import ServerError
 from cdpcore.manifest import Manifest
 from hotcopy import scan
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.capture import capture
+from hotcopy.remote import Remote
+from hotcopy.transfer import RetryPolicy
 from hotcopy.verify import iter_volume, open_point, verify_point
 
 from .conftest import Agent, write_at
@@ -193,3 +197,31 @@ def test_every_worker_sends_the_chunks_it_holds_before_the_commit(
     manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
     (vol,) = manifest.volumes
     assert b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol)) == data
+
+
+class _FullInWorkers:
+    """The agent's server client, except that an upload from any other process (a
+    sealing worker) is refused as the server refuses one when its datastore is full."""
+
+    def __init__(self, remote: Remote) -> None:
+        self._remote, self._parent = remote, os.getpid()
+
+    def upload(self, host: str, kind: ObjectKind, items: list[tuple[bytes, bytes]]) -> Any:
+        if os.getpid() != self._parent:
+            raise ServerError("the datastore is full: cannot write 16777216 bytes", 507)
+        return self._remote.upload(host, kind, items)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._remote, name)
+
+
+def test_an_upload_refused_in_a_worker_fails_the_point_with_the_servers_words(
+        agent: Agent, tmp_path: Path) -> None:
+    image = tmp_path / "plain.img"
+    image.write_bytes(os.urandom(32 * MiB))  # each worker holds a request's worth itself
+    with pytest.raises(ServerError, match="the datastore is full") as err:
+        backup(_FullInWorkers(agent.remote), agent.host, agent.codec,  # type: ignore[arg-type]
+               [str(image)], agent.state_dir, workers=2,
+               options=BackupOptions(retry=RetryPolicy(attempts=2, first_delay=0.05)))
+    assert err.value.status == 507
+    assert agent.remote.points(agent.host) == []
