@@ -1,20 +1,22 @@
 """Chunk IDs and sealed blobs (docs/FORMAT.md, "Chunks" and "Sealed blobs").
 
-A block's ID is HMAC-SHA256(id_key, plaintext): the server learns nothing from IDs and
-cannot confirm guesses about content. A blob is the block compressed with zstd (when that
+A block's ID is keyed BLAKE3 of its plaintext (HMAC-SHA256 in points of manifest version
+1): the server learns nothing from IDs and cannot confirm guesses about content. A blob is the block compressed with zstd (when that
 helps) and encrypted with AES-256-GCM; the authenticated data binds the header and the
 object's ID, so a blob cannot be swapped for another, truncated or edited unnoticed.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hmac
 import os
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,12 +28,32 @@ _HEADER = struct.Struct(">4sBBBB12s")
 assert _HEADER.size == fmt.BLOB_HEADER_SIZE
 
 
+class ChunkIds(enum.Enum):
+    """How a block's chunk ID is computed from its plaintext; a point's manifest version
+    says which (Manifest.chunk_ids)."""
+
+    HMAC_SHA256 = "hmac-sha256"  # manifest version 1
+    BLAKE3 = "blake3"  # manifest version 2: keyed BLAKE3, four times HMAC-SHA256's speed
+
+
+#: BLAKE3 key derivation context of the chunk-ID key (docs/FORMAT.md, "Keys"): the ID key
+#: is never used raw by two algorithms.
+_BLAKE3_ID_CONTEXT = "cdp-appliance 2026-12 chunk id v2"
+
+
 @dataclass(frozen=True)
 class KeySet:
-    """The two secrets of a repository, derived from its 64-byte master key."""
+    """The two secrets of a repository, derived from its 64-byte master key, and the
+    chunk-ID scheme in use (writers use the newest; readers that of the point they read)."""
 
     enc_key: bytes
     id_key: bytes
+    chunk_ids: ChunkIds = ChunkIds.BLAKE3
+    _blake3_key: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_blake3_key", blake3.blake3(
+            self.id_key, derive_key_context=_BLAKE3_ID_CONTEXT).digest())
 
     @classmethod
     def from_master(cls, master: bytes) -> KeySet:
@@ -40,7 +62,9 @@ class KeySet:
         return cls(enc_key=master[:32], id_key=master[32:])
 
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
-        """Keyed ID of a block's plaintext (HMAC-SHA256)."""
+        """Keyed ID of a block's plaintext, in this key set's scheme."""
+        if self.chunk_ids is ChunkIds.BLAKE3:
+            return blake3.blake3(plaintext, key=self._blake3_key).digest()
         return hmac.digest(self.id_key, plaintext, "sha256")
 
 
@@ -60,8 +84,15 @@ class BlobCodec:
 
     def __init__(self, keys: KeySet, level: int = fmt.ZSTD_LEVEL) -> None:
         self.keys = keys
+        self._level = level
         self._aead = AESGCM(keys.enc_key)
         self._zstd = _ZstdContexts(level)
+
+    def with_chunk_ids(self, scheme: ChunkIds) -> BlobCodec:
+        """This codec for chunks named in `scheme` (a reader opening an older point)."""
+        if scheme is self.keys.chunk_ids:
+            return self
+        return BlobCodec(replace(self.keys, chunk_ids=scheme), self._level)
 
     def seal(self, kind: int, object_id: bytes, plaintext: bytes | memoryview) -> bytes:
         """Compress (when it saves space) and encrypt; `object_id` becomes part of the AAD."""
@@ -70,7 +101,7 @@ class BlobCodec:
             compression, body = fmt.COMPRESSION_ZSTD, compressed
         else:
             compression, body = fmt.COMPRESSION_NONE, bytes(plaintext)
-        header = _HEADER.pack(fmt.BLOB_MAGIC, fmt.FORMAT_VERSION, kind, compression, 0,
+        header = _HEADER.pack(fmt.BLOB_MAGIC, fmt.HEADER_VERSION, kind, compression, 0,
                               os.urandom(fmt.NONCE_SIZE))
         return header + self._aead.encrypt(header[-fmt.NONCE_SIZE:], body, header + object_id)
 
@@ -83,9 +114,9 @@ class BlobCodec:
         magic, version, blob_kind, compression, reserved, nonce = _HEADER.unpack(header)
         if magic != fmt.BLOB_MAGIC:
             raise FormatError(f"not a sealed blob (magic {magic!r})")
-        if version != fmt.FORMAT_VERSION:
+        if version != fmt.HEADER_VERSION:
             raise FormatError(f"blob format version {version} is not supported "
-                              f"(this program reads version {fmt.FORMAT_VERSION})")
+                              f"(this program reads version {fmt.HEADER_VERSION})")
         if blob_kind != kind:
             raise IntegrityError(f"blob kind {blob_kind} where kind {kind} was expected")
         if compression not in (fmt.COMPRESSION_NONE, fmt.COMPRESSION_ZSTD) or reserved:

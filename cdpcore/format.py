@@ -1,9 +1,14 @@
-"""Format constants of repository version 1. docs/FORMAT.md is the specification;
-every byte-level constant lives here, once."""
+"""Format constants of recovery-point format version 2. docs/FORMAT.md is the
+specification; every byte-level constant lives here, once."""
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
+#: The format version, which a point's manifest carries: writers write this one.
+MANIFEST_VERSION = 2
+#: Manifest versions this program reads: 1 (chunk IDs are HMAC-SHA256) and 2 (keyed BLAKE3).
+READABLE_MANIFEST_VERSIONS = (1, 2)
+#: Version byte of sealed blobs and index pages, unchanged since format version 1.
+HEADER_VERSION = 1
 
 #: Default volume block size. Chosen by measurement (docs/FORMAT.md, "Block size"):
 #: scattered 4 KiB writes cost one block each, so smaller is cheaper to upload and store,
@@ -45,4 +50,4 @@ KEY_FILE_VERSION = 1
 SCRYPT_N = 2**15
 SCRYPT_R = 8
 SCRYPT_P = 1
-MASTER_KEY_SIZE = 64  # 32 bytes AES-256-GCM key || 32 bytes chunk-ID MAC key
+MASTER_KEY_SIZE = 64  # 32 bytes AES-256-GCM key || 32 bytes chunk-ID key

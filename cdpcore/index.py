@@ -46,7 +46,7 @@ def encode_page(level: int, entries: bytes) -> tuple[bytes, bytes | None]:
         raise ValueError(f"bad page: level {level}, {len(entries)} entry bytes")
     if entries.count(0) == len(entries):
         return fmt.ZERO_ID, None
-    data = _PAGE_HEADER.pack(fmt.PAGE_MAGIC, fmt.FORMAT_VERSION, level, count) + entries
+    data = _PAGE_HEADER.pack(fmt.PAGE_MAGIC, fmt.HEADER_VERSION, level, count) + entries
     return page_id(data), data
 
 
@@ -76,7 +76,7 @@ def decode_page(data: bytes, expected_id: bytes | None = None) -> Page:
     magic, version, level, count = _PAGE_HEADER.unpack_from(data)
     if magic != fmt.PAGE_MAGIC:
         raise FormatError(f"not an index page (magic {magic!r})")
-    if version != fmt.FORMAT_VERSION:
+    if version != fmt.HEADER_VERSION:
         raise FormatError(f"index page version {version} is not supported")
     if not 0 < count <= fmt.PAGE_FANOUT or level >= fmt.MAX_TREE_HEIGHT:
         raise FormatError(f"index page has invalid count {count} or level {level}")

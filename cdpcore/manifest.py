@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import format as fmt
-from .crypto import BlobCodec
+from .crypto import BlobCodec, ChunkIds
 from .errors import FormatError, IntegrityError
 from .index import Geometry
 from .layout import Layout
@@ -84,7 +84,13 @@ class Manifest:
     layout: Layout
     tracking: dict[str, Any] = field(default_factory=dict)  # mode, generation, full_scan
     parent: str | None = None
-    version: int = fmt.FORMAT_VERSION
+    version: int = fmt.MANIFEST_VERSION
+
+    @property
+    def chunk_ids(self) -> ChunkIds:
+        """How this point's chunk IDs were computed: open its chunks with
+        `codec.with_chunk_ids(manifest.chunk_ids)`."""
+        return ChunkIds.HMAC_SHA256 if self.version == 1 else ChunkIds.BLAKE3
 
     def aad(self) -> bytes:
         return manifest_aad(self.host, self.point_id)
@@ -97,6 +103,11 @@ class Manifest:
         }
 
     def seal(self, codec: BlobCodec) -> bytes:
+        """Sealed with the codec that named the point's chunks: its scheme must be the one
+        this manifest's version declares."""
+        if codec.keys.chunk_ids is not self.chunk_ids:
+            raise ValueError(f"a version {self.version} manifest declares {self.chunk_ids.value} "
+                             f"chunk IDs, but the codec makes {codec.keys.chunk_ids.value} IDs")
         body = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
         return codec.seal(fmt.BLOB_KIND_MANIFEST, self.aad(), body)
 
@@ -108,14 +119,16 @@ class Manifest:
         body = codec.open(fmt.BLOB_KIND_MANIFEST, manifest_aad(host, point_id), blob)
         try:
             doc = json.loads(body)
-            if doc["version"] != fmt.FORMAT_VERSION:
-                raise FormatError(f"manifest version {doc['version']} is not supported")
+            version = doc["version"]
+            if type(version) is not int or version not in fmt.READABLE_MANIFEST_VERSIONS:
+                raise FormatError(f"manifest version {version} is not supported (this "
+                                  f"program reads versions {fmt.READABLE_MANIFEST_VERSIONS})")
             manifest = cls(
                 host=str(doc["host"]), point_id=str(doc["point_id"]),
                 created=float(doc["created"]), parent=doc.get("parent"),
                 tracking=dict(doc.get("tracking") or {}),
                 volumes=[VolumeRecord.from_json(v) for v in doc["volumes"]],
-                layout=Layout.from_json(doc["layout"]),
+                layout=Layout.from_json(doc["layout"]), version=version,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed manifest: {exc!r}") from None

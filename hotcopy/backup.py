@@ -63,7 +63,6 @@ class _Volume:
     spec: VolumeSpec
     geometry: Geometry
     ids: IdFile
-    fps: IdFile  # scan fingerprints
     trusted: bool
     old_root: bytes
     scan: ScanResult | None = None
@@ -154,7 +153,6 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                 geometry = Geometry(size=spec.size, block_size=block_size)
                 old = previous.volumes.get(spec.name)
                 ids = store.open_ids(spec.name, geometry.blocks)
-                fps = store.open_fingerprints(spec.name, geometry.blocks)
                 trusted = (doubt is None and old is not None and not ids.fresh
                            and old.size == spec.size and old.block_size == block_size)
                 written: list[tuple[int, int]] | None = None
@@ -167,10 +165,10 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                 if written is not None:
                     only = merge_runs(block_runs(written, spec.offset, spec.size, block_size)
                                       + [(b, 1) for b in ids.find(damaged)])
-                vol = _Volume(spec, geometry, ids, fps, trusted,
+                vol = _Volume(spec, geometry, ids, trusted,
                               bytes.fromhex(old.root) if trusted and old else fmt.ZERO_ID)
                 volumes.append(vol)
-                vol.scan = scan_volume(views[spec.name], geometry, ids, fps, trusted=trusted,
+                vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
                                        pool=pool, uploaded=stats, only=only,
                                        skip_free=opts.skip_free, window=2 * workers,
                                        progress=progress)
@@ -180,7 +178,6 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
         except BaseException:
             for vol in volumes:
                 vol.ids.close()
-                vol.fps.close()
             raise
         try:
             records = [_index(remote, host, sender, vol) for vol in volumes]
@@ -206,7 +203,6 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
         finally:
             for vol in volumes:
                 vol.ids.close()
-                vol.fps.close()
     state.point_id = info.point_id
     state.created = created
     state.generation = generation

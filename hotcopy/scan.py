@@ -22,10 +22,9 @@ from cdpcore.index import Geometry
 from . import fsmap
 from .changes import Run, block_runs, subtract_runs
 from .errors import SourceError
-from .fingerprint import UNKNOWN
 from .sealpool import SealPool, Segment, Stored, read_ahead
 from .snapshot import ReadView
-from .state import FINGERPRINT_SIZE, IdFile
+from .state import IdFile
 from .transfer import UploadStats
 
 #: Bytes read and sealed per task.
@@ -96,15 +95,12 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
             pos = stop
 
 
-def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
+def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
                 trusted: bool, pool: SealPool, uploaded: UploadStats,
                 only: Iterable[Run] | None = None, skip_free: bool = False, window: int = 8,
                 progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
-    candidate and the server's missing answer decides). `fps`: the blocks' scan
-    fingerprints, patched with the IDs; a block whose fingerprint is unchanged keeps its
-    ID unhashed (when trusted; a fresh fingerprint file is all UNKNOWN, so nothing
-    matches). `uploaded` adds up what the workers sent. `only`: sorted, disjoint block runs
+    candidate and the server's missing answer decides). `uploaded` adds up what the workers sent. `only`: sorted, disjoint block runs
     to read (`changes.block_runs`: a change list or dm-era); None reads every block.
     `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
     all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
@@ -131,10 +127,6 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
         runs, fut = inflight.popleft()
         stored = fut.result()
         uploaded.add(stored.uploaded)
-        at = 0
-        for first, count in runs:
-            fps.put_slice(first, stored.fps[at:at + count * FINGERPRINT_SIZE])
-            at += count * FINGERPRINT_SIZE
         blocks = (index for first, count in runs for index in range(first, first + count))
         for index, new_id in zip(blocks, stored.ids, strict=True):
             old = ids.get(index) if trusted else None
@@ -156,11 +148,8 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
         runs = tuple(gathered)
         gathered.clear()
         gathered_blocks = 0
-        olds = old_fps = b""
-        if trusted:
-            olds = b"".join(ids.slice(first, count) for first, count in runs)
-            old_fps = b"".join(fps.slice(first, count) for first, count in runs)
-        seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds, old_fps)
+        olds = b"".join(ids.slice(first, count) for first, count in runs) if trusted else b""
+        seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds)
         read_ahead(fd, seg)
         inflight.append((runs, pool.submit(seg)))
         if len(inflight) >= window:
@@ -168,7 +157,6 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
         last, count = runs[-1]
         if only is None and last % RELEASE_BLOCKS < count:
             ids.release(last)
-            fps.release(last)
 
     def read_run(first: int, count: int) -> None:
         nonlocal gathered_blocks
@@ -193,14 +181,12 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, fps: IdFile, *,
         for start in range(first, first + count, RELEASE_BLOCKS):
             for index in ids.nonzero(start, min(RELEASE_BLOCKS, first + count - start)):
                 ids.put(index, fmt.ZERO_ID)
-                fps.put(index, UNKNOWN)
                 if trusted:
                     result.changed_blocks += 1
                     result.changed_bytes += geometry.block_length(index)
                     note(index, fmt.ZERO_ID)
             if only is None:
                 ids.release(start)
-                fps.release(start)
 
     def check_size() -> None:
         """Holes are not read, so a short read cannot reveal a shrunk file there."""

@@ -4,7 +4,7 @@ inherit the codec (its keys are never pickled), the set of damaged chunks and th
 connection settings; each task names a segment of the snapshot, which the worker reads
 and seals. The worker keeps the new chunks until it holds a request's worth, then its
 upload thread asks the server which of them it lacks and uploads those over the worker's
-own connection while the worker seals on; only IDs, fingerprints and counts cross the
+own connection while the worker seals on; only IDs and counts cross the
 pipe back to the parent. Before the point's index goes up, `SealPool.flush` gathers what
 the workers still hold (less than a request's worth each) into one upload by the parent.
 Workers share no mutable state and die with the parent (PR_SET_PDEATHSIG), as
@@ -31,7 +31,6 @@ from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.directio import ALIGN, AlignedBuffer, DirectFile
 
 from .errors import SourceError
-from .fingerprint import UNKNOWN, Fingerprinter
 from .remote import Remote
 from .transfer import (
     BATCH_BYTES,
@@ -57,7 +56,6 @@ class Segment:
     volume_size: int
     block_size: int
     olds: bytes = b""  # last point's IDs of the runs' blocks, in order; empty: not trusted
-    old_fps: bytes = b""  # their scan fingerprints (with olds; empty: hash every block)
 
     def ranges(self) -> list[tuple[int, int]]:
         """(byte offset in the snapshot, length) of each run; the volume's last block may
@@ -70,7 +68,6 @@ class Segment:
 @dataclass
 class Sealed:
     ids: list[bytes]
-    fps: bytes = b""  # the blocks' scan fingerprints, concatenated
     #: position in the segment's blocks -> sealed blob, for the first block of each non-zero ID
     #: that changed (or is damaged on the server)
     blobs: dict[int, bytes] = field(default_factory=dict)
@@ -78,11 +75,10 @@ class Sealed:
 
 @dataclass
 class Stored:
-    """What a worker answers for a segment: its IDs and fingerprints, and what it uploaded
-    meanwhile (the segment's new chunks may wait in the worker until the next flush)."""
+    """What a worker answers for a segment: its IDs, and what it uploaded meanwhile (the
+    segment's new chunks may wait in the worker until the next flush)."""
 
     ids: list[bytes]
-    fps: bytes
     uploaded: UploadStats
 
 
@@ -101,7 +97,6 @@ class Uploads:
 class _Worker:
     codec: BlobCodec
     damaged: frozenset[bytes]
-    fingerprint: Fingerprinter
     uploads: Uploads | None = None
     flushed: threading.Barrier | None = None  # every worker takes one flush task
     #: sealed chunks not yet handed to the upload thread, by ID, and their bytes
@@ -147,7 +142,7 @@ def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes], uploads: Upl
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    _worker = _Worker(codec, damaged, Fingerprinter(codec.keys.id_key), uploads, flushed)
+    _worker = _Worker(codec, damaged, uploads, flushed)
 
 
 def _read(file: DirectFile, path: str, at: int, length: int) -> bytes | memoryview:
@@ -182,9 +177,7 @@ def seal_segment(seg: Segment) -> Sealed:
     file = _worker.open(seg.path, max(length for _, length in ranges))
     out = Sealed([])
     seen: set[bytes] = set()
-    fps: list[bytes] = []
     bs, size = seg.block_size, fmt.ID_SIZE
-    fp_size = len(UNKNOWN)
     j = 0
     for at, length in ranges:
         data = _read(file, seg.path, at, length)
@@ -192,23 +185,13 @@ def seal_segment(seg: Segment) -> Sealed:
         for start in range(0, len(data), bs):
             block = bytes(view[start:start + bs])  # the one copy: compared, hashed, sealed
             old = seg.olds[j * size:(j + 1) * size] if seg.olds else None
-            if is_zero(block):
-                new_id, fp = fmt.ZERO_ID, UNKNOWN
-            else:
-                fp = _worker.fingerprint(block)
-                # An unchanged fingerprint is an unchanged block: its ID is the old one,
-                # and the HMAC is not computed.
-                same = fp == seg.old_fps[j * fp_size:(j + 1) * fp_size]
-                new_id = old if same and old is not None and old != fmt.ZERO_ID \
-                    else _worker.codec.keys.chunk_id(block)
+            new_id = fmt.ZERO_ID if is_zero(block) else _worker.codec.keys.chunk_id(block)
             out.ids.append(new_id)
-            fps.append(fp)
             if new_id != fmt.ZERO_ID and new_id not in seen and (
                     new_id != old or new_id in _worker.damaged):
                 seen.add(new_id)
                 out.blobs[j] = _worker.codec.seal(fmt.BLOB_KIND_CHUNK, new_id, block)
             j += 1
-    out.fps = b"".join(fps)
     return out
 
 
@@ -250,7 +233,7 @@ def seal_and_keep(seg: Segment) -> Stored:
         if _worker.uploader is None:
             _worker.uploader = ThreadPoolExecutor(1, thread_name_prefix="cdp-upload")
         _worker.sending = _worker.uploader.submit(_upload, _take_pending())
-    return Stored(sealed.ids, sealed.fps, uploaded)
+    return Stored(sealed.ids, uploaded)
 
 
 def _flush(_: int) -> tuple[UploadStats, dict[bytes, bytes]]:

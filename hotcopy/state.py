@@ -1,7 +1,7 @@
 """The agent's local state: per volume, the chunk ID of every block as of the last
 committed point (a flat file of 32-byte IDs, memory-mapped so memory stays bounded for any
-volume size) and each block's scan fingerprint (16 bytes, hotcopy.fingerprint), plus a
-small JSON document naming that point.
+volume size), plus a small JSON document naming that point. A scan compares each block's
+new ID with the old one: keyed BLAKE3 IDs are as cheap as a fingerprint would be.
 
 Protocol (crash-safe): before a run patches any ID file, the document is rewritten with
 `point_id = null` (dirty); only after the server accepted the commit is it rewritten with
@@ -26,7 +26,9 @@ from cdpcore.crypto import is_zero
 
 from .errors import StateError
 
-_STATE_VERSION = 1
+#: Version 2: IDs are keyed BLAKE3 (format version 2). A version 1 state (HMAC IDs, and
+#: a scan-fingerprint file beside each ID file) is discarded: the next point is a full scan.
+_STATE_VERSION = 2
 
 
 @dataclass
@@ -73,6 +75,8 @@ class StateDir:
             # Unreadable state is only a lost hint: a full scan rebuilds it.
             return HostState()
         if doc.get("version") != _STATE_VERSION:
+            for legacy in (self.dir / "ids").glob("*.fp"):  # version 1 fingerprints
+                legacy.unlink(missing_ok=True)
             return HostState()
         vols = {k: VolumeState(**v) for k, v in doc.get("volumes", {}).items()}
         return HostState(point_id=doc.get("point_id"), generation=int(doc.get("generation", 0)),
@@ -99,27 +103,17 @@ class StateDir:
     def open_ids(self, volume: str, blocks: int) -> IdFile:
         return IdFile(self.ids_path(volume), blocks)
 
-    def open_fingerprints(self, volume: str, blocks: int) -> IdFile:
-        """The blocks' scan fingerprints, kept beside their IDs and patched with them; all
-        zero (unknown: the block is hashed in full) where never written."""
-        return IdFile(self.ids_path(volume).with_suffix(".fp"), blocks,
-                      record=FINGERPRINT_SIZE)
-
-
-#: Bytes of a block's scan fingerprint (hotcopy.fingerprint).
-FINGERPRINT_SIZE = 16
-
 
 class IdFile:
-    """A memory-mapped array of `blocks` records of `record` bytes: chunk IDs (or scan
-    fingerprints). A missing or resized file starts as all zero (ZERO_ID), and a size
-    change is reported through `fresh`."""
+    """A memory-mapped array of the chunk IDs of `blocks` blocks. A missing or resized
+    file starts as all zero (ZERO_ID), and a size change is reported through `fresh`."""
 
-    def __init__(self, path: Path, blocks: int, record: int = fmt.ID_SIZE) -> None:
+    record = fmt.ID_SIZE
+
+    def __init__(self, path: Path, blocks: int) -> None:
         self.path = path
         self.blocks = blocks
-        self.record = record
-        size = blocks * record
+        size = blocks * self.record
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -141,18 +135,13 @@ class IdFile:
         return self._map[index * self.record:(index + 1) * self.record]
 
     def slice(self, first: int, count: int) -> bytes:
-        """The records of blocks [first, first + count), concatenated."""
+        """The IDs of blocks [first, first + count), concatenated."""
         assert self._map is not None
         return self._map[first * self.record:(first + count) * self.record]
 
     def put(self, index: int, chunk_id: bytes) -> None:
         assert self._map is not None
         self._map[index * self.record:(index + 1) * self.record] = chunk_id
-
-    def put_slice(self, first: int, records: bytes) -> None:
-        """Records of blocks [first, first + len(records) // record)."""
-        assert self._map is not None
-        self._map[first * self.record:first * self.record + len(records)] = records
 
     def iter_ids(self) -> Iterator[bytes]:
         for i in range(self.blocks):

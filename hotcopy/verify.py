@@ -41,6 +41,7 @@ def open_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> Ma
 
 def verify_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> VerifyResult:
     manifest = open_point(remote, host, codec, point_id)
+    codec = codec.with_chunk_ids(manifest.chunk_ids)  # an older point may use HMAC IDs
     result = VerifyResult(point_id=point_id, volumes=len(manifest.volumes))
     pages = remote.page_source(host)
     seen: set[bytes] = set()
@@ -92,7 +93,8 @@ def verify_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> 
 
 def iter_volume(remote: Remote, host: str, codec: BlobCodec, vol: VolumeRecord,
                 ) -> Iterator[bytes]:
-    """Yield the volume's bytes block by block, every chunk authenticated."""
+    """Yield the volume's bytes block by block, every chunk authenticated (`codec` in the
+    point's chunk-ID scheme: Manifest.chunk_ids)."""
     geometry = vol.geometry
     pending: list[tuple[int, bytes]] = []
 

@@ -114,8 +114,13 @@ class _Execution:
         self.state: RestoreState = self.store.fresh()
         self.failed_volumes: set[str] = set()
         self.volumes = {v.name: v for v in plan.volumes}
-        self.layout = repo.open_point(plan.point_id).manifest.layout if not opts.dry_run \
-            and any(a.type == "lvm" for a in plan.actions) else None
+        self.layout: Layout | None = None
+        self.codec = repo.codec
+        if not opts.dry_run:
+            opened = repo.open_point(plan.point_id)
+            self.codec = opened.codec
+            if any(a.type == "lvm" for a in plan.actions):
+                self.layout = opened.manifest.layout
 
     def run(self) -> RestoreReport:
         if self.opts.dry_run:
@@ -217,7 +222,7 @@ class _Execution:
 
         try:
             with target.Target(action.target) as tgt:
-                result = stream_volume(self.repo.client, self.repo.host, self.repo.codec, vol,
+                result = stream_volume(self.repo.client, self.repo.host, self.codec, vol,
                                        tgt, action.offset, start_block=start,
                                        options=self.opts.stream, on_progress=progress,
                                        on_checkpoint=checkpoint)
@@ -243,7 +248,7 @@ class _Execution:
 
         ignore = [(int(b), int(e)) for b, e in action.params.get("ignore", [])]
         with target.Target(action.target) as tgt:
-            verify_volume(self.repo.client.page_source(self.repo.host), self.repo.codec, vol,
+            verify_volume(self.repo.client.page_source(self.repo.host), self.codec, vol,
                           tgt, action.offset, progress, ignore=ignore, chunks=chunk)
         for rep in self.report.volumes:
             if rep.volume == vol.name:

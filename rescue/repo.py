@@ -31,6 +31,7 @@ class RestoreClient(ChunkSource, Protocol):
 class OpenPoint:
     info: PointDetail
     manifest: Manifest
+    codec: BlobCodec  # opens this point's chunks (its manifest version's chunk-ID scheme)
 
 
 class Repository:
@@ -68,4 +69,5 @@ class Repository:
             raise FormatError(f"point {point_id}: the server sent a manifest that is not "
                               "base64") from None
         volumes = [VolumeRecord.from_json(v.model_dump()) for v in detail.volumes]
-        return OpenPoint(detail, Manifest.open(self.codec, self.host, point_id, blob, volumes))
+        manifest = Manifest.open(self.codec, self.host, point_id, blob, volumes)
+        return OpenPoint(detail, manifest, self.codec.with_chunk_ids(manifest.chunk_ids))

@@ -3,6 +3,7 @@ incremental uploads of exactly the changed blocks, fallback to full scans, heali
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -92,6 +93,23 @@ def test_missing_state_falls_back_to_a_full_scan_that_uploads_nothing_known(
     assert manifest.tracking["full_scan"] is True
     assert manifest.tracking["generation"] == 2
     assert info.stats.new_chunks == 1  # the full scan asked the server what it lacks
+
+
+def test_a_state_from_format_version_1_is_dropped_for_a_full_scan(
+        agent: Agent, gpt_image: Path, tmp_path: Path) -> None:
+    """A version 1 state holds HMAC-SHA256 IDs and a scan-fingerprint file per volume:
+    its IDs cannot be compared with BLAKE3 ones, so it is discarded, fingerprints too."""
+    _point(agent, [str(gpt_image)])
+    doc_path = agent.state_dir / agent.host / "state.json"
+    doc = json.loads(doc_path.read_text())
+    doc_path.write_text(json.dumps(doc | {"version": 1}))
+    legacy = agent.state_dir / agent.host / "ids" / "disk.img_p2.fp"
+    legacy.write_bytes(bytes(4096))
+    write_at(gpt_image, 6 * MiB, b"\x5a" * BS)
+    info = _point(agent, [str(gpt_image)])
+    manifest = _assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
+    assert manifest.tracking["full_scan"] is True and not legacy.exists()
+    assert json.loads(doc_path.read_text())["version"] == 2
 
 
 def test_state_of_another_point_falls_back_to_a_full_scan(

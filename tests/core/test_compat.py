@@ -1,5 +1,6 @@
-"""Format compatibility: the committed repository tests/fixtures/repo-v1, written by format
-version 1, must read back exactly. If this fails, a change broke old recovery points."""
+"""Format compatibility: the committed repositories tests/fixtures/repo-vN, written by
+format version N, must read back exactly. If this fails, a change broke old recovery
+points."""
 
 from __future__ import annotations
 
@@ -13,46 +14,61 @@ import pytest
 
 from cdpcore import format as fmt
 from cdpcore import index as ix
-from cdpcore.crypto import BlobCodec, KeySet
+from cdpcore.crypto import BlobCodec, ChunkIds, KeySet
 from cdpcore.errors import IntegrityError
 from cdpcore.keys import WrappedKey
 from cdpcore.manifest import Manifest, VolumeRecord
 
-REPO = Path(__file__).parent.parent / "fixtures" / "repo-v1"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+REPO = FIXTURES / "repo-v1"
+#: Every format version's fixture and the chunk-ID scheme its points declare.
+VERSIONS = {1: ChunkIds.HMAC_SHA256, 2: ChunkIds.BLAKE3}
+POINTS = ["00000000000000000000000000000001", "00000000000000000000000000000002"]
 
 
 class DirPages:
+    def __init__(self, repo: Path = REPO) -> None:
+        self.repo = repo
+
     def get_pages(self, page_ids: list[bytes]) -> Mapping[bytes, bytes]:
-        return {p: (REPO / "pages" / p.hex()).read_bytes() for p in page_ids}
+        return {p: (self.repo / "pages" / p.hex()).read_bytes() for p in page_ids}
 
 
-def open_repo() -> tuple[BlobCodec, dict[str, object]]:
-    expected = json.loads((REPO / "expected.json").read_text())
-    master = WrappedKey.loads((REPO / "key.json").read_text()).unwrap(expected["passphrase"])
+def open_repo(repo: Path = REPO) -> tuple[BlobCodec, dict[str, object]]:
+    expected = json.loads((repo / "expected.json").read_text())
+    master = WrappedKey.loads((repo / "key.json").read_text()).unwrap(expected["passphrase"])
     return BlobCodec(KeySet.from_master(master)), expected
 
 
-def restore(codec: BlobCodec, point_id: str) -> tuple[Manifest, bytes]:
-    doc = json.loads((REPO / "points" / f"{point_id}.json").read_text())
+def open_point(codec: BlobCodec, point_id: str, repo: Path = REPO) -> Manifest:
+    doc = json.loads((repo / "points" / f"{point_id}.json").read_text())
     volumes = [VolumeRecord.from_json(v) for v in doc["volumes"]]
-    manifest = Manifest.open(codec, "fixture", point_id, base64.b64decode(doc["manifest"]),
-                             volumes=volumes)
+    return Manifest.open(codec, "fixture", point_id, base64.b64decode(doc["manifest"]),
+                         volumes=volumes)
+
+
+def restore(codec: BlobCodec, point_id: str, repo: Path = REPO) -> tuple[Manifest, bytes]:
+    """As every reader does: the chunks are opened in the scheme the manifest declares."""
+    manifest = open_point(codec, point_id, repo)
+    chunks = codec.with_chunk_ids(manifest.chunk_ids)
     (volume,) = manifest.volumes
     geometry = volume.geometry
     out = bytearray()
-    for block, chunk_id in ix.iter_block_ids(geometry, DirPages(), volume.root_id):
+    for block, chunk_id in ix.iter_block_ids(geometry, DirPages(repo), volume.root_id):
         if chunk_id == fmt.ZERO_ID:
             out += bytes(geometry.block_length(block))
         else:
-            out += codec.open_block(chunk_id, (REPO / "chunks" / chunk_id.hex()).read_bytes())
+            out += chunks.open_block(chunk_id, (repo / "chunks" / chunk_id.hex()).read_bytes())
     return manifest, bytes(out)
 
 
-@pytest.mark.parametrize("point_id", ["00000000000000000000000000000001",
-                                      "00000000000000000000000000000002"])
-def test_fixture_points_read_back_exactly(point_id: str) -> None:
-    codec, expected = open_repo()
-    manifest, data = restore(codec, point_id)
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+@pytest.mark.parametrize("point_id", POINTS)
+def test_fixture_points_read_back_exactly(version: int, point_id: str) -> None:
+    repo = FIXTURES / f"repo-v{version}"
+    codec, expected = open_repo(repo)
+    manifest, data = restore(codec, point_id, repo)
+    assert (manifest.version, manifest.chunk_ids) == (version, VERSIONS[version])
     assert hashlib.sha256(data).hexdigest() == expected["volume_sha256"][point_id]  # type: ignore[index]
     part = manifest.layout.disk("vda").partition(1)
     assert part.guid == "9d3a1c2b-1111-4222-8333-944455556666"
@@ -90,3 +106,19 @@ def test_server_cannot_swap_volume_roots() -> None:
         Manifest.open(codec, "fixture", "00000000000000000000000000000001",
                       base64.b64decode(one["manifest"]),
                       volumes=[VolumeRecord.from_json(v) for v in two["volumes"]])
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_chunks_open_only_in_the_scheme_their_point_declares(version: int) -> None:
+    """A reader that ignored the manifest version would refuse every chunk (or, for a
+    scheme that did not check IDs, accept any): the other scheme's codec must fail."""
+    repo = FIXTURES / f"repo-v{version}"
+    codec, _ = open_repo(repo)
+    manifest = open_point(codec, POINTS[0], repo)
+    (volume,) = manifest.volumes
+    chunk_id = next(c for _, c in ix.iter_block_ids(volume.geometry, DirPages(repo),
+                                                     volume.root_id) if c != fmt.ZERO_ID)
+    blob = (repo / "chunks" / chunk_id.hex()).read_bytes()
+    (other,) = set(ChunkIds) - {manifest.chunk_ids}
+    with pytest.raises(IntegrityError, match="decrypts to data with another ID"):
+        codec.with_chunk_ids(other).open_block(chunk_id, blob)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdpcore import format as fmt
-from cdpcore.crypto import BlobCodec, KeySet, is_zero
+from cdpcore.crypto import BlobCodec, ChunkIds, KeySet, is_zero
 from cdpcore.errors import FormatError, IntegrityError
 
 
@@ -61,6 +61,39 @@ def test_chunk_id_is_keyed(codec: BlobCodec) -> None:
     assert codec.keys.chunk_id(data) != other.keys.chunk_id(data)
     import hashlib
     assert codec.keys.chunk_id(data) != hashlib.sha256(data).digest()
+
+
+#: docs/FORMAT.md, "Blocks and chunks": the test vectors of both chunk-ID schemes
+#: (id_key = bytes 0..31, plaintext "abc"). A change here breaks every stored point.
+ID_VECTORS = {
+    ChunkIds.BLAKE3: "891c5790e565eeee0e7914aaed5f778d401b66fdf54674bdf64da1ba64801110",
+    ChunkIds.HMAC_SHA256: "f0133729c4163dede81e21cd47839256da58171238c8a0d874397c73b14e1e47",
+}
+
+
+@pytest.mark.parametrize("scheme", list(ChunkIds))
+def test_chunk_ids_match_the_specified_vectors(scheme: ChunkIds) -> None:
+    keys = KeySet(enc_key=bytes(32), id_key=bytes(range(32)), chunk_ids=scheme)
+    assert keys.chunk_id(b"abc").hex() == ID_VECTORS[scheme]
+    assert keys.chunk_id(memoryview(b"abc")).hex() == ID_VECTORS[scheme]
+
+
+def test_blake3_ids_use_a_derived_key_not_the_raw_id_key() -> None:
+    import blake3
+    keys = KeySet(enc_key=bytes(32), id_key=bytes(range(32)))
+    derived = blake3.blake3(keys.id_key, derive_key_context="cdp-appliance 2026-12 chunk id v2")
+    assert keys.chunk_id(b"abc") == blake3.blake3(b"abc", key=derived.digest()).digest()
+    assert keys.chunk_id(b"abc") != blake3.blake3(b"abc", key=keys.id_key).digest()
+
+
+def test_a_codec_for_another_scheme_refuses_the_chunks_of_this_one(codec: BlobCodec) -> None:
+    chunk_id, blob = codec.seal_block(b"data" * 1000)
+    assert codec.with_chunk_ids(codec.keys.chunk_ids) is codec
+    older = codec.with_chunk_ids(ChunkIds.HMAC_SHA256)
+    with pytest.raises(IntegrityError, match="decrypts to data with another ID"):
+        older.open_block(chunk_id, blob)
+    old_id, old_blob = older.seal_block(b"data" * 1000)
+    assert older.open_block(old_id, old_blob) == b"data" * 1000 and old_id != chunk_id
 
 
 def test_same_plaintext_gives_same_id_but_fresh_nonce(codec: BlobCodec) -> None:

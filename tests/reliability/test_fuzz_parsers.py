@@ -97,7 +97,7 @@ def test_record_stream_parser_on_damaged_valid_streams(blobs: list[bytes], cut: 
 @FUZZ
 @given(st.binary(max_size=400), st.booleans())
 def test_index_page_parser(data: bytes, with_id: bool) -> None:
-    header = fmt.PAGE_MAGIC + bytes([fmt.FORMAT_VERSION])
+    header = fmt.PAGE_MAGIC + bytes([fmt.HEADER_VERSION])
     for blob in (data, header + data):
         try:
             page = index.decode_page(blob, index.page_id(blob) if with_id else None)

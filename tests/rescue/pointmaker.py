@@ -7,8 +7,9 @@ import base64
 import time
 from typing import Any, Protocol
 
+from cdpcore import format as fmt
 from cdpcore.api import CommitRequest, ObjectKind, VolumeWire
-from cdpcore.crypto import BlobCodec
+from cdpcore.crypto import BlobCodec, ChunkIds
 from cdpcore.index import Geometry, MemoryPages, build
 from cdpcore.manifest import Manifest, VolumeRecord, new_point_id
 from hotcopy.capture import capture
@@ -21,7 +22,12 @@ class Sink(Protocol):
 
 
 def make_point(sink: Sink, host: str, codec: BlobCodec, paths: list[str],
-               block_size: int = 16384, created: float | None = None) -> Any:
+               block_size: int = 16384, created: float | None = None,
+               version: int = fmt.MANIFEST_VERSION) -> Any:
+    """`version`: the format version to write (1: HMAC-SHA256 chunk IDs, as points written
+    before format version 2 are)."""
+    if version == 1:
+        codec = codec.with_chunk_ids(ChunkIds.HMAC_SHA256)
     layout, specs = capture(paths, host)
     records: list[VolumeRecord] = []
     for spec in specs:
@@ -46,7 +52,7 @@ def make_point(sink: Sink, host: str, codec: BlobCodec, paths: list[str],
     point_id = new_point_id()
     when = time.time() if created is None else created
     manifest = Manifest(host=host, point_id=point_id, created=when, volumes=records,
-                        layout=layout)
+                        layout=layout, version=version)
     req = CommitRequest(point_id=point_id, created=when,
                         volumes=[VolumeWire(name=r.name, size=r.size, block_size=r.block_size,
                                             root=r.root, height=r.height) for r in records],

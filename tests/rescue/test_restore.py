@@ -103,6 +103,21 @@ def test_restore_same_size_byte_exact(repo_host: dict[str, Any], tmp_path: Path,
             json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["id"]
 
 
+def test_a_format_version_1_point_restores_byte_exact(repo_host: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """Points written before format version 2 (HMAC-SHA256 chunk IDs) stream and verify in
+    the scheme their manifest declares."""
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    make_source(source, "gpt")
+    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)], version=1)
+    sh("truncate", "-s", str(64 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, verify="read-back")
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
+    assert report.ok and all(v.verified == "read-back" for v in report.volumes)
+    check_equal(source, target)
+
+
 def test_cli_restore_to_larger_target_grows_last_with_backup_gpt(
         repo_host: dict[str, Any], cdp_server: Any, tmp_path: Path) -> None:
     source, target = tmp_path / "vda.img", tmp_path / "big.img"

@@ -1,0 +1,52 @@
+"""Manifest versions: writers write version 2 (keyed BLAKE3 chunk IDs), readers read 1 and
+2 and refuse anything else by name; a manifest cannot declare a scheme its IDs are not in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdpcore import format as fmt
+from cdpcore.crypto import BlobCodec, ChunkIds, KeySet
+from cdpcore.errors import FormatError
+from cdpcore.layout import Disk, Layout
+from cdpcore.manifest import Manifest, VolumeRecord
+
+CODEC = BlobCodec(KeySet.from_master(bytes(range(64))))
+HMAC_CODEC = CODEC.with_chunk_ids(ChunkIds.HMAC_SHA256)
+
+
+def manifest(version: int = fmt.MANIFEST_VERSION) -> Manifest:
+    return Manifest(host="h", point_id="0" * 32, created=1.0, version=version,
+                    layout=Layout(hostname="h", boot_mode="bios",
+                                  disks=[Disk(name="vda", size=1 << 20, table="none")]),
+                    volumes=[VolumeRecord("vda", 1 << 20, 4096, "0" * 64, 0)])
+
+
+def test_writers_write_version_2_with_blake3_ids() -> None:
+    written = manifest()
+    assert (written.version, written.chunk_ids) == (2, ChunkIds.BLAKE3)
+    opened = Manifest.open(CODEC, "h", "0" * 32, written.seal(CODEC))
+    assert (opened.version, opened.chunk_ids) == (2, ChunkIds.BLAKE3)
+
+
+def test_version_1_points_declare_hmac_ids() -> None:
+    opened = Manifest.open(CODEC, "h", "0" * 32, manifest(1).seal(HMAC_CODEC))
+    assert (opened.version, opened.chunk_ids) == (1, ChunkIds.HMAC_SHA256)
+
+
+@pytest.mark.parametrize("version", [0, 3, True, 2.0, "2"])
+def test_other_versions_are_refused_by_name(version: object) -> None:
+    doc = manifest().to_json() | {"version": version}
+    blob = CODEC.seal(fmt.BLOB_KIND_MANIFEST, manifest().aad(), json.dumps(doc).encode())
+    with pytest.raises(FormatError, match=f"manifest version {version} is not supported"):
+        Manifest.open(CODEC, "h", "0" * 32, blob)
+
+
+def test_a_manifest_cannot_declare_another_scheme_than_its_codec_makes() -> None:
+    with pytest.raises(ValueError, match="declares blake3 chunk IDs, but the codec makes "
+                                         "hmac-sha256 IDs"):
+        manifest().seal(HMAC_CODEC)
+    with pytest.raises(ValueError, match="declares hmac-sha256"):
+        manifest(1).seal(CODEC)
