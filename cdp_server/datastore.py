@@ -123,14 +123,14 @@ class Datastore:
         return [i for i in dict.fromkeys(ids) if i not in found or found[i].damaged]
 
     def upload(self, host: str, kind: ObjectKind, body: bytes) -> UploadResult:
-        items: dict[bytes, tuple[bytes, bytes]] = {}
+        items: dict[bytes, tuple[bytes, memoryview]] = {}
         try:
-            for oid, checksum, blob in records.decode_records(body):
+            for oid, checksum, blob in records.decode_record_views(body):
                 if oid == fmt.ZERO_ID:
                     raise BadRequest("the all-zero ID names an all-zero block or page, "
                                      "which is never stored")
                 if kind is ObjectKind.pages:
-                    index.decode_page(blob, oid)
+                    index.decode_page(bytes(blob), oid)
                 items[oid] = (checksum, blob)
         except IntegrityError as exc:
             raise BadRequest(str(exc), 422) from None

@@ -22,7 +22,7 @@ from .errors import StorageFull
 
 
 class ObjectStore(Protocol):
-    def put(self, name: str, parts: Sequence[bytes]) -> None:
+    def put(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         """Store the concatenation of `parts` durably under `name`; visible only once
         complete."""
 
@@ -64,7 +64,7 @@ class LocalStore:
             raise ValueError(f"bad object name {name!r}")
         return self.root / name
 
-    def put(self, name: str, parts: Sequence[bytes]) -> None:
+    def put(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         path = self._path(name)
         tmp = self.tmp / f"{uuid.uuid4().hex}.tmp"
         try:

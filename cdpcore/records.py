@@ -24,21 +24,35 @@ RECORD_HEADER_SIZE = _RECORD.size  # 68
 MAX_RECORD_BLOB = fmt.MAX_BLOCK_SIZE + fmt.BLOB_OVERHEAD
 
 
+def _header(object_id: bytes, blob: bytes, checksum: bytes | None) -> bytes:
+    if checksum is None:
+        checksum = hashlib.sha256(blob).digest()
+    return _RECORD.pack(object_id, checksum, len(blob))
+
+
 def encode_record(object_id: bytes, blob: bytes, checksum: bytes | None = None) -> bytes:
     """`checksum`: the blob's SHA-256 when the caller has just checked it (the server
     serving a stored object), so it is not computed twice."""
-    if checksum is None:
-        checksum = hashlib.sha256(blob).digest()
-    return _RECORD.pack(object_id, checksum, len(blob)) + blob
+    return _header(object_id, blob, checksum) + blob
 
 
 def encode_records(items: Iterable[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(encode_record(oid, blob) for oid, blob in items)
+    return _join((oid, blob, None) for oid, blob in items)
 
 
 def encode_checked_records(items: Iterable[tuple[bytes, bytes, bytes]]) -> bytes:
     """Records of (id, blob, its SHA-256 already checked)."""
-    return b"".join(encode_record(oid, blob, checksum) for oid, blob, checksum in items)
+    return _join(items)
+
+
+def _join(items: Iterable[tuple[bytes, bytes, bytes | None]]) -> bytes:
+    """Headers and blobs joined in one copy: a record made first (header + blob) would be
+    a second copy of every blob, and those short-lived 8 KiB allocations made encoding an
+    8 MiB batch three times slower here (15 ms against 5 ms, mostly page faults)."""
+    parts: list[bytes] = []
+    for oid, blob, checksum in items:
+        parts += (_header(oid, blob, checksum), blob)
+    return b"".join(parts)
 
 
 def decode_records(data: bytes | memoryview, *, max_count: int = 1 << 20,
@@ -46,7 +60,16 @@ def decode_records(data: bytes | memoryview, *, max_count: int = 1 << 20,
     """Yield (id, checksum, blob), checking each blob against its checksum unless
     `verify` is false (the reader authenticates every blob itself). Raises FormatError on
     truncation or absurd lengths, IntegrityError on a checksum mismatch."""
-    view = memoryview(data)
+    for object_id, checksum, blob in decode_record_views(data, max_count=max_count,
+                                                         verify=verify):
+        yield object_id, checksum, bytes(blob)
+
+
+def decode_record_views(data: bytes | memoryview, *, max_count: int = 1 << 20,
+                        verify: bool = True) -> Iterator[tuple[bytes, bytes, memoryview]]:
+    """decode_records, each blob a view into `data` (valid while `data` is): the server
+    writes uploaded blobs into a pack without a copy of each."""
+    view = memoryview(data).cast("B")
     offset = count = 0
     while offset < len(view):
         if len(view) - offset < RECORD_HEADER_SIZE:
@@ -59,7 +82,7 @@ def decode_records(data: bytes | memoryview, *, max_count: int = 1 << 20,
         if len(view) - offset < length:
             raise FormatError(f"record {object_id.hex()[:16]}… truncated: {length} bytes "
                               f"announced, {len(view) - offset} present")
-        blob = bytes(view[offset:offset + length])
+        blob = view[offset:offset + length]
         offset += length
         if verify and hashlib.sha256(blob).digest() != checksum:
             raise IntegrityError(f"record {object_id.hex()[:16]}… does not match its checksum")
