@@ -63,7 +63,7 @@ test-vm: deps image
 
 lint: deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy cdpcore hotcopy cdp_server rescue mkimage
+	$(VENV)/bin/mypy cdpcore hotcopy cdp_server rescue mkimage bench demo
 
 # Kernel, initrd, hybrid ISO and PXE set (the boot tests and the drill use all of them);
 # the Debian base is cached in $(IMAGE_CACHE), so a rebuild after a code change takes seconds.
