@@ -33,7 +33,7 @@ class ChunkIds(enum.Enum):
     says which (Manifest.chunk_ids)."""
 
     HMAC_SHA256 = "hmac-sha256"  # manifest version 1
-    BLAKE3 = "blake3"  # manifest version 2: keyed BLAKE3, four times HMAC-SHA256's speed
+    BLAKE3 = "blake3"  # manifest version 2: keyed BLAKE3, three times HMAC-SHA256's speed
 
 
 #: BLAKE3 key derivation context of the chunk-ID key (docs/FORMAT.md, "Keys"): the ID key
