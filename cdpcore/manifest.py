@@ -15,6 +15,10 @@ from .errors import FormatError, IntegrityError
 from .index import Geometry
 from .layout import Layout
 
+#: The chunk-ID scheme of each manifest version (docs/FORMAT.md, "Blocks and chunks").
+CHUNK_IDS_OF_VERSION = {1: ChunkIds.HMAC_SHA256, 2: ChunkIds.BLAKE3}
+assert set(CHUNK_IDS_OF_VERSION) == set(fmt.READABLE_MANIFEST_VERSIONS)
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+/-]{0,127}$")
 _POINT_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -90,7 +94,11 @@ class Manifest:
     def chunk_ids(self) -> ChunkIds:
         """How this point's chunk IDs were computed: open its chunks with
         `codec.with_chunk_ids(manifest.chunk_ids)`."""
-        return ChunkIds.HMAC_SHA256 if self.version == 1 else ChunkIds.BLAKE3
+        try:
+            return CHUNK_IDS_OF_VERSION[self.version]
+        except KeyError:
+            raise FormatError(f"manifest version {self.version} names no chunk-ID "
+                              "scheme") from None
 
     def aad(self) -> bytes:
         return manifest_aad(self.host, self.point_id)

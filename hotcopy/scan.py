@@ -100,8 +100,9 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
                 only: Iterable[Run] | None = None, skip_free: bool = False, window: int = 8,
                 progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
-    candidate and the server's missing answer decides). `uploaded` adds up what the workers sent. `only`: sorted, disjoint block runs
-    to read (`changes.block_runs`: a change list or dm-era); None reads every block.
+    candidate and the server's missing answer decides). `uploaded` adds up what the
+    workers sent. `only`: sorted, disjoint block runs to read (`changes.block_runs`: a
+    change list or dm-era); None reads every block.
     `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
     all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
     metadata, with zeros in its free space."""

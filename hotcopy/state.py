@@ -62,6 +62,10 @@ class StateDir:
         self.dir = Path(root) / host
         try:
             (self.dir / "ids").mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Scan fingerprints of a version 1 state (16 bytes per block, 1 GiB per TiB):
+            # unused since, whatever became of the state document.
+            for legacy in (self.dir / "ids").glob("*.fp"):
+                legacy.unlink(missing_ok=True)
         except OSError as exc:
             raise _fs_error(str(self.dir), exc) from None
         self.doc_path = self.dir / "state.json"
@@ -75,8 +79,6 @@ class StateDir:
             # Unreadable state is only a lost hint: a full scan rebuilds it.
             return HostState()
         if doc.get("version") != _STATE_VERSION:
-            for legacy in (self.dir / "ids").glob("*.fp"):  # version 1 fingerprints
-                legacy.unlink(missing_ok=True)
             return HostState()
         vols = {k: VolumeState(**v) for k, v in doc.get("volumes", {}).items()}
         return HostState(point_id=doc.get("point_id"), generation=int(doc.get("generation", 0)),

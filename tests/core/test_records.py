@@ -20,6 +20,18 @@ def test_round_trip() -> None:
     assert [(i, b) for i, _, b in decoded] == items
 
 
+def test_record_views_are_the_blobs_without_a_copy() -> None:
+    items = [(os.urandom(32), os.urandom(n)) for n in (0, 1, 5000)]
+    data = records.encode_records(items)
+    views = list(records.decode_record_views(data))
+    assert [(i, bytes(b)) for i, _, b in views] == items
+    assert all(isinstance(b, memoryview) and b.obj is data for _, _, b in views)
+    damaged = bytearray(data)
+    damaged[-1] ^= 1
+    with pytest.raises(IntegrityError, match="does not match its checksum"):
+        list(records.decode_record_views(bytes(damaged)))
+
+
 def test_damage_and_truncation() -> None:
     data = bytearray(records.encode_records([(bytes(32), b"payload" * 10)]))
     with pytest.raises(FormatError, match="truncated in a header"):
