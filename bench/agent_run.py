@@ -5,6 +5,11 @@ the newest point to an image file through the rescue engine's streaming path
 
     python -m bench.agent_run backup SETTINGS.json IMAGE [--changed RANGES.json]
     python -m bench.agent_run restore SETTINGS.json DEST
+    python -m bench.agent_run resident SETTINGS.json IMAGE
+
+`resident` takes a point for each line read from stdin (empty, or the path of a
+RANGES.json), as one long-lived process, the way `cdp-agent run` takes its points, and
+answers each with a JSON line of its stats, wall time and CPU time (workers included).
 
 SETTINGS.json: {"url", "token", "ca", "host", "master_hex", "state_dir"}. With
 CDP_BENCH_LOG=info the agent's log (per-phase times of each point) goes to stderr.
@@ -16,6 +21,9 @@ import inspect
 import json
 import logging
 import os
+import resource
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +66,43 @@ def backup(settings: str, image: str, changed: str | None) -> None:
     from hotcopy.backup import backup as take_point
 
     s = json.loads(Path(settings).read_text())
-    kwargs: dict[str, Any] = {}
-    if changed:
-        name = tracking_parameter()
-        if name is None:
-            raise UsageError("this agent takes no list of changed ranges")
-        kwargs[name] = {image: [tuple(r) for r in json.loads(Path(changed).read_text())]}
-    info = take_point(_client(s), s["host"], _codec(s), [image], s["state_dir"], **kwargs)
+    info = take_point(_client(s), s["host"], _codec(s), [image], s["state_dir"],
+                      **_changed(image, changed))
     click.echo(json.dumps(info.stats.model_dump()))
+
+
+def _changed(image: str, changed: str | None) -> dict[str, Any]:
+    """backup()'s keyword for the list of changed ranges in the file `changed`, if any."""
+    if not changed:
+        return {}
+    name = tracking_parameter()
+    if name is None:
+        raise UsageError("this agent takes no list of changed ranges")
+    return {name: {image: [tuple(r) for r in json.loads(Path(changed).read_text())]}}
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time and that of its reaped children (the sealing workers)."""
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                  resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@main.command()
+@click.argument("settings", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+def resident(settings: str, image: str) -> None:
+    from hotcopy.backup import backup as take_point
+
+    s = json.loads(Path(settings).read_text())
+    client, codec = _client(s), _codec(s)
+    for line in sys.stdin:
+        kwargs = _changed(image, line.strip() or None)
+        cpu, start = _cpu_seconds(), time.perf_counter()
+        info = take_point(client, s["host"], codec, [image], s["state_dir"], **kwargs)
+        wall = time.perf_counter() - start
+        click.echo(json.dumps({"stats": info.stats.model_dump(), "wall": wall,
+                               "cpu": _cpu_seconds() - cpu}))
 
 
 @main.command()
@@ -86,7 +123,7 @@ def restore(settings: str, dest: str) -> None:
     with open(dest, "wb") as f:
         f.truncate(vol.size)
     with Target(dest) as target:
-        result = stream_volume(repo.client, s["host"], repo.codec, vol, target, 0)
+        result = stream_volume(repo.client, s["host"], point.codec, vol, target, 0)
         target.sync()
     click.echo(json.dumps({"written": result.written, "zeroed": result.zeroed}))
 

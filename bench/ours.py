@@ -6,6 +6,7 @@ agent's backup() accepts such a list."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,21 @@ class CdpTool:
                               str(ranges))
         return self._step("backup", str(self.settings), str(image))
 
+    @contextlib.contextmanager
+    def resident(self, image: Path) -> Iterator[ResidentAgent]:
+        """One long-lived agent process taking points of `image` on request."""
+        proc = subprocess.Popen([sys.executable, "-m", "bench.agent_run", "resident",
+                                 str(self.settings), str(image)], cwd=repo_root(),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert self.server is not None
+            yield ResidentAgent(proc, self.server, self.settings.with_name("changed.json"))
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            if proc.wait(timeout=60) != 0:
+                raise CdpError(f"the resident agent exited with status {proc.returncode}")
+
     def restore(self, into: Path) -> tuple[Sample, Path]:
         into.mkdir(parents=True, exist_ok=True)
         dest = into / "restored.img"
@@ -166,6 +183,28 @@ class CdpTool:
                                       if self.server.proc else 0)
             self.server.stop()
             self.server = None
+
+
+@dataclass
+class ResidentAgent:
+    proc: subprocess.Popen[str]
+    server: Server
+    ranges: Path
+
+    def backup(self, changed: list[tuple[int, int]] | None = None) -> Sample:
+        """A point, timed inside the agent process (no Python start, no imports)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if changed is not None:
+            self.ranges.write_text(json.dumps(changed))
+        before = self.server.cpu()
+        self.proc.stdin.write(f"{self.ranges if changed is not None else ''}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise CdpError(f"the resident agent stopped (status {self.proc.wait()})")
+        answer = json.loads(line)
+        return Sample(wall=answer["wall"], user=answer["cpu"], sys=0.0, rss_kib=0,
+                      extra_cpu=self.server.cpu() - before)
 
 
 def repo_root() -> Path:

@@ -68,6 +68,8 @@ class Workload:
         return self.v1_keys.chunk_id(block)
 
     def raw_seal(self, block: bytes) -> bytes:
+        # Keyed with id_key itself: the product derives its BLAKE3 key once per key set
+        # (docs/FORMAT.md), which costs nothing per block.
         chunk_id = blake3.blake3(block, key=self.keys.id_key).digest()
         body = self._ctx("cctx", lambda: zstandard.ZstdCompressor(level=fmt.ZSTD_LEVEL)
                          ).compress(block)

@@ -18,6 +18,8 @@ FIGURES = [
     ("server_rss_mib", "Server peak memory (whole run)", "MiB"),
     ("incr_s", "Incremental backup time", "s"),
     ("incr_cpu_s", "Incremental backup CPU", "s"),
+    ("incr_resident_s", "Incremental backup time, resident agent (as `cdp-agent run`)", "s"),
+    ("incr_resident_cpu_s", "Incremental backup CPU, resident agent", "s"),
     ("growth_x", "Repository growth / changed bytes", "x"),
     ("restore_s", "Restore time (to a file, fsynced)", "s"),
     ("restore_floor_s", "Restore floor: the non-zero 16 KiB blocks written from memory, fsynced",

@@ -3,8 +3,9 @@ limit, alternating in one run on the same machine (`make bench`, `python -m benc
 
 Per run and per tool: a fresh repository, a full backup of the workload image, the
 change applied in place, an incremental backup, the newest point restored to a file and
-compared byte for byte with the changed image. The order of the tools rotates from run to
-run; the page cache is dropped (or, with --cache evict, only the image and repository
+compared byte for byte with the changed image; for this project's tracking tool also the
+same incremental taken by one resident agent process (as `cdp-agent run` takes its points:
+no Python start per point). The order of the tools rotates from run to run; the page cache is dropped (or, with --cache evict, only the image and repository
 files are evicted from it) before every measured backup and restore. Then, once per
 tool: a series of points with light writes in between (storage and CPU per point), and for
 this project the cost of a point with nothing changed on a large sparse volume.
@@ -28,6 +29,7 @@ from cdpcore.errors import CdpError
 
 from . import report, workload
 from .measure import Sample, cold, machine, same_bytes
+from .ours import CdpTool
 from .peers import Tool, copy_limit, read_limit, start_floor, write_floor
 from .workload import MiB, Write
 
@@ -144,6 +146,31 @@ def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector,
     shutil.rmtree(work, ignore_errors=True)
 
 
+def run_resident(tool: CdpTool, prep: Prepared, scratch: Path, out: Collector,
+                 cool: Callable[..., object]) -> None:
+    """The tracked incremental in a resident agent: a full backup, the change, the
+    incremental, all by one agent process, the page cache dropped before the incremental
+    as for every measured step (the agent's own modules are loaded by then)."""
+    work = scratch / f"{tool.name}-resident"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    disk = scratch / "disk.img"
+    fresh_disk(prep.base, disk)
+    try:
+        tool.setup(work)
+        with tool.resident(disk) as agent:
+            agent.backup()
+            workload.apply_change(disk, prep.writes)
+            cool(disk, work)
+            incr = agent.backup(changed=prep.ranges)
+    finally:
+        tool.close()
+    out.add(tool.name, "incr_resident_s", incr.wall)
+    out.add(tool.name, "incr_resident_cpu_s", incr.cpu)
+    log.info("%s: incremental in a resident agent %.2f s", tool.name, incr.wall)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def run_limit(prep: Prepared, scratch: Path, out: Collector,
               cool: Callable[..., object]) -> None:
     disk = scratch / "disk.img"
@@ -210,6 +237,8 @@ def benchmark(settings: Settings, tools: list[Tool],
                 continue
             try:
                 run_tool(tool, prep, scratch, col, cool)
+                if isinstance(tool, CdpTool) and tool.tracking:
+                    run_resident(tool, prep, scratch, col, cool)
             except CdpError as exc:  # one failing tool must not cost the others' figures
                 log.error("%s failed: %s", tool.name, exc)
                 col.errors.append(f"{tool.name}, run {run + 1}: {brief(exc)}")

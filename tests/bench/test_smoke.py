@@ -69,6 +69,10 @@ def test_smoke_run(tmp_path: Path, peer_versions: dict[str, str]) -> None:
     assert set(doc["series"]["tools"]) >= {"cdp-scan", "restic", "borg"}
     assert doc["empty_point"]["volume_size"] == 64 * workload.MiB
     assert set(doc["raw"]["limit"]) >= {"restore_floor_s", "start_floor_s"}
+    assert doc["errors"] == []
+    # The tracked incremental again, taken by one resident agent process.
+    assert len(doc["raw"]["cdp-tracking"]["incr_resident_s"]) == 1
+    assert "| Incremental backup time, resident agent (as `cdp-agent run`) |" in proc.stdout
     assert "| Restore floor: the non-zero 16 KiB blocks written from memory, fsynced |" \
         in proc.stdout
     assert "| Full backup time |" in proc.stdout
