@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS objects(
     complete INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(host, kind, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_pack ON objects(pack);
+-- Only the damaged objects: every point asks for its host's damaged chunks, and without
+-- it that is a scan of all the host's objects (0.27 s cold for 74,000; it grows with the
+-- host, a 1 TiB volume has up to 64 million).
+CREATE INDEX IF NOT EXISTS objects_damaged ON objects(host, kind, id) WHERE damaged;
 CREATE TABLE IF NOT EXISTS points(
     host TEXT NOT NULL, point_id TEXT NOT NULL, created REAL NOT NULL,
     committed REAL NOT NULL, parent TEXT, size INTEGER NOT NULL, stats TEXT NOT NULL,
@@ -282,7 +286,8 @@ class SqliteCatalog:
 
     def damaged(self, host: str) -> list[bytes]:
         return [r[0] for r in self.read().execute(
-            "SELECT id FROM objects WHERE host = ? AND kind = 'chunks' AND damaged ORDER BY id",
+            "SELECT id FROM objects INDEXED BY objects_damaged "
+            "WHERE host = ? AND kind = 'chunks' AND damaged ORDER BY id",
             (host,))]
 
     # --- points

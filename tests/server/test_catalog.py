@@ -1,0 +1,36 @@
+"""The SQLite catalog on its own: the damaged chunks every point asks for come from an
+index of only the damaged objects (a missing index is an error, never a silent scan),
+and healing takes an object out of it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from cdp_server.sqlite_catalog import SqliteCatalog
+from cdpcore.api import ObjectKind
+
+
+def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path: Path) -> None:
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite")
+    ids = sorted(os.urandom(32) for _ in range(40))
+
+    def add(host: str, kind: ObjectKind, pack: str, objects: list[bytes]) -> int:
+        catalog.begin_pack(pack, 10 * len(objects))
+        return catalog.add_objects(host, kind, pack,
+                                   [(oid, 10 * n, 10, bytes(32)) for n, oid in enumerate(objects)],
+                                   time.time())
+
+    add("web1", ObjectKind.chunks, "packs/a.pack", ids)
+    add("web1", ObjectKind.pages, "packs/b.pack", ids[:5])
+    add("db1", ObjectKind.chunks, "packs/c.pack", ids[:5])
+    assert catalog.damaged("web1") == []
+    catalog.mark_damaged("web1", ObjectKind.chunks, [ids[7], ids[3]])
+    catalog.mark_damaged("web1", ObjectKind.pages, [ids[1]])  # a page: not a chunk
+    catalog.mark_damaged("db1", ObjectKind.chunks, [ids[2]])  # another host's
+    assert catalog.damaged("web1") == [ids[3], ids[7]]
+    assert catalog.damaged("db1") == [ids[2]]
+    # The next backup uploads the chunk again: it replaces the damaged copy.
+    assert add("web1", ObjectKind.chunks, "packs/d.pack", [ids[3]]) == 1
+    assert catalog.damaged("web1") == [ids[7]]
