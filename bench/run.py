@@ -102,13 +102,21 @@ class Collector:
         self.raw.setdefault(tool, {}).setdefault(key, []).append(value)
 
 
-def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector,
-             cool: Callable[..., object]) -> None:
-    work = scratch / tool.name
+def fresh_work(scratch: Path, name: str, prep: Prepared,
+               disk_name: str = "disk.img") -> tuple[Path, Path]:
+    """An empty work directory `name` under `scratch`, and a fresh copy of the workload's
+    base image there."""
+    work = scratch / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    disk = scratch / "disk.img"
+    disk = scratch / disk_name
     fresh_disk(prep.base, disk)
+    return work, disk
+
+
+def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector,
+             cool: Callable[..., object]) -> None:
+    work, disk = fresh_work(scratch, tool.name, prep)
     try:
         tool.setup(work)
         cool(disk, work)
@@ -151,11 +159,7 @@ def run_resident(tool: CdpTool, prep: Prepared, scratch: Path, out: Collector,
     """The tracked incremental in a resident agent: a full backup, the change, the
     incremental, all by one agent process, the page cache dropped before the incremental
     as for every measured step (the agent's own modules are loaded by then)."""
-    work = scratch / f"{tool.name}-resident"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    disk = scratch / "disk.img"
-    fresh_disk(prep.base, disk)
+    work, disk = fresh_work(scratch, f"{tool.name}-resident", prep)
     try:
         tool.setup(work)
         with tool.resident(disk) as agent:
@@ -192,11 +196,7 @@ def run_limit(prep: Prepared, scratch: Path, out: Collector,
 def run_series(tool: Tool, prep: Prepared, scratch: Path, points: int) -> dict[str, float]:
     """A full backup, then `points` points with light writes (16 scattered pages and
     64 KiB of log) before each: storage and CPU per point."""
-    work = scratch / f"series-{tool.name}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    disk = scratch / "series.img"
-    fresh_disk(prep.base, disk)
+    work, disk = fresh_work(scratch, f"series-{tool.name}", prep, "series.img")
     samples: list[Sample] = []
     try:
         tool.setup(work)

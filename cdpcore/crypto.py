@@ -2,9 +2,9 @@
 
 A block's ID is keyed BLAKE3 of its plaintext (HMAC-SHA256 in points of manifest
 version 1): the server learns nothing from IDs and cannot confirm guesses about content.
-A blob is the block compressed with zstd (when that
-helps) and encrypted with AES-256-GCM; the authenticated data binds the header and the
-object's ID, so a blob cannot be swapped for another, truncated or edited unnoticed.
+A blob is the block compressed with zstd (when that helps) and encrypted with
+AES-256-GCM; the authenticated data binds the header and the object's ID, so a blob
+cannot be swapped for another, truncated or edited unnoticed.
 """
 
 from __future__ import annotations

@@ -3,10 +3,9 @@ specification; every byte-level constant lives here, once."""
 
 from __future__ import annotations
 
-#: The format version, which a point's manifest carries: writers write this one.
+#: The format version, which a point's manifest carries: writers write this one; readers
+#: read it and version 1 (cdpcore.manifest.CHUNK_IDS_OF_VERSION).
 MANIFEST_VERSION = 2
-#: Manifest versions this program reads: 1 (chunk IDs are HMAC-SHA256) and 2 (keyed BLAKE3).
-READABLE_MANIFEST_VERSIONS = (1, 2)
 #: Version byte of sealed blobs and index pages, unchanged since format version 1.
 HEADER_VERSION = 1
 

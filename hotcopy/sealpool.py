@@ -4,11 +4,10 @@ inherit the codec (its keys are never pickled), the set of damaged chunks and th
 connection settings; each task names a segment of the snapshot, which the worker reads
 and seals. The worker keeps the new chunks until it holds a request's worth, then its
 upload thread asks the server which of them it lacks and uploads those over the worker's
-own connection while the worker seals on; only IDs and counts cross the
-pipe back to the parent. Before the point's index goes up, `SealPool.flush` gathers what
-the workers still hold (less than a request's worth each) into one upload by the parent.
-Workers share no mutable state and die with the parent (PR_SET_PDEATHSIG), as
-rescue/stream.py's do.
+own connection while the worker seals on; only IDs and counts cross the pipe back to the
+parent. Before the point's index goes up, `SealPool.flush` gathers what the workers still
+hold (less than a request's worth each) into one upload by the parent. Workers share no
+mutable state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do.
 
 Long runs are read with direct I/O into the worker's aligned buffer (cdpcore.directio):
 a full read of a disk must not evict the applications' page cache. Short runs (scattered
