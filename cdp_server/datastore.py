@@ -117,10 +117,9 @@ class Datastore:
     # --- objects
 
     def missing(self, host: str, kind: ObjectKind, ids: list[bytes]) -> list[bytes]:
-        found = self.catalog.locate(host, kind, ids)
-        present = [i for i, loc in found.items() if not loc.damaged]
-        self.catalog.touch(host, kind, present, time.time())
-        return [i for i in dict.fromkeys(ids) if i not in found or found[i].damaged]
+        present = self.catalog.present(host, kind, ids)
+        self.catalog.touch(host, kind, list(present), time.time())
+        return [i for i in dict.fromkeys(ids) if i not in present]
 
     def upload(self, host: str, kind: ObjectKind, body: bytes) -> UploadResult:
         items: dict[bytes, tuple[bytes, memoryview]] = {}
@@ -138,8 +137,9 @@ class Datastore:
             raise BadRequest(str(exc)) from None
         if not items:
             return UploadResult(stored=0, duplicates=0)
-        present = self.catalog.locate(host, kind, list(items))
-        new = [oid for oid in items if oid not in present or present[oid].damaged]
+        # Damaged objects count as absent: their new copy replaces them (healing).
+        present = self.catalog.present(host, kind, items)
+        new = [oid for oid in items if oid not in present]
         touched = [o for o in items if o in present]
         stored = 0
         if not new:

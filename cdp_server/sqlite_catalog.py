@@ -3,7 +3,14 @@
 SQLite in WAL mode with synchronous=FULL: a committed transaction survives kill -9 and
 power loss. One connection per thread; writers are serialised by a lock (SQLite allows
 one writer anyway, and waiting on a Python lock beats spinning on SQLITE_BUSY).
-"""
+
+Schema version 2 (`PRAGMA user_version`): object rows name their host, kind and pack by
+small integers and live in a rowid table, appended in upload order; only the unique
+index on (host, kind, id) takes random inserts. Version 1 keyed a WITHOUT ROWID table by
+(host name, kind name, id) and repeated the pack's name in every row: 298 bytes of table
+and indexes per object against 154, and each insert landed on a random page of the whole
+table (docs/FORMAT.md, "Server datastore"; bench/catalog.py). A version 1 catalog is
+migrated when the server opens it."""
 
 from __future__ import annotations
 
@@ -17,33 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from cdpcore.api import ObjectKind, Retention, Role
+from cdpcore.errors import UsageError
 
 from .catalog import Location, PackRow, PointRow
 from .errors import Conflict, StorageFull
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hosts(
-    name TEXT PRIMARY KEY, created REAL NOT NULL, key TEXT, retention TEXT,
-    -- bumped by every change to the host's points (triggers below): keys listing caches
-    points_gen INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS tokens(
-    hash TEXT PRIMARY KEY, role TEXT NOT NULL, host TEXT);
--- A pack is registered 'pending' before its file is written and becomes 'done' in the
--- transaction that adds its objects: a crash leaves a pending row, never an unknown file.
-CREATE TABLE IF NOT EXISTS packs(
-    name TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, size INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS objects(
-    host TEXT NOT NULL, kind TEXT NOT NULL, id BLOB NOT NULL, pack TEXT NOT NULL,
-    offset INTEGER NOT NULL, length INTEGER NOT NULL, sha256 BLOB NOT NULL,
-    seen REAL NOT NULL, damaged INTEGER NOT NULL DEFAULT 0,
-    -- pages only: the whole subtree below was present when a commit walked it
-    complete INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY(host, kind, id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS objects_pack ON objects(pack);
--- Only the damaged objects: every point asks for its host's damaged chunks, and without
--- it that is a scan of all the host's objects (0.27 s cold for 74,000; it grows with the
--- host, a 1 TiB volume has up to 64 million).
-CREATE INDEX IF NOT EXISTS objects_damaged ON objects(host, kind, id) WHERE damaged;
+#: The catalog's schema version (`PRAGMA user_version`; 0 is version 1, which predates it).
+CATALOG_VERSION = 2
+#: Object kinds as stored in `objects.kind`.
+KIND_CODE = {ObjectKind.chunks: 0, ObjectKind.pages: 1}
+_KIND_OF_CODE = {code: kind for kind, code in KIND_CODE.items()}
+_CHUNKS, _PAGES = KIND_CODE[ObjectKind.chunks], KIND_CODE[ObjectKind.pages]
+
+_POINTS_TABLE = """
 CREATE TABLE IF NOT EXISTS points(
     host TEXT NOT NULL, point_id TEXT NOT NULL, created REAL NOT NULL,
     committed REAL NOT NULL, parent TEXT, size INTEGER NOT NULL, stats TEXT NOT NULL,
@@ -51,14 +44,49 @@ CREATE TABLE IF NOT EXISTS points(
     volumes TEXT NOT NULL, manifest TEXT NOT NULL, digest TEXT NOT NULL,
     head TEXT NOT NULL,
     doc TEXT,  -- the whole PointInfo JSON, kept by the triggers below
-    PRIMARY KEY(host, point_id));
-CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN
-    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
-CREATE TRIGGER IF NOT EXISTS points_upd AFTER UPDATE ON points BEGIN
-    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END;
-CREATE TRIGGER IF NOT EXISTS points_del AFTER DELETE ON points BEGIN
-    UPDATE hosts SET points_gen = points_gen + 1 WHERE name = OLD.host; END;
-"""
+    PRIMARY KEY(host, point_id))"""
+# `hid` and `pid` are explicit INTEGER PRIMARY KEYs: VACUUM may renumber implicit rowids,
+# and object rows refer to these.
+_HOSTS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name}(
+    hid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL, key TEXT,
+    retention TEXT,
+    -- bumped by every change to the host's points (triggers below): keys listing caches
+    points_gen INTEGER NOT NULL DEFAULT 0)"""
+# A pack is registered 'pending' before its file is written and becomes 'done' in the
+# transaction that adds its objects: a crash leaves a pending row, never an unknown file.
+_PACKS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name}(
+    pid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+    created REAL NOT NULL, size INTEGER NOT NULL)"""
+# A rowid table: rows are appended in upload order, so a pack's rows share pages.
+_OBJECTS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name}(
+    host INTEGER NOT NULL, kind INTEGER NOT NULL, id BLOB NOT NULL, pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, sha256 BLOB NOT NULL,
+    seen REAL NOT NULL, damaged INTEGER NOT NULL DEFAULT 0,
+    -- pages only: the whole subtree below was present when a commit walked it
+    complete INTEGER NOT NULL DEFAULT 0)"""
+_SCHEMA = (
+    _HOSTS_TABLE.format(name="hosts"),
+    "CREATE TABLE IF NOT EXISTS tokens(hash TEXT PRIMARY KEY, role TEXT NOT NULL, host TEXT)",
+    _PACKS_TABLE.format(name="packs"),
+    _OBJECTS_TABLE.format(name="objects"),
+    # The one index with random inserts, and the one a "missing" query reads alone.
+    "CREATE UNIQUE INDEX IF NOT EXISTS objects_id ON objects(host, kind, id)",
+    "CREATE INDEX IF NOT EXISTS objects_pack ON objects(pack)",
+    # Only the damaged objects: every point asks for its host's damaged chunks, and
+    # without it that is a scan of all the host's objects (0.27 s cold for 74,000; it
+    # grows with the host, a 1 TiB volume has up to 64 million).
+    "CREATE INDEX IF NOT EXISTS objects_damaged ON objects(host, kind, id) WHERE damaged",
+    _POINTS_TABLE,
+    "CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN "
+    "UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END",
+    "CREATE TRIGGER IF NOT EXISTS points_upd AFTER UPDATE ON points BEGIN "
+    "UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END",
+    "CREATE TRIGGER IF NOT EXISTS points_del AFTER DELETE ON points BEGIN "
+    "UPDATE hosts SET points_gen = points_gen + 1 WHERE name = OLD.host; END",
+)
 #: Hosts whose full point listing is kept rendered (about 28 MB per 100,000 points).
 LIST_CACHE_HOSTS = 8
 
@@ -67,20 +95,20 @@ LIST_CACHE_HOSTS = 8
 # ready strings (about half the time of concatenating per row while listing).
 _POINT_JSON = ("head || ',\"pinned\":' || CASE WHEN pinned THEN 'true' ELSE 'false' END "
                "|| ',\"verify\":\"' || verify || '\"}'")
-# Created after the migration below: an older catalog's points table has no `doc` yet.
+# Created after the `doc` column is added to a catalog that predates it.
 # The listing index covers `doc`: a listing reads the index alone, in order, without a
 # table lookup per point (about half the time); it serves the time filters and
 # host_summary too, so it replaces the older index on (host, created, point_id).
-_DOC_SCHEMA = f"""
-DROP INDEX IF EXISTS points_created;
-CREATE INDEX IF NOT EXISTS points_listing ON points(host, created, point_id, doc);
-CREATE TRIGGER IF NOT EXISTS points_doc_ins AFTER INSERT ON points BEGIN
-    UPDATE points SET doc = {_POINT_JSON}
-    WHERE host = NEW.host AND point_id = NEW.point_id; END;
-CREATE TRIGGER IF NOT EXISTS points_doc_upd AFTER UPDATE OF pinned, verify ON points BEGIN
-    UPDATE points SET doc = {_POINT_JSON}
-    WHERE host = NEW.host AND point_id = NEW.point_id; END;
-"""
+_DOC_SCHEMA = (
+    "DROP INDEX IF EXISTS points_created",
+    "CREATE INDEX IF NOT EXISTS points_listing ON points(host, created, point_id, doc)",
+    "CREATE TRIGGER IF NOT EXISTS points_doc_ins AFTER INSERT ON points BEGIN "
+    f"UPDATE points SET doc = {_POINT_JSON} "
+    "WHERE host = NEW.host AND point_id = NEW.point_id; END",
+    "CREATE TRIGGER IF NOT EXISTS points_doc_upd AFTER UPDATE OF pinned, verify ON points "
+    f"BEGIN UPDATE points SET doc = {_POINT_JSON} "
+    "WHERE host = NEW.host AND point_id = NEW.point_id; END",
+)
 
 
 class SqliteCatalog:
@@ -90,19 +118,31 @@ class SqliteCatalog:
         self._write_lock = threading.Lock()
         self._list_cache: dict[str, tuple[int, bytes]] = {}
         self._cache_lock = threading.Lock()
-        with self._write_lock:
-            # executescript commits on its own: no surrounding transaction.
-            self._db().executescript(_SCHEMA)
-        self._add_doc_column()
-        with self._write_lock:
-            self._db().executescript(_DOC_SCHEMA)
+        #: host name -> hid; hosts are never deleted or renamed, so this never goes stale
+        self._hids: dict[str, int] = {}
+        self._open_schema()
 
-    def _add_doc_column(self) -> None:
-        """Catalogs made before `doc` existed get it, filled, in one transaction."""
+    def _open_schema(self) -> None:
+        """Create the schema, or bring an older catalog up to date: one transaction, so a
+        kill during a migration leaves the old catalog as it was."""
         with self.write() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > CATALOG_VERSION:
+                raise UsageError(f"{self.path} is a catalog of version {version}, newer than "
+                                 f"this server's {CATALOG_VERSION}: upgrade cdp-server")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master "
+                                               "WHERE type = 'table'")}
+            if version < 2 and "objects" in tables:
+                _migrate_v1(db)
+            for statement in _SCHEMA:
+                db.execute(statement)
+            # Catalogs made before `doc` existed get it, filled.
             if "doc" not in {r[1] for r in db.execute("PRAGMA table_info(points)")}:
                 db.execute("ALTER TABLE points ADD COLUMN doc TEXT")
                 db.execute(f"UPDATE points SET doc = {_POINT_JSON}")
+            for statement in _DOC_SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {CATALOG_VERSION}")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -218,27 +258,67 @@ class SqliteCatalog:
 
     # --- objects
 
+    def _hid(self, host: str) -> int | None:
+        hid = self._hids.get(host)
+        if hid is None:
+            row = self.read().execute("SELECT hid FROM hosts WHERE name = ?",
+                                      (host,)).fetchone()
+            if row is None:
+                return None
+            hid = self._hids[host] = row[0]
+        return hid
+
+    def _known_hid(self, host: str) -> int:
+        hid = self._hid(host)
+        if hid is None:
+            raise UsageError(f"no host {host!r} in the catalog")
+        return hid
+
     def locate(self, host: str, kind: ObjectKind, ids: Iterable[bytes],
                ) -> dict[bytes, Location]:
-        db = self.read()
         out: dict[bytes, Location] = {}
+        hid = self._hid(host)
+        if hid is None:
+            return out
+        db = self.read()
         for part in _chunks(list(ids), 900):
             marks = ",".join("?" * len(part))
             for row in db.execute(
-                    "SELECT id, pack, offset, length, sha256, damaged, complete FROM objects "
-                    f"WHERE host = ? AND kind = ? AND id IN ({marks})",
-                    (host, kind.value, *part)):
+                    "SELECT o.id, p.name, o.offset, o.length, o.sha256, o.damaged, o.complete "
+                    "FROM objects AS o JOIN packs AS p ON p.pid = o.pack "
+                    f"WHERE o.host = ? AND o.kind = ? AND o.id IN ({marks})",
+                    (hid, KIND_CODE[kind], *part)):
                 out[row[0]] = Location(row[1], row[2], row[3], row[4], bool(row[5]),
                                        bool(row[6]))
         return out
+
+    def present(self, host: str, kind: ObjectKind, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of `ids` the catalog holds intact: read from the ID index alone and the
+        small index of damaged objects, never from the rows (a "missing" query)."""
+        hid = self._hid(host)
+        if hid is None:
+            return set()
+        db = self.read()
+        found: set[bytes] = set()
+        for part in _chunks(list(ids), 900):
+            marks = ",".join("?" * len(part))
+            args = (hid, KIND_CODE[kind], *part)
+            found.update(r[0] for r in db.execute(
+                "SELECT id FROM objects INDEXED BY objects_id "
+                f"WHERE host = ? AND kind = ? AND id IN ({marks})", args))
+            found.difference_update(r[0] for r in db.execute(
+                "SELECT id FROM objects INDEXED BY objects_damaged "
+                f"WHERE host = ? AND kind = ? AND damaged AND id IN ({marks})", args))
+        return found
 
     def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None:
         """Refresh "last seen": GC's grace period then protects these objects."""
         if not ids:
             return
+        hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
             db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
-                           [(now, host, kind.value, i) for i in ids])
+                           [(now, hid, code, i) for i in ids])
 
     def begin_pack(self, name: str, size: int) -> None:
         # Not fsynced (one fsync less per upload): the row tells GC and recovery that the
@@ -247,7 +327,8 @@ class SqliteCatalog:
         # and recovery deletes it at the next start, as it does any orphan; the durable
         # add_objects commit persists the row together with its own.
         with self.write(durable=False) as db:
-            db.execute("INSERT INTO packs VALUES (?, 'pending', ?, ?)", (name, time.time(), size))
+            db.execute("INSERT INTO packs(name, state, created, size) "
+                       "VALUES (?, 'pending', ?, ?)", (name, time.time(), size))
 
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
                     rows: list[tuple[bytes, int, int, bytes]], now: float,
@@ -257,38 +338,43 @@ class SqliteCatalog:
         a damaged one is (healing). `touched` objects (already present) get "last seen"
         refreshed in the same transaction: one commit, one fsync. Returns how many
         became visible."""
+        hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
+            (pid,) = db.execute("SELECT pid FROM packs WHERE name = ?", (pack,)).fetchone()
             db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
-                           [(now, host, kind.value, i) for i in touched])
+                           [(now, hid, code, i) for i in touched])
             cur = db.executemany(
                 "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
                 "pack = excluded.pack, offset = excluded.offset, length = excluded.length, "
                 "sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, complete = 0 "
                 "WHERE objects.damaged",
-                [(host, kind.value, oid, pack, offset, length, digest, now)
+                [(hid, code, oid, pid, offset, length, digest, now)
                  for oid, offset, length, digest in rows])
             added = cur.rowcount
-            db.execute("UPDATE packs SET state = 'done' WHERE name = ?", (pack,))
+            db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (pid,))
         return added
 
     def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None:
+        hid = self._known_hid(host)
         with self.write() as db:
             db.executemany("UPDATE objects SET damaged = 1 WHERE host = ? AND kind = ? "
-                           "AND id = ?", [(host, kind.value, i) for i in ids])
+                           "AND id = ?", [(hid, KIND_CODE[kind], i) for i in ids])
             # A subtree holding damage is no longer complete: later commits walk it again.
-            db.execute("UPDATE objects SET complete = 0 WHERE host = ?", (host,))
+            db.execute(f"UPDATE objects SET complete = 0 WHERE host = ? AND kind = {_PAGES} "
+                       "AND complete", (hid,))
 
     def mark_complete(self, host: str, page_ids: list[bytes]) -> None:
+        hid = self._known_hid(host)
         with self.write() as db:
-            db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
-                           "AND id = ? AND NOT damaged", [(host, i) for i in page_ids])
+            db.executemany(f"UPDATE objects SET complete = 1 WHERE host = ? AND kind = {_PAGES} "
+                           "AND id = ? AND NOT damaged", [(hid, i) for i in page_ids])
 
     def damaged(self, host: str) -> list[bytes]:
-        return [r[0] for r in self.read().execute(
+        hid = self._hid(host)
+        return [] if hid is None else [r[0] for r in self.read().execute(
             "SELECT id FROM objects INDEXED BY objects_damaged "
-            "WHERE host = ? AND kind = 'chunks' AND damaged ORDER BY id",
-            (host,))]
+            f"WHERE host = ? AND kind = {_CHUNKS} AND damaged ORDER BY id", (hid,))]
 
     # --- points
 
@@ -302,6 +388,7 @@ class SqliteCatalog:
     def insert_point(self, row: PointRow, complete_pages: list[bytes]) -> None:
         """The point becomes visible, with the pages its commit checked marked complete,
         in one transaction."""
+        hid = self._known_hid(row.host)
         with self.write() as db:
             db.execute("INSERT INTO points(host, point_id, created, committed, parent, size, "
                        "stats, pinned, verify, volumes, manifest, digest, head) "
@@ -309,8 +396,8 @@ class SqliteCatalog:
                        (row.host, row.point_id, row.created, row.committed, row.parent,
                         row.size, row.stats, int(row.pinned), row.verify, row.volumes,
                         row.manifest, row.digest, row.head()))
-            db.executemany("UPDATE objects SET complete = 1 WHERE host = ? AND kind = 'pages' "
-                           "AND id = ? AND NOT damaged", [(row.host, i) for i in complete_pages])
+            db.executemany(f"UPDATE objects SET complete = 1 WHERE host = ? AND kind = {_PAGES} "
+                           "AND id = ? AND NOT damaged", [(hid, i) for i in complete_pages])
 
     def points_json(self, host: str, limit: int | None, before: float | None,
                     after: float | None) -> bytes:
@@ -389,25 +476,29 @@ class SqliteCatalog:
     # --- garbage collection and recovery
 
     def object_ages(self, host: str, kind: ObjectKind) -> list[tuple[bytes, float]]:
-        return self.read().execute("SELECT id, seen FROM objects WHERE host = ? AND kind = ?",
-                                   (host, kind.value)).fetchall()
+        hid = self._hid(host)
+        return [] if hid is None else self.read().execute(
+            "SELECT id, seen FROM objects WHERE host = ? AND kind = ?",
+            (hid, KIND_CODE[kind])).fetchall()
 
     def delete_unseen(self, host: str, kind: ObjectKind, ids: list[bytes],
                       cutoff: float) -> int:
         """Delete these objects' rows unless seen since `cutoff` (a "missing" query may
         have refreshed one after GC looked). Returns how many went."""
+        hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
             cur = db.executemany("DELETE FROM objects WHERE host = ? AND kind = ? AND id = ? "
-                                 "AND seen < ?", [(host, kind.value, i, cutoff) for i in ids])
+                                 "AND seen < ?", [(hid, code, i, cutoff) for i in ids])
             return max(cur.rowcount, 0)
 
     def keep_complete_only(self, host: str, live_pages: set[bytes]) -> None:
         """Clear "complete" on every page of `host` outside `live_pages`."""
+        hid = self._known_hid(host)
         marked = [pid for (pid,) in self.read().execute(
-            "SELECT id FROM objects WHERE host = ? AND kind = 'pages' AND complete", (host,))]
+            f"SELECT id FROM objects WHERE host = ? AND kind = {_PAGES} AND complete", (hid,))]
         with self.write() as db:
-            db.executemany("UPDATE objects SET complete = 0 WHERE host = ? AND kind = 'pages' "
-                           "AND id = ?", [(host, p) for p in marked if p not in live_pages])
+            db.executemany(f"UPDATE objects SET complete = 0 WHERE host = ? AND kind = {_PAGES} "
+                           "AND id = ?", [(hid, p) for p in marked if p not in live_pages])
 
     def packs(self) -> list[PackRow]:
         return [PackRow(*r) for r in self.read().execute(
@@ -416,35 +507,44 @@ class SqliteCatalog:
     def pack_usage(self) -> dict[str, tuple[int, int]]:
         """pack -> (objects, bytes) still referenced by the catalog."""
         return {name: (n, size) for name, n, size in self.read().execute(
-            "SELECT pack, count(*), sum(length) FROM objects GROUP BY pack")}
+            "SELECT p.name, u.n, u.bytes FROM (SELECT pack, count(*) AS n, sum(length) AS "
+            "bytes FROM objects GROUP BY pack) AS u JOIN packs AS p ON p.pid = u.pack")}
 
     def drop_pack(self, name: str) -> bool:
         """Forget a pack no object row points to; False (and nothing done) if one does."""
         with self.write() as db:
-            if db.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1", (name,)).fetchone():
+            row = db.execute("SELECT pid FROM packs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return True
+            if db.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1", row).fetchone():
                 return False
-            db.execute("DELETE FROM packs WHERE name = ?", (name,))
+            db.execute("DELETE FROM packs WHERE pid = ?", row)
             return True
 
     def pack_objects(self, name: str) -> list[tuple[str, ObjectKind, bytes, Location]]:
-        return [(host, ObjectKind(kind), oid, Location(name, off, length, digest,
-                                                        bool(damaged), bool(complete)))
+        return [(host, _KIND_OF_CODE[kind], oid, Location(name, off, length, digest,
+                                                           bool(damaged), bool(complete)))
                 for host, kind, oid, off, length, digest, damaged, complete in
                 self.read().execute(
-                    "SELECT host, kind, id, offset, length, sha256, damaged, complete FROM "
-                    "objects WHERE pack = ? ORDER BY offset", (name,))]
+                    "SELECT h.name, o.kind, o.id, o.offset, o.length, o.sha256, o.damaged, "
+                    "o.complete FROM objects AS o JOIN hosts AS h ON h.hid = o.host "
+                    "WHERE o.pack = (SELECT pid FROM packs WHERE name = ?) ORDER BY o.offset",
+                    (name,))]
 
     def move_objects(self, old: str, new: str,
                      moves: list[tuple[str, ObjectKind, bytes, int, int]]) -> None:
         """Repoint (host, kind, id, old offset, new offset) rows from pack `old` to the
         written pack `new`, mark `new` done and forget `old`: one transaction."""
+        hids = {host: self._known_hid(host) for host, *_ in moves}
         with self.write() as db:
+            (old_pid,) = db.execute("SELECT pid FROM packs WHERE name = ?", (old,)).fetchone()
+            (new_pid,) = db.execute("SELECT pid FROM packs WHERE name = ?", (new,)).fetchone()
             db.executemany("UPDATE objects SET pack = ?, offset = ? WHERE host = ? AND "
                            "kind = ? AND id = ? AND pack = ? AND offset = ?",
-                           [(new, new_off, h, k.value, oid, old, old_off)
+                           [(new_pid, new_off, hids[h], KIND_CODE[k], oid, old_pid, old_off)
                             for h, k, oid, old_off, new_off in moves])
-            db.execute("UPDATE packs SET state = 'done' WHERE name = ?", (new,))
-            db.execute("DELETE FROM packs WHERE name = ?", (old,))
+            db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (new_pid,))
+            db.execute("DELETE FROM packs WHERE pid = ?", (old_pid,))
 
     def forget_pending(self, names: list[str]) -> None:
         with self.write() as db:
@@ -455,15 +555,14 @@ class SqliteCatalog:
         db = self.read()
         (hosts,) = db.execute("SELECT count(*) FROM hosts").fetchone()
         (points,) = db.execute("SELECT count(*) FROM points").fetchone()
-        objects = {kind: (n, b) for kind, n, b in db.execute(
+        objects = {_KIND_OF_CODE[kind]: (n, b) for kind, n, b in db.execute(
             "SELECT kind, count(*), coalesce(sum(length), 0) FROM objects GROUP BY kind")}
         (damaged,) = db.execute("SELECT count(*) FROM objects WHERE damaged").fetchone()
         packs, pack_bytes = db.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM packs WHERE state = 'done'").fetchone()
-        return {"hosts": hosts, "points": points,
-                "chunks": objects.get("chunks", (0, 0))[0],
-                "chunk_bytes": objects.get("chunks", (0, 0))[1],
-                "pages": objects.get("pages", (0, 0))[0],
+        chunks, chunk_bytes = objects.get(ObjectKind.chunks, (0, 0))
+        return {"hosts": hosts, "points": points, "chunks": chunks, "chunk_bytes": chunk_bytes,
+                "pages": objects.get(ObjectKind.pages, (0, 0))[0],
                 "damaged_objects": damaged, "packs": packs, "pack_bytes": pack_bytes}
 
 
@@ -476,3 +575,33 @@ def _row(r: tuple[Any, ...]) -> PointRow:
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Catalog version 1 to 2, inside the caller's transaction: hosts and packs get integer
+    keys, object rows are copied in pack order into the rowid table. Row counts are
+    compared before the old tables go: no row may be lost silently."""
+    for trigger in ("points_ins", "points_upd", "points_del"):  # they name the old `hosts`
+        db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    db.execute(_HOSTS_TABLE.format(name="hosts_v2"))
+    db.execute("INSERT INTO hosts_v2(name, created, key, retention, points_gen) "
+               "SELECT name, created, key, retention, points_gen FROM hosts "
+               "ORDER BY created, name")
+    db.execute(_PACKS_TABLE.format(name="packs_v2"))
+    db.execute("INSERT INTO packs_v2(name, state, created, size) "
+               "SELECT name, state, created, size FROM packs ORDER BY created, name")
+    db.execute(_OBJECTS_TABLE.format(name="objects_v2"))
+    db.execute(
+        "INSERT INTO objects_v2(host, kind, id, pack, offset, length, sha256, seen, damaged, "
+        "complete) SELECT h.hid, CASE o.kind WHEN 'chunks' THEN ? WHEN 'pages' THEN ? END, "
+        "o.id, p.pid, o.offset, o.length, o.sha256, o.seen, o.damaged, o.complete "
+        "FROM objects AS o JOIN hosts_v2 AS h ON h.name = o.host "
+        "JOIN packs_v2 AS p ON p.name = o.pack ORDER BY p.pid, o.offset", (_CHUNKS, _PAGES))
+    (old,) = db.execute("SELECT count(*) FROM objects").fetchone()
+    (new,) = db.execute("SELECT count(*) FROM objects_v2").fetchone()
+    if old != new:
+        raise UsageError(f"cannot migrate the catalog: {old - new} of its {old} object rows "
+                         "name a host or pack it does not know (left unchanged)")
+    for table in ("objects", "packs", "hosts"):
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_v2 RENAME TO {table}")

@@ -8,13 +8,11 @@ import logging
 import os
 import random
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
 from cdpcore.api import ObjectKind, PointInfo
 from cdpcore.errors import ServerError
 from cdpcore.manifest import Manifest
@@ -24,6 +22,7 @@ from hotcopy.capture import capture
 from hotcopy.remote import Remote
 from hotcopy.transfer import RetryPolicy
 from hotcopy.verify import iter_volume, open_point, verify_point
+from tests.server.stored import object_location
 
 from .conftest import Agent, write_at
 from .images import MiB
@@ -140,12 +139,7 @@ def test_loop_device_point_is_byte_for_byte(agent: Agent, loop_device: str,
 
 def _corrupt_chunk(cdp_server, host: str, chunk_id: bytes) -> None:  # type: ignore[no-untyped-def]
     """Flip a byte of a stored chunk inside its pack file, as bit rot would."""
-    db = sqlite3.connect(cdp_server.data_dir / CATALOG_FILE)
-    pack, offset, length = db.execute(
-        "SELECT pack, offset, length FROM objects WHERE host = ? AND kind = 'chunks' AND id = ?",
-        (host, chunk_id)).fetchone()
-    db.close()
-    path = cdp_server.data_dir / OBJECTS_DIR / pack
+    path, offset, length = object_location(cdp_server.data_dir, "chunks", chunk_id, host)
     data = bytearray(path.read_bytes())
     data[offset + length // 2] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -4,14 +4,13 @@ so a 1 TiB image with little data is backed up without reading the terabyte."""
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
-from cdp_server.datastore import CATALOG_FILE
 from cdpcore import format as fmt
 from cdpcore.index import Geometry, decode_page
 from hotcopy.scan import data_ranges
 from hotcopy.verify import open_point, verify_point
+from tests.server.stored import object_counts
 
 from .conftest import Agent, write_at
 from .test_backup import _point
@@ -42,13 +41,8 @@ def _nonzero_blocks(agent: Agent, geometry: Geometry, root: bytes) -> dict[int, 
     return out
 
 
-def _stored(cdp_server, host: str) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
-    db = sqlite3.connect(cdp_server.data_dir / CATALOG_FILE)
-    try:
-        return list(db.execute("SELECT kind, count(*) FROM objects WHERE host = ? "
-                               "GROUP BY kind ORDER BY kind", (host,)))
-    finally:
-        db.close()
+def _stored(cdp_server, host: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return object_counts(cdp_server.data_dir, host)
 
 
 def test_data_ranges_skip_holes(tmp_path: Path) -> None:

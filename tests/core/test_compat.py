@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -47,18 +47,23 @@ def open_point(codec: BlobCodec, point_id: str, repo: Path = REPO) -> Manifest:
                          volumes=volumes)
 
 
-def restore(codec: BlobCodec, point_id: str, repo: Path = REPO) -> tuple[Manifest, bytes]:
-    """As every reader does: the chunks are opened in the scheme the manifest declares."""
+def restore(codec: BlobCodec, point_id: str, repo: Path = REPO, *,
+            pages: ix.PageSource | None = None,
+            chunk: Callable[[bytes], bytes] | None = None) -> tuple[Manifest, bytes]:
+    """As every reader does: the chunks are opened in the scheme the manifest declares.
+    Pages and chunk blobs come from the fixture's files unless `pages` and `chunk` (ID ->
+    blob) name another store of the same objects."""
     manifest = open_point(codec, point_id, repo)
     chunks = codec.with_chunk_ids(manifest.chunk_ids)
     (volume,) = manifest.volumes
     geometry = volume.geometry
+    blob = chunk or (lambda chunk_id: (repo / "chunks" / chunk_id.hex()).read_bytes())
     out = bytearray()
-    for block, chunk_id in ix.iter_block_ids(geometry, DirPages(repo), volume.root_id):
+    for block, chunk_id in ix.iter_block_ids(geometry, pages or DirPages(repo), volume.root_id):
         if chunk_id == fmt.ZERO_ID:
             out += bytes(geometry.block_length(block))
         else:
-            out += chunks.open_block(chunk_id, (repo / "chunks" / chunk_id.hex()).read_bytes())
+            out += chunks.open_block(chunk_id, blob(chunk_id))
     return manifest, bytes(out)
 
 

@@ -20,6 +20,7 @@ from cdpcore import format as fmt
 from cdpcore.api import ObjectKind, Role
 from cdpcore.client import CdpClient
 from cdpcore.errors import NotFoundError, ServerError
+from tests.server.stored import object_location
 
 from .conftest import iterations, record
 from .pointkit import BS, Point, build, new_codec, push, random_volume, read_back
@@ -28,14 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def locate(data_dir: Path, kind: str, oid: bytes) -> tuple[Path, int, int]:
-    db = sqlite3.connect(f"file:{data_dir / 'catalog.sqlite'}?mode=ro", uri=True)
-    try:
-        pack, offset, length = db.execute(
-            "SELECT pack, offset, length FROM objects WHERE kind = ? AND id = ?",
-            (kind, oid)).fetchone()
-    finally:
-        db.close()
-    return data_dir / "objects" / pack, offset, length
+    return object_location(data_dir, kind, oid)
 
 
 def expected_ranges(points: list[Point], chunk: bytes) -> set[tuple[str, str, int, int]]:

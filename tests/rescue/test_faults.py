@@ -5,7 +5,6 @@ and an unknown point. Each gets its exact message and exit code."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import WrappedKey, new_master_key
+from tests.server.stored import object_location, set_checksum
 
 from .pointmaker import make_point
 
@@ -62,21 +62,14 @@ def corrupt_chunk(data_dir: Path, chunk_id: bytes, *, keep_checksum: bool) -> No
     """Flip one byte of a stored chunk in the server's pack file. With keep_checksum, also
     store the new blob's checksum in the catalog: a server that cannot notice (or a
     hostile one), so only the client's authentication check stands in the way."""
-    db = sqlite3.connect(data_dir / "catalog.sqlite")
-    pack, offset, length = db.execute(
-        "SELECT pack, offset, length FROM objects WHERE kind = 'chunks' AND id = ?",
-        (chunk_id,)).fetchone()
-    path = data_dir / "objects" / pack
+    path, offset, length = object_location(data_dir, "chunks", chunk_id)
     blob = bytearray(path.read_bytes()[offset:offset + length])
     blob[length // 2] ^= 0x40
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(blob)
     if keep_checksum:
-        with db:
-            db.execute("UPDATE objects SET sha256 = ? WHERE kind = 'chunks' AND id = ?",
-                       (hashlib.sha256(blob).digest(), chunk_id))
-    db.close()
+        set_checksum(data_dir, "chunks", chunk_id, hashlib.sha256(blob).digest())
 
 
 @pytest.mark.parametrize("keep_checksum", [False, True], ids=["server-detects", "client-detects"])

@@ -4,7 +4,6 @@ built by cdpcore.index and a sealed manifest."""
 from __future__ import annotations
 
 import base64
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import new_master_key
 from cdpcore.layout import Layout
 from cdpcore.manifest import Manifest, VolumeRecord, new_point_id
+
+from .stored import object_location
 
 BS = 4096
 
@@ -101,11 +102,8 @@ def restore(client: CdpClient, codec: BlobCodec, host: str, point_id: str) -> di
 
 def flip_stored_byte(data_dir: Path, kind: str, object_id: bytes, at: int = 40) -> None:
     """Flip one byte of a stored object in its pack file; the catalog still trusts it."""
-    db = sqlite3.connect(data_dir / "catalog.sqlite")
-    pack, offset = db.execute("SELECT pack, offset FROM objects WHERE kind = ? AND id = ?",
-                              (kind, object_id)).fetchone()
-    db.close()
-    with open(data_dir / "objects" / pack, "r+b") as f:
+    pack, offset, _ = object_location(data_dir, kind, object_id)
+    with open(pack, "r+b") as f:
         f.seek(offset + at)
         byte = f.read(1)
         f.seek(offset + at)

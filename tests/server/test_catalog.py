@@ -15,6 +15,8 @@ from cdpcore.api import ObjectKind
 def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path: Path) -> None:
     catalog = SqliteCatalog(tmp_path / "catalog.sqlite")
     ids = sorted(os.urandom(32) for _ in range(40))
+    catalog.create_host("web1", {})
+    catalog.create_host("db1", {})
 
     def add(host: str, kind: ObjectKind, pack: str, objects: list[bytes]) -> int:
         catalog.begin_pack(pack, 10 * len(objects))
