@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cdpcore.api import ObjectKind, Retention, Role
+from cdpcore.records import Checksum
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class Location:
     pack: str
     offset: int
     length: int
-    sha256: bytes
+    checksum: bytes
+    algorithm: Checksum  # of the checksum: that of the record stream it was uploaded in
     damaged: bool
     complete: bool
 
@@ -80,7 +82,8 @@ class Catalog(Protocol):
     def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None: ...
     def begin_pack(self, name: str, size: int) -> None: ...
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
-                    rows: list[tuple[bytes, int, int, bytes]], now: float,
+                    rows: list[tuple[bytes, int, int, bytes]], algorithm: Checksum,
+                    now: float,
                     touched: Sequence[bytes] = ...) -> int: ...
     def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None: ...
     def damaged(self, host: str) -> list[bytes]: ...
