@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cdpcore.api import ObjectKind, Retention, Role
-from cdpcore.records import Checksum
 
 
 @dataclass(frozen=True)
@@ -22,8 +21,7 @@ class Location:
     pack: str
     offset: int
     length: int
-    checksum: bytes
-    algorithm: Checksum  # of the checksum: that of the record stream it was uploaded in
+    sha256: bytes
     damaged: bool
     complete: bool
 
@@ -82,8 +80,7 @@ class Catalog(Protocol):
     def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None: ...
     def begin_pack(self, name: str, size: int) -> None: ...
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
-                    rows: list[tuple[bytes, int, int, bytes]], algorithm: Checksum,
-                    now: float,
+                    rows: list[tuple[bytes, int, int, bytes]], now: float,
                     touched: Sequence[bytes] = ...) -> int: ...
     def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None: ...
     def damaged(self, host: str) -> list[bytes]: ...

@@ -156,9 +156,9 @@ class _Walk:
                                      old_child if old_child != fmt.ZERO_ID else None))
                 else:
                     chunks.add(child)
-        if chunks:
-            found = catalog.locate(self.host, ObjectKind.chunks, chunks)
-            self.missing_chunks.update(c for c in chunks if c not in found or found[c].damaged)
+        if chunks:  # from the ID index alone: a chunk's location is not needed here
+            self.missing_chunks.update(chunks - catalog.present(self.host, ObjectKind.chunks,
+                                                                chunks))
         return children
 
 

@@ -121,13 +121,10 @@ class Datastore:
         self.catalog.touch(host, kind, list(present), time.time())
         return [i for i in dict.fromkeys(ids) if i not in present]
 
-    def upload(self, host: str, kind: ObjectKind, body: bytes,
-               algorithm: records.Checksum = records.UPLOAD_CHECKSUM) -> UploadResult:
-        """Store a record stream's new objects; `algorithm` is its checksum's, which the
-        catalog keeps with each object to check it at every later read."""
+    def upload(self, host: str, kind: ObjectKind, body: bytes) -> UploadResult:
         items: dict[bytes, tuple[bytes, memoryview]] = {}
         try:
-            for oid, checksum, blob in records.decode_record_views(body, algorithm):
+            for oid, checksum, blob in records.decode_record_views(body):
                 if oid == fmt.ZERO_ID:
                     raise BadRequest("the all-zero ID names an all-zero block or page, "
                                      "which is never stored")
@@ -157,8 +154,8 @@ class Datastore:
             self.catalog.begin_pack(pack, offset)
             try:
                 self.store.put(pack, parts)
-                stored = self.catalog.add_objects(host, kind, pack, rows, algorithm,
-                                                  time.time(), touched)
+                stored = self.catalog.add_objects(host, kind, pack, rows, time.time(),
+                                                  touched)
             except BaseException:
                 self._abandon(pack)
                 raise
@@ -191,7 +188,7 @@ class Datastore:
 
     def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]
               ) -> list[tuple[bytes, bytes, bytes]]:
-        """(id, blob, its stored checksum, checked) of each object; NotFoundError naming absent or
+        """(id, blob, its SHA-256, checked) of each object; NotFoundError naming absent or
         damaged ones. An object found corrupted here is marked damaged so the next backup
         heals it."""
         locs = self.catalog.locate(host, kind, ids)
@@ -219,9 +216,9 @@ class Datastore:
                         blob = _checked(oid, loc, blob)
                     except IntegrityError:
                         blob = self.read_current(host, kind, oid, loc)
-                    # Checked against its stored checksum (which a GC move keeps): the
+                    # Checked against its stored SHA-256 (which a GC move keeps): the
                     # answer reuses it rather than hashing the blob again.
-                    out.append((oid, blob, loc.checksum))
+                    out.append((oid, blob, loc.sha256))
                 except (IntegrityError, NotFoundError):
                     corrupted.append(oid)
         if corrupted:
@@ -234,6 +231,6 @@ class Datastore:
 
 
 def _checked(oid: bytes, loc: Location, blob: bytes) -> bytes:
-    if len(blob) != loc.length or loc.algorithm.digest(blob) != loc.checksum:
+    if len(blob) != loc.length or hashlib.sha256(blob).digest() != loc.sha256:
         raise IntegrityError(f"stored object {oid.hex()[:16]}… is corrupted")
     return blob

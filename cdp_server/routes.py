@@ -14,7 +14,6 @@ from cdpcore import records
 from cdpcore.api import (
     MAX_UPLOAD_BYTES,
     RECORDS_MEDIA_TYPE,
-    UPLOAD_MEDIA_TYPE,
     CommitRequest,
     GcReport,
     Health,
@@ -261,22 +260,19 @@ def verify(request: Request, who: Who) -> VerifyReport:
     return jobs.verify(_ds(request))
 
 
-def _upload_parts(ds: Datastore, host: str, kind: ObjectKind, parts: list[bytes],
-                  checksum: records.Checksum) -> UploadResult:
-    return ds.upload(host, kind, b"".join(parts), checksum)
+def _upload_parts(ds: Datastore, host: str, kind: ObjectKind,
+                  parts: list[bytes]) -> UploadResult:
+    return ds.upload(host, kind, b"".join(parts))
 
 
 # Declared last: "/hosts/{host}/{kind}" would otherwise capture "/hosts/{host}/points".
 @router.post("/hosts/{host}/{kind}", response_model=UploadResult,
-             openapi_extra={"requestBody": {"content": {
-                 name: {} for name in records.MEDIA_TYPES.values()}}})
+             openapi_extra={"requestBody": {"content": {RECORDS_MEDIA_TYPE: {}}}})
 async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> UploadResult:
     ds = _ds(request)
     await run_in_threadpool(require_host, ds, who, host, WRITE)
-    checksum = records.checksum_of_media_type(request.headers.get("content-type", ""))
-    if checksum is None:
-        raise BadRequest(f"uploads must be {UPLOAD_MEDIA_TYPE} (or, from older agents, "
-                         f"{RECORDS_MEDIA_TYPE})", 415)
+    if request.headers.get("content-type", "").split(";")[0].strip() != RECORDS_MEDIA_TYPE:
+        raise BadRequest(f"uploads must be {RECORDS_MEDIA_TYPE}", 415)
     # Parts joined once, in the worker thread: growing a buffer part by part on the event
     # loop copied each upload several times while holding up every other connection.
     parts: list[bytes] = []
@@ -286,8 +282,7 @@ async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> Upl
         size += len(part)
         if size > MAX_UPLOAD_BYTES:
             raise BadRequest(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
-    result: UploadResult = await run_in_threadpool(_upload_parts, ds, host, kind, parts,
-                                                   checksum)
+    result: UploadResult = await run_in_threadpool(_upload_parts, ds, host, kind, parts)
     m = _metrics(request)
     m.objects_stored.labels(kind.value).inc(result.stored)
     m.objects_duplicate.labels(kind.value).inc(result.duplicates)

@@ -25,7 +25,6 @@ from typing import Any
 
 from cdpcore.api import ObjectKind, Retention, Role
 from cdpcore.errors import UsageError
-from cdpcore.records import Checksum
 
 from .catalog import Location, PackRow, PointRow
 from .errors import Conflict, StorageFull
@@ -64,10 +63,7 @@ CREATE TABLE IF NOT EXISTS {name}(
 _OBJECTS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name}(
     host INTEGER NOT NULL, kind INTEGER NOT NULL, id BLOB NOT NULL, pack INTEGER NOT NULL,
-    offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    -- the blob's checksum from its upload record, and its algorithm (cdpcore.records:
-    -- 1 SHA-256, 2 BLAKE3)
-    checksum BLOB NOT NULL, algorithm INTEGER NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, sha256 BLOB NOT NULL,
     seen REAL NOT NULL, damaged INTEGER NOT NULL DEFAULT 0,
     -- pages only: the whole subtree below was present when a commit walked it
     complete INTEGER NOT NULL DEFAULT 0)"""
@@ -288,12 +284,12 @@ class SqliteCatalog:
         for part in _chunks(list(ids), 900):
             marks = ",".join("?" * len(part))
             for row in db.execute(
-                    "SELECT o.id, p.name, o.offset, o.length, o.checksum, o.algorithm, "
-                    "o.damaged, o.complete FROM objects AS o JOIN packs AS p ON p.pid = o.pack "
+                    "SELECT o.id, p.name, o.offset, o.length, o.sha256, o.damaged, o.complete "
+                    "FROM objects AS o JOIN packs AS p ON p.pid = o.pack "
                     f"WHERE o.host = ? AND o.kind = ? AND o.id IN ({marks})",
                     (hid, KIND_CODE[kind], *part)):
-                out[row[0]] = Location(row[1], row[2], row[3], row[4], Checksum(row[5]),
-                                       bool(row[6]), bool(row[7]))
+                out[row[0]] = Location(row[1], row[2], row[3], row[4], bool(row[5]),
+                                       bool(row[6]))
         return out
 
     def present(self, host: str, kind: ObjectKind, ids: Iterable[bytes]) -> set[bytes]:
@@ -335,10 +331,9 @@ class SqliteCatalog:
                        "VALUES (?, 'pending', ?, ?)", (name, time.time(), size))
 
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
-                    rows: list[tuple[bytes, int, int, bytes]], algorithm: Checksum,
-                    now: float, touched: Sequence[bytes] = ()) -> int:
-        """Make a written pack's objects visible: rows are (id, offset, length, checksum),
-        every checksum of `algorithm`.
+                    rows: list[tuple[bytes, int, int, bytes]], now: float,
+                    touched: Sequence[bytes] = ()) -> int:
+        """Make a written pack's objects visible: rows are (id, offset, length, sha256).
         An object already present and intact is not replaced (a concurrent upload won);
         a damaged one is (healing). `touched` objects (already present) get "last seen"
         refreshed in the same transaction: one commit, one fsync. Returns how many
@@ -349,13 +344,12 @@ class SqliteCatalog:
             db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
                            [(now, hid, code, i) for i in touched])
             cur = db.executemany(
-                "INSERT INTO objects(host, kind, id, pack, offset, length, checksum, "
-                "algorithm, seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(host, kind, id) DO UPDATE SET "
+                "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
                 "pack = excluded.pack, offset = excluded.offset, length = excluded.length, "
-                "checksum = excluded.checksum, algorithm = excluded.algorithm, "
-                "seen = excluded.seen, damaged = 0, complete = 0 WHERE objects.damaged",
-                [(hid, code, oid, pid, offset, length, digest, algorithm.value, now)
+                "sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, complete = 0 "
+                "WHERE objects.damaged",
+                [(hid, code, oid, pid, offset, length, digest, now)
                  for oid, offset, length, digest in rows])
             added = cur.rowcount
             db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (pid,))
@@ -528,13 +522,12 @@ class SqliteCatalog:
             return True
 
     def pack_objects(self, name: str) -> list[tuple[str, ObjectKind, bytes, Location]]:
-        return [(host, _KIND_OF_CODE[kind], oid,
-                 Location(name, off, length, digest, Checksum(algorithm), bool(damaged),
-                          bool(complete)))
-                for host, kind, oid, off, length, digest, algorithm, damaged, complete in
+        return [(host, _KIND_OF_CODE[kind], oid, Location(name, off, length, digest,
+                                                           bool(damaged), bool(complete)))
+                for host, kind, oid, off, length, digest, damaged, complete in
                 self.read().execute(
-                    "SELECT h.name, o.kind, o.id, o.offset, o.length, o.checksum, o.algorithm, "
-                    "o.damaged, o.complete FROM objects AS o JOIN hosts AS h ON h.hid = o.host "
+                    "SELECT h.name, o.kind, o.id, o.offset, o.length, o.sha256, o.damaged, "
+                    "o.complete FROM objects AS o JOIN hosts AS h ON h.hid = o.host "
                     "WHERE o.pack = (SELECT pid FROM packs WHERE name = ?) ORDER BY o.offset",
                     (name,))]
 
@@ -599,11 +592,9 @@ def _migrate_v1(db: sqlite3.Connection) -> None:
                "SELECT name, state, created, size FROM packs ORDER BY created, name")
     db.execute(_OBJECTS_TABLE.format(name="objects_v2"))
     db.execute(
-        "INSERT INTO objects_v2(host, kind, id, pack, offset, length, checksum, algorithm, "
-        "seen, damaged, complete) "
-        "SELECT h.hid, CASE o.kind WHEN 'chunks' THEN ? WHEN 'pages' THEN ? END, o.id, "
-        f"p.pid, o.offset, o.length, o.sha256, {Checksum.SHA256.value}, o.seen, o.damaged, "
-        "o.complete "
+        "INSERT INTO objects_v2(host, kind, id, pack, offset, length, sha256, seen, damaged, "
+        "complete) SELECT h.hid, CASE o.kind WHEN 'chunks' THEN ? WHEN 'pages' THEN ? END, "
+        "o.id, p.pid, o.offset, o.length, o.sha256, o.seen, o.damaged, o.complete "
         "FROM objects AS o JOIN hosts_v2 AS h ON h.name = o.host "
         "JOIN packs_v2 AS p ON p.name = o.pack ORDER BY p.pid, o.offset", (_CHUNKS, _PAGES))
     (old,) = db.execute("SELECT count(*) FROM objects").fetchone()

@@ -13,8 +13,6 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from .records import MEDIA_TYPES, UPLOAD_CHECKSUM, Checksum
-
 API_PREFIX = "/api/v1"
 #: Upper bound of one upload request body (records): keeps server memory bounded.
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -23,12 +21,8 @@ MAX_IDS_PER_REQUEST = 4096
 #: Upper bound of one fetch answer's stored bytes: a fetch of objects larger in all
 #: answers 413, and the client asks again for halves (blocks may be up to 4 MiB each).
 MAX_FETCH_BYTES = 64 * 1024 * 1024
-#: Media type of fetch answers (cdpcore.records; the version 1 framing, each record's
-#: checksum being the object's stored one, which readers do not check).
-RECORDS_MEDIA_TYPE = MEDIA_TYPES[Checksum.SHA256]
-#: Media type of uploads: record streams of version 2 (BLAKE3 checksums). Servers also
-#: accept version 1 (RECORDS_MEDIA_TYPE, SHA-256) from older agents.
-UPLOAD_MEDIA_TYPE = MEDIA_TYPES[UPLOAD_CHECKSUM]
+#: Media type of a binary record stream (cdpcore.records).
+RECORDS_MEDIA_TYPE = "application/x-cdp-records"
 #: Latest creation time a point may carry (9999-12-31T23:59:59Z): every time the server
 #: files by (retention's UTC calendar buckets) must be a date the platform can represent.
 MAX_POINT_TIME = 253402300799.0

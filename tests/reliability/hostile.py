@@ -26,7 +26,7 @@ Tamper = Callable[[str, str, bytes], bytes]
 def _swap_blobs(body: bytes) -> bytes:
     """Every record gets the next record's blob (checksum recomputed); a lone record gets
     its own blob with one byte changed."""
-    recs = list(records.decode_records(body, None))
+    recs = list(records.decode_records(body))
     if not recs:
         return body
     blobs = [b for _, _, b in recs]

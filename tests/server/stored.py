@@ -10,7 +10,6 @@ from pathlib import Path
 from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
 from cdp_server.sqlite_catalog import KIND_CODE
 from cdpcore.api import ObjectKind
-from cdpcore.records import Checksum
 
 _WHERE = "o.kind = ? AND o.id = ? AND (? IS NULL OR h.name = ?)"
 _FROM = ("FROM objects AS o JOIN packs AS p ON p.pid = o.pack "
@@ -34,16 +33,14 @@ def object_location(data_dir: Path, kind: str, object_id: bytes,
     return data_dir / OBJECTS_DIR / row[0], row[1], row[2]
 
 
-def store_checksum_of(data_dir: Path, kind: str, object_id: bytes, blob: bytes) -> None:
-    """Store the checksum of `blob` (in the object's own algorithm) as the object's: a
-    server that cannot notice that its stored bytes are now `blob`."""
+def set_checksum(data_dir: Path, kind: str, object_id: bytes, sha256: bytes) -> None:
+    """Store another checksum for an object: a server that cannot notice its damage."""
     db = sqlite3.connect(data_dir / CATALOG_FILE)
     try:
         with db:
-            (rowid, algorithm), = db.execute(f"SELECT o.rowid, o.algorithm {_FROM} WHERE {_WHERE}",
-                                             _args(kind, object_id, None))
-            db.execute("UPDATE objects SET checksum = ? WHERE rowid = ?",
-                       (Checksum(algorithm).digest(blob), rowid))
+            db.execute("UPDATE objects SET sha256 = ? WHERE rowid IN "
+                       f"(SELECT o.rowid {_FROM} WHERE {_WHERE})",
+                       (sha256, *_args(kind, object_id, None)))
     finally:
         db.close()
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from cdp_server.sqlite_catalog import SqliteCatalog
 from cdpcore.api import ObjectKind
-from cdpcore.records import Checksum
 
 
 def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path: Path) -> None:
@@ -23,7 +22,7 @@ def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path:
         catalog.begin_pack(pack, 10 * len(objects))
         return catalog.add_objects(host, kind, pack,
                                    [(oid, 10 * n, 10, bytes(32)) for n, oid in enumerate(objects)],
-                                   Checksum.BLAKE3, time.time())
+                                   time.time())
 
     add("web1", ObjectKind.chunks, "packs/a.pack", ids)
     add("web1", ObjectKind.pages, "packs/b.pack", ids[:5])

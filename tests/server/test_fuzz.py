@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdpcore import records
-from cdpcore.api import API_PREFIX, UPLOAD_MEDIA_TYPE, Role
+from cdpcore.api import API_PREFIX, RECORDS_MEDIA_TYPE, Role
 
 JSON_PATHS = ["/hosts/web1/chunks/missing", "/hosts/web1/pages/fetch", "/hosts/web1/points",
               "/hosts", "/hosts/web1/retention"]
@@ -62,7 +62,7 @@ def test_random_json_is_a_4xx(cdp_server, web1, body, path) -> None:  # type: ig
 def test_random_records_are_refused_cleanly(cdp_server, web1, body, kind) -> None:  # type: ignore[no-untyped-def]
     s = _session(cdp_server, web1[Role.agent])
     resp = s.post(f"{cdp_server.url}{API_PREFIX}/hosts/web1/{kind}", data=body,
-                  headers={"Content-Type": UPLOAD_MEDIA_TYPE}, timeout=30)
+                  headers={"Content-Type": RECORDS_MEDIA_TYPE}, timeout=30)
     assert resp.status_code < 500, resp.text
     if resp.status_code >= 400:
         assert resp.json()["detail"]

@@ -15,7 +15,7 @@ from cdpcore.api import (
     API_PREFIX,
     MAX_FETCH_BYTES,
     MAX_UPLOAD_BYTES,
-    UPLOAD_MEDIA_TYPE,
+    RECORDS_MEDIA_TYPE,
     ObjectKind,
     Role,
 )
@@ -31,7 +31,7 @@ def host(cdp_server):  # type: ignore[no-untyped-def]
 
 
 def _post(server, token: str, path: str, data: bytes,  # type: ignore[no-untyped-def]
-          ctype: str = UPLOAD_MEDIA_TYPE) -> requests.Response:
+          ctype: str = RECORDS_MEDIA_TYPE) -> requests.Response:
     return requests.post(server.url + API_PREFIX + path, data=data, verify=str(server.ca_path),
                          headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
                          timeout=60)
