@@ -15,6 +15,7 @@ migrated when the server opens it."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -28,6 +29,8 @@ from cdpcore.errors import UsageError
 
 from .catalog import Location, PackRow, PointRow
 from .errors import Conflict, StorageFull
+
+log = logging.getLogger("cdp.server")
 
 #: The catalog's schema version (`PRAGMA user_version`; 0 is version 1, which predates it).
 CATALOG_VERSION = 2
@@ -120,11 +123,20 @@ class SqliteCatalog:
         self._cache_lock = threading.Lock()
         #: host name -> hid; hosts are never deleted or renamed, so this never goes stale
         self._hids: dict[str, int] = {}
-        self._open_schema()
+        if self._open_schema():
+            # The old tables' pages are free now but still in the file (the new tables
+            # were written beside them): give the space back, once, and then the WAL's,
+            # which held the migration and the VACUUM (1.3 times the old catalog).
+            log.info("catalog %s migrated to version %d; compacting it", path,
+                     CATALOG_VERSION)
+            with self._write_lock:
+                self._db().execute("VACUUM")
+                self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _open_schema(self) -> None:
+    def _open_schema(self) -> bool:
         """Create the schema, or bring an older catalog up to date: one transaction, so a
-        kill during a migration leaves the old catalog as it was."""
+        kill during a migration leaves the old catalog as it was. True if it migrated."""
+        migrated = False
         with self.write() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > CATALOG_VERSION:
@@ -134,6 +146,7 @@ class SqliteCatalog:
                                                "WHERE type = 'table'")}
             if version < 2 and "objects" in tables:
                 _migrate_v1(db)
+                migrated = True
             for statement in _SCHEMA:
                 db.execute(statement)
             # Catalogs made before `doc` existed get it, filled.
@@ -143,6 +156,7 @@ class SqliteCatalog:
             for statement in _DOC_SCHEMA:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {CATALOG_VERSION}")
+        return migrated
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

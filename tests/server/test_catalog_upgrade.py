@@ -35,13 +35,14 @@ def _copy(tmp_path: Path) -> Path:
     return data
 
 
-def _schema(data: Path) -> tuple[int, str]:
-    """(user_version, the objects table's SQL)."""
+def _schema(data: Path) -> tuple[int, str, int]:
+    """(user_version, the objects table's SQL, free pages in the file)."""
     db = sqlite3.connect(data / CATALOG_FILE)
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'objects'").fetchone()
-        return version, sql
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+        return version, sql, free
     finally:
         db.close()
 
@@ -61,12 +62,14 @@ def _chunk(ds: Datastore, chunk_id: bytes) -> bytes:
 
 def test_version_1_datastore_is_migrated_and_reads_back_exactly(tmp_path: Path) -> None:
     data = _copy(tmp_path)
-    version, sql = _schema(data)
+    version, sql, _ = _schema(data)
     assert version == 0 and "host TEXT" in sql  # the fixture is still of version 1
     expected: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text())
 
     ds = Datastore.open(data)
-    assert _schema(data)[0] == CATALOG_VERSION == 2
+    version, _, free = _schema(data)
+    assert version == CATALOG_VERSION == 2
+    assert free == 0  # the old tables' pages were given back
     assert ds.recover().orphan_objects == 0  # every pack file is still known
     assert ds.catalog.status() == expected["status"]
     assert json.loads(ds.catalog.points_json("fixture", None, None, None)) == expected["points"]
