@@ -16,9 +16,10 @@ SHELL = "\x1a"  # ctrl+z: a shell on the same console
 def wait_focus(serial: Serial, placeholder: str, start: int) -> None:
     """Wait until the empty input showing `placeholder` has the focus: keys typed before
     go to the widget that had it. Only the focused input's cursor blinks, and each blink
-    repaints it: it is painted twice after start (a repaint that does not settle, so
-    Serial.quiet cannot tell)."""
-    serial.wait_for(placeholder, start=start, after=lambda shown: shown.count(placeholder) >= 2)
+    repaints it (a repaint that does not settle, so Serial.quiet cannot tell). Three paints
+    after start, not two: a screen still being drawn at `start` may paint an unfocused
+    input twice (the drill once typed the token into the URL field that way)."""
+    serial.wait_for(placeholder, start=start, after=lambda shown: shown.count(placeholder) >= 3)
 
 
 def connect(serial: Serial, passphrase: str, fingerprint: str, url: str = "",
@@ -29,14 +30,16 @@ def connect(serial: Serial, passphrase: str, fingerprint: str, url: str = "",
     shown."""
     hint = {key: text for key, _, text, _ in FIELDS}
     serial.wait_for("1/6 Network")
+    at = serial.mark()
     serial.keys(NEXT)
-    serial.wait_for("2/6 Connect")
-    for value, following in ((url, "token"), (token, "passphrase")):
+    serial.wait_for("2/6 Connect", start=at)
+    # Each field is typed once it has the focus (the screen focuses the first empty one,
+    # Enter the next): Enter moves the focus by a message, after keys already typed.
+    for key, value in (("url", url), ("token", token), ("passphrase", passphrase)):
         if value:
+            wait_focus(serial, hint[key], at)
             at = serial.mark()
-            serial.keys(value + "\r")  # Enter moves on to the next field
-            wait_focus(serial, hint[following], at)
-    serial.keys(passphrase + "\r")
+            serial.keys(value + "\r")
     serial.wait_for("Trust this server?")
     serial.wait_for(fingerprint)  # shown whole, on one line, before anything is sent
     serial.keys("y")
