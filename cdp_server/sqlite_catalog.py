@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cdpcore.api import ObjectKind, Retention, Role
-from cdpcore.errors import UsageError
+from cdpcore.errors import ServerError, UsageError
 
 from .catalog import Location, PackRow, PointRow
 from .errors import Conflict, StorageFull
@@ -354,7 +354,7 @@ class SqliteCatalog:
         became visible."""
         hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
-            (pid,) = db.execute("SELECT pid FROM packs WHERE name = ?", (pack,)).fetchone()
+            pid = _registered_pack(db, pack)
             db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
                            [(now, hid, code, i) for i in touched])
             cur = db.executemany(
@@ -527,12 +527,12 @@ class SqliteCatalog:
     def drop_pack(self, name: str) -> bool:
         """Forget a pack no object row points to; False (and nothing done) if one does."""
         with self.write() as db:
-            row = db.execute("SELECT pid FROM packs WHERE name = ?", (name,)).fetchone()
-            if row is None:
+            pid = _pack_id(db, name)
+            if pid is None:
                 return True
-            if db.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1", row).fetchone():
+            if db.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1", (pid,)).fetchone():
                 return False
-            db.execute("DELETE FROM packs WHERE pid = ?", row)
+            db.execute("DELETE FROM packs WHERE pid = ?", (pid,))
             return True
 
     def pack_objects(self, name: str) -> list[tuple[str, ObjectKind, bytes, Location]]:
@@ -551,8 +551,7 @@ class SqliteCatalog:
         written pack `new`, mark `new` done and forget `old`: one transaction."""
         hids = {host: self._known_hid(host) for host, *_ in moves}
         with self.write() as db:
-            (old_pid,) = db.execute("SELECT pid FROM packs WHERE name = ?", (old,)).fetchone()
-            (new_pid,) = db.execute("SELECT pid FROM packs WHERE name = ?", (new,)).fetchone()
+            old_pid, new_pid = _registered_pack(db, old), _registered_pack(db, new)
             db.executemany("UPDATE objects SET pack = ?, offset = ? WHERE host = ? AND "
                            "kind = ? AND id = ? AND pack = ? AND offset = ?",
                            [(new_pid, new_off, hids[h], KIND_CODE[k], oid, old_pid, old_off)
@@ -589,6 +588,23 @@ def _row(r: tuple[Any, ...]) -> PointRow:
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _pack_id(db: sqlite3.Connection, name: str) -> int | None:
+    row = db.execute("SELECT pid FROM packs WHERE name = ?", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _registered_pack(db: sqlite3.Connection, name: str) -> int:
+    """The ID of a pack that must still be registered: GC forgets a pending pack after
+    PENDING_TIMEOUT, and an upload slower than that must fail (the client retries), not
+    add rows pointing at a pack file GC has deleted."""
+    pid = _pack_id(db, name)
+    if pid is None:
+        raise ServerError(f"pack {name} is no longer registered in the catalog (its upload "
+                          "outlasted the pending timeout and garbage collection removed it); "
+                          "nothing of it was stored", 503)
+    return pid
 
 
 def _migrate_v1(db: sqlite3.Connection) -> None:

@@ -8,8 +8,11 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from cdp_server.sqlite_catalog import SqliteCatalog
 from cdpcore.api import ObjectKind
+from cdpcore.errors import ServerError
 
 
 def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path: Path) -> None:
@@ -36,3 +39,19 @@ def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path:
     # The next backup uploads the chunk again: it replaces the damaged copy.
     assert add("web1", ObjectKind.chunks, "packs/d.pack", [ids[3]]) == 1
     assert catalog.damaged("web1") == [ids[7]]
+
+
+def test_objects_of_a_pack_forgotten_meanwhile_are_refused(tmp_path: Path) -> None:
+    """GC forgets a pending pack after its timeout (and deletes the file): an upload that
+    slow must fail whole, not add rows that point at no pack."""
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite")
+    catalog.create_host("web1", {})
+    oid = os.urandom(32)
+    catalog.begin_pack("packs/slow.pack", 10)
+    catalog.forget_pending(["packs/slow.pack"])
+    with pytest.raises(ServerError, match=r"pack packs/slow\.pack is no longer registered") as err:
+        catalog.add_objects("web1", ObjectKind.chunks, "packs/slow.pack",
+                            [(oid, 0, 10, bytes(32))], time.time())
+    assert err.value.status == 503
+    assert catalog.present("web1", ObjectKind.chunks, [oid]) == set()
+    assert catalog.status()["chunks"] == 0
