@@ -136,12 +136,12 @@ class Datastore:
         except FormatError as exc:
             raise BadRequest(str(exc)) from None
         if not items:
-            return UploadResult(stored=0, duplicates=0)
+            return UploadResult(stored=0, duplicates=0, stored_bytes=0)
         # Damaged objects count as absent: their new copy replaces them (healing).
         present = self.catalog.present(host, kind, items)
         new = [oid for oid in items if oid not in present]
         touched = [o for o in items if o in present]
-        stored = 0
+        stored = offset = 0
         if not new:
             self.catalog.touch(host, kind, touched, time.time())
         else:
@@ -159,7 +159,10 @@ class Datastore:
             except BaseException:
                 self._abandon(pack)
                 raise
-        return UploadResult(stored=stored, duplicates=len(items) - stored)
+        # stored_bytes is the pack's size. In the rare race where a concurrent upload of the
+        # same host stored some of these objects first, their copies in this pack are
+        # referenced by no row (GC rewrites or deletes such packs).
+        return UploadResult(stored=stored, duplicates=len(items) - stored, stored_bytes=offset)
 
     def _abandon(self, pack: str) -> None:
         """Undo a failed upload's pack. If even that fails (a full disk can refuse the

@@ -67,6 +67,9 @@ class IdList(BaseModel):
 class UploadResult(BaseModel):
     stored: int  # newly stored
     duplicates: int  # already present (not written again)
+    #: Bytes of blobs the upload wrote to storage (None from servers before it was added):
+    #: what an agent that uploaded without asking first learns of the duplicates it sent.
+    stored_bytes: int | None = None
 
 
 class VolumeWire(BaseModel):

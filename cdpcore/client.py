@@ -276,15 +276,17 @@ class CdpClient:
 
     def upload(self, host: str, kind: ObjectKind,
                items: list[tuple[bytes, bytes]]) -> UploadResult:
-        stored = duplicates = 0
+        total = UploadResult(stored=0, duplicates=0, stored_bytes=0)
         for part in _split_items(items):
             resp = self._request("POST", f"/hosts/{host}/{kind.value}",
                                  data=records.encode_records(part),
                                  headers={"Content-Type": RECORDS_MEDIA_TYPE})
             result = UploadResult.model_validate(resp.json())
-            stored += result.stored
-            duplicates += result.duplicates
-        return UploadResult(stored=stored, duplicates=duplicates)
+            total.stored += result.stored
+            total.duplicates += result.duplicates
+            total.stored_bytes = (None if total.stored_bytes is None or result.stored_bytes is None
+                                  else total.stored_bytes + result.stored_bytes)
+        return total
 
     def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]) -> dict[bytes, bytes]:
         """The blobs of `ids`. Pages are checked against their ID here; chunks are not

@@ -143,7 +143,9 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     # at the next point rather than missed.
     eras = _checkpoint_eras(specs) if tracking == "era" else {}
     created = time.time()
-    uploads = sealpool.Uploads(remote, host, opts.retry, throttle)
+    # A point after doubt may resend much that the server holds: ask what it lacks first.
+    uploads = sealpool.Uploads(remote, host, opts.retry, throttle,
+                               ask_first=doubt is not None and latest is not None)
     with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
             sealpool.SealPool(codec, damaged, workers, uploads) as pool:
         volumes: list[_Volume] = []

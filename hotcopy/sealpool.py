@@ -4,8 +4,9 @@ inherit the codec (its keys are never pickled), the set of damaged chunks and th
 connection settings; each task names a segment of the snapshot, which the worker reads
 and seals. The worker keeps the new chunks until it holds a request's worth, then its
 upload thread asks the server which of them it lacks and uploads those over the worker's
-own connection while the worker seals on; only IDs and counts cross the pipe back to the
-parent. Before the point's index goes up, `SealPool.flush` gathers what the workers still
+own connection while the worker seals on (asking first only while the server's answers
+show that much of a batch is stored already: `transfer.Asking`); only IDs and counts cross
+the pipe back to the parent. Before the point's index goes up, `SealPool.flush` gathers what the workers still
 hold (less than a request's worth each) into one upload by the parent. Workers share no
 mutable state and die with the parent (PR_SET_PDEATHSIG), as rescue/stream.py's do.
 
@@ -33,6 +34,7 @@ from .errors import SourceError
 from .remote import Remote
 from .transfer import (
     BATCH_BYTES,
+    Asking,
     RetryPolicy,
     Sender,
     Throttle,
@@ -90,6 +92,9 @@ class Uploads:
     host: str
     policy: RetryPolicy
     throttle: Throttle
+    #: Ask the server what it lacks before the first batch: the point may send much that it
+    #: holds (a rescan after the agent's state was lost); else most of what is sent is new.
+    ask_first: bool = True
 
 
 @dataclass
@@ -98,6 +103,7 @@ class _Worker:
     damaged: frozenset[bytes]
     uploads: Uploads | None = None
     flushed: threading.Barrier | None = None  # every worker takes one flush task
+    asking: Asking = field(default_factory=Asking)
     #: sealed chunks not yet handed to the upload thread, by ID, and their bytes
     pending: dict[bytes, bytes] = field(default_factory=dict)
     pending_bytes: int = 0
@@ -141,7 +147,8 @@ def _init(parent: int, codec: BlobCodec, damaged: frozenset[bytes], uploads: Upl
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    _worker = _Worker(codec, damaged, uploads, flushed)
+    _worker = _Worker(codec, damaged, uploads, flushed,
+                      Asking(present_share=1.0 if uploads.ask_first else 0.0))
 
 
 def _read(file: DirectFile, path: str, at: int, length: int) -> bytes | memoryview:
@@ -199,7 +206,7 @@ def _upload(batch: dict[bytes, bytes]) -> UploadStats:
     up = _worker.uploads
     stats = UploadStats()
     send_new_chunks(Sender(up.remote, up.host, up.policy, up.throttle, stats), batch,
-                    _worker.damaged)
+                    _worker.damaged, _worker.asking)
     return stats
 
 
@@ -235,14 +242,15 @@ def seal_and_keep(seg: Segment) -> Stored:
     return Stored(sealed.ids, uploaded)
 
 
-def _flush(_: int) -> tuple[UploadStats, dict[bytes, bytes]]:
+def _flush(_: int) -> tuple[UploadStats, dict[bytes, bytes], Asking]:
     """Runs in a worker: finish its upload and hand back the chunks it still holds (less
     than a request's worth: the parent sends every worker's rest in one request, so a
-    small point costs one upload, not one per worker). Then wait for the others, so that
-    each of the flush tasks lands on a different worker (also when an upload fails)."""
+    small point costs one upload, not one per worker) and what its uploads learnt. Then
+    wait for the others, so that each of the flush tasks lands on a different worker (also
+    when an upload fails)."""
     assert _worker is not None and _worker.flushed is not None
     try:
-        return _sent(), _take_pending()
+        return _sent(), _take_pending(), _worker.asking
     finally:
         _worker.flushed.wait()
 
@@ -270,11 +278,15 @@ class SealPool:
         `sender`, which counts it); call with no segment in flight. Returns what the
         workers' own uploads sent."""
         total, rest = UploadStats(), {}
+        asking = Asking(present_share=0.0)
         for done in [self._pool.submit(_flush, i) for i in range(self.workers)]:
-            sent, held = done.result()
+            sent, held, learnt = done.result()
             total.add(sent)
             rest.update(held)
-        send_new_chunks(sender, rest, self._damaged)
+            # The rest is asked about if any worker would have asked.
+            asking.present_share = max(asking.present_share, learnt.present_share)
+            asking.measurable = asking.measurable and learnt.measurable
+        send_new_chunks(sender, rest, self._damaged, asking)
         return total
 
     def shutdown(self, *, cancel: bool = False) -> None:

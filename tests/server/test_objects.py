@@ -46,9 +46,11 @@ def test_upload_missing_fetch_round_trip(host) -> None:  # type: ignore[no-untyp
     assert agent.missing("web1", ObjectKind.chunks, ids) == set(ids)
     result = agent.upload("web1", ObjectKind.chunks, items[:20])  # type: ignore[arg-type]
     assert (result.stored, result.duplicates) == (20, 0)
+    assert result.stored_bytes == sum(len(b) for _, b in items[:20])
     assert agent.missing("web1", ObjectKind.chunks, ids) == set(ids[20:])
     result = agent.upload("web1", ObjectKind.chunks, items)  # type: ignore[arg-type]
     assert (result.stored, result.duplicates) == (30, 20)
+    assert result.stored_bytes == sum(len(b) for _, b in items[20:])
     assert agent.missing("web1", ObjectKind.chunks, ids) == set()
     got = agent.fetch("web1", ObjectKind.chunks, ids)
     assert [codec.open_block(i, got[i]) for i in ids] == blocks
