@@ -211,6 +211,45 @@ def test_every_worker_sends_the_chunks_it_holds_before_the_commit(
     assert b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol)) == data
 
 
+class _ParentUploads:
+    """The agent's server client, counting the chunk uploads the agent process itself
+    makes (the sealing workers' own go through their forked copies of it)."""
+
+    def __init__(self, remote: Remote) -> None:
+        self._remote, self._parent = remote, os.getpid()
+        self.chunk_uploads = 0
+
+    def upload(self, host: str, kind: ObjectKind, items: list[tuple[bytes, bytes]]) -> Any:
+        if os.getpid() == self._parent and kind is ObjectKind.chunks:
+            self.chunk_uploads += 1
+        return self._remote.upload(host, kind, items)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._remote, name)
+
+
+@pytest.mark.parametrize(("every", "parent_uploads"), [(64, 1), (1, 0)])
+def test_workers_upload_a_large_rest_themselves_and_small_rests_go_up_together(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        every: int, parent_uploads: int) -> None:
+    """At the end of a point, a worker holding at least FLUSH_OWN_BYTES uploads it
+    beside the others; smaller rests are sent by the agent in one request."""
+    monkeypatch.setattr(scan, "SEGMENT_BYTES", 1 * MiB)
+    image = tmp_path / "data.img"
+    data = bytearray(6 * MiB)
+    for block in range(0, len(data) // BS, every):  # 6 MiB of data, or one block per MiB
+        data[block * BS:(block + 1) * BS] = os.urandom(BS)
+    image.write_bytes(data)
+    remote = _ParentUploads(agent.remote)
+    info = backup(remote, agent.host, agent.codec, [str(image)],  # type: ignore[arg-type]
+                  agent.state_dir, workers=2)
+    assert remote.chunk_uploads == parent_uploads
+    assert info.stats.new_chunks == len(data) // BS // every
+    manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    (vol,) = manifest.volumes
+    assert b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol)) == data
+
+
 class _FullInWorkers:
     """The agent's server client, except that an upload from any other process (a
     sealing worker) is refused as the server refuses one when its datastore is full."""
