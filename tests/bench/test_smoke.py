@@ -90,3 +90,13 @@ def test_evict_drops_files_from_the_page_cache(tmp_path: Path) -> None:
     assert [cached_bytes(f) for f in files] == [4 * workload.MiB] * 2
     assert evict(files[0], tmp_path / "repo") == 2
     assert [cached_bytes(f) for f in files] == [0, 0]
+
+
+def test_the_resident_tracked_incremental_is_judged_against_restics_incremental() -> None:
+    from bench.report import Stat, targets
+
+    summary = {"restic": {"incr_s": Stat.of([10.0])},
+               "cdp-tracking": {"incr_s": Stat.of([2.0]), "incr_resident_s": Stat.of([0.4])}}
+    got = {t.name: (t.measured, t.met) for t in targets(summary, None)}
+    assert got["incremental, change tracking"] == (0.2, False)
+    assert got["incremental, change tracking, resident agent"] == (0.04, True)
