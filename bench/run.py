@@ -156,9 +156,10 @@ def run_tool(tool: Tool, prep: Prepared, scratch: Path, out: Collector,
 
 def run_resident(tool: CdpTool, prep: Prepared, scratch: Path, out: Collector,
                  cool: Callable[..., object]) -> None:
-    """The tracked incremental in a resident agent: a full backup, the change, the
-    incremental, all by one agent process, the page cache dropped before the incremental
-    as for every measured step (the agent's own modules are loaded by then)."""
+    """The incremental in a resident agent, as `cdp-agent run` takes its points: a full
+    backup, the change, the incremental (tracked or scanned, as the tool's own), all by
+    one agent process, the page cache dropped before the incremental as for every
+    measured step (the agent's own modules are loaded by then)."""
     work, disk = fresh_work(scratch, f"{tool.name}-resident", prep)
     try:
         tool.setup(work)
@@ -166,7 +167,7 @@ def run_resident(tool: CdpTool, prep: Prepared, scratch: Path, out: Collector,
             agent.backup()
             workload.apply_change(disk, prep.writes)
             cool(disk, work)
-            incr = agent.backup(changed=prep.ranges)
+            incr = agent.backup(changed=prep.ranges if tool.tracking else None)
     finally:
         tool.close()
     out.add(tool.name, "incr_resident_s", incr.wall)
@@ -237,7 +238,7 @@ def benchmark(settings: Settings, tools: list[Tool],
                 continue
             try:
                 run_tool(tool, prep, scratch, col, cool)
-                if isinstance(tool, CdpTool) and tool.tracking:
+                if isinstance(tool, CdpTool):
                     run_resident(tool, prep, scratch, col, cool)
             except CdpError as exc:  # one failing tool must not cost the others' figures
                 log.error("%s failed: %s", tool.name, exc)

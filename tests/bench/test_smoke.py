@@ -70,8 +70,9 @@ def test_smoke_run(tmp_path: Path, peer_versions: dict[str, str]) -> None:
     assert doc["empty_point"]["volume_size"] == 64 * workload.MiB
     assert set(doc["raw"]["limit"]) >= {"restore_floor_s", "start_floor_s"}
     assert doc["errors"] == []
-    # The tracked incremental again, taken by one resident agent process.
+    # Each incremental of ours again, taken by one resident agent process.
     assert len(doc["raw"]["cdp-tracking"]["incr_resident_s"]) == 1
+    assert len(doc["raw"]["cdp-scan"]["incr_resident_s"]) == 1
     assert "| Incremental backup time, resident agent (as `cdp-agent run`) |" in proc.stdout
     assert "| Restore floor: the non-zero 16 KiB blocks written from memory, fsynced |" \
         in proc.stdout
@@ -92,11 +93,14 @@ def test_evict_drops_files_from_the_page_cache(tmp_path: Path) -> None:
     assert [cached_bytes(f) for f in files] == [0, 0]
 
 
-def test_the_resident_tracked_incremental_is_judged_against_restics_incremental() -> None:
+def test_the_resident_incrementals_are_judged_against_restics_incremental() -> None:
     from bench.report import Stat, targets
 
     summary = {"restic": {"incr_s": Stat.of([10.0])},
-               "cdp-tracking": {"incr_s": Stat.of([2.0]), "incr_resident_s": Stat.of([0.4])}}
+               "cdp-tracking": {"incr_s": Stat.of([2.0]), "incr_resident_s": Stat.of([0.4])},
+               "cdp-scan": {"incr_s": Stat.of([3.0]), "incr_resident_s": Stat.of([2.4])}}
     got = {t.name: (t.measured, t.met) for t in targets(summary, None)}
     assert got["incremental, change tracking"] == (0.2, False)
     assert got["incremental, change tracking, resident agent"] == (0.04, True)
+    assert got["incremental, scan"] == (0.3, False)
+    assert got["incremental, scan, resident agent"] == (0.24, True)
