@@ -100,20 +100,6 @@ def _split_ids(ids: list[bytes]) -> Iterator[list[bytes]]:
         yield ids[start:start + MAX_IDS_PER_REQUEST]
 
 
-def _split_items(items: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
-    batch: list[tuple[bytes, bytes]] = []
-    size = 0
-    for oid, blob in items:
-        need = records.RECORD_HEADER_SIZE + len(blob)
-        if batch and (size + need > MAX_UPLOAD_BYTES or len(batch) >= MAX_IDS_PER_REQUEST):
-            yield batch
-            batch, size = [], 0
-        batch.append((oid, blob))
-        size += need
-    if batch:
-        yield batch
-
-
 @dataclass
 class ServerPages:
     """A cdpcore.index.PageSource reading a host's index pages from the server."""
@@ -277,7 +263,7 @@ class CdpClient:
     def upload(self, host: str, kind: ObjectKind,
                items: list[tuple[bytes, bytes]]) -> UploadResult:
         total = UploadResult(stored=0, duplicates=0, stored_bytes=0)
-        for part in _split_items(items):
+        for part in records.split_records(items, MAX_UPLOAD_BYTES, MAX_IDS_PER_REQUEST):
             resp = self._request("POST", f"/hosts/{host}/{kind.value}",
                                  data=records.encode_records(part),
                                  headers={"Content-Type": RECORDS_MEDIA_TYPE})

@@ -24,6 +24,23 @@ RECORD_HEADER_SIZE = _RECORD.size  # 68
 MAX_RECORD_BLOB = fmt.MAX_BLOCK_SIZE + fmt.BLOB_OVERHEAD
 
 
+def split_records(items: list[tuple[bytes, bytes]], max_bytes: int, max_count: int,
+                  ) -> Iterator[list[tuple[bytes, bytes]]]:
+    """(id, blob) items cut, in order, into requests whose record stream holds at most
+    `max_bytes` and `max_count` records (an item larger than `max_bytes` goes alone)."""
+    batch: list[tuple[bytes, bytes]] = []
+    size = 0
+    for oid, blob in items:
+        need = RECORD_HEADER_SIZE + len(blob)
+        if batch and (size + need > max_bytes or len(batch) >= max_count):
+            yield batch
+            batch, size = [], 0
+        batch.append((oid, blob))
+        size += need
+    if batch:
+        yield batch
+
+
 def _header(object_id: bytes, blob: bytes, checksum: bytes | None) -> bytes:
     if checksum is None:
         checksum = hashlib.sha256(blob).digest()

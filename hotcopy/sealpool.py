@@ -292,9 +292,7 @@ class SealPool:
             sent, held, learnt = done.result()
             total.add(sent)
             rest.update(held)
-            # The rest is asked about if any worker would have asked.
-            asking.present_share = max(asking.present_share, learnt.present_share)
-            asking.measurable = asking.measurable and learnt.measurable
+            asking.join(learnt)  # the rest is asked about if any worker would have asked
         send_new_chunks(sender, rest, self._damaged, asking)
         return total
 

@@ -10,10 +10,11 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cdpcore import records
 from cdpcore.api import MAX_IDS_PER_REQUEST, MAX_UPLOAD_BYTES, ObjectKind, UploadResult
 from cdpcore.errors import ConnectionFailed, ServerError
 
@@ -102,6 +103,11 @@ class Asking:
         if total_bytes:
             self.present_share = present_bytes / total_bytes
 
+    def join(self, other: Asking) -> None:
+        """Take in what another uploader learnt: ask if either would."""
+        self.present_share = max(self.present_share, other.present_share)
+        self.measurable = self.measurable and other.measurable
+
 
 def send_new_chunks(sender: Sender, chunks: Mapping[bytes, bytes],
                     damaged: Collection[bytes], asking: Asking) -> None:
@@ -159,7 +165,7 @@ class Sender:
         bytes the server stored of them (None if a server did not say)."""
         sent, stored = 0, 0
         known = True  # every answer said what it stored
-        for batch in _requests(items):
+        for batch in records.split_records(items, UPLOAD_BYTES, MAX_IDS_PER_REQUEST):
             new = self._send_batch(kind, batch)
             sent += sum(len(b) for _, b in batch)
             known = known and new is not None
@@ -203,20 +209,6 @@ class Sender:
             else:
                 self.stats.new_pages += len(batch) - duplicates
         return None if result is not None and result.stored_bytes is None else stored_bytes
-
-
-def _requests(items: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
-    """`items` cut into requests of at most UPLOAD_BYTES (68: a record's header)."""
-    batch: list[tuple[bytes, bytes]] = []
-    size = 0
-    for oid, blob in items:
-        if batch and size + len(blob) + 68 > UPLOAD_BYTES:
-            yield batch
-            batch, size = [], 0
-        batch.append((oid, blob))
-        size += len(blob) + 68
-    if batch:
-        yield batch
 
 
 class PageUploader:

@@ -122,3 +122,16 @@ def test_a_first_point_after_a_failed_one_counts_only_what_it_stored(
     stored = agent.remote.fetch(agent.host, ObjectKind.chunks,
                                 [agent.codec.keys.chunk_id(b) for b in blocks[40:]])
     assert info.stats.new_bytes == sum(map(len, stored.values()))
+
+
+def test_joined_answers_ask_if_any_uploader_would() -> None:
+    asking = Asking(present_share=0.0)
+    asking.join(Asking(present_share=0.01))
+    assert not asking.wanted()
+    asking.join(Asking(present_share=0.5))
+    asking.join(Asking(present_share=0.0))  # a later uploader that saw all new
+    assert asking.wanted() and asking.present_share == 0.5
+    quiet = Asking(present_share=0.0)
+    quiet.join(Asking(present_share=0.0, measurable=False))
+    quiet.join(Asking(present_share=0.0))  # an older server stays one
+    assert quiet.wanted()

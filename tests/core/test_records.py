@@ -70,3 +70,16 @@ def test_record_count_limit() -> None:
 def test_garbage_never_crashes(data: bytes) -> None:
     with contextlib.suppress(FormatError, IntegrityError):
         list(records.decode_records(data))
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=40),
+       st.integers(min_value=1, max_value=800), st.integers(min_value=1, max_value=6))
+def test_split_records_keeps_order_and_both_limits(sizes: list[int], max_bytes: int,
+                                                   max_count: int) -> None:
+    items = [(bytes([i]) * 32, b"x" * n) for i, n in enumerate(sizes)]
+    parts = list(records.split_records(items, max_bytes, max_count))
+    assert [item for part in parts for item in part] == items
+    for part in parts:
+        assert 1 <= len(part) <= max_count
+        # Over the byte limit only as a single record that alone exceeds it.
+        assert len(part) == 1 or len(records.encode_records(part)) <= max_bytes
