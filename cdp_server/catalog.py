@@ -21,7 +21,8 @@ class Location:
     pack: str
     offset: int
     length: int
-    sha256: bytes
+    #: from the object's upload record: CRC-32 (4 bytes) or SHA-256 (32), cdpcore.records
+    checksum: bytes
     damaged: bool
     complete: bool
 

@@ -121,10 +121,13 @@ class Datastore:
         self.catalog.touch(host, kind, list(present), time.time())
         return [i for i in dict.fromkeys(ids) if i not in present]
 
-    def upload(self, host: str, kind: ObjectKind, body: bytes) -> UploadResult:
+    def upload(self, host: str, kind: ObjectKind, body: bytes,
+               form: records.RecordFormat = records.CURRENT) -> UploadResult:
+        """Store the objects of one record stream (`form`: its version, from the media
+        type) in one pack. Each keeps the checksum its record carried."""
         items: dict[bytes, tuple[bytes, memoryview]] = {}
         try:
-            for oid, checksum, blob in records.decode_record_views(body):
+            for oid, checksum, blob in records.decode_record_views(body, form):
                 if oid == fmt.ZERO_ID:
                     raise BadRequest("the all-zero ID names an all-zero block or page, "
                                      "which is never stored")
@@ -191,7 +194,7 @@ class Datastore:
 
     def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]
               ) -> list[tuple[bytes, bytes, bytes]]:
-        """(id, blob, its SHA-256, checked) of each object; NotFoundError naming absent or
+        """(id, blob, its stored checksum, checked) of each object; NotFoundError naming absent or
         damaged ones. An object found corrupted here is marked damaged so the next backup
         heals it."""
         locs = self.catalog.locate(host, kind, ids)
@@ -219,9 +222,9 @@ class Datastore:
                         blob = _checked(oid, loc, blob)
                     except IntegrityError:
                         blob = self.read_current(host, kind, oid, loc)
-                    # Checked against its stored SHA-256 (which a GC move keeps): the
-                    # answer reuses it rather than hashing the blob again.
-                    out.append((oid, blob, loc.sha256))
+                    # Checked against its stored checksum (which a GC move keeps): the
+                    # answer reuses it where it is of the answer's record version.
+                    out.append((oid, blob, loc.checksum))
                 except (IntegrityError, NotFoundError):
                     corrupted.append(oid)
         if corrupted:
@@ -234,6 +237,6 @@ class Datastore:
 
 
 def _checked(oid: bytes, loc: Location, blob: bytes) -> bytes:
-    if len(blob) != loc.length or hashlib.sha256(blob).digest() != loc.sha256:
+    if len(blob) != loc.length or not records.checksum_matches(blob, loc.checksum):
         raise IntegrityError(f"stored object {oid.hex()[:16]}… is corrupted")
     return blob

@@ -13,7 +13,6 @@ import cdpcore
 from cdpcore import records
 from cdpcore.api import (
     MAX_UPLOAD_BYTES,
-    RECORDS_MEDIA_TYPE,
     CommitRequest,
     GcReport,
     Health,
@@ -75,7 +74,8 @@ def _host_info(ds: Datastore, name: str) -> HostInfo:
 
 @router.get("/health", response_model=Health)
 def health() -> Health:
-    return Health(status="ok", version=cdpcore.__version__)
+    return Health(status="ok", version=cdpcore.__version__,
+                  records=sorted(form.version for form in records.BY_MEDIA_TYPE.values()))
 
 
 @router.get("/hosts", response_model=list[HostInfo])
@@ -131,14 +131,26 @@ def missing(request: Request, who: Who, host: str, kind: ObjectKind, body: IdLis
     return IdList(ids=[i.hex() for i in ds.missing(host, kind, _ids(body))])
 
 
-@router.post("/hosts/{host}/{kind}/fetch",
-             responses={200: {"content": {RECORDS_MEDIA_TYPE: {}}}})
+#: Both record stream versions, for the OpenAPI document.
+_RECORDS_CONTENT: dict[str, Any] = {form.media_type: {} for form in records.BY_MEDIA_TYPE.values()}
+
+
+def _answer_format(request: Request) -> records.RecordFormat:
+    """v2 records for a client whose Accept names them; v1 for the others: clients that
+    predate v2 accept `*/*` but read only v1."""
+    accepted = {part.split(";")[0].strip().lower()
+                for part in request.headers.get("accept", "").split(",")}
+    return records.V2 if records.V2.media_type in accepted else records.V1
+
+
+@router.post("/hosts/{host}/{kind}/fetch", responses={200: {"content": _RECORDS_CONTENT}})
 def fetch(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList) -> Response:
     ds = _ds(request)
     require_host(ds, who, host, READ)
-    data = records.encode_checked_records(ds.fetch(host, kind, _ids(body)))
+    form = _answer_format(request)
+    data = records.encode_checked_records(ds.fetch(host, kind, _ids(body)), form)
     _metrics(request).bytes_out.inc(len(data))
-    return Response(data, media_type=RECORDS_MEDIA_TYPE)
+    return Response(data, media_type=form.media_type)
 
 
 @router.post("/hosts/{host}/points", response_model=PointInfo, status_code=201,
@@ -260,19 +272,22 @@ def verify(request: Request, who: Who) -> VerifyReport:
     return jobs.verify(_ds(request))
 
 
-def _upload_parts(ds: Datastore, host: str, kind: ObjectKind,
-                  parts: list[bytes]) -> UploadResult:
-    return ds.upload(host, kind, b"".join(parts))
+def _upload_parts(ds: Datastore, host: str, kind: ObjectKind, parts: list[bytes],
+                  form: records.RecordFormat) -> UploadResult:
+    return ds.upload(host, kind, b"".join(parts), form)
 
 
 # Declared last: "/hosts/{host}/{kind}" would otherwise capture "/hosts/{host}/points".
 @router.post("/hosts/{host}/{kind}", response_model=UploadResult,
-             openapi_extra={"requestBody": {"content": {RECORDS_MEDIA_TYPE: {}}}})
+             openapi_extra={"requestBody": {"content": _RECORDS_CONTENT}})
 async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> UploadResult:
     ds = _ds(request)
     await run_in_threadpool(require_host, ds, who, host, WRITE)
-    if request.headers.get("content-type", "").split(";")[0].strip() != RECORDS_MEDIA_TYPE:
-        raise BadRequest(f"uploads must be {RECORDS_MEDIA_TYPE}", 415)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    form = records.BY_MEDIA_TYPE.get(media_type)
+    if form is None:
+        raise BadRequest(f"uploads must be {records.CURRENT.media_type} (or the older "
+                         f"{records.V1.media_type}), not {media_type or 'untyped'}", 415)
     # Parts joined once, in the worker thread: growing a buffer part by part on the event
     # loop copied each upload several times while holding up every other connection.
     parts: list[bytes] = []
@@ -282,7 +297,8 @@ async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> Upl
         size += len(part)
         if size > MAX_UPLOAD_BYTES:
             raise BadRequest(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
-    result: UploadResult = await run_in_threadpool(_upload_parts, ds, host, kind, parts)
+    result: UploadResult = await run_in_threadpool(_upload_parts, ds, host, kind, parts,
+                                                   form)
     m = _metrics(request)
     m.objects_stored.labels(kind.value).inc(result.stored)
     m.objects_duplicate.labels(kind.value).inc(result.duplicates)

@@ -4,13 +4,15 @@ SQLite in WAL mode with synchronous=FULL: a committed transaction survives kill 
 power loss. One connection per thread; writers are serialised by a lock (SQLite allows
 one writer anyway, and waiting on a Python lock beats spinning on SQLITE_BUSY).
 
-Schema version 2 (`PRAGMA user_version`): object rows name their host, kind and pack by
-small integers and live in a rowid table, appended in upload order; only the unique
+Since schema version 2 (`PRAGMA user_version`), object rows name their host, kind and pack
+by small integers and live in a rowid table, appended in upload order; only the unique
 index on (host, kind, id) takes random inserts. Version 1 keyed a WITHOUT ROWID table by
 (host name, kind name, id) and repeated the pack's name in every row: 298 bytes of table
 and indexes per object against 154, and each insert landed on a random page of the whole
-table (docs/FORMAT.md, "Server datastore"; bench/catalog.py). A version 1 catalog is
-migrated when the server opens it."""
+table (docs/FORMAT.md, "Server datastore"; bench/catalog.py). Version 3 renamed
+`objects.sha256` to `checksum`: it holds a CRC-32 (4 bytes) for objects uploaded in v2
+records, a SHA-256 (32) for those uploaded in v1 (cdpcore.records). Older catalogs are
+migrated when the server opens them."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from .errors import Conflict, StorageFull
 log = logging.getLogger("cdp.server")
 
 #: The catalog's schema version (`PRAGMA user_version`; 0 is version 1, which predates it).
-CATALOG_VERSION = 2
+CATALOG_VERSION = 3
 #: Object kinds as stored in `objects.kind`.
 KIND_CODE = {ObjectKind.chunks: 0, ObjectKind.pages: 1}
 _KIND_OF_CODE = {code: kind for kind, code in KIND_CODE.items()}
@@ -66,7 +68,7 @@ CREATE TABLE IF NOT EXISTS {name}(
 _OBJECTS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name}(
     host INTEGER NOT NULL, kind INTEGER NOT NULL, id BLOB NOT NULL, pack INTEGER NOT NULL,
-    offset INTEGER NOT NULL, length INTEGER NOT NULL, sha256 BLOB NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, checksum BLOB NOT NULL,
     seen REAL NOT NULL, damaged INTEGER NOT NULL DEFAULT 0,
     -- pages only: the whole subtree below was present when a commit walked it
     complete INTEGER NOT NULL DEFAULT 0)"""
@@ -147,6 +149,9 @@ class SqliteCatalog:
             if version < 2 and "objects" in tables:
                 _migrate_v1(db)
                 migrated = True
+            elif version == 2:
+                # The column holds CRC-32s too now (v2 records): only its name changes.
+                db.execute("ALTER TABLE objects RENAME COLUMN sha256 TO checksum")
             for statement in _SCHEMA:
                 db.execute(statement)
             # Catalogs made before `doc` existed get it, filled.
@@ -298,7 +303,7 @@ class SqliteCatalog:
         for part in _chunks(list(ids), 900):
             marks = ",".join("?" * len(part))
             for row in db.execute(
-                    "SELECT o.id, p.name, o.offset, o.length, o.sha256, o.damaged, o.complete "
+                    "SELECT o.id, p.name, o.offset, o.length, o.checksum, o.damaged, o.complete "
                     "FROM objects AS o JOIN packs AS p ON p.pid = o.pack "
                     f"WHERE o.host = ? AND o.kind = ? AND o.id IN ({marks})",
                     (hid, KIND_CODE[kind], *part)):
@@ -347,7 +352,7 @@ class SqliteCatalog:
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
                     rows: list[tuple[bytes, int, int, bytes]], now: float,
                     touched: Sequence[bytes] = ()) -> int:
-        """Make a written pack's objects visible: rows are (id, offset, length, sha256).
+        """Make a written pack's objects visible: rows are (id, offset, length, checksum).
         An object already present and intact is not replaced (a concurrent upload won);
         a damaged one is (healing). `touched` objects (already present) get "last seen"
         refreshed in the same transaction: one commit, one fsync. Returns how many
@@ -358,10 +363,10 @@ class SqliteCatalog:
             db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
                            [(now, hid, code, i) for i in touched])
             cur = db.executemany(
-                "INSERT INTO objects(host, kind, id, pack, offset, length, sha256, seen) "
+                "INSERT INTO objects(host, kind, id, pack, offset, length, checksum, seen) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
                 "pack = excluded.pack, offset = excluded.offset, length = excluded.length, "
-                "sha256 = excluded.sha256, seen = excluded.seen, damaged = 0, complete = 0 "
+                "checksum = excluded.checksum, seen = excluded.seen, damaged = 0, complete = 0 "
                 "WHERE objects.damaged",
                 [(hid, code, oid, pid, offset, length, digest, now)
                  for oid, offset, length, digest in rows])
@@ -540,7 +545,7 @@ class SqliteCatalog:
                                                            bool(damaged), bool(complete)))
                 for host, kind, oid, off, length, digest, damaged, complete in
                 self.read().execute(
-                    "SELECT h.name, o.kind, o.id, o.offset, o.length, o.sha256, o.damaged, "
+                    "SELECT h.name, o.kind, o.id, o.offset, o.length, o.checksum, o.damaged, "
                     "o.complete FROM objects AS o JOIN hosts AS h ON h.hid = o.host "
                     "WHERE o.pack = (SELECT pid FROM packs WHERE name = ?) ORDER BY o.offset",
                     (name,))]
@@ -608,8 +613,9 @@ def _registered_pack(db: sqlite3.Connection, name: str) -> int:
 
 
 def _migrate_v1(db: sqlite3.Connection) -> None:
-    """Catalog version 1 to 2, inside the caller's transaction: hosts and packs get integer
-    keys, object rows are copied in pack order into the rowid table. Row counts are
+    """Catalog version 1 to 3, inside the caller's transaction: hosts and packs get integer
+    keys, object rows are copied in pack order into the rowid table (with version 3's
+    column name `checksum`). Row counts are
     compared before the old tables go: no row may be lost silently."""
     for trigger in ("points_ins", "points_upd", "points_del"):  # they name the old `hosts`
         db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
@@ -622,7 +628,7 @@ def _migrate_v1(db: sqlite3.Connection) -> None:
                "SELECT name, state, created, size FROM packs ORDER BY created, name")
     db.execute(_OBJECTS_TABLE.format(name="objects_v2"))
     db.execute(
-        "INSERT INTO objects_v2(host, kind, id, pack, offset, length, sha256, seen, damaged, "
+        "INSERT INTO objects_v2(host, kind, id, pack, offset, length, checksum, seen, damaged, "
         "complete) SELECT h.hid, CASE o.kind WHEN 'chunks' THEN ? WHEN 'pages' THEN ? END, "
         "o.id, p.pid, o.offset, o.length, o.sha256, o.seen, o.damaged, o.complete "
         "FROM objects AS o JOIN hosts_v2 AS h ON h.name = o.host "

@@ -21,8 +21,6 @@ MAX_IDS_PER_REQUEST = 4096
 #: Upper bound of one fetch answer's stored bytes: a fetch of objects larger in all
 #: answers 413, and the client asks again for halves (blocks may be up to 4 MiB each).
 MAX_FETCH_BYTES = 64 * 1024 * 1024
-#: Media type of a binary record stream (cdpcore.records).
-RECORDS_MEDIA_TYPE = "application/x-cdp-records"
 #: Latest creation time a point may carry (9999-12-31T23:59:59Z): every time the server
 #: files by (retention's UTC calendar buckets) must be a date the platform can represent.
 MAX_POINT_TIME = 253402300799.0
@@ -46,6 +44,9 @@ class ObjectKind(StrEnum):
 class Health(BaseModel):
     status: str
     version: str
+    #: Record stream versions accepted in uploads (cdpcore.records); servers that predate
+    #: the field accept only version 1.
+    records: list[int] = [1]
 
 
 class HostInfo(BaseModel):

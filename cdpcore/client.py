@@ -32,7 +32,6 @@ from .api import (
     API_PREFIX,
     MAX_IDS_PER_REQUEST,
     MAX_UPLOAD_BYTES,
-    RECORDS_MEDIA_TYPE,
     CommitRequest,
     GcReport,
     Health,
@@ -60,6 +59,10 @@ class MissingObjectsError(ServerError):
     def __init__(self, message: str, missing: MissingObjects) -> None:
         super().__init__(message, 409)
         self.missing = missing
+
+
+#: Fetch answers: v2 records, or v1 from a server that predates them.
+_ACCEPT_RECORDS = f"{records.CURRENT.media_type}, {records.V1.media_type};q=0.5"
 
 
 class _PinningAdapter(HTTPAdapter):
@@ -143,6 +146,8 @@ class CdpClient:
         self.retries = retries
         self.backoff = backoff
         self._local = threading.local()
+        #: the record version of uploads, once the server said what it accepts
+        self._upload_format: records.RecordFormat | None = None
         _CLIENTS.add(self)
 
     # --- transport
@@ -260,13 +265,22 @@ class CdpClient:
             out.update(bytes.fromhex(h) for h in doc["ids"])
         return out
 
+    def upload_format(self) -> records.RecordFormat:
+        """The newest record version both sides know; the server is asked once."""
+        if self._upload_format is None:
+            accepted = self.health().records
+            self._upload_format = (records.CURRENT if records.CURRENT.version in accepted
+                                   else records.V1)
+        return self._upload_format
+
     def upload(self, host: str, kind: ObjectKind,
                items: list[tuple[bytes, bytes]]) -> UploadResult:
         total = UploadResult(stored=0, duplicates=0, stored_bytes=0)
+        form = self.upload_format()
         for part in records.split_records(items, MAX_UPLOAD_BYTES, MAX_IDS_PER_REQUEST):
             resp = self._request("POST", f"/hosts/{host}/{kind.value}",
-                                 data=records.encode_records(part),
-                                 headers={"Content-Type": RECORDS_MEDIA_TYPE})
+                                 data=records.encode_records(part, form),
+                                 headers={"Content-Type": form.media_type})
             result = UploadResult.model_validate(resp.json())
             total.stored += result.stored
             total.duplicates += result.duplicates
@@ -277,8 +291,8 @@ class CdpClient:
     def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]) -> dict[bytes, bytes]:
         """The blobs of `ids`. Pages are checked against their ID here; chunks are not
         checked here but must be opened with BlobCodec.open_block, which authenticates
-        them (AES-GCM and the keyed ID), so the records' SHA-256 is not recomputed. Raises
-        NotFoundError naming missing objects."""
+        them (AES-GCM and the keyed ID), so the records' checksum is not recomputed.
+        Raises NotFoundError naming missing objects."""
         out: dict[bytes, bytes] = {}
         for part in _split_ids(sorted(set(ids))):
             self._fetch_part(host, kind, part, out)
@@ -288,7 +302,8 @@ class CdpClient:
                     out: dict[bytes, bytes]) -> None:
         try:
             resp = self._request("POST", f"/hosts/{host}/{kind.value}/fetch",
-                                 json={"ids": [i.hex() for i in part]})
+                                 json={"ids": [i.hex() for i in part]},
+                                 headers={"Accept": _ACCEPT_RECORDS})
         except ServerError as exc:
             if exc.status != 413 or len(part) < 2:
                 raise
@@ -297,7 +312,12 @@ class CdpClient:
             self._fetch_part(host, kind, part[:half], out)
             self._fetch_part(host, kind, part[half:], out)
             return
-        for oid, _checksum, blob in records.decode_records(resp.content, verify=False):
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        form = records.BY_MEDIA_TYPE.get(media_type)
+        if form is None:
+            raise ServerError(f"the server answered a fetch with {media_type or 'no media type'}, "
+                              "not a record stream", resp.status_code)
+        for oid, _checksum, blob in records.decode_records(resp.content, form, verify=False):
             if kind is ObjectKind.pages and hashlib.sha256(blob).digest() != oid:
                 raise IntegrityError(f"server sent wrong content for page {oid.hex()[:16]}…")
             out[oid] = blob

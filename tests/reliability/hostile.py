@@ -6,10 +6,8 @@ index pages, absurd record lengths."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import ssl
-import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,7 +63,8 @@ def tamper_pages(path: str, method: str, body: bytes) -> bytes:
 
 def tamper_record_length(path: str, method: str, body: bytes) -> bytes:
     if path.endswith("/fetch"):
-        return bytes(32) + hashlib.sha256(b"").digest() + struct.pack(">I", 2**32 - 1)
+        return records.CURRENT.header.pack(bytes(32), bytes(records.CURRENT.checksum_size),
+                                           2**32 - 1)
     return body
 
 
@@ -86,7 +85,7 @@ class HostileServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 data = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items()
-                           if k.lower() in ("authorization", "content-type")}
+                           if k.lower() in ("authorization", "content-type", "accept")}
                 resp = requests.request(self.command, upstream + self.path, data=data,
                                         headers=headers, verify=ca, timeout=60)
                 body = resp.content

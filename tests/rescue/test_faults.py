@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cdpcore import records
 from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import WrappedKey, new_master_key
@@ -69,7 +70,7 @@ def corrupt_chunk(data_dir: Path, chunk_id: bytes, *, keep_checksum: bool) -> No
         f.seek(offset)
         f.write(blob)
     if keep_checksum:
-        set_checksum(data_dir, "chunks", chunk_id, hashlib.sha256(blob).digest())
+        set_checksum(data_dir, "chunks", chunk_id, records.CURRENT.checksum(blob))
 
 
 @pytest.mark.parametrize("keep_checksum", [False, True], ids=["server-detects", "client-detects"])

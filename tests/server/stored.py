@@ -33,14 +33,14 @@ def object_location(data_dir: Path, kind: str, object_id: bytes,
     return data_dir / OBJECTS_DIR / row[0], row[1], row[2]
 
 
-def set_checksum(data_dir: Path, kind: str, object_id: bytes, sha256: bytes) -> None:
+def set_checksum(data_dir: Path, kind: str, object_id: bytes, checksum: bytes) -> None:
     """Store another checksum for an object: a server that cannot notice its damage."""
     db = sqlite3.connect(data_dir / CATALOG_FILE)
     try:
         with db:
-            db.execute("UPDATE objects SET sha256 = ? WHERE rowid IN "
+            db.execute("UPDATE objects SET checksum = ? WHERE rowid IN "
                        f"(SELECT o.rowid {_FROM} WHERE {_WHERE})",
-                       (sha256, *_args(kind, object_id, None)))
+                       (checksum, *_args(kind, object_id, None)))
     finally:
         db.close()
 

@@ -1,8 +1,9 @@
 """A datastore written by the server of catalog version 1 (the committed fixture
 tests/fixtures/datastore-v1, made by tests/fixtures/make_datastore.py) opens in this
-server: the catalog is migrated to version 2 in one transaction, every point, object
-location, checksum and mark survives, both points restore byte for byte, and a
-migration that would lose a row changes nothing."""
+server: the catalog is migrated to the current version in one transaction, every point,
+object location, checksum and mark survives, both points restore byte for byte, and a
+migration that would lose a row changes nothing. A catalog of version 2 only has its
+checksum column renamed."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_version_1_datastore_is_migrated_and_reads_back_exactly(tmp_path: Path) 
 
     ds = Datastore.open(data)
     version, _, free = _schema(data)
-    assert version == CATALOG_VERSION == 2
+    assert version == CATALOG_VERSION == 3
     assert free == 0  # the old tables' pages were given back
     assert ds.recover().orphan_objects == 0  # every pack file is still known
     assert ds.catalog.status() == expected["status"]
@@ -120,5 +121,30 @@ def test_catalog_of_a_newer_version_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(data / CATALOG_FILE)
     db.execute(f"PRAGMA user_version = {CATALOG_VERSION + 1}")
     db.close()
-    with pytest.raises(UsageError, match="catalog of version 3, newer than this server's 2"):
+    with pytest.raises(UsageError, match="catalog of version 4, newer than this server's 3"):
         Datastore.open(data)
+
+
+def test_version_2_catalog_gets_its_checksum_column_renamed(tmp_path: Path) -> None:
+    """Version 3 differs from version 2 only in the name of `objects.checksum` (it was
+    `sha256`): a version 2 catalog is this one with the old name and version number."""
+    data = _copy(tmp_path)
+    status = Datastore.open(data).catalog.status()
+    db = sqlite3.connect(data / CATALOG_FILE)
+    db.execute("ALTER TABLE objects RENAME COLUMN checksum TO sha256")
+    db.execute("PRAGMA user_version = 2")
+    db.close()
+    version, sql, _ = _schema(data)
+    assert (version, "sha256 BLOB NOT NULL" in sql) == (2, True)
+
+    ds = Datastore.open(data)
+    version, sql, _ = _schema(data)
+    assert (version, "checksum BLOB NOT NULL" in sql, "sha256" in sql) == (3, True, False)
+    assert ds.catalog.status() == status
+    objects = json.loads((FIXTURE / "expected.json").read_text())["objects"]
+    oid = bytes.fromhex(next(name for name, want in objects.items()
+                             if name.startswith("fixture/chunks/") and not want["damaged"])
+                        .split("/")[2])
+    stored = ds.catalog.locate("fixture", ObjectKind.chunks, [oid])[oid].checksum
+    assert len(stored) == 32  # uploaded as v1 records: SHA-256, still checked as one
+    assert len(ds.fetch("fixture", ObjectKind.chunks, [oid])) == 1

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdpcore import records
-from cdpcore.api import API_PREFIX, RECORDS_MEDIA_TYPE, Role
+from cdpcore.api import API_PREFIX, Role
 
 JSON_PATHS = ["/hosts/web1/chunks/missing", "/hosts/web1/pages/fetch", "/hosts/web1/points",
               "/hosts", "/hosts/web1/retention"]
@@ -22,11 +22,11 @@ json_values = st.recursive(
                          "size", "block_size", "height", "keep_last", "stats", "parent"])
         | st.text(max_size=8), inner, max_size=6),
     max_leaves=20)
-record_streams = st.one_of(
-    st.binary(max_size=300),
-    st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.binary(max_size=200)),
-             max_size=4).map(records.encode_records),
-)
+record_streams = st.sampled_from(list(records.BY_MEDIA_TYPE.values())).flatmap(
+    lambda form: st.tuples(st.just(form), st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.binary(max_size=200)),
+                 max_size=4).map(lambda items: records.encode_records(items, form)))))
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -58,11 +58,12 @@ def test_random_json_is_a_4xx(cdp_server, web1, body, path) -> None:  # type: ig
 
 
 @FUZZ
-@given(body=record_streams, kind=st.sampled_from(["chunks", "pages"]))
-def test_random_records_are_refused_cleanly(cdp_server, web1, body, kind) -> None:  # type: ignore[no-untyped-def]
+@given(stream=record_streams, kind=st.sampled_from(["chunks", "pages"]))
+def test_random_records_are_refused_cleanly(cdp_server, web1, stream, kind) -> None:  # type: ignore[no-untyped-def]
+    form, body = stream
     s = _session(cdp_server, web1[Role.agent])
     resp = s.post(f"{cdp_server.url}{API_PREFIX}/hosts/web1/{kind}", data=body,
-                  headers={"Content-Type": RECORDS_MEDIA_TYPE}, timeout=30)
+                  headers={"Content-Type": form.media_type}, timeout=30)
     assert resp.status_code < 500, resp.text
     if resp.status_code >= 400:
         assert resp.json()["detail"]

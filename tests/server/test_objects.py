@@ -15,13 +15,12 @@ from cdpcore.api import (
     API_PREFIX,
     MAX_FETCH_BYTES,
     MAX_UPLOAD_BYTES,
-    RECORDS_MEDIA_TYPE,
     ObjectKind,
     Role,
 )
 from cdpcore.errors import NotFoundError, ServerError
 
-from .points import build_point, new_codec
+from .points import build_point, flip_stored_byte, new_codec
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def host(cdp_server):  # type: ignore[no-untyped-def]
 
 
 def _post(server, token: str, path: str, data: bytes,  # type: ignore[no-untyped-def]
-          ctype: str = RECORDS_MEDIA_TYPE) -> requests.Response:
+          ctype: str = records.CURRENT.media_type) -> requests.Response:
     return requests.post(server.url + API_PREFIX + path, data=data, verify=str(server.ca_path),
                          headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
                          timeout=60)
@@ -110,6 +109,40 @@ def test_fetch_names_missing_objects(host) -> None:  # type: ignore[no-untyped-d
         agent.fetch("web1", ObjectKind.chunks, [cid, absent])
     assert absent.hex() in str(exc.value)
     assert "1 chunks missing" in str(exc.value)
+
+
+def test_v1_records_of_older_clients_are_stored_checked_and_served(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    """A client that predates v2 records uploads SHA-256 records and reads answers as v1;
+    current clients use CRC-32 (v2). Both kinds of object are served in either version
+    and checked at rest against the checksum their upload carried."""
+    agent, tokens = host
+    assert agent.health().records == [1, 2]
+    assert agent.upload_format() is records.V2
+    codec = new_codec()
+    old = [codec.seal_block(os.urandom(4096)) for _ in range(3)]
+    new = [codec.seal_block(os.urandom(4096)) for _ in range(3)]
+    resp = _post(cdp_server, tokens[Role.agent], "/hosts/web1/chunks",
+                 records.encode_records(old, records.V1), ctype=records.V1.media_type)  # type: ignore[arg-type]
+    assert resp.json()["stored"] == 3
+    assert agent.upload("web1", ObjectKind.chunks, new).stored == 3  # type: ignore[arg-type]
+    ids = [oid for oid, _ in old + new]
+    for accept, form in ((records.V2.media_type, records.V2), ("*/*", records.V1)):
+        resp = requests.post(
+            f"{cdp_server.url}{API_PREFIX}/hosts/web1/chunks/fetch",
+            data=json.dumps({"ids": [i.hex() for i in ids]}), verify=str(cdp_server.ca_path),
+            headers={"Authorization": f"Bearer {tokens[Role.restore]}", "Accept": accept,
+                     "Content-Type": "application/json"}, timeout=60)
+        assert resp.headers["Content-Type"] == form.media_type
+        # decode_records checks every record's checksum
+        assert {oid: blob for oid, _, blob in records.decode_records(resp.content, form)} == \
+            dict(old + new)
+    flip_stored_byte(cdp_server.data_dir, "chunks", old[0][0])
+    flip_stored_byte(cdp_server.data_dir, "chunks", new[0][0])
+    for bad in (old[0][0], new[0][0]):
+        with pytest.raises(NotFoundError, match="0 chunks missing and 1 damaged"):
+            agent.fetch("web1", ObjectKind.chunks, [bad])
+    assert agent.fetch("web1", ObjectKind.chunks, ids[1:3] + ids[4:]) == \
+        dict(old[1:] + new[1:])
 
 
 def test_batches_are_split_transparently(host) -> None:  # type: ignore[no-untyped-def]
