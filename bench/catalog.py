@@ -34,7 +34,8 @@ def add(catalog: SqliteCatalog, objects: int, batch: int) -> dict[str, float]:
     missing = getattr(catalog, "present", catalog.locate)
     wall = time.perf_counter()
     for _ in range(objects // batch):
-        rows = [(os.urandom(32), n * BLOB, BLOB, os.urandom(32)) for n in range(batch)]
+        # (id, offset, length, checksum): a version 2 record's CRC-32
+        rows = [(os.urandom(32), n * BLOB, BLOB, os.urandom(4)) for n in range(batch)]
         pack = f"packs/{os.urandom(1).hex()}/{os.urandom(16).hex()}.pack"
         start = time.process_time()
         missing(HOST, ObjectKind.chunks, [r[0] for r in rows])

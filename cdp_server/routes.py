@@ -136,11 +136,15 @@ _RECORDS_CONTENT: dict[str, Any] = {form.media_type: {} for form in records.BY_M
 
 
 def _answer_format(request: Request) -> records.RecordFormat:
-    """v2 records for a client whose Accept names them; v1 for the others: clients that
-    predate v2 accept `*/*` but read only v1."""
-    accepted = {part.split(";")[0].strip().lower()
-                for part in request.headers.get("accept", "").split(",")}
-    return records.V2 if records.V2.media_type in accepted else records.V1
+    """v2 records for a client whose Accept names them (with a q-value above 0); v1 for
+    the others: clients that predate v2 accept `*/*` but read only v1."""
+    for media_range in request.headers.get("accept", "").split(","):
+        media_type, *params = (p.strip().lower() for p in media_range.split(";"))
+        if media_type == records.V2.media_type and all(
+                p.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+                for p in params):
+            return records.V2
+    return records.V1
 
 
 @router.post("/hosts/{host}/{kind}/fetch", responses={200: {"content": _RECORDS_CONTENT}})
@@ -150,7 +154,7 @@ def fetch(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList)
     form = _answer_format(request)
     data = records.encode_checked_records(ds.fetch(host, kind, _ids(body)), form)
     _metrics(request).bytes_out.inc(len(data))
-    return Response(data, media_type=form.media_type)
+    return Response(data, media_type=form.media_type, headers={"Vary": "Accept"})
 
 
 @router.post("/hosts/{host}/points", response_model=PointInfo, status_code=201,

@@ -266,7 +266,8 @@ class CdpClient:
         return out
 
     def upload_format(self) -> records.RecordFormat:
-        """The newest record version both sides know; the server is asked once."""
+        """The newest record version both sides know; the server is asked once (again
+        only when it refuses an upload's media type: rolled back to an older release)."""
         if self._upload_format is None:
             accepted = self.health().records
             self._upload_format = (records.CURRENT if records.CURRENT.version in accepted
@@ -276,17 +277,31 @@ class CdpClient:
     def upload(self, host: str, kind: ObjectKind,
                items: list[tuple[bytes, bytes]]) -> UploadResult:
         total = UploadResult(stored=0, duplicates=0, stored_bytes=0)
-        form = self.upload_format()
         for part in records.split_records(items, MAX_UPLOAD_BYTES, MAX_IDS_PER_REQUEST):
-            resp = self._request("POST", f"/hosts/{host}/{kind.value}",
-                                 data=records.encode_records(part, form),
-                                 headers={"Content-Type": form.media_type})
+            resp = self._upload_part(f"/hosts/{host}/{kind.value}", part)
             result = UploadResult.model_validate(resp.json())
             total.stored += result.stored
             total.duplicates += result.duplicates
             total.stored_bytes = (None if total.stored_bytes is None or result.stored_bytes is None
                                   else total.stored_bytes + result.stored_bytes)
         return total
+
+    def _upload_part(self, path: str, part: list[tuple[bytes, bytes]]) -> requests.Response:
+        form = self.upload_format()
+        try:
+            return self._request("POST", path, data=records.encode_records(part, form),
+                                 headers={"Content-Type": form.media_type})
+        except ServerError as exc:
+            if exc.status != 415 or form is records.V1:
+                raise
+        # The server refused the records' version: ask again what it takes.
+        self._upload_format = None
+        older = self.upload_format()
+        if older is form:
+            raise ServerError(f"the server refuses {form.media_type} uploads although "
+                              "its /health lists them", 415)
+        return self._request("POST", path, data=records.encode_records(part, older),
+                             headers={"Content-Type": older.media_type})
 
     def fetch(self, host: str, kind: ObjectKind, ids: list[bytes]) -> dict[bytes, bytes]:
         """The blobs of `ids`. Pages are checked against their ID here; chunks are not

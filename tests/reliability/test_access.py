@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from cdpcore import records
 from cdpcore.api import API_PREFIX, Role
 from cdpcore.client import CdpClient
 from cdpcore.errors import ConnectionFailed
@@ -83,7 +84,7 @@ def call(server: Any, method: str, template: str, token: str | None, host: str,
     elif template.endswith("/key"):
         body = WrappedKey.create(new_master_key(), "other", n=2**10).to_json()
     elif template == "/hosts/{host}/{kind}":
-        headers["Content-Type"] = "application/x-cdp-records"
+        headers["Content-Type"] = records.CURRENT.media_type
         kwargs["data"] = b""
     if method in ("POST", "PUT") and "data" not in kwargs:
         kwargs["json"] = body

@@ -126,13 +126,16 @@ def test_v1_records_of_older_clients_are_stored_checked_and_served(cdp_server, h
     assert resp.json()["stored"] == 3
     assert agent.upload("web1", ObjectKind.chunks, new).stored == 3  # type: ignore[arg-type]
     ids = [oid for oid, _ in old + new]
-    for accept, form in ((records.V2.media_type, records.V2), ("*/*", records.V1)):
+    for accept, form in ((records.V2.media_type, records.V2), ("*/*", records.V1),
+                         (f"{records.V1.media_type}, {records.V2.media_type}; q=0",
+                          records.V1)):
         resp = requests.post(
             f"{cdp_server.url}{API_PREFIX}/hosts/web1/chunks/fetch",
             data=json.dumps({"ids": [i.hex() for i in ids]}), verify=str(cdp_server.ca_path),
             headers={"Authorization": f"Bearer {tokens[Role.restore]}", "Accept": accept,
                      "Content-Type": "application/json"}, timeout=60)
-        assert resp.headers["Content-Type"] == form.media_type
+        assert (resp.headers["Content-Type"], resp.headers["Vary"]) == (form.media_type,
+                                                                      "Accept")
         # decode_records checks every record's checksum
         assert {oid: blob for oid, _, blob in records.decode_records(resp.content, form)} == \
             dict(old + new)
