@@ -313,21 +313,37 @@ class SqliteCatalog:
 
     def present(self, host: str, kind: ObjectKind, ids: Iterable[bytes]) -> set[bytes]:
         """Which of `ids` the catalog holds intact: read from the ID index alone and the
-        small index of damaged objects, never from the rows (a "missing" query)."""
+        small index of damaged objects, never from the rows (a "missing" query).
+
+        Each part is counted first, and its IDs listed only when some but not all are
+        there: the usual answers are "all" (a commit's walk, a retried upload) and "none"
+        (new chunks), and a count does not turn tens of thousands of found rows into
+        Python objects (a 2 GiB full point's walk: 0.20 s of lookups against 0.14 s).
+        Damaged objects are subtracted only if the host has any."""
         hid = self._hid(host)
         if hid is None:
             return set()
-        db = self.read()
+        db, code = self.read(), KIND_CODE[kind]
         found: set[bytes] = set()
-        for part in _chunks(list(ids), 900):
+        for part in _chunks(list(dict.fromkeys(ids)), 900):
             marks = ",".join("?" * len(part))
-            args = (hid, KIND_CODE[kind], *part)
-            found.update(r[0] for r in db.execute(
-                "SELECT id FROM objects INDEXED BY objects_id "
-                f"WHERE host = ? AND kind = ? AND id IN ({marks})", args))
-            found.difference_update(r[0] for r in db.execute(
-                "SELECT id FROM objects INDEXED BY objects_damaged "
-                f"WHERE host = ? AND kind = ? AND damaged AND id IN ({marks})", args))
+            where = f"WHERE host = ? AND kind = ? AND id IN ({marks})"
+            (count,) = db.execute(f"SELECT count(*) FROM objects INDEXED BY objects_id {where}",
+                                  (hid, code, *part)).fetchone()
+            if count == len(part):
+                found.update(part)
+            elif count:
+                found.update(r[0] for r in db.execute(
+                    f"SELECT id FROM objects INDEXED BY objects_id {where}", (hid, code, *part)))
+        if found and db.execute("SELECT 1 FROM objects INDEXED BY objects_damaged WHERE "
+                                "host = ? AND kind = ? AND damaged LIMIT 1",
+                                (hid, code)).fetchone():
+            for part in _chunks(list(found), 900):
+                marks = ",".join("?" * len(part))
+                found.difference_update(r[0] for r in db.execute(
+                    "SELECT id FROM objects INDEXED BY objects_damaged "
+                    f"WHERE host = ? AND kind = ? AND damaged AND id IN ({marks})",
+                    (hid, code, *part)))
         return found
 
     def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None:

@@ -41,6 +41,36 @@ def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path:
     assert catalog.damaged("web1") == [ids[7]]
 
 
+def test_present_in_parts_that_hold_all_some_or_none(tmp_path: Path) -> None:
+    """present() counts each part of 900 IDs before it lists any: a part wholly present,
+    one partly present, one absent, duplicates in the question, and damaged objects, of
+    this host and kind only, taken out."""
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite")
+    catalog.create_host("web1", {})
+    catalog.create_host("db1", {})
+    stored = [os.urandom(32) for _ in range(1400)]
+    absent = [os.urandom(32) for _ in range(1000)]
+    for host, kind in (("web1", ObjectKind.chunks), ("db1", ObjectKind.chunks),
+                       ("web1", ObjectKind.pages)):
+        pack = f"packs/{host}-{kind.value}.pack"
+        catalog.begin_pack(pack, 10 * len(stored))
+        catalog.add_objects(host, kind, pack,
+                            [(oid, 10 * n, 10, bytes(4)) for n, oid in enumerate(stored)],
+                            time.time())
+    # parts of 900 unique IDs: all stored; 500 stored and 400 absent; all absent
+    question = stored[:900] + stored[:10] + stored[900:] + absent
+    assert catalog.present("web1", ObjectKind.chunks, question) == set(stored)
+    assert catalog.present("web1", ObjectKind.chunks, absent) == set()
+    catalog.mark_damaged("db1", ObjectKind.chunks, stored[:3])  # another host's
+    catalog.mark_damaged("web1", ObjectKind.pages, stored[3:6])  # pages, not chunks
+    assert catalog.present("web1", ObjectKind.chunks, question) == set(stored)
+    catalog.mark_damaged("web1", ObjectKind.chunks, [stored[5], stored[1300]])
+    assert catalog.present("web1", ObjectKind.chunks, question) == \
+        set(stored) - {stored[5], stored[1300]}
+    assert catalog.present("db1", ObjectKind.chunks, stored[:10]) == set(stored[3:10])
+    assert catalog.present("other", ObjectKind.chunks, stored) == set()
+
+
 def test_objects_of_a_pack_forgotten_meanwhile_are_refused(tmp_path: Path) -> None:
     """GC forgets a pending pack after its timeout (and deletes the file): an upload that
     slow must fail whole, not add rows that point at no pack."""
