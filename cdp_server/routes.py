@@ -140,11 +140,21 @@ def _answer_format(request: Request) -> records.RecordFormat:
     the others: clients that predate v2 accept `*/*` but read only v1."""
     for media_range in request.headers.get("accept", "").split(","):
         media_type, *params = (p.strip().lower() for p in media_range.split(";"))
-        if media_type == records.V2.media_type and all(
-                p.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-                for p in params):
+        if media_type == records.V2.media_type and _quality(params) > 0:
             return records.V2
     return records.V1
+
+
+def _quality(params: list[str]) -> float:
+    """A media range's q-value (RFC 9110: 1 if absent; an unreadable one counts as 0)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 @router.post("/hosts/{host}/{kind}/fetch", responses={200: {"content": _RECORDS_CONTENT}})

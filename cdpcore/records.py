@@ -34,11 +34,6 @@ def _sha256(blob: bytes | memoryview) -> bytes:
     return hashlib.sha256(blob).digest()
 
 
-#: Checksum functions by the length of what they produce: a stored checksum names its
-#: algorithm by its length.
-_CHECKSUM_BY_SIZE: dict[int, Callable[[bytes | memoryview], bytes]] = {4: _crc32, 32: _sha256}
-
-
 @dataclass(frozen=True)
 class RecordFormat:
     version: int
@@ -57,6 +52,8 @@ V2 = RecordFormat(2, "application/x-cdp-records-v2", _crc32, 4)
 #: What agents send and ask for; servers accept both.
 CURRENT = V2
 BY_MEDIA_TYPE = {f.media_type: f for f in (V1, V2)}
+#: A stored checksum names its algorithm by its length.
+_BY_CHECKSUM_SIZE = {f.checksum_size: f for f in (V1, V2)}
 #: The larger header of the two: split_records cuts requests that keep their byte limit in
 #: either version.
 RECORD_HEADER_SIZE = max(f.header.size for f in (V1, V2))  # 68
@@ -67,8 +64,8 @@ MAX_RECORD_BLOB = fmt.MAX_BLOCK_SIZE + fmt.BLOB_OVERHEAD
 def checksum_matches(blob: bytes | memoryview, checksum: bytes) -> bool:
     """Whether `blob` has `checksum`, of the record version it came in (its length says
     which): the server checks blobs at rest against what their upload carried."""
-    compute = _CHECKSUM_BY_SIZE.get(len(checksum))
-    return compute is not None and compute(blob) == checksum
+    form = _BY_CHECKSUM_SIZE.get(len(checksum))
+    return form is not None and form.checksum(blob) == checksum
 
 
 def split_records(items: list[tuple[bytes, bytes]], max_bytes: int, max_count: int,
