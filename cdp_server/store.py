@@ -51,6 +51,13 @@ _BUFFERS = BufferPool(4 * 1024 * 1024)
 _MAX_GAP = 64 * 1024
 
 
+def catalog_reserve(fs_bytes: int) -> int:
+    """Free space uploads leave on the datastore's filesystem: 1 % of it, at least 1 MiB,
+    at most 256 MiB. The catalog writes into it, so that on a full datastore prune and
+    gc (which free space), verify and commits of already uploaded objects still work."""
+    return min(256 << 20, max(1 << 20, fs_bytes // 100))
+
+
 class LocalStore:
     """Objects as files under `root`: temp file, fsync, rename, directory fsync."""
 
@@ -66,6 +73,12 @@ class LocalStore:
 
     def put(self, name: str, parts: Sequence[bytes | memoryview]) -> None:
         path = self._path(name)
+        size = sum(len(p) for p in parts)
+        fs = os.statvfs(self.root)
+        free, reserve = fs.f_bavail * fs.f_frsize, catalog_reserve(fs.f_blocks * fs.f_frsize)
+        if free - size < reserve:
+            raise StorageFull(f"the datastore is full: {free >> 20} MiB free, {reserve >> 20} "
+                              f"MiB of it kept for the catalog; prune and gc free space")
         tmp = self.tmp / f"{uuid.uuid4().hex}.tmp"
         try:
             if not path.parent.is_dir():
@@ -90,8 +103,7 @@ class LocalStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(f"the datastore is full: cannot write "
-                                  f"{sum(len(p) for p in parts)} bytes") from None
+                raise StorageFull(f"the datastore is full: cannot write {size} bytes") from None
             raise
 
     def get_ranges(self, name: str, ranges: list[tuple[int, int]]) -> list[bytes]:
