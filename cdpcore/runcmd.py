@@ -51,7 +51,11 @@ def run_text(argv: Sequence[str], **kwargs: Any) -> str:
 
 def run_json(argv: Sequence[str], **kwargs: Any) -> Any:
     """Run a tool that prints JSON (lsblk -J, sfdisk --json, lvm --reportformat json)."""
-    out = run_text(argv, **kwargs)
+    return parse_json(argv, run_text(argv, **kwargs))
+
+
+def parse_json(argv: Sequence[str], out: str) -> Any:
+    """The JSON a tool printed; CommandFailed naming the tool when it is not JSON."""
     try:
         return json.loads(out)
     except ValueError as exc:

@@ -1,18 +1,33 @@
 """Layout capture: what a recovery point records about each protected disk (partition
 table, GUIDs, filesystems, identity, boot area) and which volumes it copies.
 
-Partition geometry, types and flags come from pyparted (which reads regular image files
-too); GUIDs and the MBR disk identifier from `sfdisk --json`, whose partition list must
-agree with pyparted's or the capture fails: a table two tools read differently is not a
-table to restore from. Filesystems are probed with `blkid -p` at each partition's offset,
-so no partition device nodes are needed.
+Partition geometry, types and flags come from pyparted; GUIDs and the MBR disk identifier
+from `sfdisk --json`, whose partition list must agree with pyparted's or the capture
+fails: a table two tools read differently is not a table to restore from. Filesystems are
+probed with `blkid -p` at each partition's offset, so no partition device nodes are
+needed.
+
+The protected disk is only ever opened read-only. libparted opens a disk read-write,
+flushes its buffer cache (BLKFLSBUF) and fsyncs it, and udev answers the close of a disk
+opened for writing by probing it and every partition again: at a point a minute, a
+constant churn on a production server. So pyparted reads a copy of the table's sectors
+(`sfdisk --backup-pt-sectors`, which reads them read-only, EBRs and the GPT backup
+included) placed at their offsets in a sparse in-memory file of the disk's size. libparted
+takes a file's sectors to be 512 bytes, so a disk of other logical sectors (4Kn) is still
+read by pyparted itself.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import socket
 import stat
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +40,18 @@ from cdpcore.layout import Disk, Filesystem, Layout, Partition, PartitionRole
 
 from .errors import SourceError
 
+log = logging.getLogger("cdp.agent.capture")
+
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
 SWAP_GUID = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
 LVM_GUID = "e6d6d379-f507-44c2-a23c-238f2a3df928"
 MBR_SWAP, MBR_LVM, MBR_ESP = 0x82, 0x8E, 0xEF
 MBR_EXTENDED = (0x05, 0x0F, 0x85)
+#: <linux/fs.h>: logical and physical sector size of a block device
+_BLKSSZGET, _BLKPBSZGET = 0x1268, 0x127B
+#: what libparted assumes for a regular file
+FILE_SECTOR = 512
 
 
 @dataclass(frozen=True)
@@ -105,60 +126,134 @@ def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
     return "data"
 
 
-def _sfdisk(path: str) -> dict[str, Any]:
-    doc = runcmd.run_json(["sfdisk", "--json", path])
+def _sfdisk(path: str) -> dict[str, Any] | None:
+    """`sfdisk --json`'s table, or None when the disk holds no table sfdisk recognises."""
+    argv = ["sfdisk", "--json", path]
+    # Its messages untranslated: one of them is how "no table" is told from a failure.
+    proc = runcmd.run(argv, check=False, env={**os.environ, "LC_ALL": "C"})
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace")
+        if "does not contain a recognized partition table" in err:
+            return None
+        raise CommandFailed(argv, proc.returncode, err)
+    doc: dict[str, Any] = runcmd.parse_json(argv, proc.stdout.decode(errors="replace"))
     table: dict[str, Any] = doc["partitiontable"]
     return table
+
+
+def sector_sizes(path: str) -> tuple[int, int]:
+    """(logical, physical) sector size: the kernel's for a block device, libparted's
+    512 for a file."""
+    if not stat.S_ISBLK(os.stat(path).st_mode):
+        return FILE_SECTOR, FILE_SECTOR
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        logical, physical = (struct.unpack("I", fcntl.ioctl(fd, request, bytes(4)))[0]
+                             for request in (_BLKSSZGET, _BLKPBSZGET))
+    finally:
+        os.close(fd)
+    return logical, physical
+
+
+@contextmanager
+def table_copy(path: str, size: int) -> Iterator[str]:
+    """A path to a sparse in-memory file of `size` bytes that holds the disk's partition
+    table sectors at their offsets and zeros elsewhere (see the module's docstring)."""
+    with tempfile.TemporaryDirectory(prefix="cdp-table-") as tmp:
+        runcmd.run(["sfdisk", "--backup-pt-sectors", path, "-O", f"{tmp}/pt"])
+        fd = os.memfd_create("cdp-table")
+        try:
+            os.ftruncate(fd, size)
+            # Named PREFIX-DEVICE-0xOFFSET.bak (the device's name may hold dashes).
+            for backup in Path(tmp).iterdir():
+                offset = int(backup.name.rsplit("-", 1)[1].removesuffix(".bak"), 16)
+                os.pwrite(fd, backup.read_bytes(), offset)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class PartedPartition:
+    number: int
+    start: int  # sectors
+    length: int
+    kind: str  # primary, extended, logical
+    flags: list[str]
+
+
+def parted_partitions(path: str) -> tuple[str, list[PartedPartition]] | None:
+    """pyparted's table type and partitions of `path` (None: no table it reads)."""
+    # libparted caches devices by path for the life of the process: probe afresh, or a
+    # device seen before with another size keeps its old length.
+    parted.getDevice(path).removeFromCache()
+    device = parted.getDevice(path)
+    try:
+        try:
+            pdisk = parted.newDisk(device)
+        except parted.DiskException:
+            return None
+        kinds = {parted.PARTITION_LOGICAL: "logical", parted.PARTITION_EXTENDED: "extended"}
+        return pdisk.type, [
+            PartedPartition(p.number, p.geometry.start, p.geometry.length,
+                            kinds.get(p.type, "primary"),
+                            sorted(f for f in p.getFlagsAsString().split(", ") if f))
+            for p in sorted(pdisk.partitions, key=lambda p: p.number)]
+    finally:
+        device.removeFromCache()
+
+
+def read_table(path: str, size: int, logical_sector: int,
+               ) -> tuple[str, list[PartedPartition]] | None:
+    """pyparted's view of the disk's table, read from a copy of its sectors where
+    libparted can (see the module's docstring)."""
+    if logical_sector != FILE_SECTOR:
+        log.info("%s: %d-byte sectors: pyparted reads the disk itself", path, logical_sector)
+        return parted_partitions(path)
+    with table_copy(path, size) as copy:
+        return parted_partitions(copy)
 
 
 def capture_disk(path: str) -> DiskCapture:
     """Read one disk (block device or image file): its layout and its volumes."""
     size = source_size(path)
     name = disk_name(path)
-    # libparted caches devices by path for the life of the process: probe afresh, or a
-    # device seen before with another size keeps its old length.
-    parted.getDevice(path).removeFromCache()
-    device = parted.getDevice(path)
-    disk = Disk(name=name, size=size, logical_sector_size=device.sectorSize,
-                physical_sector_size=device.physicalSectorSize)
+    sector, physical = sector_sizes(path)
+    disk = Disk(name=name, size=size, logical_sector_size=sector,
+                physical_sector_size=physical)
     _identity(path, disk)
-    try:
-        pdisk = parted.newDisk(device)
-    except parted.DiskException:
-        pdisk = None  # no partition table: the disk is one volume
-    if pdisk is None or pdisk.type not in ("gpt", "msdos"):
+    table = _sfdisk(path)
+    parted_table = read_table(path, size, sector) \
+        if table is not None and table.get("label") in ("gpt", "dos") else None
+    if table is None or parted_table is None or parted_table[0] not in ("gpt", "msdos"):
         disk.filesystem = probe_fs(path, 0, size)
         if disk.filesystem is not None and disk.filesystem.type == "LVM2_member":
             return DiskCapture(disk, [])  # a whole-disk PV: its LVs are the volumes
         disk.volume = f"{name}:whole"
         return DiskCapture(disk, [VolumeSpec(disk.volume, path, 0, size)])
-    disk.table = "gpt" if pdisk.type == "gpt" else "msdos"
-    table = _sfdisk(path)
-    sector = device.sectorSize
+    disk.table = "gpt" if parted_table[0] == "gpt" else "msdos"
     label_id = str(table.get("id", ""))
     disk.disk_guid = label_id.lower() if disk.table == "gpt" else label_id.lower() or None
     by_start = {int(p["start"]): p for p in table.get("partitions", [])}
     volumes: list[VolumeSpec] = []
-    for ppart in sorted(pdisk.partitions, key=lambda p: p.number):
-        start, length = ppart.geometry.start, ppart.geometry.length
+    for ppart in parted_table[1]:
+        start, length = ppart.start, ppart.length
         sf = by_start.get(start)
         if sf is None or int(sf["size"]) != length:
             raise SourceError(f"{path}: pyparted and sfdisk disagree about partition "
                               f"{ppart.number} (start {start}, {length} sectors)")
-        kind = {parted.PARTITION_LOGICAL: "logical",
-                parted.PARTITION_EXTENDED: "extended"}.get(ppart.type, "primary")
-        flags = sorted(f for f in ppart.getFlagsAsString().split(", ") if f)
-        part = Partition(number=ppart.number, start=start, length=length, kind=kind,  # type: ignore[arg-type]
-                         flags=flags)
+        part = Partition(number=ppart.number, start=start, length=length,
+                         kind=ppart.kind, flags=ppart.flags)  # type: ignore[arg-type]
         if disk.table == "gpt":
             part.type_guid = str(sf["type"]).lower()
             part.guid = str(sf.get("uuid", "")).lower() or None
             part.name = sf.get("name") or None
         else:
             part.mbr_type = int(str(sf["type"]), 16)
-        if kind != "extended":
+        if ppart.kind != "extended":
             part.filesystem = probe_fs(path, start * sector, length * sector)
-        part.role = _role(part.filesystem, part.type_guid, part.mbr_type, flags, kind)
+        part.role = _role(part.filesystem, part.type_guid, part.mbr_type, part.flags,
+                          ppart.kind)
         if part.role in ("data", "esp", "bios_boot", "boot", "other"):
             part.volume = f"{name}:p{part.number}"
             volumes.append(VolumeSpec(part.volume, path, start * sector, length * sector))

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from cdpcore import runcmd
+from cdpcore.layout import Layout
 from hotcopy.capture import capture
 from hotcopy.errors import SourceError
 
@@ -69,8 +77,6 @@ def test_loop_device_volumes_use_the_kernel_name(loop_device: str) -> None:
 
 
 def test_lvm_pv_in_an_image_file_is_copied_as_raw_partition_bytes(tmp_path: Path) -> None:
-    from cdpcore import runcmd
-
     img = make_image(tmp_path / "l.img", "gpt")
     runcmd.run(["sfdisk", "-q", "--part-type", str(img), "2",
                 "e6d6d379-f507-44c2-a23c-238f2a3df928"])
@@ -104,3 +110,74 @@ def test_whole_local_disks_are_the_default_sources() -> None:
          "size": 0},  # a card reader with no card
     ]}
     assert pick_local_disks(doc) == ["/dev/nvme0n1", "/dev/sda"]
+
+
+@contextmanager
+def writable_loop(image: Path, *extra: str) -> Iterator[str]:
+    dev = runcmd.run_text(["losetup", "-f", "--show", *extra, str(image)]).strip()
+    try:
+        yield dev
+    finally:
+        runcmd.run(["losetup", "-d", dev], check=False)
+
+
+_IN_CLOSE_WRITE, _IN_CLOSE_NOWRITE = 0x08, 0x10
+
+
+def _closes(path: str, action: Callable[[], object]) -> set[int]:
+    """The inotify close events of `path` while `action` runs: udev re-probes a disk on
+    every close of it after an open for writing (IN_CLOSE_WRITE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.inotify_add_watch(fd, path.encode(), _IN_CLOSE_WRITE | _IN_CLOSE_NOWRITE) >= 0
+        action()
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return set()
+        masks = set()
+        while data:
+            _, mask, _, name_len = struct.unpack_from("iIII", data)
+            masks.add(mask)
+            data = data[16 + name_len:]
+        return masks
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("table", ["gpt", "msdos"])
+def test_capture_never_opens_the_disk_for_writing(tmp_path: Path, table: str) -> None:
+    """libparted opens a disk read-write (and flushes its cache); capture reads a copy of
+    the table's sectors instead, and records the same layout as from the image file."""
+    img = make_image(tmp_path / "d.img", table)
+    expected = capture([str(img)], "web1")[0].disks[0]
+    with writable_loop(img) as dev:
+        layouts: list[Layout] = []
+        closes = _closes(dev, lambda: layouts.append(capture([dev], "web1")[0]))
+        assert closes == {_IN_CLOSE_NOWRITE}  # read, and never opened for writing
+    disk = layouts[0].disks[0]
+    assert (disk.table, disk.disk_guid) == (expected.table, expected.disk_guid)
+    assert [replace(p, volume=None) for p in disk.partitions] == [
+        replace(p, volume=None) for p in expected.partitions]
+
+
+def test_disk_of_4096_byte_sectors_records_its_sectors(tmp_path: Path) -> None:
+    """libparted reads a file as 512-byte sectors, so a 4Kn disk is read by pyparted
+    itself: partitions in 4096-byte sectors, as sfdisk sees them."""
+    img = tmp_path / "4k.img"
+    with open(img, "wb") as f:
+        f.truncate(64 * MiB)
+    with writable_loop(img, "--sector-size", "4096") as dev:
+        runcmd.run(["sfdisk", "-q", dev], input=b"label: gpt\nstart=256, size=4096\n"
+                                                 b"start=4352, size=8192\n")
+        layout, volumes = capture([dev], "web1")
+        disk = layout.disks[0]
+        assert (disk.table, disk.logical_sector_size) == ("gpt", 4096)
+        assert [(p.number, p.start, p.length) for p in disk.partitions] == [
+            (1, 256, 4096), (2, 4352, 8192)]
+        name = Path(dev).name
+        assert [(v.name, v.offset, v.size) for v in volumes] == [
+            (f"{name}:boot", 0, 1 * MiB), (f"{name}:p1", 1 * MiB, 16 * MiB),
+            (f"{name}:p2", 17 * MiB, 32 * MiB)]
