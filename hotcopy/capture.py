@@ -7,14 +7,14 @@ fails: a table two tools read differently is not a table to restore from. Filesy
 probed with `blkid -p` at each partition's offset, so no partition device nodes are
 needed.
 
-The protected disk is only ever opened read-only. libparted opens a disk read-write,
-flushes its buffer cache (BLKFLSBUF) and fsyncs it, and udev answers the close of a disk
-opened for writing by probing it and every partition again: at a point a minute, a
-constant churn on a production server. So pyparted reads a copy of the table's sectors
-(`sfdisk --backup-pt-sectors`, which reads them read-only, EBRs and the GPT backup
-included) placed at their offsets in a sparse in-memory file of the disk's size. libparted
-takes a file's sectors to be 512 bytes, so a disk of other logical sectors (4Kn) is still
-read by pyparted itself.
+The protected disk is only ever opened read-only. libparted opens a disk read-write and
+fsyncs it, and udev answers the close of a disk opened for writing by probing it and
+every partition again: at a point a minute, a constant churn on a production server. So
+pyparted reads a copy of the table's sectors (`sfdisk --backup-pt-sectors`, which reads
+them read-only, EBRs and the GPT backup included) placed at their offsets in a sparse
+in-memory file of the disk's size. libparted takes a file's sectors to be 512 bytes, so a
+disk of other logical sectors (4Kn) is still read by pyparted itself, as it is where
+sfdisk predates that option (older util-linux).
 """
 
 from __future__ import annotations
@@ -98,8 +98,12 @@ def probe_fs(path: str, offset: int, size: int) -> Filesystem | None:
     return Filesystem(type=tags["TYPE"], uuid=tags.get("UUID"), label=tags.get("LABEL"))
 
 
+def is_block_device(path: str) -> bool:
+    return stat.S_ISBLK(os.stat(path).st_mode)
+
+
 def _identity(path: str, disk: Disk) -> None:
-    if not stat.S_ISBLK(os.stat(path).st_mode):
+    if not is_block_device(path):
         disk.transport = "file"
         return
     doc = runcmd.run_json(["lsblk", "-J", "-O", "-d", "-b", path])
@@ -126,11 +130,22 @@ def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
     return "data"
 
 
+def drop_cache(device: str) -> None:
+    """Drop a block device's page cache (`blockdev --flushbufs`, which opens it read-only).
+    The cache is the device's own (a whole disk's is not its partitions'): it may still
+    hold blocks read before that a filesystem has rewritten since, through a partition."""
+    runcmd.run(["blockdev", "--flushbufs", device])
+
+
+def _untranslated() -> dict[str, str]:
+    """The environment for sfdisk: some of its messages are told apart by their text."""
+    return {**os.environ, "LC_ALL": "C"}
+
+
 def _sfdisk(path: str) -> dict[str, Any] | None:
     """`sfdisk --json`'s table, or None when the disk holds no table sfdisk recognises."""
     argv = ["sfdisk", "--json", path]
-    # Its messages untranslated: one of them is how "no table" is told from a failure.
-    proc = runcmd.run(argv, check=False, env={**os.environ, "LC_ALL": "C"})
+    proc = runcmd.run(argv, check=False, env=_untranslated())
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace")
         if "does not contain a recognized partition table" in err:
@@ -144,7 +159,7 @@ def _sfdisk(path: str) -> dict[str, Any] | None:
 def sector_sizes(path: str) -> tuple[int, int]:
     """(logical, physical) sector size: the kernel's for a block device, libparted's
     512 for a file."""
-    if not stat.S_ISBLK(os.stat(path).st_mode):
+    if not is_block_device(path):
         return FILE_SECTOR, FILE_SECTOR
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -160,7 +175,8 @@ def table_copy(path: str, size: int) -> Iterator[str]:
     """A path to a sparse in-memory file of `size` bytes that holds the disk's partition
     table sectors at their offsets and zeros elsewhere (see the module's docstring)."""
     with tempfile.TemporaryDirectory(prefix="cdp-table-") as tmp:
-        runcmd.run(["sfdisk", "--backup-pt-sectors", path, "-O", f"{tmp}/pt"])
+        runcmd.run(["sfdisk", "--backup-pt-sectors", path, "-O", f"{tmp}/pt"],
+                   env=_untranslated())
         fd = os.memfd_create("cdp-table")
         try:
             os.ftruncate(fd, size)
@@ -210,8 +226,15 @@ def read_table(path: str, size: int, logical_sector: int,
     if logical_sector != FILE_SECTOR:
         log.info("%s: %d-byte sectors: pyparted reads the disk itself", path, logical_sector)
         return parted_partitions(path)
-    with table_copy(path, size) as copy:
-        return parted_partitions(copy)
+    try:
+        with table_copy(path, size) as copy:
+            return parted_partitions(copy)
+    except CommandFailed as exc:
+        if "unrecognized option" not in exc.stderr:
+            raise
+    log.warning("%s: this sfdisk has no --backup-pt-sectors (older util-linux): pyparted "
+                "reads the disk itself, which opens it read-write", path)
+    return parted_partitions(path)
 
 
 def capture_disk(path: str) -> DiskCapture:
@@ -222,9 +245,17 @@ def capture_disk(path: str) -> DiskCapture:
     disk = Disk(name=name, size=size, logical_sector_size=sector,
                 physical_sector_size=physical)
     _identity(path, disk)
+    if is_block_device(path):
+        drop_cache(path)  # read the table and the superblocks as they are on the disk
     table = _sfdisk(path)
-    parted_table = read_table(path, size, sector) \
-        if table is not None and table.get("label") in ("gpt", "dos") else None
+    parted_table = None
+    if table is not None and table.get("label") in ("gpt", "dos"):
+        parted_table = read_table(path, size, sector)
+        if parted_table is None:
+            # A damaged backup GPT, MBR logicals past sfdisk's 60: nothing is lost when
+            # the disk is copied whole, but its partitions are not volumes of their own.
+            log.warning("%s: sfdisk reads a %s partition table that pyparted cannot: the "
+                        "disk is copied whole, table included", path, table["label"])
     if table is None or parted_table is None or parted_table[0] not in ("gpt", "msdos"):
         disk.filesystem = probe_fs(path, 0, size)
         if disk.filesystem is not None and disk.filesystem.type == "LVM2_member":

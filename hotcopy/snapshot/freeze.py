@@ -28,6 +28,7 @@ from typing import Any
 
 from cdpcore import runcmd
 
+from ..capture import drop_cache
 from ..errors import SnapshotError
 
 log = logging.getLogger("cdp.agent.snapshot")
@@ -79,18 +80,12 @@ def _check_state_dir(device: str, targets: list[str], state_dir: Path) -> None:
                                 f"be frozen to read {device}: move the state directory")
 
 
-def _drop_cache(device: str) -> None:
-    # The device's page cache is its own (a whole disk's is not its partitions'): it may
-    # still hold blocks read at the last point that a filesystem has rewritten since.
-    runcmd.run(["blockdev", "--flushbufs", device])
-
-
 @contextlib.contextmanager
 def frozen(device: str, state_dir: Path) -> Iterator[None]:
     doc = runcmd.run_json(["lsblk", "--json", "-o", "NAME,PATH,TYPE,MOUNTPOINTS", device])
     targets = mounted_filesystems(doc)
     if not targets:
-        _drop_cache(device)
+        drop_cache(device)
         yield  # nothing mounted: nothing writes to it
         return
     _check_state_dir(device, targets, state_dir)
@@ -105,7 +100,7 @@ def frozen(device: str, state_dir: Path) -> Iterator[None]:
                 runcmd.run(["fsfreeze", "--freeze", target])
                 stack.callback(runcmd.run, ["fsfreeze", "--unfreeze", target], check=False)
             log.info("froze %s to read %s", ", ".join(targets), device)
-            _drop_cache(device)
+            drop_cache(device)
             yield
     finally:
         # Told, the guard exits without thawing: a later freeze is not its business.

@@ -7,14 +7,13 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cdpcore import runcmd
 from cdpcore.layout import Layout
-from hotcopy.capture import capture
+from hotcopy.capture import capture, parted_partitions
 from hotcopy.errors import SourceError
 
 from . import images
@@ -149,18 +148,35 @@ def _closes(path: str, action: Callable[[], object]) -> set[int]:
 
 @pytest.mark.parametrize("table", ["gpt", "msdos"])
 def test_capture_never_opens_the_disk_for_writing(tmp_path: Path, table: str) -> None:
-    """libparted opens a disk read-write (and flushes its cache); capture reads a copy of
-    the table's sectors instead, and records the same layout as from the image file."""
+    """libparted opens a disk read-write (udev then probes it again); capture reads a copy
+    of the table's sectors instead, and finds what pyparted finds on the disk itself."""
     img = make_image(tmp_path / "d.img", table)
-    expected = capture([str(img)], "web1")[0].disks[0]
+    direct = parted_partitions(str(img))
+    assert direct is not None
     with writable_loop(img) as dev:
         layouts: list[Layout] = []
         closes = _closes(dev, lambda: layouts.append(capture([dev], "web1")[0]))
         assert closes == {_IN_CLOSE_NOWRITE}  # read, and never opened for writing
     disk = layouts[0].disks[0]
-    assert (disk.table, disk.disk_guid) == (expected.table, expected.disk_guid)
-    assert [replace(p, volume=None) for p in disk.partitions] == [
-        replace(p, volume=None) for p in expected.partitions]
+    assert disk.table == direct[0]
+    assert [(p.number, p.start, p.length, p.kind, p.flags) for p in disk.partitions] == [
+        (p.number, p.start, p.length, p.kind, p.flags) for p in direct[1]]
+
+
+def test_table_pyparted_cannot_read_is_copied_whole_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A GPT whose backup header is gone: sfdisk reads it, pyparted refuses it. The disk
+    is copied whole, table included, and the agent says so."""
+    img = make_image(tmp_path / "b.img", "gpt")
+    with open(img, "r+b") as f:
+        f.seek(-512, os.SEEK_END)
+        f.write(bytes(512))
+    layout, volumes = capture([str(img)], "web1")
+    assert layout.disk("b.img").table is None
+    assert [(v.name, v.offset, v.size) for v in volumes] == [
+        ("b.img:whole", 0, images.DISK_MIB * MiB)]
+    assert f"{img}: sfdisk reads a gpt partition table that pyparted cannot: the disk is " \
+        "copied whole, table included" in caplog.text
 
 
 def test_disk_of_4096_byte_sectors_records_its_sectors(tmp_path: Path) -> None:
