@@ -156,12 +156,9 @@ def _sfdisk(path: str) -> dict[str, Any] | None:
     return table
 
 
-def sector_sizes(path: str) -> tuple[int, int]:
-    """(logical, physical) sector size: the kernel's for a block device, libparted's
-    512 for a file."""
-    if not is_block_device(path):
-        return FILE_SECTOR, FILE_SECTOR
-    fd = os.open(path, os.O_RDONLY)
+def sector_sizes(device: str) -> tuple[int, int]:
+    """A block device's (logical, physical) sector size."""
+    fd = os.open(device, os.O_RDONLY)
     try:
         logical, physical = (struct.unpack("I", fcntl.ioctl(fd, request, bytes(4)))[0]
                              for request in (_BLKSSZGET, _BLKPBSZGET))
@@ -241,11 +238,12 @@ def capture_disk(path: str) -> DiskCapture:
     """Read one disk (block device or image file): its layout and its volumes."""
     size = source_size(path)
     name = disk_name(path)
-    sector, physical = sector_sizes(path)
+    block = is_block_device(path)
+    sector, physical = sector_sizes(path) if block else (FILE_SECTOR, FILE_SECTOR)
     disk = Disk(name=name, size=size, logical_sector_size=sector,
                 physical_sector_size=physical)
     _identity(path, disk)
-    if is_block_device(path):
+    if block:
         drop_cache(path)  # read the table and the superblocks as they are on the disk
     table = _sfdisk(path)
     parted_table = None

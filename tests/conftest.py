@@ -161,6 +161,25 @@ def cdp_server(make_cdp_server: Callable[..., ServerHandle]) -> ServerHandle:
 
 
 @pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a tmpfs of the given MiB under the test's directory (for full-disk tests),
+    each unmounted when the test ends."""
+    mounts: list[Path] = []
+
+    def mount(mib: int) -> Path:
+        path = tmp_path / f"small{len(mounts)}"
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+                       check=True)
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
 def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A plain HTTP server on 127.0.0.1 serving a fresh directory, as a site serves answers
     files to rescue systems: yields its base URL and the directory."""

@@ -16,7 +16,7 @@ from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import new_master_key
 from hotcopy.remote import Remote
 
-from .images import make_image
+from .images import attached_loop, make_image
 
 
 @dataclass
@@ -44,13 +44,8 @@ def gpt_image(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def loop_device(gpt_image: Path) -> Iterator[str]:
-    from cdpcore import runcmd
-
-    dev = runcmd.run_text(["losetup", "-f", "--show", "-r", str(gpt_image)]).strip()
-    try:
+    with attached_loop(gpt_image, "-r") as dev:
         yield dev
-    finally:
-        runcmd.run(["losetup", "-d", dev], check=False)
 
 
 def write_at(path: Path | str, offset: int, data: bytes) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from hotcopy.capture import capture, parted_partitions
 from hotcopy.errors import SourceError
 
 from . import images
-from .images import MiB, make_image
+from .images import MiB, attached_loop, make_image
 
 
 def test_gpt_layout_records_exact_guids_types_and_filesystems(tmp_path: Path) -> None:
@@ -111,15 +110,6 @@ def test_whole_local_disks_are_the_default_sources() -> None:
     assert pick_local_disks(doc) == ["/dev/nvme0n1", "/dev/sda"]
 
 
-@contextmanager
-def writable_loop(image: Path, *extra: str) -> Iterator[str]:
-    dev = runcmd.run_text(["losetup", "-f", "--show", *extra, str(image)]).strip()
-    try:
-        yield dev
-    finally:
-        runcmd.run(["losetup", "-d", dev], check=False)
-
-
 _IN_CLOSE_WRITE, _IN_CLOSE_NOWRITE = 0x08, 0x10
 
 
@@ -153,7 +143,7 @@ def test_capture_never_opens_the_disk_for_writing(tmp_path: Path, table: str) ->
     img = make_image(tmp_path / "d.img", table)
     direct = parted_partitions(str(img))
     assert direct is not None
-    with writable_loop(img) as dev:
+    with attached_loop(img) as dev:
         layouts: list[Layout] = []
         closes = _closes(dev, lambda: layouts.append(capture([dev], "web1")[0]))
         assert closes == {_IN_CLOSE_NOWRITE}  # read, and never opened for writing
@@ -185,7 +175,7 @@ def test_disk_of_4096_byte_sectors_records_its_sectors(tmp_path: Path) -> None:
     img = tmp_path / "4k.img"
     with open(img, "wb") as f:
         f.truncate(64 * MiB)
-    with writable_loop(img, "--sector-size", "4096") as dev:
+    with attached_loop(img, "--sector-size", "4096") as dev:
         runcmd.run(["sfdisk", "-q", dev], input=b"label: gpt\nstart=256, size=4096\n"
                                                  b"start=4352, size=8192\n")
         layout, volumes = capture([dev], "web1")

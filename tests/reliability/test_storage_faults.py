@@ -10,7 +10,7 @@ import random
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,19 +180,17 @@ def test_corrupted_points_page_is_an_error_not_a_crash(cdp_server: Any,
 
 
 def test_full_disk_stores_nothing_half_and_recovers(tmp_path: Path, server_cert: Any,
-                                                    rng: random.Random) -> None:
+                                                    rng: random.Random,
+                                                    small_fs: Callable[[int], Path]) -> None:
     """The datastore on a 24 MiB tmpfs: uploads fail with 507 once it is full, nothing
     half-written is visible, earlier points stay whole, verify, prune and gc still work
     (they write to the catalog: uploads leave it a reserve), and once gc has freed space
     the refused point uploads."""
     from tests.conftest import ServerHandle, _cli, _free_port  # the shared server fixture's parts
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
     handle = None
     try:
-        data = mnt / "datastore"
+        data = small_fs(24) / "datastore"
         init = _cli("init", "--data", str(data))
         port = _free_port()
         handle = ServerHandle(url=f"https://127.0.0.1:{port}",
@@ -235,7 +233,6 @@ def test_full_disk_stores_nothing_half_and_recovers(tmp_path: Path, server_cert:
     finally:
         if handle is not None:
             handle.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_verify_cli_exit_code_and_json_name_the_damage(cdp_server: Any,

@@ -112,31 +112,26 @@ def test_metrics_openapi_and_logs(cdp_server) -> None:  # type: ignore[no-untype
 
 
 def test_full_disk_is_507_and_leaves_nothing_half_done(
-        make_cdp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
-    try:
-        server = make_cdp_server(data_dir=small / "ds")
-        tokens = server.add_host("web1")
-        agent = server.client(tokens[Role.agent], retries=0)
-        codec = new_codec()
-        first = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
-        push(agent, "web1", first)
-        big = build_point(codec, "web1", {"vda": os.urandom(1000 * BS)})  # ~4 MiB
-        with pytest.raises(ServerError) as exc:
-            agent.upload("web1", ObjectKind.chunks, list(big.chunks.items()))
-        assert exc.value.status == 507
-        assert "the datastore is full" in str(exc.value)
-        assert agent.missing("web1", ObjectKind.chunks, list(big.chunks)) == set(big.chunks)
-        with pytest.raises(ServerError) as exc2:
-            agent.commit("web1", big.request)
-        assert exc2.value.status == 409
-        assert [p.point_id for p in agent.points("web1")] == [first.point_id]
-        assert not list((small / "ds" / "objects" / "tmp").iterdir())
-        # space is usable again: the failed pack was removed at once
-        second = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
-        push(agent, "web1", second)
-        assert len(agent.points("web1")) == 2
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
+        make_cdp_server, small_fs) -> None:  # type: ignore[no-untyped-def]
+    small = small_fs(3)
+    server = make_cdp_server(data_dir=small / "ds")
+    tokens = server.add_host("web1")
+    agent = server.client(tokens[Role.agent], retries=0)
+    codec = new_codec()
+    first = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
+    push(agent, "web1", first)
+    big = build_point(codec, "web1", {"vda": os.urandom(1000 * BS)})  # ~4 MiB
+    with pytest.raises(ServerError) as exc:
+        agent.upload("web1", ObjectKind.chunks, list(big.chunks.items()))
+    assert exc.value.status == 507
+    assert "the datastore is full" in str(exc.value)
+    assert agent.missing("web1", ObjectKind.chunks, list(big.chunks)) == set(big.chunks)
+    with pytest.raises(ServerError) as exc2:
+        agent.commit("web1", big.request)
+    assert exc2.value.status == 409
+    assert [p.point_id for p in agent.points("web1")] == [first.point_id]
+    assert not list((small / "ds" / "objects" / "tmp").iterdir())
+    # space is usable again: the failed pack was removed at once
+    second = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
+    push(agent, "web1", second)
+    assert len(agent.points("web1")) == 2

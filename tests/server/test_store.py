@@ -4,7 +4,7 @@ ranges (neighbours in one transfer), byte for byte."""
 from __future__ import annotations
 
 import os
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,27 +28,23 @@ def test_a_pack_reads_back_by_ranges_near_far_large_and_past_its_end(tmp_path: P
         data[offset:offset + length] for offset, length in ranges]
 
 
-def test_uploads_leave_the_catalog_its_reserve_on_a_full_filesystem(tmp_path: Path) -> None:
+def test_uploads_leave_the_catalog_its_reserve_on_a_full_filesystem(
+        small_fs: Callable[[int], Path]) -> None:
     """Packs are refused while the catalog still has room: on a full datastore, prune, gc
     and verify must still be able to write to it."""
     assert store.catalog_reserve(8 << 20) == 1 << 20  # the floor
     assert store.catalog_reserve(10 << 30) == (10 << 30) // 100
     assert store.catalog_reserve(1 << 40) == 256 << 20  # the cap
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
-        objects = LocalStore(mnt)
-        stored = []
-        with pytest.raises(StorageFull, match=r"the datastore is full: 1 MiB free, 1 MiB "
-                                              r"of it kept for the catalog"):
-            for n in range(8):
-                objects.put(f"packs/00/{n}.pack", [os.urandom(1 << 20)])
-                stored.append(n)
-        # 7 of 8 MiB written; the eighth would eat into the reserve.
-        assert stored == list(range(7)) and not (mnt / "packs/00/7.pack").exists()
-        fs = os.statvfs(mnt)
-        assert fs.f_bavail * fs.f_frsize >= 1 << 20
-        assert not list((mnt / "tmp").iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = small_fs(8)
+    objects = LocalStore(mnt)
+    stored = []
+    with pytest.raises(StorageFull, match=r"the datastore is full: 1 MiB free, 1 MiB "
+                                          r"of it kept for the catalog"):
+        for n in range(8):
+            objects.put(f"packs/00/{n}.pack", [os.urandom(1 << 20)])
+            stored.append(n)
+    # 7 of 8 MiB written; the eighth would eat into the reserve.
+    assert stored == list(range(7)) and not (mnt / "packs/00/7.pack").exists()
+    fs = os.statvfs(mnt)
+    assert fs.f_bavail * fs.f_frsize >= 1 << 20
+    assert not list((mnt / "tmp").iterdir())
