@@ -15,8 +15,9 @@ from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import new_master_key
 from hotcopy.remote import Remote
+from tests.loopdev import attached_loop
 
-from .images import attached_loop, make_image
+from .images import make_image
 
 
 @dataclass

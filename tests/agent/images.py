@@ -4,8 +4,6 @@ offset (no partition devices exist for loop devices here)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import parted
@@ -71,12 +69,3 @@ def make_image(path: Path, table: str) -> Path:
         mkfs_ext4(path, 1 * MiB, 24 * MiB)
     return path
 
-
-@contextmanager
-def attached_loop(image: Path, *options: str) -> Iterator[str]:
-    """A loop device over `image` (losetup `options`, e.g. -r), detached afterwards."""
-    dev = runcmd.run_text(["losetup", "-f", "--show", *options, str(image)]).strip()
-    try:
-        yield dev
-    finally:
-        runcmd.run(["losetup", "-d", dev], check=False)

@@ -14,9 +14,10 @@ from cdpcore import runcmd
 from cdpcore.layout import Layout
 from hotcopy.capture import capture, parted_partitions
 from hotcopy.errors import SourceError
+from tests.loopdev import attached_loop
 
 from . import images
-from .images import MiB, attached_loop, make_image
+from .images import MiB, make_image
 
 
 def test_gpt_layout_records_exact_guids_types_and_filesystems(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from cdpcore.keys import new_master_key, recovery_key
 from hotcopy.backup import backup
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
+from tests.loopdev import attached_loop
 
 from .conftest import record
 
@@ -52,12 +53,8 @@ def blank(path: Path, size: int = 8 * MIB) -> Path:
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[str]:
-    backing = blank(tmp_path / "loop.img")
-    dev = runcmd.run_text(["losetup", "-f", "--show", str(backing)]).strip()
-    try:
+    with attached_loop(blank(tmp_path / "loop.img")) as dev:
         yield dev
-    finally:
-        runcmd.run(["losetup", "-d", dev], check=False)
 
 
 def quiet_ext4(dev: str) -> None:
@@ -106,11 +103,8 @@ def test_refuses_the_rescue_medium(engine: Engine, loop: str, tmp_path: Path) ->
 
 def test_refuses_an_image_file_in_use_by_a_loop_device(engine: Engine, tmp_path: Path) -> None:
     target = blank(tmp_path / "busy.img")
-    dev = runcmd.run_text(["losetup", "-f", "--show", str(target)]).strip()
-    try:
+    with attached_loop(target) as dev:
         message = refused(engine, str(target), tmp_path)
-    finally:
-        runcmd.run(["losetup", "-d", dev], check=False)
     assert f"is attached to {dev}" in message
     record("restore_safety", case="file behind a loop device", message=message)
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from cdpcore.errors import UsageError
 from rescue.bootloader import reinstall
+from tests.loopdev import attached_loop
 
 MIB = 1024 * 1024
 
@@ -24,7 +26,11 @@ def sh(*argv: str) -> str:
 @pytest.fixture
 def loops(tmp_path: Path) -> Iterator[list[str]]:
     """Three ext4 loop devices: a data fs, a root (fstab naming /boot by label), /boot."""
-    devices: list[str] = []
+    with ExitStack() as attached:
+        yield [attached.enter_context(attached_loop(img)) for img in _images(tmp_path)]
+
+
+def _images(tmp_path: Path) -> Iterator[Path]:
     for name, files in (("data", {}),
                         ("root", {"etc/fstab": "LABEL=cdptestroot / ext4 defaults 0 1\n"
                                                "LABEL=cdptestboot /boot ext4 defaults 0 2\n"}),
@@ -36,12 +42,7 @@ def loops(tmp_path: Path) -> Iterator[list[str]]:
             (tree / rel).write_text(text)
         img = tmp_path / f"{name}.img"
         sh("mkfs.ext4", "-q", "-F", "-L", f"cdptest{name}", "-d", str(tree), str(img), "8M")
-        devices.append(sh("losetup", "-f", "--show", str(img)).strip())
-    try:
-        yield devices
-    finally:
-        for dev in devices:
-            sh("losetup", "-d", dev)
+        yield img
 
 
 def mounts() -> str:

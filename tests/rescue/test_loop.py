@@ -22,6 +22,7 @@ from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
 from rescue.target import Target
 from rescue.tui.targets import problems
+from tests.loopdev import attached_loop
 
 from .conftest import MIB, PASS
 from .test_restore import check_equal, make_source, point_of, sh
@@ -33,12 +34,11 @@ pytest.importorskip("parted")
 def loop(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     backing = tmp_path / "loopdisk.img"
     backing.write_bytes(os.urandom(64 * MIB))  # stale content that must not survive
-    dev = sh("losetup", "-f", "--show", str(backing)).strip()
-    try:
-        yield dev, backing
-    finally:
-        subprocess.run(["umount", dev], capture_output=True)
-        sh("losetup", "-d", dev)
+    with attached_loop(backing) as dev:
+        try:
+            yield dev, backing
+        finally:
+            subprocess.run(["umount", dev], capture_output=True)
 
 
 @pytest.mark.parametrize("table", ["gpt", "msdos"])
@@ -73,8 +73,7 @@ def test_restore_onto_a_loop_device_that_was_seen_smaller(repo_host: dict[str, A
     parted = pytest.importorskip("parted")
     backing = tmp_path / "grown.img"
     backing.write_bytes(bytes(8 * MIB))
-    dev = sh("losetup", "-f", "--show", str(backing)).strip()
-    try:
+    with attached_loop(backing) as dev:
         parted.getDevice(dev).removeFromCache()  # whatever earlier tests left cached
         assert parted.getDevice(dev).getLength() * 512 == 8 * MIB  # now cached at 8 MiB
         with open(backing, "r+b") as f:
@@ -89,8 +88,6 @@ def test_restore_onto_a_loop_device_that_was_seen_smaller(repo_host: dict[str, A
         assert report.ok
         os.sync()
         check_equal(source, backing)
-    finally:
-        sh("losetup", "-d", dev)
 
 
 def test_mounted_loop_device_refused(repo_host: dict[str, Any], tmp_path: Path,
@@ -138,8 +135,7 @@ def test_boot_medium_flagged_and_refused(repo_host: dict[str, Any], tmp_path: Pa
     source = tmp_path / "vda.img"
     make_source(source, "gpt")
     point_of(repo_host, source)
-    dev = sh("losetup", "-f", "--show", "--read-only", str(iso)).strip()
-    try:
+    with attached_loop(iso, "--read-only") as dev:
         reason = f"{dev} is the boot medium (ISO 9660 label CDP_RESCUE)"
         found = {d.path: d for d in discover_disks()}
         assert reason in found[dev].busy
@@ -151,8 +147,6 @@ def test_boot_medium_flagged_and_refused(repo_host: dict[str, Any], tmp_path: Pa
         # The TUI's disk map offers it with the same reason, as not a target.
         layout = engine.repo.open_point(engine.repo.choose("latest").point_id).manifest.layout
         assert reason in problems(layout.disks[0], found[dev])
-    finally:
-        sh("losetup", "-d", dev)
     assert hashlib.sha256(iso.read_bytes()).hexdigest() == before
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.loopdev import attached_loop
+
 from .conftest import MIB, PASS
 from .test_restore import check_equal, digest, make_source, partitions, point_of, sh
 
@@ -92,9 +94,8 @@ def test_grow_filesystem_on_enlarged_partition(repo_host: dict[str, Any], tmp_pa
     assert f"grow the {fstype} filesystem of partition 2 to" in proc.stdout
     part = partitions(target)[1]
     assert part["start"] + part["size"] == (size + 64 * MIB) // 512 - 33
-    loop = sh("losetup", "-f", "--show", "-o", str(part["start"] * 512), "--sizelimit",
-              str(part["size"] * 512), str(target)).strip()
-    try:
+    with attached_loop(target, "-o", str(part["start"] * 512),
+                       "--sizelimit", str(part["size"] * 512)) as loop:
         if fstype == "ext4":
             sh("e2fsck", "-fn", loop)  # clean: exit 0
         else:
@@ -104,8 +105,6 @@ def test_grow_filesystem_on_enlarged_partition(repo_host: dict[str, Any], tmp_pa
             fs_bytes = fs_size(fstype, loop, mnt)
         # resize2fs and xfs_growfs may leave a last group too small to be worth adding.
         assert part["size"] * 512 - 4 * MIB <= fs_bytes <= part["size"] * 512
-    finally:
-        sh("losetup", "-d", loop)
 
 
 def test_no_grow_fs_leaves_filesystem_size(repo_host: dict[str, Any], tmp_path: Path) -> None:
