@@ -188,3 +188,30 @@ def test_disk_of_4096_byte_sectors_records_its_sectors(tmp_path: Path) -> None:
         assert [(v.name, v.offset, v.size) for v in volumes] == [
             (f"{name}:boot", 0, 1 * MiB), (f"{name}:p1", 1 * MiB, 16 * MiB),
             (f"{name}:p2", 17 * MiB, 32 * MiB)]
+
+
+def test_sfdisk_without_backup_pt_sectors_falls_back_to_pyparted_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An sfdisk that predates --backup-pt-sectors (a stand-in: an older util-linux
+    cannot be installed here beside Debian 12's; this one refuses the option as getopt
+    does and passes every other call to the real sfdisk): the layout is the same, read
+    by pyparted itself, and the agent says why."""
+    img = make_image(tmp_path / "d.img", "gpt")
+    expected = capture([str(img)], "web1")
+    real = runcmd.run_text(["sh", "-c", "command -v sfdisk"]).strip()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sfdisk").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --backup-pt-sectors ]; then\n'
+        "  echo \"sfdisk: unrecognized option '--backup-pt-sectors'\" >&2\n"
+        "  echo \"Try 'sfdisk --help' for more information.\" >&2\n"
+        "  exit 1\n"
+        "fi\n"
+        f'exec {real} "$@"\n')
+    (bin_dir / "sfdisk").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert capture([str(img)], "web1") == expected
+    assert f"{img}: this sfdisk has no --backup-pt-sectors (older util-linux): pyparted " \
+        "reads the disk itself, which opens it read-write" in caplog.text
