@@ -36,6 +36,8 @@ from .errors import BadRequest, Conflict
 
 _BATCH = 512  # pages per catalog lookup and read round
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: The catalog records a point's size as a signed 64-bit integer (SQLite's INTEGER).
+MAX_POINT_BYTES = (1 << 63) - 1
 
 
 def point_info(row: PointRow) -> PointInfo:
@@ -62,6 +64,10 @@ def _records(req: CommitRequest) -> list[VolumeRecord]:
         raise BadRequest(f"bad commit: {exc}", 422) from None
     if len({v.name for v in vols}) != len(vols):
         raise BadRequest("bad commit: two volumes have the same name", 422)
+    total = sum(v.size for v in vols)
+    if total > MAX_POINT_BYTES:
+        raise BadRequest(f"bad commit: the volumes add up to {total} bytes, more than a "
+                         f"point may hold ({MAX_POINT_BYTES} bytes)", 422)
     if not manifest or len(manifest) > MAX_MANIFEST_BYTES:
         raise BadRequest(f"bad commit: manifest of {len(manifest)} bytes", 422)
     return vols

@@ -101,7 +101,13 @@ class Datastore:
 
     def recover(self) -> RecoveryReport:
         """At start-up, before serving: remove what a crash left half-done (pending packs,
-        pack files the catalog does not know, temp files). Nothing of it was visible."""
+        pack files the catalog does not know, temp files). Nothing of it was visible.
+        Under the commit lock: a `cdp-server gc` running meanwhile writes packs (pending,
+        then done) that are neither half-done nor orphans; recovery waits for it."""
+        with self.commit_lock():
+            return self._recover()
+
+    def _recover(self) -> RecoveryReport:
         packs = self.catalog.packs()
         pending = [p.name for p in packs if p.state == "pending"]
         for name in pending:

@@ -73,6 +73,10 @@ def gc(ds: Datastore, grace: float) -> GcReport:
                 log.warning("gc skips host: %s", exc, extra={"host": host})
                 continue
             live_total += len(live_chunks)
+            # Only pages of a point may keep "complete": a subtree outside every point may
+            # lose objects to this or a later sweep. Cleared before anything is deleted, so
+            # a gc stopped half-way leaves no complete mark above a deleted object.
+            ds.catalog.keep_complete_only(host, live_pages)
             live = {ObjectKind.pages: live_pages, ObjectKind.chunks: live_chunks}
             for kind in (ObjectKind.chunks, ObjectKind.pages):
                 dead = []
@@ -84,9 +88,6 @@ def gc(ds: Datastore, grace: float) -> GcReport:
                     else:
                         dead.append(oid)
                 removed[kind] += ds.catalog.delete_unseen(host, kind, dead, cutoff)
-            # Only pages of a point may keep "complete": a subtree outside every point may
-            # lose objects to this or a later sweep.
-            ds.catalog.keep_complete_only(host, live_pages)
         freed = _sweep_packs(ds, cutoff)
     return GcReport(live_chunks=live_total, removed_chunks=removed[ObjectKind.chunks],
                     removed_pages=removed[ObjectKind.pages], freed_bytes=freed,

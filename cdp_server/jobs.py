@@ -29,9 +29,9 @@ def prune(ds: Datastore, host: str | None = None) -> PruneReport:
             [retention.Candidate(r.point_id, min(r.created, r.committed), r.pinned)
              for r in rows],
             ds.catalog.retention(name))
-        gone = [r.point_id for r in rows if r.point_id not in keep]
-        ds.catalog.delete_points(name, gone)
-        kept += [r.point_id for r in rows if r.point_id in keep]
+        gone = ds.catalog.delete_points(
+            name, [r.point_id for r in rows if r.point_id not in keep], keep_pinned=True)
+        kept += [r.point_id for r in rows if r.point_id not in gone]
         removed += gone
     return PruneReport(kept=kept, removed=removed)
 

@@ -497,10 +497,14 @@ class SqliteCatalog:
             db.execute("UPDATE points SET pinned = ? WHERE host = ? AND point_id = ?",
                        (int(pinned), host, point_id))
 
-    def delete_points(self, host: str, point_ids: list[str]) -> None:
+    def delete_points(self, host: str, point_ids: list[str], *,
+                      keep_pinned: bool = False) -> list[str]:
+        """Delete these points; returns those deleted. `keep_pinned`: a point pinned since
+        the caller looked stays (prune decides on a listing a pin may overtake)."""
+        sql = "DELETE FROM points WHERE host = ? AND point_id = ?" + (
+            " AND NOT pinned" if keep_pinned else "")
         with self.write() as db:
-            db.executemany("DELETE FROM points WHERE host = ? AND point_id = ?",
-                           [(host, p) for p in point_ids])
+            return [p for p in point_ids if db.execute(sql, (host, p)).rowcount]
 
     def set_verify(self, statuses: list[tuple[str, str, str]]) -> None:
         """(host, point_id, status) triples."""

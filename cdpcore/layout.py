@@ -13,6 +13,9 @@ from typing import Any, Literal
 from .errors import FormatError
 
 LAYOUT_VERSION = 1
+#: The sector size of an image file: libparted and sfdisk read a regular file as a disk
+#: of 512-byte sectors.
+FILE_SECTOR = 512
 
 TableType = Literal["gpt", "msdos"]
 PartitionRole = Literal["data", "esp", "bios_boot", "boot", "swap", "lvm_pv", "extended", "other"]

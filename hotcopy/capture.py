@@ -36,7 +36,7 @@ import parted
 
 from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
-from cdpcore.layout import Disk, Filesystem, Layout, Partition, PartitionRole
+from cdpcore.layout import FILE_SECTOR, Disk, Filesystem, Layout, Partition, PartitionRole
 
 from .errors import SourceError
 
@@ -50,8 +50,6 @@ MBR_SWAP, MBR_LVM, MBR_ESP = 0x82, 0x8E, 0xEF
 MBR_EXTENDED = (0x05, 0x0F, 0x85)
 #: <linux/fs.h>: logical and physical sector size of a block device
 _BLKSSZGET, _BLKPBSZGET = 0x1268, 0x127B
-#: what libparted assumes for a regular file
-FILE_SECTOR = 512
 
 
 @dataclass(frozen=True)

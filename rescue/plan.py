@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from cdpcore.errors import FormatError, SafetyError, UsageError
-from cdpcore.layout import Disk, Layout, Partition, _disk
+from cdpcore.layout import FILE_SECTOR, Disk, Layout, Partition, _disk
 from cdpcore.manifest import VolumeRecord
 
 from .bootloader import ROOT_FILESYSTEMS
@@ -109,7 +109,17 @@ def _check_target(src: Disk, match: Match) -> None:
                           + "; ".join(target.busy))
     if target.read_only:
         raise SafetyError(f"refusing target {target.path}: it is read-only")
-    if not target.is_file and target.logical_sector_size != src.logical_sector_size:
+    if target.is_file:
+        if src.table and src.logical_sector_size != FILE_SECTOR:
+            # libparted would write the table in 512-byte sectors, the data would go where
+            # the source's sectors put it: a table that does not match its partitions.
+            raise SafetyError(
+                f"target {target.path} is an image file, which partition tools read as "
+                f"{FILE_SECTOR}-byte sectors; source disk {src.name} had "
+                f"{src.logical_sector_size}-byte sectors: restore onto a disk of that sector "
+                "size, or attach the file as one (losetup --sector-size "
+                f"{src.logical_sector_size}) and restore onto the loop device")
+    elif target.logical_sector_size != src.logical_sector_size:
         raise SafetyError(f"target {target.path} has {target.logical_sector_size}-byte sectors,"
                           f" source disk {src.name} had {src.logical_sector_size}: partition "
                           "tables cannot be carried over")

@@ -137,6 +137,33 @@ def test_plan_actions_refusals_and_json_round_trip() -> None:
                    map_disks([disk], [], {"vda": medium}))
 
 
+def test_partitioned_4096_byte_sector_disk_is_refused_for_an_image_file() -> None:
+    """libparted writes an image file's table in 512-byte sectors while the data would
+    go where the 4096-byte sectors put it: refused before anything is written. The same
+    disk onto a 4096-byte-sector device plans, as does a table-less one onto a file."""
+    disk = gpt_disk(size=512 * MIB)
+    disk.logical_sector_size = disk.physical_sector_size = 4096
+    layout = Layout(hostname="h", disks=[disk])
+    image = local("/tmp/t.img", 512 * MIB, is_file=True)
+    with pytest.raises(SafetyError) as err:
+        build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                   map_disks([disk], [], {"vda": image}))
+    assert str(err.value) == (
+        "target /tmp/t.img is an image file, which partition tools read as 512-byte "
+        "sectors; source disk vda had 4096-byte sectors: restore onto a disk of that sector "
+        "size, or attach the file as one (losetup --sector-size 4096) and restore onto the "
+        "loop device")
+    native = local("/dev/sdb", 512 * MIB, logical_sector_size=4096)
+    plan = build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                      map_disks([disk], [], {"vda": native}))
+    p3 = next(a for a in plan.actions if a.volume == "vda:p3" and a.type == "stream")
+    assert p3.offset == 34816 * 4096
+    whole = Disk(name="vdb", size=MIB, logical_sector_size=4096, volume="vdb:whole")
+    build_plan("h", "f" * 32, 1.0, Layout(hostname="h", disks=[whole]),
+               [VolumeRecord("vdb:whole", MIB, 16384, ZERO_ROOT, 0)],
+               map_disks([whole], [], {"vdb": local("/tmp/w.img", MIB, is_file=True)}))
+
+
 def test_grow_fs_and_bootloader_actions() -> None:
     disk = gpt_disk()
     disk.partition(4).filesystem = Filesystem("ext4", "u4", "root")

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 
+import pytest
+
+from cdp_server.commit import commit
+from cdp_server.datastore import Datastore, RecoveryReport
+from cdp_server.gc import gc
+from cdp_server.store import new_pack_name
+from cdpcore import records
 from cdpcore.api import ObjectKind, Role
 from cdpcore.client import MissingObjectsError
 
@@ -117,3 +125,59 @@ def test_gc_cleans_orphan_packs_at_restart(cdp_server) -> None:  # type: ignore[
     cdp_server.restart()
     assert not orphan.exists()
     assert '"cleaned_orphans": 1' in cdp_server.log()
+
+
+def test_start_up_recovery_waits_for_a_running_gc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`cdp-server serve` starting while `cdp-server gc` rewrites a pack: recovery must not
+    take gc's new pack, pending while it is written, for a crash's leftover. Two datastore
+    objects, as two processes: the commit lock is a file lock."""
+    gc_side, _ = Datastore.init(tmp_path / "ds")
+    gc_side.add_host("web1")
+    built = build_point(new_codec(), "web1", {"vda": os.urandom(4 * BS)})
+    server_side = Datastore.open(tmp_path / "ds")
+    with gc_side.commit_lock():
+        pack = new_pack_name()
+        gc_side.catalog.begin_pack(pack, 4)
+        gc_side.store.put(pack, [b"gc's"])
+        recovery = threading.Thread(target=lambda: reports.append(server_side.recover()))
+        reports: list[RecoveryReport] = []
+        recovery.start()
+        recovery.join(0.5)
+        assert recovery.is_alive()  # waits for the lock gc holds
+        chunk = next(iter(built.chunks))
+        gc_side.catalog.add_objects("web1", ObjectKind.chunks, pack, [(chunk, 0, 4, b"crc!")],
+                                    time.time())
+    recovery.join(10)
+    assert reports == [RecoveryReport(pending_packs=0, orphan_objects=0, temp_files=0)]
+    assert [(p.name, p.state) for p in server_side.catalog.packs()] == [(pack, "done")]
+    assert server_side.store.get_ranges(pack, [(0, 4)]) == [b"gc's"]
+
+
+def test_gc_stopped_after_deleting_leaves_no_complete_mark_above_a_hole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A later commit skips the subtrees marked complete: gc clears the marks of pages no
+    point uses before it deletes anything, so a gc that stops half-way (killed, an error)
+    cannot leave a complete page above deleted chunks."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    built = build_point(codec, "web1", {"vda": os.urandom(600 * BS)})
+    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+    ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    commit(ds, "web1", built.request)
+    ds.catalog.delete_points("web1", [built.point_id])
+    db = sqlite3.connect(tmp_path / "ds" / "catalog.sqlite")
+    complete = "SELECT count(*) FROM objects WHERE complete"
+    assert db.execute(complete).fetchone()[0] > 0
+    delete = ds.catalog.delete_unseen
+
+    def killed_after_the_chunks(host: str, kind: ObjectKind, ids: list[bytes],
+                                cutoff: float) -> int:
+        delete(host, kind, ids, cutoff)
+        raise KeyboardInterrupt  # gc stopped with the chunks gone, the pages still there
+
+    ds.catalog.delete_unseen = killed_after_the_chunks  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        gc(ds, grace=-1)
+    assert db.execute("SELECT count(*) FROM objects WHERE kind = 0").fetchone()[0] == 0
+    assert db.execute(complete).fetchone()[0] == 0
+    db.close()

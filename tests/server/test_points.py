@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 
+from cdpcore import format as fmt
 from cdpcore import index
 from cdpcore.api import API_PREFIX, ObjectKind, Role, VolumeWire
 from cdpcore.client import MissingObjectsError
@@ -121,6 +122,28 @@ def test_commit_checks_geometry(web1) -> None:  # type: ignore[no-untyped-def]
         agent.commit("web1", too_big)
     assert exc2.value.status == 422
     assert "where level 1 with 3 entries belongs" in str(exc2.value)
+
+
+def test_commit_of_volumes_too_large_for_the_catalog_is_refused(web1) -> None:  # type: ignore[no-untyped-def]
+    """Empty volumes of any size walk no tree; their sizes must still fit the catalog's
+    64-bit integers, or the commit would fail with a 500 after validation."""
+    agent, reader = web1
+    built = build_point(new_codec(), "web1", {"vda": _disk(2)})
+    upload_all(agent, "web1", built)
+    bs = 4 * 1024 * 1024
+
+    def empty(name: str, size: int) -> VolumeWire:
+        return VolumeWire(name=name, size=size, block_size=bs, root=fmt.ZERO_ID.hex(),
+                          height=index.Geometry(size, bs).height)
+
+    for volumes, total in (([empty("huge", 1 << 70)], 1 << 70),
+                           ([empty("a", 1 << 62), empty("b", 1 << 62)], 1 << 63)):
+        with pytest.raises(ServerError) as exc:
+            agent.commit("web1", built.request.model_copy(update={"volumes": volumes}))
+        assert exc.value.status == 422
+        assert f"bad commit: the volumes add up to {total} bytes, more than a point may " \
+            f"hold ({(1 << 63) - 1} bytes)" in str(exc.value)
+    assert reader.points("web1") == []
 
 
 def test_half_uploaded_point_is_never_listed(web1) -> None:  # type: ignore[no-untyped-def]

@@ -8,8 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from cdp_server.commit import commit
+from cdp_server.datastore import Datastore
+from cdp_server.jobs import prune
 from cdp_server.retention import Candidate, select
-from cdpcore.api import Retention, Role
+from cdpcore import records
+from cdpcore.api import ObjectKind, Retention, Role
 from cdpcore.errors import NotFoundError
 
 from .points import BS, build_point, new_codec, push
@@ -114,3 +118,30 @@ def test_prune_by_the_cli_is_seen_by_the_running_server(cdp_server) -> None:  # 
     subprocess.run([sys.executable, "-m", "cdp_server", "prune", "--data",
                     str(cdp_server.data_dir)], check=True, capture_output=True)
     assert [p.point_id for p in agent.points("web1")] == ids[2:]
+
+
+def test_a_pin_that_lands_while_prune_decides_keeps_the_point(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Prune lists the points, then deletes those retention does not keep: a pin that
+    lands in between (the API answered "pinned") must keep its point."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    ids = []
+    for created in (1000.0, 2000.0):
+        built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=created)
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        commit(ds, "web1", built.request)
+        ids.append(built.point_id)
+    ds.catalog.set_retention("web1", Retention(keep_last=1))
+    decide = ds.catalog.retention
+
+    def pinned_meanwhile(host: str) -> Retention:
+        ds.catalog.set_pinned(host, ids[0], True)  # after the listing, before the delete
+        return decide(host)
+
+    ds.catalog.retention = pinned_meanwhile  # type: ignore[method-assign]
+    report = prune(ds, "web1")
+    assert (report.removed, sorted(report.kept)) == ([], sorted(ids))
+    assert [(r.point_id, r.pinned) for r in ds.catalog.point_rows("web1")] == [
+        (ids[0], True), (ids[1], False)]
