@@ -81,6 +81,12 @@ class CommandFailed(CdpError):
         )
 
 
+class TargetError(CdpError):
+    """Writing a restore target, or flushing it to the disk, failed (I/O error, no space)."""
+
+    exit_code = 12
+
+
 class SafetyError(CdpError):
     """A destructive action was refused: wrong disk, mounted disk, rescue medium, too small."""
 

@@ -39,6 +39,7 @@ from cdpcore.errors import (
     IntegrityError,
     NotFoundError,
     ServerError,
+    TargetError,
 )
 from cdpcore.index import PageSource, iter_block_ids
 from cdpcore.manifest import VolumeRecord
@@ -258,9 +259,21 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
     per_batch = max(1, min(opts.batch_bytes // vol.block_size, MAX_IDS_PER_REQUEST))
     done_blocks, unsynced = start_block, 0
     damage: _Damage | None = None
+    sync_failed = False
 
     def checkpoint(blocks: int) -> None:
-        target.sync()  # flushes the workers' writes too: they share the page cache
+        nonlocal sync_failed
+        if sync_failed:
+            # Linux reports a writeback error to a descriptor once: a later fsync may
+            # succeed with the lost writes still lost, so nothing more is claimed.
+            return
+        try:
+            target.sync()  # flushes the workers' writes too: they share the page cache
+        except OSError as exc:
+            sync_failed = True
+            raise TargetError(f"{target.path}: flushing the restored data to the disk "
+                              f"failed: {exc.strerror}; nothing written since the last "
+                              "checkpoint counts as restored") from None
         if on_checkpoint:
             on_checkpoint(blocks)
 
@@ -286,7 +299,11 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
                 pending.append(pool.submit(_run_batch, batch))
             if not pending:
                 break
-            done = pending.popleft().result()
+            try:
+                done = pending.popleft().result()
+            except OSError as exc:  # a worker's write to the target
+                raise TargetError(f"{target.path}: writing the restore failed: "
+                                  f"{exc.strerror}") from None
             result.written += done.written
             result.zeroed += done.zeroed
             done_blocks, damage = done.end, done.damage
