@@ -5,7 +5,7 @@ GRUB and kernel versions, in a chroot), its configuration and initramfs regenera
 
 The root filesystem is found by mounting each candidate (restored partitions and LVs with
 a Linux filesystem) and looking for /etc/fstab; /boot and /boot/efi are mounted as its
-fstab says. UEFI: `grub-install --target=x86_64-efi`, which writes the NVRAM entry through
+fstab says, found among the restored devices only. UEFI: `grub-install --target=x86_64-efi`, which writes the NVRAM entry through
 efibootmgr; when the rescue system itself was not booted by UEFI there are no EFI
 variables to write, so GRUB also goes to the removable path (EFI/BOOT/BOOTX64.EFI) that
 firmware finds without an entry. BIOS: `grub-install --target=i386-pc DISK`.
@@ -51,14 +51,33 @@ def boot_mounts(entries: list[FstabEntry]) -> list[FstabEntry]:
     return [by_mount[m] for m in ("/boot", "/boot/efi") if m in by_mount]
 
 
-def resolve(spec: str) -> str:
-    """The device an fstab spec names (findfs understands UUID=, LABEL=, PART*=)."""
-    tag = spec.split("=", 1)[0]
+def _tags(device: str) -> dict[str, str]:
+    """blkid's UUID, LABEL, PARTUUID, PARTLABEL ... of a device, read from the device (no
+    cache: it was just restored)."""
+    done = runcmd.run(["blkid", "-c", "/dev/null", "-o", "export", device], check=False)
+    pairs = (line.partition("=") for line in done.stdout.decode(errors="replace").splitlines())
+    return {key: value for key, _, value in pairs if key}
+
+
+def resolve(spec: str, devices: list[str]) -> str:
+    """The restored device an fstab spec (UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/...)
+    names, looked for only among `devices`, the plan's partitions and LVs: the restore
+    copies UUIDs and labels, so an old disk still attached holds the same ones, and a
+    search of the whole system (findfs) could mount and write that disk."""
+    tag, _, value = spec.partition("=")
     if tag in _TAGS:
-        return runcmd.run_text(["findfs", spec]).strip()
-    if spec.startswith("/dev/"):
-        return spec
-    raise UsageError(f"cannot resolve fstab device {spec!r} of the restored system")
+        value = value.strip('"')
+        found = next((d for d in devices if _tags(d).get(tag) == value), None)
+    elif spec.startswith("/dev/"):
+        found = next((d for d in devices if os.path.realpath(d) == os.path.realpath(spec)),
+                     None)
+    else:
+        raise UsageError(f"cannot resolve fstab device {spec!r} of the restored system")
+    if found is None:
+        raise UsageError(f"the restored system's fstab names {spec}, which is none of the "
+                         f"restored devices ({', '.join(devices)}): reinstall its boot "
+                         "loader by hand")
+    return found
 
 
 @contextlib.contextmanager
@@ -93,9 +112,11 @@ def _first(root: Path, *names: str) -> str | None:
     return None
 
 
-def reinstall(disk: str, boot_mode: str, candidates: list[str]) -> list[str]:
+def reinstall(disk: str, boot_mode: str, candidates: list[str], devices: list[str],
+              ) -> list[str]:
     """Reinstall GRUB for `boot_mode` ("bios" or "uefi") onto `disk` from the restored
-    root among `candidates`, regenerate its config and initramfs. Returns notes."""
+    root among `candidates`, with /boot and /boot/efi among `devices` (every restored
+    partition and LV), regenerate its config and initramfs. Returns notes."""
     notes: list[str] = []
     root_dev = find_root(candidates)
     with contextlib.ExitStack() as stack:
@@ -106,7 +127,8 @@ def reinstall(disk: str, boot_mode: str, candidates: list[str]) -> list[str]:
             raise UsageError(f"the restored system on {root_dev} has no grub-install: "
                              "reinstall its boot loader by hand")
         for entry in boot_mounts(parse_fstab((root / "etc/fstab").read_text())):
-            stack.enter_context(_mounted(resolve(entry.spec), str(root / entry.mountpoint[1:])))
+            stack.enter_context(_mounted(resolve(entry.spec, devices),
+                                         str(root / entry.mountpoint[1:])))
         for fs in ("/dev", "/proc", "/sys", "/run"):
             # A root restored from a live system has these (empty) directories; an
             # older capture without them gets them, as a fresh install would.

@@ -251,15 +251,16 @@ def _bootloader_action(layout: Layout, disks: list[DiskPlan]) -> Action:
                          "partitions and LVs by their device nodes): " + ", ".join(files)
                          + " is an image file")
     boot = next((dp for dp in disks if layout.disk(dp.source).boot_area_volume), disks[0])
-    candidates = [partition_device(dp.target.path, p.number) for dp in disks
-                  for p in dp.layout.partitions
-                  if p.volume and p.filesystem and p.filesystem.type in ROOT_FILESYSTEMS]
-    candidates += [f"/dev/{vg.name}/{lv.name}" for vg in layout.volume_groups for lv in vg.lvs
-                   if lv.volume and lv.filesystem and lv.filesystem.type in ROOT_FILESYSTEMS]
+    restored = [(partition_device(dp.target.path, p.number), p.filesystem) for dp in disks
+                for p in dp.layout.partitions if p.volume]
+    restored += [(f"/dev/{vg.name}/{lv.name}", lv.filesystem) for vg in layout.volume_groups
+                 for lv in vg.lvs if lv.volume]
+    candidates = [dev for dev, fs in restored if fs and fs.type in ROOT_FILESYSTEMS]
     return Action(f"bootloader:{boot.source}", "bootloader", boot.target.path,
                   f"reinstall GRUB ({layout.boot_mode}) on {boot.target.path} from the "
                   "restored system, regenerate its GRUB config and initramfs",
-                  params={"boot_mode": layout.boot_mode, "candidates": candidates})
+                  params={"boot_mode": layout.boot_mode, "candidates": candidates,
+                          "devices": [dev for dev, _ in restored]})
 
 
 def build_plan(host: str, point_id: str, created: float, layout: Layout,

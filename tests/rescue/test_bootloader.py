@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdpcore.errors import UsageError
-from rescue.bootloader import reinstall
+from rescue.bootloader import reinstall, resolve
 from tests.loopdev import attached_loop
 
 MIB = 1024 * 1024
@@ -52,7 +52,7 @@ def mounts() -> str:
 def test_root_found_boot_mounted_and_missing_grub_refused(loops: list[str]) -> None:
     data, root, _ = loops
     with pytest.raises(UsageError) as err:
-        reinstall("/dev/null", "bios", [data, root])
+        reinstall("/dev/null", "bios", [data, root], loops)
     assert str(err.value) == (f"the restored system on {root} has no grub-install: "
                               "reinstall its boot loader by hand")
     assert "cdp-chroot" not in mounts() and "cdp-root" not in mounts()
@@ -60,8 +60,31 @@ def test_root_found_boot_mounted_and_missing_grub_refused(loops: list[str]) -> N
 
 def test_no_root_filesystem(loops: list[str]) -> None:
     with pytest.raises(UsageError) as err:
-        reinstall("/dev/null", "uefi", [loops[0], loops[2]])
+        reinstall("/dev/null", "uefi", [loops[0], loops[2]], loops)
     assert str(err.value) == ("no restored filesystem holds /etc/fstab: cannot find the root "
                               f"filesystem to reinstall the boot loader from (checked "
                               f"{loops[0]}, {loops[2]})")
     assert "cdp-root" not in mounts()
+
+
+def test_boot_filesystems_are_found_only_among_the_restored_devices(
+        loops: list[str], tmp_path: Path) -> None:
+    """The old system disk, still attached, holds the same UUID and label as the restored
+    /boot (a byte-exact restore copies them): /boot is looked for among the restored
+    devices only, never mounted (and written) from the old disk."""
+    data, root, boot = loops
+    uuid = sh("blkid", "-c", "/dev/null", "-s", "UUID", "-o", "value", boot).strip()
+    old = tmp_path / "old-boot.img"
+    sh("mkfs.ext4", "-q", "-F", "-L", "cdptestboot", "-U", uuid, str(old), "8M")
+    with attached_loop(old) as old_boot:
+        for spec in (f"UUID={uuid}", "LABEL=cdptestboot", 'LABEL="cdptestboot"', boot):
+            assert resolve(spec, loops) == boot
+        with pytest.raises(UsageError) as err:
+            resolve(old_boot, loops)
+        assert str(err.value) == (
+            f"the restored system's fstab names {old_boot}, which is none of the restored "
+            f"devices ({data}, {root}, {boot}): reinstall its boot loader by hand")
+        with pytest.raises(UsageError) as err:
+            resolve("LABEL=cdptestboot", [data, root])
+        assert str(err.value).startswith("the restored system's fstab names "
+                                         "LABEL=cdptestboot, which is none of the restored")

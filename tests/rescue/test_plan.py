@@ -182,7 +182,8 @@ def test_grow_fs_and_bootloader_actions() -> None:
     assert types.index("grow_fs") > max(i for i, t in enumerate(types) if t == "verify")
     last = plan.actions[-1]
     assert (last.type, last.target) == ("bootloader", "/dev/sdb")
-    assert last.params == {"boot_mode": "uefi", "candidates": ["/dev/sdb4"]}
+    assert last.params == {"boot_mode": "uefi", "candidates": ["/dev/sdb4"],
+                           "devices": ["/dev/sdb1", "/dev/sdb3", "/dev/sdb4"]}
     same = build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
                       map_disks([disk], [], {"vda": local("/dev/sdc", 64 * MIB)}))
     assert not [a for a in same.actions if a.type in ("grow_fs", "bootloader")]
