@@ -8,7 +8,7 @@ import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from cdpcore import format as fmt
 from cdpcore.errors import UsageError
@@ -62,10 +62,33 @@ def load(path: str | os.PathLike[str]) -> AgentConfig:
     unknown = set(doc) - known
     if unknown:
         raise UsageError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    _check_types(doc, path)
     try:
         return AgentConfig(**doc).check()
     except TypeError as exc:
         raise UsageError(f"{path}: {exc}") from None
+
+
+_TYPE_NAMES = {str: "a string", int: "a whole number", bool: "true or false"}
+
+
+def _check_types(doc: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Each setting of the type its field has: `sources = "/dev/sda"` (a string where a
+    list belongs) would otherwise be read as a list of one-character paths."""
+    for key, want in get_type_hints(AgentConfig).items():
+        if key not in doc:
+            continue
+        value = doc[key]
+        if get_origin(want) is list:
+            (item,) = get_args(want)
+            ok = isinstance(value, list) and all(isinstance(v, item) for v in value)
+            what = f"a list of {_TYPE_NAMES[item].removeprefix('a ')}s, e.g. [\"/dev/sda\"]"
+        else:
+            # TOML's true/false are Python bools, which are ints too
+            ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+            what = _TYPE_NAMES[want]
+        if not ok:
+            raise UsageError(f"{path}: {key} must be {what}, not {value!r}")
 
 
 def _toml_value(value: Any) -> str:

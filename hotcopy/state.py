@@ -12,23 +12,30 @@ which the next run detects and answers with a full scan.
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import json
 import mmap
 import os
-import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cdpcore import format as fmt
 from cdpcore.crypto import is_zero
 
 from .errors import StateError
 
-#: Version 2: IDs are keyed BLAKE3 (format version 2). A version 1 state (HMAC IDs, and
-#: a scan-fingerprint file beside each ID file) is discarded: the next point is a full scan.
-_STATE_VERSION = 2
+#: Version 3: ID files are named by the volume's name percent-encoded (version 2 replaced
+#: every other character with "_", so "a+b.img:whole" and "a_b.img:whole" shared a file).
+#: Version 2: IDs are keyed BLAKE3 (format version 2). An older state is discarded: the
+#: next point is a full scan, and its commit removes the old ID files.
+_STATE_VERSION = 3
+#: Longest encoded volume name in an ID file's name (file names end at 255 bytes).
+_FILE_NAME_MAX = 200
 
 
 @dataclass
@@ -86,7 +93,29 @@ class StateDir:
                          points_since_full=int(doc.get("points_since_full", 0)),
                          volumes=vols, era=dict(doc.get("era", {})))
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One point at a time per host and state directory: two runs (the `cdp-agent run`
+        service and a manual `cdp-agent backup`) would patch the same ID files, and one
+        run's start-up cleanup would thaw the other's frozen filesystems."""
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _fs_error(str(self.dir / "lock"), exc) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateError(f"another cdp-agent run is taking a point of this host "
+                                 f"(it holds {self.dir / 'lock'}): wait for it to finish"
+                                 ) from None
+            yield
+        finally:
+            os.close(fd)
+
     def save(self, state: HostState) -> None:
+        """Write the document; once it names a committed point, ID files of volumes it
+        does not hold (removed volumes, an older naming) are deleted."""
         doc = {"version": _STATE_VERSION, **asdict(state)}
         tmp = self.doc_path.with_suffix(".tmp")
         try:
@@ -97,10 +126,20 @@ class StateDir:
             os.replace(tmp, self.doc_path)
         except OSError as exc:
             raise _fs_error(str(self.doc_path), exc) from None
+        if state.point_id is not None:
+            kept = {self.ids_path(name) for name in state.volumes}
+            for stale in set((self.dir / "ids").glob("*.ids")) - kept:
+                stale.unlink(missing_ok=True)
 
     def ids_path(self, volume: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", volume)
-        return self.dir / "ids" / f"{safe}.ids"
+        """One file per volume name: percent-encoding is one-to-one (no two names share a
+        file) and leaves no "/" in the file name. Volume names hold no "~": a name that
+        encodes too long for a file name is cut and marked with "~" and its SHA-256."""
+        encoded = quote(volume, safe="")
+        if len(encoded) > _FILE_NAME_MAX:  # ":", "+" and "/" take three characters each
+            digest = hashlib.sha256(volume.encode()).hexdigest()
+            encoded = f"{encoded[:_FILE_NAME_MAX - len(digest) - 1]}~{digest}"
+        return self.dir / "ids" / f"{encoded}.ids"
 
     def open_ids(self, volume: str, blocks: int) -> IdFile:
         return IdFile(self.ids_path(volume), blocks)

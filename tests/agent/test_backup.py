@@ -19,10 +19,12 @@ from cdpcore.manifest import Manifest
 from hotcopy import scan
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.capture import capture
+from hotcopy.errors import SourceError, StateError
 from hotcopy.remote import Remote
+from hotcopy.state import StateDir
 from hotcopy.transfer import RetryPolicy
 from hotcopy.verify import iter_volume, open_point, verify_point
-from tests.server.stored import object_location
+from tests.server.stored import object_counts, object_location
 
 from .conftest import Agent, write_at
 from .images import MiB
@@ -94,21 +96,28 @@ def test_missing_state_falls_back_to_a_full_scan_that_uploads_nothing_known(
     assert info.stats.new_chunks == 1  # the full scan asked the server what it lacks
 
 
-def test_a_state_from_format_version_1_is_dropped_for_a_full_scan(
-        agent: Agent, gpt_image: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("version", "legacy_name"), [(1, "disk.img_p2.fp"),
+                                                      (2, "disk.img_p2.ids")])
+def test_an_older_state_is_dropped_for_a_full_scan(
+        agent: Agent, gpt_image: Path, tmp_path: Path, version: int, legacy_name: str) -> None:
     """A version 1 state holds HMAC-SHA256 IDs and a scan-fingerprint file per volume:
-    its IDs cannot be compared with BLAKE3 ones, so it is discarded, fingerprints too."""
+    its IDs cannot be compared with BLAKE3 ones. A version 2 state named ID files with
+    "_" for every other character, so two volumes could share one. Either is discarded,
+    and its files are gone once the full scan's point is committed."""
     _point(agent, [str(gpt_image)])
     doc_path = agent.state_dir / agent.host / "state.json"
     doc = json.loads(doc_path.read_text())
-    doc_path.write_text(json.dumps(doc | {"version": 1}))
-    legacy = agent.state_dir / agent.host / "ids" / "disk.img_p2.fp"
+    doc_path.write_text(json.dumps(doc | {"version": version}))
+    ids_dir = agent.state_dir / agent.host / "ids"
+    legacy = ids_dir / legacy_name
     legacy.write_bytes(bytes(4096))
     write_at(gpt_image, 6 * MiB, b"\x5a" * BS)
     info = _point(agent, [str(gpt_image)])
     manifest = _assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True and not legacy.exists()
-    assert json.loads(doc_path.read_text())["version"] == 2
+    assert json.loads(doc_path.read_text())["version"] == 3
+    assert sorted(p.name for p in ids_dir.iterdir()) == [
+        "disk.img%3Aboot.ids", "disk.img%3Ap1.ids", "disk.img%3Ap2.ids"]
 
 
 def test_state_of_another_point_falls_back_to_a_full_scan(
@@ -276,3 +285,46 @@ def test_an_upload_refused_in_a_worker_fails_the_point_with_the_servers_words(
                options=BackupOptions(retry=RetryPolicy(attempts=2, first_delay=0.05)))
     assert err.value.status == 507
     assert agent.remote.points(agent.host) == []
+
+
+def test_volumes_whose_names_differ_only_in_punctuation_keep_their_own_ids(
+        agent: Agent, tmp_path: Path) -> None:
+    """"a+b.img:whole" and "a_b.img:whole" once shared one ID file: the second volume
+    compared its blocks with the first one's IDs, and a block changed to the content the
+    other volume holds at the same place was taken for unchanged."""
+    plus, under = tmp_path / "a+b.img", tmp_path / "a_b.img"
+    plus.write_bytes(os.urandom(64 * BS))
+    under.write_bytes(os.urandom(64 * BS))
+    _point(agent, [str(plus), str(under)])
+    write_at(under, 0, plus.read_bytes()[:BS])  # now equal to a+b.img's block 0
+    info = _point(agent, [str(plus), str(under)])
+    assert (info.stats.new_chunks, info.stats.changed_bytes) == (0, BS)
+    manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    for vol in manifest.volumes:
+        source = plus if vol.name == "a+b.img:whole" else under
+        got = b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol))
+        assert got == source.read_bytes(), vol.name
+
+
+def test_a_second_run_for_the_same_host_is_refused_while_one_runs(
+        agent: Agent, gpt_image: Path) -> None:
+    """The service's point and a manual one at once would patch the same ID files."""
+    with StateDir(agent.state_dir, agent.host).lock(), pytest.raises(StateError) as err:
+        _point(agent, [str(gpt_image)])
+    assert str(err.value) == (
+        "another cdp-agent run is taking a point of this host (it holds "
+        f"{agent.state_dir / agent.host / 'lock'}): wait for it to finish")
+    assert agent.remote.points(agent.host) == []
+    _point(agent, [str(gpt_image)])  # the lock went with its holder
+
+
+def test_an_image_whose_name_cannot_be_a_volume_name_is_refused_before_reading(
+        agent: Agent, cdp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    image = tmp_path / "my disk.img"
+    image.write_bytes(os.urandom(64 * BS))
+    with pytest.raises(SourceError) as err:
+        _point(agent, [str(image)])
+    assert str(err.value) == (
+        f"{image}: invalid volume name 'my disk.img:whole': use letters, digits and ._:+/- "
+        "(at most 128, no '..'); an image file's name becomes its volumes' names")
+    assert object_counts(cdp_server.data_dir, agent.host) == {}  # nothing was sent

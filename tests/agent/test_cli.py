@@ -55,3 +55,19 @@ def test_interval_below_a_minute_is_refused(tmp_path: Path) -> None:
                  "--passphrase", "p", "--interval", "30", config=tmp_path / "a.toml")
     assert out.returncode == 2
     assert "interval must be at least 60 s, not 30" in out.stderr
+
+
+def test_a_setting_of_the_wrong_type_is_named(tmp_path: Path) -> None:
+    """`sources = "/dev/sda"` (no brackets) was read as the paths "/", "d", "e", ..."""
+    config = tmp_path / "a.toml"
+    base = ('server = "https://127.0.0.1:1"\ntoken = "t"\nhost = "h"\n'
+            'recovery_key = "k"\n')
+    for line, message in (
+            ('sources = "/dev/sda"', "sources must be a list of strings, e.g. "
+                                     "[\"/dev/sda\"], not '/dev/sda'"),
+            ("interval = true", "interval must be a whole number, not True"),
+            ('skip_free = "yes"', "skip_free must be true or false, not 'yes'")):
+        config.write_text(base + line + "\n")
+        out = _agent("status", config=config)
+        assert out.returncode == 2, out.stderr
+        assert f"{config}: {message}" in out.stderr

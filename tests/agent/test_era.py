@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 
 from cdpcore.errors import UsageError
-from hotcopy import era
+from hotcopy import backup, era
+from hotcopy.capture import VolumeSpec
 from hotcopy.changes import block_runs
 from hotcopy.era import parse_blocks, to_byte_ranges
 from hotcopy.errors import SnapshotError
+from hotcopy.state import HostState
 
 XML = """<blocks>
   <range begin="0" end="3"/>
@@ -73,3 +75,36 @@ def test_era_detach_by_name_with_or_without_the_prefix(monkeypatch: pytest.Monke
     assert ran == [["dmsetup", "remove", "cdpera-data"]]
     with pytest.raises(UsageError, match="other: no dm-era device"):
         era.detach("other")
+
+
+def test_volumes_on_one_era_device_share_one_checkpoint(monkeypatch: pytest.MonkeyPatch,
+                                                         ) -> None:
+    """A partitioned disk under one era device is several volumes (boot area, partitions).
+    A checkpoint per volume opened an era per volume, so at the next point every volume
+    but the first saw an era it did not expect and was read in full. (dm-era stands in:
+    the kernel here has no device-mapper; the VM tests run the real one.)"""
+    dev = era.EraDevice("cdpera-disk", "253:1", "253:2", 128)
+    current = [7]
+    checkpoints: list[str] = []
+
+    def checkpoint(d: era.EraDevice) -> int:
+        checkpoints.append(d.name)
+        current[0] += 1
+        return current[0] - 1
+
+    def written_since(d: era.EraDevice, since: int) -> list[tuple[int, int]]:
+        current[0] += 1  # a metadata snapshot opens an era too
+        return [(0, 1)]
+
+    monkeypatch.setattr(era, "find_era", lambda path: dev)
+    monkeypatch.setattr(era, "checkpoint", checkpoint)
+    monkeypatch.setattr(era, "current_era", lambda d: current[0])
+    monkeypatch.setattr(era, "written_since", written_since)
+    specs = [VolumeSpec(f"disk:{part}", "/dev/vdb", offset, 1 << 20)
+             for part, offset in (("boot", 0), ("p1", 1 << 20), ("p2", 2 << 20))]
+    first = backup._checkpoint_eras(specs)
+    assert checkpoints == ["cdpera-disk"]
+    previous = HostState(era=backup._era_state(first))
+    eras = backup._checkpoint_eras(specs)
+    assert [backup._era_ranges(spec, eras[spec.name], previous) for spec in specs] == [
+        [(0, 65536)]] * 3  # each volume's changes, none taken for a reset
