@@ -165,7 +165,8 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                     old = previous.volumes.get(spec.name)
                     ids = store.open_ids(spec.name, geometry.blocks)
                     trusted = (doubt is None and old is not None and not ids.fresh
-                               and old.size == spec.size and old.block_size == block_size)
+                               and (old.size, old.offset, old.block_size)
+                               == (spec.size, spec.offset, block_size))
                     written: list[tuple[int, int]] | None = None
                     if source_key(spec.path) in listed:
                         written = listed[source_key(spec.path)] if trusted else None
@@ -219,7 +220,8 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
         state.created = created
         state.generation = generation
         state.points_since_full = 0 if full else previous.points_since_full + 1
-        state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root) for r in records}
+        state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root, v.spec.offset)
+                         for r, v in zip(records, volumes, strict=True)}
         state.era = era_state
         store.save(state)
         lap("commit")

@@ -43,6 +43,9 @@ class VolumeState:
     size: int
     block_size: int
     root: str  # hex root page ID of the last point
+    #: where the volume starts on its source: a partition recreated elsewhere with the
+    #: same number and size is another volume, whose unwritten blocks hold other data
+    offset: int = 0
 
 
 @dataclass

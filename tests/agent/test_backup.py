@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cdpcore import runcmd
 from cdpcore.api import ObjectKind, PointInfo
 from cdpcore.errors import ServerError
 from cdpcore.manifest import Manifest
@@ -328,3 +329,22 @@ def test_an_image_whose_name_cannot_be_a_volume_name_is_refused_before_reading(
         f"{image}: invalid volume name 'my disk.img:whole': use letters, digits and ._:+/- "
         "(at most 128, no '..'); an image file's name becomes its volumes' names")
     assert object_counts(cdp_server.data_dir, agent.host) == {}  # nothing was sent
+
+
+def test_a_partition_recreated_elsewhere_is_read_in_full(agent: Agent, gpt_image: Path,
+                                                          tmp_path: Path) -> None:
+    """Partition 1 recreated at another start, same number and size: the volume
+    disk.img:p1 now holds other data. With a change list (as with dm-era) naming only a
+    write in it, the blocks it does not name must still be read, not kept from the last
+    point."""
+    sources = [str(gpt_image)]
+    backup(agent.remote, agent.host, agent.codec, sources, agent.state_dir, workers=2)
+    write_at(gpt_image, 32 * MiB, os.urandom(4 * MiB))
+    runcmd.run(["sfdisk", "-q", "-N", "1", "--no-reread", str(gpt_image)],
+               input=b"start=65536, size=8192\n")  # 32 MiB, 4 MiB: was at 1 MiB
+    changed = {str(gpt_image): [(0, MiB), (32 * MiB, BS)]}  # the table, one block of p1
+    info = backup(agent.remote, agent.host, agent.codec, sources, agent.state_dir,
+                  workers=2, changed=changed)
+    manifest = _assert_point_equals(agent, info.point_id,
+                                    Path(shutil.copy(gpt_image, tmp_path / "c")))
+    assert manifest.tracking["full_scan"] is True
