@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +78,20 @@ class Datastore:
         return ds, token
 
     @contextmanager
-    def commit_lock(self) -> Iterator[None]:
+    def commit_lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Commits and garbage collection exclude each other, also across processes (the
         server and a `cdp-server gc` run): a commit's walk skips subtrees marked complete,
-        which must not be swept under its feet."""
+        which must not be swept under its feet. `on_wait` is called if the lock is held
+        elsewhere, before waiting for it."""
         with self._lock:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)
@@ -104,7 +110,11 @@ class Datastore:
         pack files the catalog does not know, temp files). Nothing of it was visible.
         Under the commit lock: a `cdp-server gc` running meanwhile writes packs (pending,
         then done) that are neither half-done nor orphans; recovery waits for it."""
-        with self.commit_lock():
+        def waiting() -> None:
+            log.warning("waiting for a running `cdp-server gc` (it holds %s) before "
+                        "start-up recovery", self._lock_path)
+
+        with self.commit_lock(on_wait=waiting):
             return self._recover()
 
     def _recover(self) -> RecoveryReport:

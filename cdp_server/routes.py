@@ -239,7 +239,8 @@ def _pin(request: Request, who: Principal, host: str, point_id: str, pinned: boo
     ds = _ds(request)
     require_host(ds, who, host, ADMIN)
     _point_row(ds, host, point_id)
-    ds.catalog.set_pinned(host, point_id, pinned)
+    if not ds.catalog.set_pinned(host, point_id, pinned):  # pruned since the check
+        raise HTTPException(404, f"host {host!r} has no point {point_id}")
     _listings(request).changed(host)
     return {"pinned": pinned}
 

@@ -492,10 +492,11 @@ class SqliteCatalog:
                else self.read().execute(sql + " ORDER BY host, created"))
         return [_row(r) for r in cur]
 
-    def set_pinned(self, host: str, point_id: str, pinned: bool) -> None:
+    def set_pinned(self, host: str, point_id: str, pinned: bool) -> bool:
+        """False when there is no such point (any more)."""
         with self.write() as db:
-            db.execute("UPDATE points SET pinned = ? WHERE host = ? AND point_id = ?",
-                       (int(pinned), host, point_id))
+            return bool(db.execute("UPDATE points SET pinned = ? WHERE host = ? AND point_id = ?",
+                                   (int(pinned), host, point_id)).rowcount)
 
     def delete_points(self, host: str, point_ids: list[str], *,
                       keep_pinned: bool = False) -> list[str]:

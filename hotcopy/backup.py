@@ -117,6 +117,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     store = StateDir(state_dir, host)
     with store.lock():
         state = store.load()
+        store.remove_other_ids(state)
         layout, specs = capture(sources, opts.hostname or host)
         for spec in specs:  # before anything is read or sent, not at the index
             try:

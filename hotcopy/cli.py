@@ -25,6 +25,7 @@ from . import era as eramod
 from . import logs, priority
 from .backup import BackupOptions, backup
 from .capture import local_disks
+from .errors import StateBusy
 from .keysetup import codec_for_host, establish_key
 from .remote import Remote
 from .snapshot import freeze
@@ -268,7 +269,14 @@ def thaw(config_path: str) -> None:
     """Thaw the filesystems a killed agent left frozen (the systemd unit's ExecStopPost;
     every run does it too)."""
     conf = _load(config_path)
-    freeze.thaw_leftover(StateDir(conf.state_dir, conf.host).dir)
+    store = StateDir(conf.state_dir, conf.host)
+    try:
+        with store.lock():
+            freeze.thaw_leftover(store.dir)
+    except StateBusy:
+        # A run is taking a point (a manual backup beside the stopped service): its
+        # freeze is its own, and its guard thaws if it dies.
+        log.info("a point is being taken: its frozen filesystems are left to it")
 
 
 @cli.group()

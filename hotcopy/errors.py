@@ -22,3 +22,9 @@ class StateError(CdpError):
     """The local state directory is unusable (full disk, permissions, corrupt files)."""
 
     exit_code = 22
+
+
+class StateBusy(StateError):
+    """Another run holds the host's state directory: it is taking a point."""
+
+    exit_code = 23

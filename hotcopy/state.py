@@ -27,12 +27,12 @@ from urllib.parse import quote
 from cdpcore import format as fmt
 from cdpcore.crypto import is_zero
 
-from .errors import StateError
+from .errors import StateBusy, StateError
 
 #: Version 3: ID files are named by the volume's name percent-encoded (version 2 replaced
 #: every other character with "_", so "a+b.img:whole" and "a_b.img:whole" shared a file).
 #: Version 2: IDs are keyed BLAKE3 (format version 2). An older state is discarded: the
-#: next point is a full scan, and its commit removes the old ID files.
+#: next point is a full scan, and its start removes the old ID files.
 _STATE_VERSION = 3
 #: Longest encoded volume name in an ID file's name (file names end at 255 bytes).
 _FILE_NAME_MAX = 200
@@ -109,16 +109,24 @@ class StateDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StateError(f"another cdp-agent run is taking a point of this host "
+                raise StateBusy(f"another cdp-agent run is taking a point of this host "
                                  f"(it holds {self.dir / 'lock'}): wait for it to finish"
                                  ) from None
             yield
         finally:
             os.close(fd)
 
+    def remove_other_ids(self, state: HostState) -> None:
+        """Delete the ID files of volumes `state` does not hold: removed volumes, and all
+        of an older state's (discarded on loading), before new ones take their space."""
+        kept = {self.ids_path(name) for name in state.volumes}
+        try:
+            for stale in set((self.dir / "ids").glob("*.ids")) - kept:
+                stale.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _fs_error(str(self.dir / "ids"), exc) from None
+
     def save(self, state: HostState) -> None:
-        """Write the document; once it names a committed point, ID files of volumes it
-        does not hold (removed volumes, an older naming) are deleted."""
         doc = {"version": _STATE_VERSION, **asdict(state)}
         tmp = self.doc_path.with_suffix(".tmp")
         try:
@@ -129,10 +137,6 @@ class StateDir:
             os.replace(tmp, self.doc_path)
         except OSError as exc:
             raise _fs_error(str(self.doc_path), exc) from None
-        if state.point_id is not None:
-            kept = {self.ids_path(name) for name in state.volumes}
-            for stale in set((self.dir / "ids").glob("*.ids")) - kept:
-                stale.unlink(missing_ok=True)
 
     def ids_path(self, volume: str) -> Path:
         """One file per volume name: percent-encoding is one-to-one (no two names share a

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,13 +36,20 @@ class FstabEntry:
     fstype: str
 
 
+def _unescape(field: str) -> str:
+    """fstab's octal escapes (\\040 for a space) back to the bytes they stand for (a
+    non-ASCII label is escaped byte by byte)."""
+    raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field.encode())
+    return raw.decode(errors="surrogateescape")
+
+
 def parse_fstab(text: str) -> list[FstabEntry]:
     """The entries of an fstab (comments, blank and short lines skipped; \\040 unescaped)."""
     out = []
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
         if len(fields) >= 3:
-            out.append(FstabEntry(fields[0], fields[1].replace("\\040", " "), fields[2]))
+            out.append(FstabEntry(_unescape(fields[0]), _unescape(fields[1]), fields[2]))
     return out
 
 
@@ -51,14 +59,6 @@ def boot_mounts(entries: list[FstabEntry]) -> list[FstabEntry]:
     return [by_mount[m] for m in ("/boot", "/boot/efi") if m in by_mount]
 
 
-def _tags(device: str) -> dict[str, str]:
-    """blkid's UUID, LABEL, PARTUUID, PARTLABEL ... of a device, read from the device (no
-    cache: it was just restored)."""
-    done = runcmd.run(["blkid", "-c", "/dev/null", "-o", "export", device], check=False)
-    pairs = (line.partition("=") for line in done.stdout.decode(errors="replace").splitlines())
-    return {key: value for key, _, value in pairs if key}
-
-
 def resolve(spec: str, devices: list[str]) -> str:
     """The restored device an fstab spec (UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/...)
     names, looked for only among `devices`, the plan's partitions and LVs: the restore
@@ -66,8 +66,12 @@ def resolve(spec: str, devices: list[str]) -> str:
     search of the whole system (findfs) could mount and write that disk."""
     tag, _, value = spec.partition("=")
     if tag in _TAGS:
-        value = value.strip('"')
-        found = next((d for d in devices if _tags(d).get(tag) == value), None)
+        # blkid compares the raw value (its export format escapes spaces and non-ASCII),
+        # read from the devices, not its cache: they were just restored.
+        done = runcmd.run(["blkid", "-c", "/dev/null", "-t", f"{tag}={value.strip(chr(34))}",
+                           "-o", "device", *devices], check=False)
+        matches = set(done.stdout.decode(errors="replace").split("\n"))
+        found = next((d for d in devices if d in matches), None)
     elif spec.startswith("/dev/"):
         found = next((d for d in devices if os.path.realpath(d) == os.path.realpath(spec)),
                      None)

@@ -197,11 +197,10 @@ class _Execution:
         self.report.notes.extend(lvm.recreate_vg(vg, dict(action.params["pv_devices"])))
 
     def _bootloader(self, action: Action) -> None:
-        candidates = [str(c) for c in action.params["candidates"]]
         self.report.notes.extend(bootloader.reinstall(
-            action.target, str(action.params["boot_mode"]), candidates,
-            # a plan file written before "devices": its root candidates
-            [str(d) for d in action.params.get("devices", candidates)]))
+            action.target, str(action.params["boot_mode"]),
+            [str(c) for c in action.params["candidates"]],
+            [str(d) for d in action.params["devices"]]))
 
     def _stream(self, action: Action) -> None:
         assert action.volume is not None

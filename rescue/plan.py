@@ -22,7 +22,9 @@ from .growfs import GROWABLE
 from .mapping import Match
 from .resize import ResizePolicy, fit, human
 
-PLAN_VERSION = 1
+#: Version 2: the boot loader action lists every restored device ("devices"), where
+#: /boot and /boot/efi are looked for.
+PLAN_VERSION = 2
 ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify", "grow_fs",
                      "bootloader"]
 VerifyMode = Literal["blocks", "read-back"]
@@ -75,7 +77,8 @@ class Plan:
     def from_json(cls, doc: Any) -> Plan:
         try:
             if doc["version"] != PLAN_VERSION:
-                raise FormatError(f"plan version {doc['version']} is not supported")
+                raise FormatError(f"plan version {doc['version']} is not supported (this "
+                                  f"rescue reads version {PLAN_VERSION}): make the plan again")
             return cls(
                 host=doc["host"], point_id=doc["point_id"], created=float(doc["created"]),
                 resize=doc["resize"], verify=doc["verify"], notes=list(doc["notes"]),

@@ -17,6 +17,7 @@ written (verified), it and nothing unverified after it is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -163,14 +164,18 @@ class _Writer:
         self.zero_len += length
 
     def flush(self) -> None:
-        if self.run:
-            self.written += self.target.write_run(self.base + self.run_start * self.block_size,
-                                                  self.run)
-            self.run = []
-        if self.zero_len:
-            self.target.zero(self.base + self.zero_start * self.block_size, self.zero_len)
-            self.zeroed += self.zero_len
-            self.zero_len = 0
+        try:
+            if self.run:
+                self.written += self.target.write_run(
+                    self.base + self.run_start * self.block_size, self.run)
+                self.run = []
+            if self.zero_len:
+                self.target.zero(self.base + self.zero_start * self.block_size, self.zero_len)
+                self.zeroed += self.zero_len
+                self.zero_len = 0
+        except OSError as exc:
+            raise TargetError(f"{self.target.path}: writing the restore failed: "
+                              f"{exc.strerror or exc}") from None
 
 
 @dataclass
@@ -290,6 +295,7 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
                                initargs=(os.getpid(), src, host, codec, vol, target.path, base, opts))
     pending: deque[Future[_BatchDone]] = deque()
     batches = _batches(ids, per_batch)
+    failing = False
     try:
         while damage is None:
             while len(pending) < 2 * max(1, opts.workers):
@@ -299,11 +305,7 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
                 pending.append(pool.submit(_run_batch, batch))
             if not pending:
                 break
-            try:
-                done = pending.popleft().result()
-            except OSError as exc:  # a worker's write to the target
-                raise TargetError(f"{target.path}: writing the restore failed: "
-                                  f"{exc.strerror}") from None
+            done = pending.popleft().result()
             result.written += done.written
             result.zeroed += done.zeroed
             done_blocks, damage = done.end, done.damage
@@ -315,6 +317,9 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
                     syncing.result()  # a failed sync stops the restore
                 syncing = syncer.submit(checkpoint, done_blocks)
                 unsynced = 0
+    except BaseException:
+        failing = True
+        raise
     finally:
         for fut in pending:
             fut.cancel()
@@ -322,9 +327,11 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
         # checkpoint: the state never claims more than the contiguous prefix seen.
         pool.shutdown(wait=True, cancel_futures=True)
         syncer.shutdown(wait=True)
-        checkpoint(done_blocks)
-        if syncing is not None:
-            syncing.result()
+        # With an error on its way out, a failing flush must not replace it.
+        with contextlib.suppress(TargetError) if failing else contextlib.nullcontext():
+            checkpoint(done_blocks)
+            if syncing is not None:
+                syncing.result()
     if damage is not None:
         raise BlockDamaged(vol.name, damage.offset, damage.length, damage.chunk, damage.why)
     return result

@@ -20,7 +20,7 @@ from cdpcore.manifest import Manifest
 from hotcopy import scan
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.capture import capture
-from hotcopy.errors import SourceError, StateError
+from hotcopy.errors import SourceError, StateBusy
 from hotcopy.remote import Remote
 from hotcopy.state import StateDir
 from hotcopy.transfer import RetryPolicy
@@ -310,7 +310,7 @@ def test_volumes_whose_names_differ_only_in_punctuation_keep_their_own_ids(
 def test_a_second_run_for_the_same_host_is_refused_while_one_runs(
         agent: Agent, gpt_image: Path) -> None:
     """The service's point and a manual one at once would patch the same ID files."""
-    with StateDir(agent.state_dir, agent.host).lock(), pytest.raises(StateError) as err:
+    with StateDir(agent.state_dir, agent.host).lock(), pytest.raises(StateBusy) as err:
         _point(agent, [str(gpt_image)])
     assert str(err.value) == (
         "another cdp-agent run is taking a point of this host (it holds "

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cdpcore.errors import WrongKeyError
+from hotcopy.state import StateDir
 
 from .conftest import Agent
 
@@ -71,3 +72,21 @@ def test_a_setting_of_the_wrong_type_is_named(tmp_path: Path) -> None:
         out = _agent("status", config=config)
         assert out.returncode == 2, out.stderr
         assert f"{config}: {message}" in out.stderr
+
+
+def test_thaw_leaves_the_freeze_of_a_running_point_alone(tmp_path: Path) -> None:
+    """The service's ExecStopPost (`cdp-agent thaw`) while a manual backup holds the host's
+    lock: that run's frozen filesystems are its own, thawed by it or by its guard."""
+    config = tmp_path / "a.toml"
+    config.write_text('server = "https://127.0.0.1:1"\ntoken = "t"\nhost = "h"\n'
+                      f'recovery_key = "k"\nstate_dir = "{tmp_path / "state"}"\n')
+    store = StateDir(tmp_path / "state", "h")
+    marker = store.dir / "frozen"
+    marker.write_text("/nonexistent-cdp-test-mount\n")
+    with store.lock():
+        out = _agent("thaw", config=config)
+        assert out.returncode == 0, out.stderr
+        assert marker.exists()
+    out = _agent("thaw", config=config)
+    assert out.returncode == 0, out.stderr
+    assert not marker.exists()  # no run holds the lock: a killed run's leftover

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdpcore.errors import UsageError
-from rescue.bootloader import reinstall, resolve
+from rescue.bootloader import parse_fstab, reinstall, resolve
 from tests.loopdev import attached_loop
 
 MIB = 1024 * 1024
@@ -88,3 +88,14 @@ def test_boot_filesystems_are_found_only_among_the_restored_devices(
             resolve("LABEL=cdptestboot", [data, root])
         assert str(err.value).startswith("the restored system's fstab names "
                                          "LABEL=cdptestboot, which is none of the restored")
+
+
+def test_fstab_escapes_and_labels_blkid_would_print_escaped(tmp_path: Path) -> None:
+    """A label with a space, a "$" and a non-ASCII letter, named in fstab with its octal
+    escapes: found by its raw value (blkid's export output escapes all three)."""
+    image = tmp_path / "labelled.img"
+    sh("mkfs.ext4", "-q", "-F", "-L", "my bö$x", str(image), "8M")
+    (entry,) = parse_fstab("LABEL=my\\040b\\303\\266$x /boot\\040x ext4 defaults 0 2\n")
+    assert (entry.spec, entry.mountpoint) == ("LABEL=my bö$x", "/boot x")
+    with attached_loop(image) as dev:
+        assert resolve(entry.spec, [dev]) == dev

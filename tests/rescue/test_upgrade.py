@@ -53,7 +53,7 @@ def test_a_version_1_host_moves_to_version_2(repo_host: dict[str, Any], tmp_path
     # No chunk is shared with the version 1 point: every non-zero block went up again.
     assert new.stats.new_chunks == distinct_nonzero_blocks(source) > 0
     assert not fingerprints.exists()
-    assert json.loads((state / "state.json").read_text())["version"] == 2
+    assert json.loads((state / "state.json").read_text())["version"] == 3  # agent state
     for point_id in (old.point_id, new.point_id):
         result = verify_point(agent, "web1", codec, point_id)
         assert result.ok and result.chunks_checked > 0, point_id

@@ -127,7 +127,7 @@ def test_gc_cleans_orphan_packs_at_restart(cdp_server) -> None:  # type: ignore[
     assert '"cleaned_orphans": 1' in cdp_server.log()
 
 
-def test_start_up_recovery_waits_for_a_running_gc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_start_up_recovery_waits_for_a_running_gc(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
     """`cdp-server serve` starting while `cdp-server gc` rewrites a pack: recovery must not
     take gc's new pack, pending while it is written, for a crash's leftover. Two datastore
     objects, as two processes: the commit lock is a file lock."""
@@ -143,7 +143,8 @@ def test_start_up_recovery_waits_for_a_running_gc(tmp_path) -> None:  # type: ig
         reports: list[RecoveryReport] = []
         recovery.start()
         recovery.join(0.5)
-        assert recovery.is_alive()  # waits for the lock gc holds
+        assert recovery.is_alive()  # waits for the lock gc holds, and says so
+        assert "waiting for a running `cdp-server gc`" in caplog.text
         chunk = next(iter(built.chunks))
         gc_side.catalog.add_objects("web1", ObjectKind.chunks, pack, [(chunk, 0, 4, b"crc!")],
                                     time.time())

@@ -145,3 +145,6 @@ def test_a_pin_that_lands_while_prune_decides_keeps_the_point(tmp_path) -> None:
     assert (report.removed, sorted(report.kept)) == ([], sorted(ids))
     assert [(r.point_id, r.pinned) for r in ds.catalog.point_rows("web1")] == [
         (ids[0], True), (ids[1], False)]
+    # A pin that comes after prune deleted its point says so (the API answers 404).
+    assert ds.catalog.set_pinned("web1", "0" * 32, True) is False
+    assert ds.catalog.set_pinned("web1", ids[1], True) is True
