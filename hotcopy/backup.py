@@ -108,129 +108,141 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     if not sources:
         raise UsageError("nothing to back up: name at least one device or image file")
     listed = check_ranges(changed, sources) if changed is not None else {}
+    store = StateDir(state_dir, host)
+    with store.lock():
+        return _take_point(remote, host, codec, sources, store, opts, tracking=tracking,
+                           block_size=block_size, workers=workers, progress=progress,
+                           on_total=on_total, changed=changed, listed=listed)
+
+
+def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
+                store: StateDir, opts: BackupOptions, *, tracking: Tracking,
+                block_size: int, workers: int, progress: Progress | None,
+                on_total: Callable[[int], None] | None,
+                changed: Mapping[str, Iterable[tuple[int, int]]] | None,
+                listed: dict[str, list[tuple[int, int]]]) -> PointInfo:
+    """backup() itself, under the host's lock."""
     started = time.monotonic()
     phases: dict[str, float] = {}
 
     def lap(name: str) -> None:
         phases[name] = time.monotonic() - started - sum(phases.values())
 
-    store = StateDir(state_dir, host)
-    with store.lock():
-        state = store.load()
-        store.remove_other_ids(state)
-        layout, specs = capture(sources, opts.hostname or host)
-        for spec in specs:  # before anything is read or sent, not at the index
-            try:
-                check_name("volume", spec.name)
-            except FormatError as exc:
-                raise SourceError(f"{spec.path}: {exc}; an image file's name becomes its "
-                                  "volumes' names") from None
-        lap("capture")
-        snapshot.cleanup_leftovers(specs, store.dir)
-        latest = _latest(remote, host, opts.retry)
-        doubt = _doubt(state, latest, opts)
-        if doubt:
-            log.info("full scan: %s", doubt)
-        damaged = set(retrying(opts.retry, "asking for damaged chunks",
-                               lambda: remote.damaged(host)))
-        lap("server state")
-        stats = UploadStats()
-        throttle = Throttle(opts.bandwidth)  # shared by this process and the workers
-        sender = Sender(remote, host, opts.retry, throttle, stats)
-        point_id = new_point_id()
-        # Dirty from here on: a crash before the commit is answered leaves a state that the
-        # next run distrusts.
-        previous = HostState(**{**state.__dict__})
-        state.point_id = None
-        store.save(state)
-        if on_total is not None:
-            on_total(sum(s.size for s in specs))
-        # One more than the CPUs: a worker waiting for the server's answer leaves its core to
-        # the spare one (2 cores, the benchmark's full backup, workers uploading per segment:
-        # 6.4-6.9 s with 3 workers, 7.5-7.8 s with 2).
-        workers = workers or (os.cpu_count() or 2) + 1
-        # The era checkpoint comes before the snapshot: a write racing with it is read again
-        # at the next point rather than missed.
-        eras = _checkpoint_eras(specs) if tracking == "era" else {}
-        created = time.time()
-        # A point after doubt may resend much that the server holds: ask what it lacks first.
-        uploads = sealpool.Uploads(remote, host, opts.retry, throttle,
-                                   ask_first=doubt is not None and latest is not None)
-        with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
-                sealpool.SealPool(codec, damaged, workers, uploads) as pool:
-            volumes: list[_Volume] = []
-            lap("snapshot and workers")
-            try:
-                for spec in specs:
-                    geometry = Geometry(size=spec.size, block_size=block_size)
-                    old = previous.volumes.get(spec.name)
-                    ids = store.open_ids(spec.name, geometry.blocks)
-                    trusted = (doubt is None and old is not None and not ids.fresh
-                               and (old.size, old.offset, old.block_size)
-                               == (spec.size, spec.offset, block_size))
-                    written: list[tuple[int, int]] | None = None
-                    if source_key(spec.path) in listed:
-                        written = listed[source_key(spec.path)] if trusted else None
-                    elif spec.name in eras:
-                        written = _era_ranges(spec, eras[spec.name], previous) if trusted else None
-                        trusted = written is not None
-                    only: list[Run] | None = None
-                    if written is not None:
-                        only = merge_runs(block_runs(written, spec.offset, spec.size, block_size)
-                                          + [(b, 1) for b in ids.find(damaged)])
-                    vol = _Volume(spec, geometry, ids, trusted,
-                                  bytes.fromhex(old.root) if trusted and old else fmt.ZERO_ID)
-                    volumes.append(vol)
-                    vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
-                                           pool=pool, uploaded=stats, only=only,
-                                           skip_free=opts.skip_free, window=2 * workers,
-                                           progress=progress)
-                stats.add(pool.flush(sender))
-                era_state = _era_state(eras)
-                lap("blocks")
-            except BaseException:
-                for vol in volumes:
-                    vol.ids.close()
-                raise
-            try:
-                records = [_index(remote, host, sender, vol) for vol in volumes]
-                lap("index")
-                full = any(not v.trusted for v in volumes)
-                generation = _generation(remote, host, codec, previous, latest, full)
-                manifest = Manifest(
-                    host=host, point_id=point_id, created=created, volumes=records, layout=layout,
-                    tracking={"mode": "list" if changed is not None else tracking,
-                              "generation": generation, "full_scan": full},
-                    parent=latest.point_id if latest else None)
-                scans = [v.scan for v in volumes if v.scan]
-                request = CommitRequest(
-                    point_id=point_id, created=created, parent=manifest.parent,
-                    volumes=[VolumeWire(name=r.name, size=r.size, block_size=r.block_size,
-                                        root=r.root, height=r.height) for r in records],
-                    manifest=base64.b64encode(manifest.seal(codec)).decode(),
-                    stats=PointStats(
-                        changed_bytes=sum(s.changed_bytes for s in scans),
-                        new_chunks=stats.new_chunks, new_bytes=stats.new_bytes,
-                        scanned_bytes=sum(s.scanned_bytes for s in scans),
-                        duration=time.monotonic() - started))
-                info = _commit(remote, host, codec, sender, request, volumes, views, opts.retry)
-            finally:
-                for vol in volumes:
-                    vol.ids.close()
-        state.point_id = info.point_id
-        state.created = created
-        state.generation = generation
-        state.points_since_full = 0 if full else previous.points_since_full + 1
-        state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root, v.spec.offset)
-                         for r, v in zip(records, volumes, strict=True)}
-        state.era = era_state
-        store.save(state)
-        lap("commit")
-        log.info("point %s committed: %d changed blocks, %d new chunks (%d bytes) in %.2f s (%s)",
-                 info.point_id, sum(s.changed_blocks for s in scans), stats.new_chunks,
-                 stats.new_bytes, time.monotonic() - started,
-                 ", ".join(f"{name} {secs:.2f} s" for name, secs in phases.items()))
-        return info
+    state = store.load()
+    store.remove_other_ids(state)
+    layout, specs = capture(sources, opts.hostname or host)
+    for spec in specs:  # before anything is read or sent, not at the index
+        try:
+            check_name("volume", spec.name)
+        except FormatError as exc:
+            raise SourceError(f"{spec.path}: {exc}; an image file's name becomes its "
+                              "volumes' names") from None
+    lap("capture")
+    snapshot.cleanup_leftovers(specs, store.dir)
+    latest = _latest(remote, host, opts.retry)
+    doubt = _doubt(state, latest, opts)
+    if doubt:
+        log.info("full scan: %s", doubt)
+    damaged = set(retrying(opts.retry, "asking for damaged chunks",
+                           lambda: remote.damaged(host)))
+    lap("server state")
+    stats = UploadStats()
+    throttle = Throttle(opts.bandwidth)  # shared by this process and the workers
+    sender = Sender(remote, host, opts.retry, throttle, stats)
+    point_id = new_point_id()
+    # Dirty from here on: a crash before the commit is answered leaves a state that the
+    # next run distrusts.
+    previous = HostState(**{**state.__dict__})
+    state.point_id = None
+    store.save(state)
+    if on_total is not None:
+        on_total(sum(s.size for s in specs))
+    # One more than the CPUs: a worker waiting for the server's answer leaves its core to
+    # the spare one (2 cores, the benchmark's full backup, workers uploading per segment:
+    # 6.4-6.9 s with 3 workers, 7.5-7.8 s with 2).
+    workers = workers or (os.cpu_count() or 2) + 1
+    # The era checkpoint comes before the snapshot: a write racing with it is read again
+    # at the next point rather than missed.
+    eras = _checkpoint_eras(specs) if tracking == "era" else {}
+    created = time.time()
+    # A point after doubt may resend much that the server holds: ask what it lacks first.
+    uploads = sealpool.Uploads(remote, host, opts.retry, throttle,
+                               ask_first=doubt is not None and latest is not None)
+    with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
+            sealpool.SealPool(codec, damaged, workers, uploads) as pool:
+        volumes: list[_Volume] = []
+        lap("snapshot and workers")
+        try:
+            for spec in specs:
+                geometry = Geometry(size=spec.size, block_size=block_size)
+                old = previous.volumes.get(spec.name)
+                ids = store.open_ids(spec.name, geometry.blocks)
+                trusted = (doubt is None and old is not None and not ids.fresh
+                           and (old.size, old.offset, old.block_size)
+                           == (spec.size, spec.offset, block_size))
+                written: list[tuple[int, int]] | None = None
+                if source_key(spec.path) in listed:
+                    written = listed[source_key(spec.path)] if trusted else None
+                elif spec.name in eras:
+                    written = _era_ranges(spec, eras[spec.name], previous) if trusted else None
+                    trusted = written is not None
+                only: list[Run] | None = None
+                if written is not None:
+                    only = merge_runs(block_runs(written, spec.offset, spec.size, block_size)
+                                      + [(b, 1) for b in ids.find(damaged)])
+                vol = _Volume(spec, geometry, ids, trusted,
+                              bytes.fromhex(old.root) if trusted and old else fmt.ZERO_ID)
+                volumes.append(vol)
+                vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
+                                       pool=pool, uploaded=stats, only=only,
+                                       skip_free=opts.skip_free, window=2 * workers,
+                                       progress=progress)
+            stats.add(pool.flush(sender))
+            era_state = _era_state(eras)
+            lap("blocks")
+        except BaseException:
+            for vol in volumes:
+                vol.ids.close()
+            raise
+        try:
+            records = [_index(remote, host, sender, vol) for vol in volumes]
+            lap("index")
+            full = any(not v.trusted for v in volumes)
+            generation = _generation(remote, host, codec, previous, latest, full)
+            manifest = Manifest(
+                host=host, point_id=point_id, created=created, volumes=records, layout=layout,
+                tracking={"mode": "list" if changed is not None else tracking,
+                          "generation": generation, "full_scan": full},
+                parent=latest.point_id if latest else None)
+            scans = [v.scan for v in volumes if v.scan]
+            request = CommitRequest(
+                point_id=point_id, created=created, parent=manifest.parent,
+                volumes=[VolumeWire(name=r.name, size=r.size, block_size=r.block_size,
+                                    root=r.root, height=r.height) for r in records],
+                manifest=base64.b64encode(manifest.seal(codec)).decode(),
+                stats=PointStats(
+                    changed_bytes=sum(s.changed_bytes for s in scans),
+                    new_chunks=stats.new_chunks, new_bytes=stats.new_bytes,
+                    scanned_bytes=sum(s.scanned_bytes for s in scans),
+                    duration=time.monotonic() - started))
+            info = _commit(remote, host, codec, sender, request, volumes, views, opts.retry)
+        finally:
+            for vol in volumes:
+                vol.ids.close()
+    state.point_id = info.point_id
+    state.created = created
+    state.generation = generation
+    state.points_since_full = 0 if full else previous.points_since_full + 1
+    state.volumes = {r.name: VolumeState(r.size, r.block_size, r.root, v.spec.offset)
+                     for r, v in zip(records, volumes, strict=True)}
+    state.era = era_state
+    store.save(state)
+    lap("commit")
+    log.info("point %s committed: %d changed blocks, %d new chunks (%d bytes) in %.2f s (%s)",
+             info.point_id, sum(s.changed_blocks for s in scans), stats.new_chunks,
+             stats.new_bytes, time.monotonic() - started,
+             ", ".join(f"{name} {secs:.2f} s" for name, secs in phases.items()))
+    return info
 
 
 def _checkpoint_eras(specs: list[VolumeSpec]) -> dict[str, tuple[era.EraDevice, int]]:

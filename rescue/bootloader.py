@@ -5,10 +5,11 @@ GRUB and kernel versions, in a chroot), its configuration and initramfs regenera
 
 The root filesystem is found by mounting each candidate (restored partitions and LVs with
 a Linux filesystem) and looking for /etc/fstab; /boot and /boot/efi are mounted as its
-fstab says, found among the restored devices only. UEFI: `grub-install --target=x86_64-efi`, which writes the NVRAM entry through
-efibootmgr; when the rescue system itself was not booted by UEFI there are no EFI
-variables to write, so GRUB also goes to the removable path (EFI/BOOT/BOOTX64.EFI) that
-firmware finds without an entry. BIOS: `grub-install --target=i386-pc DISK`.
+fstab says, found among the restored devices only. UEFI: `grub-install
+--target=x86_64-efi`, which writes the NVRAM entry through efibootmgr; when the rescue
+system itself was not booted by UEFI there are no EFI variables to write, so GRUB also
+goes to the removable path (EFI/BOOT/BOOTX64.EFI) that firmware finds without an entry.
+BIOS: `grub-install --target=i386-pc DISK`.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def resolve(spec: str, devices: list[str]) -> str:
     if tag in _TAGS:
         # blkid compares the raw value (its export format escapes spaces and non-ASCII),
         # read from the devices, not its cache: they were just restored.
-        done = runcmd.run(["blkid", "-c", "/dev/null", "-t", f"{tag}={value.strip(chr(34))}",
-                           "-o", "device", *devices], check=False)
+        value = value.strip('"')
+        done = runcmd.run(["blkid", "-c", "/dev/null", "-t", f"{tag}={value}", "-o", "device",
+                           *devices], check=False)
         matches = set(done.stdout.decode(errors="replace").split("\n"))
         found = next((d for d in devices if d in matches), None)
     elif spec.startswith("/dev/"):

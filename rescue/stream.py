@@ -277,8 +277,8 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
         except OSError as exc:
             sync_failed = True
             raise TargetError(f"{target.path}: flushing the restored data to the disk "
-                              f"failed: {exc.strerror}; nothing written since the last "
-                              "checkpoint counts as restored") from None
+                              f"failed: {exc.strerror or exc}; nothing written since the "
+                              "last checkpoint counts as restored") from None
         if on_checkpoint:
             on_checkpoint(blocks)
 

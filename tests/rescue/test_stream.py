@@ -50,6 +50,15 @@ def source() -> tuple[BlobCodec, MemorySource]:
     return codec, MemorySource(codec, os.urandom(256 * BS))  # 4 MiB, nothing zero
 
 
+def _stream(codec: BlobCodec, src: MemorySource, target: Target, saved: list[int], *,
+            workers: int, checkpoint_blocks: int) -> None:
+    """Restore the whole volume in batches of 4 blocks; checkpoints go to `saved`."""
+    stream_volume(src, "web1", codec, src.volume, target, 0,
+                  options=StreamOptions(workers=workers, batch_bytes=4 * BS,
+                                        checkpoint_bytes=checkpoint_blocks * BS),
+                  on_checkpoint=saved.append)
+
+
 class WritebackFails(Target):
     """A disk whose first flush reports a writeback error, as Linux reports one: once, so
     the next fsync of the descriptor succeeds with the writes still lost. A stand-in:
@@ -58,8 +67,8 @@ class WritebackFails(Target):
     syncs = 0
 
     def sync(self) -> None:
-        WritebackFails.syncs += 1
-        if WritebackFails.syncs == 1:
+        self.syncs += 1
+        if self.syncs == 1:
             raise OSError(5, "Input/output error")
         super().sync()
 
@@ -71,15 +80,12 @@ def test_a_failed_flush_stops_the_restore_and_claims_nothing_after_it(
     path.write_bytes(bytes(src.volume.size))
     saved: list[int] = []
     with WritebackFails(str(path)) as target, pytest.raises(TargetError) as err:
-        stream_volume(src, "web1", codec, src.volume, target, 0,
-                      options=StreamOptions(workers=1, batch_bytes=4 * BS,
-                                            checkpoint_bytes=4 * BS),
-                      on_checkpoint=saved.append)
+        _stream(codec, src, target, saved, workers=1, checkpoint_blocks=4)
     assert str(err.value) == (f"{path}: flushing the restored data to the disk failed: "
                               "Input/output error; nothing written since the last "
                               "checkpoint counts as restored")
     assert saved == []  # the first flush failed: no block is claimed, now or later
-    assert WritebackFails.syncs == 1
+    assert target.syncs == 1
 
 
 def test_a_full_target_filesystem_is_a_clear_error(
@@ -89,9 +95,6 @@ def test_a_full_target_filesystem_is_a_clear_error(
     path.touch()
     saved: list[int] = []
     with Target(str(path)) as target, pytest.raises(TargetError) as err:
-        stream_volume(src, "web1", codec, src.volume, target, 0,
-                      options=StreamOptions(workers=2, batch_bytes=4 * BS,
-                                            checkpoint_bytes=16 * BS),
-                      on_checkpoint=saved.append)
+        _stream(codec, src, target, saved, workers=2, checkpoint_blocks=16)
     assert str(err.value) == f"{path}: writing the restore failed: No space left on device"
     assert all(blocks * BS <= 1024 * 1024 for blocks in saved)
