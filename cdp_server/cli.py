@@ -108,14 +108,16 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
         logs.setup(getattr(logging, conf.log_level.upper()))
         host, port = conf.address()
         ds = Datastore.open(Path(conf.data))
-        rec = ds.recover()
-        log.info("starting", extra={"listen": conf.listen, "data": conf.data,
-                                    "cleaned_pending_packs": rec.pending_packs,
-                                    "cleaned_orphans": rec.orphan_objects,
-                                    "cleaned_temp_files": rec.temp_files})
-        uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
-                    ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
-                    access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=3)
+        with ds.serving():
+            rec = ds.recover()
+            log.info("starting", extra={"listen": conf.listen, "data": conf.data,
+                                        "cleaned_pending_packs": rec.pending_packs,
+                                        "cleaned_orphans": rec.orphan_objects,
+                                        "cleaned_temp_files": rec.temp_files})
+            uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
+                        ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
+                        access_log=False, timeout_keep_alive=30,
+                        timeout_graceful_shutdown=3)
         log.info("stopped")
         logging.shutdown()
         # Idle worker threads of the request thread pool linger for 10 s before Python

@@ -24,7 +24,7 @@ from cdpcore.errors import FormatError, IntegrityError, NotFoundError, UsageErro
 from cdpcore.manifest import check_name
 
 from .catalog import Catalog, Location
-from .errors import BadRequest
+from .errors import BadRequest, DatastoreBusy
 from .sqlite_catalog import SqliteCatalog
 from .store import LocalStore, ObjectStore, new_pack_name
 
@@ -33,6 +33,7 @@ log = logging.getLogger("cdp.server")
 CATALOG_FILE = "catalog.sqlite"
 OBJECTS_DIR = "objects"
 LOCK_FILE = "commit.lock"
+SERVE_LOCK_FILE = "serve.lock"
 
 
 def hash_token(token: str) -> str:
@@ -95,6 +96,25 @@ class Datastore:
                 yield
             finally:
                 os.close(fd)
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Held by the one server process of the datastore, from before its start-up
+        recovery until it exits. A second server would take the first one's packs in the
+        making (pending, and uploads do not take the commit lock) for a crash's leftovers
+        and delete them, and their objects with them."""
+        path = self._lock_path.with_name(SERVE_LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DatastoreBusy(
+                    f"another `cdp-server serve` serves {path.parent} (it holds {path}): "
+                    "one server per datastore; stop it first") from None
+            yield
+        finally:
+            os.close(fd)
 
     def add_host(self, name: str) -> dict[Role, str]:
         """Enrol a host; returns its new agent and restore tokens (stored hashed)."""

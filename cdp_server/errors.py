@@ -25,6 +25,15 @@ class CatalogDamaged(ServerError):
         super().__init__(message, 500)
 
 
+class DatastoreBusy(ServerError):
+    """Another `cdp-server serve` serves this datastore."""
+
+    exit_code = 13
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None)
+
+
 class StorageFull(ServerError):
     """The datastore's disk is full: nothing was stored."""
 

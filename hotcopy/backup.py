@@ -168,8 +168,9 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     # A point after doubt may resend much that the server holds: ask what it lacks first.
     uploads = sealpool.Uploads(remote, host, opts.retry, throttle,
                                ask_first=doubt is not None and latest is not None)
-    with snapshot.take(specs, store.dir, reflink=opts.reflink) as views, \
+    with snapshot.take(specs, store.dir, reflink=opts.reflink) as held, \
             sealpool.SealPool(codec, damaged, workers, uploads) as pool:
+        views = held.views
         volumes: list[_Volume] = []
         lap("snapshot and workers")
         try:
@@ -197,6 +198,7 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                                        pool=pool, uploaded=stats, only=only,
                                        skip_free=opts.skip_free, window=2 * workers,
                                        progress=progress)
+            held.thaw()  # every block is read: the applications may write again
             stats.add(pool.flush(sender))
             era_state = _era_state(eras)
             lap("blocks")
@@ -318,8 +320,8 @@ def _commit(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
             request: CommitRequest, volumes: list[_Volume],
             views: dict[str, snapshot.ReadView], policy: RetryPolicy) -> PointInfo:
     """Commit, retrying with the same point ID (idempotent on the server). A 409 names
-    objects the server lacks (lost or removed meanwhile): upload those from the snapshot,
-    which is still held, and commit again."""
+    objects the server lacks (lost or removed meanwhile): upload those from the views
+    again, and commit again."""
     for _ in range(3):
         try:
             return retrying(policy, "committing the point", lambda: remote.commit(host, request))
@@ -339,6 +341,7 @@ def _reupload(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
         view = views[vol.spec.name]
         bs = vol.geometry.block_size
         items: dict[bytes, bytes] = {}
+        changed = 0
         with open(view.path, "rb") as f:
             for block in vol.ids.find(chunks):
                 f.seek(view.offset + block * bs)
@@ -346,7 +349,16 @@ def _reupload(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
                 chunk_id = vol.ids.get(block)
                 if codec.keys.chunk_id(data) == chunk_id:
                     items[chunk_id] = codec.seal(fmt.BLOB_KIND_CHUNK, chunk_id, data)
+                else:  # a view that is no longer point-in-time: a thawed device, a file
+                    changed += 1
         view.check()
+        if changed:
+            raise ServerError(
+                f"the server lacks chunks of this point whose blocks changed on "
+                f"{vol.spec.path} since the point read them ({changed} blocks); the point is "
+                "not committed, and the next one reads its volumes in full and sends what "
+                "the server lacks",
+                409)
         sender.send(ObjectKind.chunks, list(items.items()))
         pages = PageUploader(sender, only=wanted_pages)
         index.build(vol.geometry, vol.ids.iter_ids(), pages)

@@ -19,6 +19,9 @@ _UNITS = ["--units", "b", "--nosuffix", "--reportformat", "json"]
 #: LV types whose bytes are not a volume: pools hold other LVs' data, and their hidden
 #: sub-LVs are not addressable.
 _NOT_COPIED = {"thin-pool", "cache-pool", "vdo-pool"}
+#: The agents' own snapshot LVs (hotcopy.snapshot.lvm): never volumes, not even a thin
+#: snapshot that a killed run left (thick ones are snapshots to LVM as well).
+SNAPSHOT_PREFIX = "cdpsnap_"
 
 
 def _report(tool: str, fields: str, key: str) -> list[dict[str, Any]]:
@@ -57,7 +60,8 @@ def capture_lvm(layout: Layout) -> list[VolumeSpec]:
                 continue
             lv = LogicalVolume(name=row["lv_name"], uuid=row["lv_uuid"], size=int(row["lv_size"]),
                                segtype=row["segtype"], pool=row["pool_lv"] or None)
-            if row["segtype"] not in _NOT_COPIED and row["lv_path"]:
+            if (row["segtype"] not in _NOT_COPIED and row["lv_path"]
+                    and not lv.name.startswith(SNAPSHOT_PREFIX)):
                 lv.filesystem = probe_fs(row["lv_path"], 0, lv.size)
                 if lv.filesystem is None or lv.filesystem.type != "swap":
                     lv.volume = f"lvm:{name}/{lv.name}"

@@ -8,14 +8,17 @@ to read its bytes from at one moment. What it uses per source:
   pause its writer (or put it on a reflink-capable filesystem such as XFS or btrfs);
 - loop device: read as it is (the same rule applies to its backing file);
 - LVM logical volume: an LVM snapshot (thick, sized from the VG's free extents; thin for
-  thin LVs) named with the fixed prefix `cdpsnap_`;
+  thin LVs) named with the fixed prefix `cdpsnap_` and tagged with the agent's owner tag;
 - any other block device (a whole disk, a partition): `fsfreeze` of every filesystem
   mounted on it or on its partitions for the read (LVM PVs excepted: their LVs are volumes
-  of their own); an unused device is read as it is.
+  of their own); an unused device is read as it is. A freeze blocks the filesystem's
+  writers, so it ends as soon as the point's blocks are read (`PointViews.thaw`), not
+  with the views: the index pages and the commit, with their retries while the server is
+  down, need no stable device.
 
 Leftovers of a killed run (reflink copies, snapshot LVs, a frozen filesystem) carry fixed
-prefixes or a marker file, and `cleanup_leftovers` removes them at the start of a run
-(a frozen filesystem is thawed at once by a guard process: see freeze.py).
+prefixes, an owner tag or a marker file, and `cleanup_leftovers` removes them at the
+start of a run (a frozen filesystem is thawed at once by a guard process: see freeze.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..capture import VolumeSpec
 from . import freeze, image, lvm
@@ -45,8 +49,34 @@ class ReadView:
     check: Callable[[], None]
 
 
+@dataclass
+class PointViews:
+    """The views of one point's volumes, and the freezes that keep some of them still."""
+
+    views: dict[str, ReadView]
+    freezes: contextlib.ExitStack
+
+    def thaw(self) -> None:
+        """End every freeze: call once the point's blocks are read. Snapshots and reflink
+        copies stay until the views are closed; a device that was frozen is read live from
+        here on, so whatever is read from it must be checked against its chunk ID."""
+        self.freezes.close()
+
+
 def _noop() -> None:
     return None
+
+
+Kind = Literal["file", "lv", "loop", "device"]
+
+
+def kind_of(path: str, lvs: list[str]) -> Kind:
+    """How a source is held still: `lvs` are the sources that are logical volumes."""
+    if stat.S_ISREG(os.stat(path).st_mode):
+        return "file"
+    if path in lvs:
+        return "lv"
+    return "loop" if Path(path).name.startswith("loop") else "device"
 
 
 def cleanup_leftovers(volumes: list[VolumeSpec], state_dir: Path) -> None:
@@ -55,32 +85,31 @@ def cleanup_leftovers(volumes: list[VolumeSpec], state_dir: Path) -> None:
         if os.path.isfile(path):
             image.remove_leftovers(Path(path).parent)
     if any(lvm.is_lv(v.path) for v in volumes):
-        lvm.remove_leftovers()
+        lvm.remove_leftovers(lvm.owner_tag(state_dir))
 
 
 @contextlib.contextmanager
 def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
-         ) -> Iterator[dict[str, ReadView]]:
-    views: dict[str, ReadView] = {}
+         ) -> Iterator[PointViews]:
     with contextlib.ExitStack() as stack:
+        freezes = stack.enter_context(contextlib.ExitStack())
         by_path: dict[str, tuple[str, Callable[[], None]]] = {}
         paths = sorted({v.path for v in volumes})
         lvs = [p for p in paths if lvm.is_lv(p)]
         for path in paths:
-            mode = os.stat(path).st_mode
-            if stat.S_ISREG(mode):
+            kind = kind_of(path, lvs)
+            if kind == "file":
                 read_path = stack.enter_context(image.snapshot(path)) if reflink else path
                 by_path[path] = (read_path, _noop)
-            elif path in lvs:
+            elif kind == "lv":
                 # The VG's free extents are shared among the snapshots still to be made.
-                by_path[path] = stack.enter_context(lvm.snapshot(path, share=len(lvs)))
+                by_path[path] = stack.enter_context(
+                    lvm.snapshot(path, lvm.owner_tag(state_dir), share=len(lvs)))
                 lvs.remove(path)
-            elif Path(path).name.startswith("loop"):
-                by_path[path] = (path, _noop)
             else:
-                stack.enter_context(freeze.frozen(path, state_dir))
+                if kind == "device":
+                    freezes.enter_context(freeze.frozen(path, state_dir))
                 by_path[path] = (path, _noop)
-        for v in volumes:
-            read_path, check = by_path[v.path]
-            views[v.name] = ReadView(read_path, v.offset, v.size, check)
-        yield views
+        views = {v.name: ReadView(by_path[v.path][0], v.offset, v.size, by_path[v.path][1])
+                 for v in volumes}
+        yield PointViews(views, freezes)

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def frozen(device: str, state_dir: Path) -> Iterator[None]:
     guard = runcmd.start([sys.executable, "-m", "hotcopy.thawguard", str(os.getpid()),
                           *targets])
     assert guard.stdin is not None
+    froze = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
             for target in targets:
@@ -102,6 +104,9 @@ def frozen(device: str, state_dir: Path) -> Iterator[None]:
             log.info("froze %s to read %s", ", ".join(targets), device)
             drop_cache(device)
             yield
+        # How long the applications' writes were held: what a sysadmin weighs against
+        # putting the filesystem on LVM.
+        log.info("thawed %s after %.2f s", ", ".join(targets), time.monotonic() - froze)
     finally:
         # Told, the guard exits without thawing: a later freeze is not its business.
         with contextlib.suppress(OSError):

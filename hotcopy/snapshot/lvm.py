@@ -1,21 +1,34 @@
 """LVM snapshots of logical volumes: thin LVs get a thin snapshot, others a thick one
 sized from the volume group's free extents. A thick snapshot that fills up becomes
-invalid; the view's check reports that as a SnapshotError, so no torn data is committed."""
+invalid; the view's check reports that as a SnapshotError, so no torn data is committed.
+
+Every snapshot is named `cdpsnap_<LV>` and tagged with its agent's owner tag (from the
+host's state directory), so that the cleanup of a killed run's leftovers removes only the
+snapshots of that agent, never those of a second agent running on the machine."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from cdpcore import runcmd
 
 from ..errors import SnapshotError
+from ..lvmcapture import SNAPSHOT_PREFIX as PREFIX
 
 log = logging.getLogger("cdp.agent.snapshot")
-PREFIX = "cdpsnap_"
+TAG_PREFIX = "cdp_agent_"
+
+
+def owner_tag(state_dir: Path) -> str:
+    """The LVM tag of the snapshots taken for one host's state directory."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(state_dir))).hexdigest()
+    return TAG_PREFIX + digest[:16]
 
 
 def is_lv(path: str) -> bool:
@@ -33,28 +46,42 @@ def _lv(path: str) -> dict[str, Any]:
     return lv
 
 
-def remove_leftovers() -> None:
-    doc = runcmd.run_json(["lvs", "--reportformat", "json", "-o", "vg_name,lv_name"])
+def leftovers(doc: dict[str, Any], tag: str) -> list[str]:
+    """The snapshots (VG/LV) to remove, from `lvs --reportformat json -o
+    vg_name,lv_name,lv_tags`: those tagged `tag`, and untagged ones (left by an agent from
+    before the tags). Another agent's snapshots are left alone."""
+    out = []
     for lv in doc["report"][0]["lv"]:
-        if lv["lv_name"].startswith(PREFIX):
-            log.warning("removing leftover snapshot %s/%s", lv["vg_name"], lv["lv_name"])
-            runcmd.run(["lvremove", "-f", f"{lv['vg_name']}/{lv['lv_name']}"])
+        tags = [t for t in (lv.get("lv_tags") or "").split(",") if t.startswith(TAG_PREFIX)]
+        if lv["lv_name"].startswith(PREFIX) and tags in ([], [tag]):
+            out.append(f"{lv['vg_name']}/{lv['lv_name']}")
+    return out
+
+
+def remove_leftovers(tag: str) -> None:
+    doc = runcmd.run_json(["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,lv_tags"])
+    for name in leftovers(doc, tag):
+        log.warning("removing leftover snapshot %s", name)
+        runcmd.run(["lvremove", "-f", name])
 
 
 @contextlib.contextmanager
-def snapshot(path: str, share: int = 1) -> Iterator[tuple[str, Callable[[], None]]]:
-    """Snapshot one LV; a thick one gets 1/`share` of the VG's free extents."""
+def snapshot(path: str, tag: str, share: int = 1,
+             ) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Snapshot one LV, tagged `tag`; a thick one gets 1/`share` of the VG's free
+    extents."""
     lv = _lv(path)
     vg, name = lv["vg_name"], lv["lv_name"]
     snap = f"{PREFIX}{name}"
+    create = ["lvcreate", "-q", "-s", "--addtag", tag, "-n", snap]
     if lv["segtype"] == "thin":
-        runcmd.run(["lvcreate", "-q", "-s", "-kn", "-n", snap, f"{vg}/{name}"])
+        runcmd.run([*create, "-kn", f"{vg}/{name}"])
     else:
         free = int(lv["vg_free_count"] or 0) // max(share, 1)
         if free < 1:
             raise SnapshotError(f"volume group {vg} has no free extents for a snapshot of "
                                 f"{name}: free some space in it")
-        runcmd.run(["lvcreate", "-q", "-s", "-l", str(free), "-n", snap, f"{vg}/{name}"])
+        runcmd.run([*create, "-l", str(free), f"{vg}/{name}"])
 
     def check() -> None:
         attr = _lv(f"{vg}/{snap}")["lv_attr"]

@@ -14,8 +14,12 @@ import pytest
 from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import new_master_key
+from cdpcore.manifest import Manifest
+from hotcopy.capture import capture
 from hotcopy.remote import Remote
+from hotcopy.verify import iter_volume, open_point
 from tests.loopdev import attached_loop
+from tests.server.stored import object_location
 
 from .images import make_image
 
@@ -55,3 +59,26 @@ def write_at(path: Path | str, offset: int, data: bytes) -> None:
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+def corrupt_chunk(cdp_server, host: str, chunk_id: bytes) -> None:  # type: ignore[no-untyped-def]
+    """Flip a byte of a stored chunk inside its pack file, as bit rot would."""
+    path, offset, length = object_location(cdp_server.data_dir, "chunks", chunk_id, host)
+    data = bytearray(path.read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def assert_point_equals(agent: Agent, point_id: str, copy: Path) -> Manifest:
+    """Every volume of the point, read back through the server, equals the copy's bytes."""
+    manifest = open_point(agent.remote, agent.host, agent.codec, point_id)
+    _, specs = capture([str(copy)], "x")
+    offsets = {s.name.split(":", 1)[1]: (s.offset, s.size) for s in specs}
+    assert sorted(v.name.split(":", 1)[1] for v in manifest.volumes) == sorted(offsets)
+    with open(copy, "rb") as f:
+        for vol in manifest.volumes:
+            offset, size = offsets[vol.name.split(":", 1)[1]]
+            got = b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol))
+            f.seek(offset)
+            assert got == f.read(size), f"volume {vol.name} of point {point_id} differs"
+    return manifest

@@ -16,18 +16,16 @@ import pytest
 from cdpcore import runcmd
 from cdpcore.api import ObjectKind, PointInfo
 from cdpcore.errors import ServerError
-from cdpcore.manifest import Manifest
 from hotcopy import scan
 from hotcopy.backup import BackupOptions, backup
-from hotcopy.capture import capture
 from hotcopy.errors import SourceError, StateBusy
 from hotcopy.remote import Remote
 from hotcopy.state import StateDir
 from hotcopy.transfer import RetryPolicy
 from hotcopy.verify import iter_volume, open_point, verify_point
-from tests.server.stored import object_counts, object_location
+from tests.server.stored import object_counts
 
-from .conftest import Agent, write_at
+from .conftest import Agent, assert_point_equals, corrupt_chunk, write_at
 from .images import MiB
 
 BS = 16 * 1024
@@ -35,21 +33,6 @@ BS = 16 * 1024
 
 def _point(agent: Agent, sources: list[str]) -> PointInfo:
     return backup(agent.remote, agent.host, agent.codec, sources, agent.state_dir, workers=2)
-
-
-def _assert_point_equals(agent: Agent, point_id: str, copy: Path) -> Manifest:
-    """Every volume of the point, read back through the server, equals the copy's bytes."""
-    manifest = open_point(agent.remote, agent.host, agent.codec, point_id)
-    _, specs = capture([str(copy)], "x")
-    offsets = {s.name.split(":", 1)[1]: (s.offset, s.size) for s in specs}
-    assert sorted(v.name.split(":", 1)[1] for v in manifest.volumes) == sorted(offsets)
-    with open(copy, "rb") as f:
-        for vol in manifest.volumes:
-            offset, size = offsets[vol.name.split(":", 1)[1]]
-            got = b"".join(iter_volume(agent.remote, agent.host, agent.codec, vol))
-            f.seek(offset)
-            assert got == f.read(size), f"volume {vol.name} of point {point_id} differs"
-    return manifest
 
 
 def test_workload_points_are_byte_for_byte_and_incrementals_send_only_changed_blocks(
@@ -73,7 +56,7 @@ def test_workload_points_are_byte_for_byte_and_incrementals_send_only_changed_bl
         copies.append((info.point_id, shutil.copy(gpt_image, tmp_path / f"copy{step}.img")))
     # Every point, the old ones too, still reads back exactly as the disk was.
     for point_id, copy in copies:
-        manifest = _assert_point_equals(agent, point_id, Path(copy))
+        manifest = assert_point_equals(agent, point_id, Path(copy))
         assert manifest.layout.disk("disk.img").table == "gpt"
     result = verify_point(agent.remote, agent.host, agent.codec, copies[-1][0])
     assert result.ok and result.chunks_checked > 0
@@ -91,7 +74,7 @@ def test_missing_state_falls_back_to_a_full_scan_that_uploads_nothing_known(
     shutil.rmtree(agent.state_dir)
     write_at(gpt_image, 6 * MiB, b"\x5a" * BS)
     info = _point(agent, [str(gpt_image)])
-    manifest = _assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
+    manifest = assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True
     assert manifest.tracking["generation"] == 2
     assert info.stats.new_chunks == 1  # the full scan asked the server what it lacks
@@ -114,7 +97,7 @@ def test_an_older_state_is_dropped_for_a_full_scan(
     legacy.write_bytes(bytes(4096))
     write_at(gpt_image, 6 * MiB, b"\x5a" * BS)
     info = _point(agent, [str(gpt_image)])
-    manifest = _assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
+    manifest = assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True and not legacy.exists()
     assert json.loads(doc_path.read_text())["version"] == 3
     assert sorted(p.name for p in ids_dir.iterdir()) == [
@@ -133,7 +116,7 @@ def test_state_of_another_point_falls_back_to_a_full_scan(
     shutil.copytree(stale, agent.state_dir)
     write_at(gpt_image, 8 * MiB, b"\x22" * BS)
     info = _point(agent, [str(gpt_image)])
-    manifest = _assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
+    manifest = assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True
     assert info.stats.new_chunks == 1
 
@@ -144,15 +127,7 @@ def test_loop_device_point_is_byte_for_byte(agent: Agent, loop_device: str,
     manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
     name = Path(loop_device).name
     assert sorted(v.name for v in manifest.volumes) == [f"{name}:boot", f"{name}:p1", f"{name}:p2"]
-    _assert_point_equals(agent, info.point_id, gpt_image)
-
-
-def _corrupt_chunk(cdp_server, host: str, chunk_id: bytes) -> None:  # type: ignore[no-untyped-def]
-    """Flip a byte of a stored chunk inside its pack file, as bit rot would."""
-    path, offset, length = object_location(cdp_server.data_dir, "chunks", chunk_id, host)
-    data = bytearray(path.read_bytes())
-    data[offset + length // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    assert_point_equals(agent, info.point_id, gpt_image)
 
 
 def test_a_chunk_damaged_on_the_server_is_healed_by_the_next_point(
@@ -162,7 +137,7 @@ def test_a_chunk_damaged_on_the_server_is_healed_by_the_next_point(
         f.seek(5 * MiB)
         block = f.read(BS)  # the start of the ext4 partition: non-zero, never rewritten
     chunk_id = agent.codec.keys.chunk_id(block)
-    _corrupt_chunk(cdp_server, agent.host, chunk_id)
+    corrupt_chunk(cdp_server, agent.host, chunk_id)
     report = cdp_server.admin().verify()
     assert chunk_id.hex() in report.damaged_chunks
     assert chunk_id in agent.remote.damaged(agent.host)
@@ -345,6 +320,6 @@ def test_a_partition_recreated_elsewhere_is_read_in_full(agent: Agent, gpt_image
     changed = {str(gpt_image): [(0, MiB), (32 * MiB, BS)]}  # the table, one block of p1
     info = backup(agent.remote, agent.host, agent.codec, sources, agent.state_dir,
                   workers=2, changed=changed)
-    manifest = _assert_point_equals(agent, info.point_id,
+    manifest = assert_point_equals(agent, info.point_id,
                                     Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True

@@ -13,9 +13,9 @@ from cdpcore.errors import UsageError
 from hotcopy.backup import backup
 from hotcopy.changes import block_runs, merge_runs
 
-from .conftest import Agent, write_at
+from .conftest import Agent, assert_point_equals, write_at
 from .images import MiB
-from .test_backup import _assert_point_equals, _point
+from .test_backup import _point
 
 BS = 16 * 1024
 
@@ -46,12 +46,12 @@ def test_only_listed_ranges_are_read_and_the_point_matches_the_disk(
                                                           (10 * MiB + 16000, 65537)]})
     assert info.stats.scanned_bytes == 6 * BS
     assert (info.stats.changed_bytes, info.stats.new_chunks) == (6 * BS, 6)
-    manifest = _assert_point_equals(agent, info.point_id, Path(listed))
+    manifest = assert_point_equals(agent, info.point_id, Path(listed))
     assert manifest.tracking["mode"] == "list" and manifest.tracking["full_scan"] is False
     # The next scan-mode point reads everything and finds the unlisted write.
     info = _point(agent, [str(gpt_image)])
     assert (info.stats.changed_bytes, info.stats.new_chunks) == (BS, 1)
-    _assert_point_equals(agent, info.point_id, gpt_image)
+    assert_point_equals(agent, info.point_id, gpt_image)
 
 
 def test_a_change_list_without_trusted_state_is_a_full_scan(
@@ -63,7 +63,7 @@ def test_a_change_list_without_trusted_state_is_a_full_scan(
     # Every block with data is read (the image is sparse: holes are not), the new one too.
     assert info.stats.scanned_bytes == first.stats.scanned_bytes + BS
     assert info.stats.new_chunks == 1
-    manifest = _assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
+    manifest = assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,8 @@ mkdir -p /mnt/part
 mount /dev/vdb1 /mnt/part
 echo first > /mnt/part/step0.bin
 """
+#: The owner tag of another agent's snapshots (hotcopy.snapshot.lvm.owner_tag).
+FOREIGN_TAG = "cdp_agent_0123456789abcdef"
 #: The mounted filesystem on the whole-disk source /dev/vdb, written by the workload.
 PART_FILES = "/mnt/part"
 
@@ -131,7 +134,9 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
                            "2>>/root/agent.log", timeout=900)
             points.append((hashes, json.loads(out)))
         assert "cdpsnap_" not in vm.check("lvs -a --noheadings -o lv_name vg0")
-        assert "froze /mnt/part to read /dev/vdb" in vm.check("cat /root/agent.log")
+        log = vm.check("cat /root/agent.log")
+        assert "froze /mnt/part to read /dev/vdb" in log
+        assert re.search(r"thawed /mnt/part after \d+\.\d\d s", log)
         assert not _frozen(vm, "/mnt/part")
         # A killed agent leaves nothing frozen: its guard thaws at once, and `thaw` clears
         # the marker it left.
@@ -142,6 +147,17 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
                  "fsfreeze -u /mnt/part && exit 0; sleep 0.2; done; exit 1")
         assert vm.check("cat /root/state/vmhost/frozen").split() == ["/mnt/part"]
         vm.check("cdp-agent thaw --config /root/agent.toml; test ! -e /root/state/vmhost/frozen")
+        # Snapshots left on the machine: another agent's (tagged with its owner tag), and
+        # an untagged one of an agent from before the tags, with the name this agent's
+        # snapshot of vg0/thin takes. The next point removes only the latter (and whatever
+        # the killed run left), and neither becomes a volume.
+        vm.check(f"lvcreate -q -y -s -kn --addtag {FOREIGN_TAG} -n cdpsnap_foreign vg0/thin "
+                 "&& lvcreate -q -y -s -kn -n cdpsnap_thin vg0/thin")
+        after = json.loads(vm.check("cdp-agent backup --config /root/agent.toml --tracking era "
+                                    "--json 2>>/root/agent.log", timeout=900))
+        assert vm.check("lvs --noheadings -o lv_name,lv_tags vg0 | grep cdpsnap_").split() == [
+            "cdpsnap_foreign", FOREIGN_TAG]
+        assert "removing leftover snapshot vg0/cdpsnap_thin" in vm.check("cat /root/agent.log")
         vm.check("cdp-agent era detach tracked && test ! -e /dev/mapper/cdpera-tracked")
         vg_uuid = vm.check("vgs --noheadings -o vg_uuid vg0").strip()
         pv_uuid = vm.check("pvs --noheadings -o pv_uuid /dev/vda").strip()
@@ -168,6 +184,8 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
         assert manifest.tracking["mode"] == "era"
         assert manifest.tracking["full_scan"] is (n == 0)
         assert verify_point(remote, host, codec, point_id).ok
+    assert not [v.name for v in open_point(remote, host, codec, str(after["point_id"])).volumes
+                if "cdpsnap" in v.name]
     # With era tracking, the tracked LV's unchanged blocks are not even read.
     stats = points[2][1]["stats"]
     assert isinstance(stats, dict)

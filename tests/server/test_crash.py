@@ -3,14 +3,18 @@ nothing uncommitted is visible, and no half-written pack survives."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sqlite3
 import threading
 import time
 
+import pytest
+
 from cdpcore.api import Role
 from cdpcore.errors import CdpError
+from tests.conftest import _free_port
 
 from .points import BS, build_point, new_codec, push, restore
 
@@ -77,3 +81,27 @@ def test_kill_during_uploads_and_commits(cdp_server) -> None:  # type: ignore[no
     assert not list((cdp_server.data_dir / "objects" / "tmp").iterdir())
     unsent = set(never_sent) - set(acknowledged) - set(attempted)
     assert not unsent & listed
+
+
+def test_a_second_server_on_the_datastore_is_refused_and_a_killed_one_blocks_nothing(
+        cdp_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Start-up recovery deletes pending packs, and a running server's uploads leave some
+    pending: a second server on the same datastore must not start at all. The lock dies
+    with its process, so a server killed by a crash does not stand in the way of its
+    restart."""
+    packs = _pack_files(cdp_server.data_dir)
+    second = dataclasses.replace(cdp_server, port=_free_port(), proc=None,
+                                 log_path=tmp_path / "second.log")
+    second.url = f"https://127.0.0.1:{second.port}"
+    with pytest.raises(RuntimeError, match="exited with 13") as err:
+        second.start()
+    assert (f"cdp-server: error: another `cdp-server serve` serves {cdp_server.data_dir} "
+            f"(it holds {cdp_server.data_dir}/serve.lock): one server per datastore; "
+            "stop it first") in str(err.value)
+    assert cdp_server.admin().health().status == "ok"
+    assert _pack_files(cdp_server.data_dir) == packs
+
+    cdp_server.kill()
+    second.start()
+    assert second.admin().health().status == "ok"
+    second.kill()

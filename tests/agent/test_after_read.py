@@ -1,0 +1,142 @@
+"""What a point does once its blocks are read: a freeze ends before the index pages and the
+commit (which may wait for a server that is down), and a commit that the server answers
+with 409 (objects it lost meanwhile) re-sends them from the views, checking each block
+against its chunk ID, since a thawed device or a plain image file has moved on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdpcore.api import ObjectKind, PointInfo
+from cdpcore.errors import ServerError
+from hotcopy import snapshot
+from hotcopy.backup import BackupOptions, backup
+from hotcopy.remote import Remote
+from hotcopy.verify import verify_point
+
+from .conftest import Agent, assert_point_equals, corrupt_chunk, write_at
+from .images import MiB
+
+BS = 16 * 1024
+#: The start of the image's ext4 partition: non-zero, and unchanged by the tests' writes.
+EXT4_START = 5 * MiB
+
+
+class _Watched:
+    """The agent's server client, calling `before_commit` before each commit and noting
+    the index page uploads and commits in `events`."""
+
+    def __init__(self, remote: Remote, events: list[str]) -> None:
+        self._remote, self.events = remote, events
+        self.before_commit: list[Any] = []
+
+    def upload(self, host: str, kind: ObjectKind, items: list[tuple[bytes, bytes]]) -> Any:
+        if kind is ObjectKind.pages:
+            self.events.append("pages")
+        return self._remote.upload(host, kind, items)
+
+    def commit(self, host: str, request: Any) -> PointInfo:
+        self.events.append("commit")
+        if self.before_commit:
+            self.before_commit.pop(0)()
+        return self._remote.commit(host, request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._remote, name)
+
+
+def _point(agent: Agent, remote: Any, sources: list[str]) -> PointInfo:
+    # reflink=False: the view of an image file is the file itself, as on a filesystem
+    # without reflinks, so the file can change between the read and the commit.
+    return backup(remote, agent.host, agent.codec, sources, agent.state_dir, workers=2,
+                  options=BackupOptions(reflink=False))
+
+
+def _assert_point_is(agent: Agent, info: PointInfo, image: Path) -> None:
+    assert_point_equals(agent, info.point_id, image)
+    assert verify_point(agent.remote, agent.host, agent.codec, info.point_id).ok
+
+
+def test_the_freeze_ends_before_the_index_and_the_commit(
+        agent: Agent, loop_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsfreeze needs a mounted filesystem on a device that is not a loop device, which
+    this machine cannot give (the real freeze runs in tests/agent/test_vm_lvm.py): the
+    loop device is taken for a plain disk, and the freeze is a stand-in that notes when
+    it begins and ends."""
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def frozen(device: str, state_dir: Path) -> Iterator[None]:
+        events.append(f"freeze {device}")
+        yield
+        events.append(f"thaw {device}")
+
+    monkeypatch.setattr(snapshot, "kind_of", lambda path, lvs: "device")
+    monkeypatch.setattr(snapshot.freeze, "frozen", frozen)
+    watched = _Watched(agent.remote, events)
+    info = _point(agent, watched, [loop_device])
+    assert events[:2] == [f"freeze {loop_device}", f"thaw {loop_device}"]
+    assert events[2:] == ["pages"] * (len(events) - 3) + ["commit"]
+    assert info.stats.new_chunks > 0
+
+
+def _lose_chunk_then(agent: Agent, cdp_server: Any, image: Path,
+                     change: bytes | None) -> tuple[_Watched, list[str]]:
+    """A client whose first commit finds a chunk of the point damaged on the server (bit
+    rot that verify finds between the read and the commit; the chunk is one the last
+    point holds too), after `change` (if given) was written over its block in the image."""
+    with open(image, "rb") as f:
+        f.seek(EXT4_START)
+        chunk_id = agent.codec.keys.chunk_id(f.read(BS))
+
+    def lose() -> None:
+        if change is not None:
+            write_at(image, EXT4_START, change)
+        corrupt_chunk(cdp_server, agent.host, chunk_id)
+        assert chunk_id.hex() in cdp_server.admin().verify().damaged_chunks
+
+    events: list[str] = []
+    watched = _Watched(agent.remote, events)
+    watched.before_commit.append(lose)
+    return watched, events
+
+
+def test_a_chunk_lost_before_the_commit_is_sent_again_from_the_view(
+        agent: Agent, cdp_server: Any, gpt_image: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _point(agent, agent.remote, [str(gpt_image)])
+    write_at(gpt_image, 9 * MiB, b"\x07" * BS)
+    watched, events = _lose_chunk_then(agent, cdp_server, gpt_image, None)
+    with caplog.at_level(logging.WARNING, logger="cdp.agent.backup"):
+        info = _point(agent, watched, [str(gpt_image)])
+    assert events.count("commit") == 2
+    assert "server lacks objects of the point; uploading them again" in caplog.text
+    _assert_point_is(agent, info, gpt_image)
+    assert agent.remote.damaged(agent.host) == []
+
+
+def test_a_lost_chunk_whose_block_changed_since_the_read_fails_the_point_clearly(
+        agent: Agent, cdp_server: Any, gpt_image: Path) -> None:
+    """The block cannot be sent again as it was: the point is not committed (never one
+    with a block of another moment), and the next point is exact."""
+    first = _point(agent, agent.remote, [str(gpt_image)])
+    write_at(gpt_image, 9 * MiB, b"\x07" * BS)  # the second point has a change of its own
+    watched, events = _lose_chunk_then(agent, cdp_server, gpt_image, b"\x09" * BS)
+    with pytest.raises(ServerError) as err:
+        _point(agent, watched, [str(gpt_image)])
+    assert err.value.status == 409
+    assert str(err.value) == (
+        f"the server lacks chunks of this point whose blocks changed on {gpt_image} since "
+        "the point read them (1 blocks); the point is not committed, and the next one "
+        "reads its volumes in full and sends what the server lacks")
+    assert events.count("commit") == 1
+    assert [p.point_id for p in agent.remote.points(agent.host)] == [first.point_id]
+
+    again = _point(agent, agent.remote, [str(gpt_image)])
+    _assert_point_is(agent, again, gpt_image)
