@@ -306,6 +306,8 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
             if not pending:
                 break
             done = pending.popleft().result()
+            if syncing is not None and syncing.done():
+                syncing.result()  # a failed flush stops the restore now, before more counts
             result.written += done.written
             result.zeroed += done.zeroed
             done_blocks, damage = done.end, done.damage
@@ -313,8 +315,6 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
             if on_progress:
                 on_progress(done.written + done.zeroed)
             if unsynced >= opts.checkpoint_bytes and (syncing is None or syncing.done()):
-                if syncing is not None:
-                    syncing.result()  # a failed sync stops the restore
                 syncing = syncer.submit(checkpoint, done_blocks)
                 unsynced = 0
     except BaseException:

@@ -6,6 +6,8 @@ server's side of a restore is tested with a real server elsewhere."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,12 +53,13 @@ def source() -> tuple[BlobCodec, MemorySource]:
 
 
 def _stream(codec: BlobCodec, src: MemorySource, target: Target, saved: list[int], *,
-            workers: int, checkpoint_blocks: int) -> None:
+            workers: int, checkpoint_blocks: int,
+            on_progress: Callable[[int], None] | None = None) -> None:
     """Restore the whole volume in batches of 4 blocks; checkpoints go to `saved`."""
     stream_volume(src, "web1", codec, src.volume, target, 0,
                   options=StreamOptions(workers=workers, batch_bytes=4 * BS,
                                         checkpoint_bytes=checkpoint_blocks * BS),
-                  on_checkpoint=saved.append)
+                  on_progress=on_progress, on_checkpoint=saved.append)
 
 
 class WritebackFails(Target):
@@ -64,11 +67,15 @@ class WritebackFails(Target):
     the next fsync of the descriptor succeeds with the writes still lost. A stand-in:
     a failing disk needs device-mapper (dm-flakey), which this machine lacks."""
 
-    syncs = 0
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.syncs = 0
+        self.failed = threading.Event()
 
     def sync(self) -> None:
         self.syncs += 1
         if self.syncs == 1:
+            self.failed.set()
             raise OSError(5, "Input/output error")
         super().sync()
 
@@ -86,6 +93,29 @@ def test_a_failed_flush_stops_the_restore_and_claims_nothing_after_it(
                               "checkpoint counts as restored")
     assert saved == []  # the first flush failed: no block is claimed, now or later
     assert target.syncs == 1
+
+
+def test_progress_stops_at_a_failed_flush_not_at_the_next_checkpoint(
+        source: tuple[BlobCodec, MemorySource], tmp_path: Path) -> None:
+    """The flush runs beside the restore. Once it has failed, no more blocks are counted
+    as landing: the progress bar stops where the restore does."""
+    codec, src = source
+    path = tmp_path / "t.img"
+    path.write_bytes(bytes(src.volume.size))
+    counted: list[int] = []
+    target = WritebackFails(str(path))
+
+    def progress(nbytes: int) -> None:
+        counted.append(nbytes)
+        if sum(counted) > 16 * BS:  # past the first checkpoint, whose flush fails
+            assert target.failed.wait(10)
+            time.sleep(0.2)  # the flush's thread hands its error to its future
+
+    with target, pytest.raises(TargetError):
+        _stream(codec, src, target, [], workers=1, checkpoint_blocks=16,
+                on_progress=progress)
+    # The first checkpoint is due at 16 blocks; the next one would be at 32.
+    assert sum(counted) <= 20 * BS
 
 
 def test_a_full_target_filesystem_is_a_clear_error(
