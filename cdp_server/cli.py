@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from cdpcore.api import Retention
+from cdpcore.api import Retention, Role, TokenIssued
 from cdpcore.errors import CdpError, FormatError, UsageError
 
 from . import config as cfgmod
@@ -162,6 +162,44 @@ def host_list(data: Path, as_json: bool) -> None:
         _emit(as_json, rows, "\n".join(f"{r['name']}\t{r['points']} points"
                                        for r in rows) or "no hosts")
     _run(go)
+
+
+@host.command("token")
+@click.argument("name")
+@click.option("--role", type=click.Choice([Role.agent.value, Role.restore.value]),
+              required=True, help="Which of the host's tokens to replace.")
+@data_option
+@json_option
+def host_token(name: str, role: str, data: Path, as_json: bool) -> None:
+    """Issue a new ROLE token for host NAME and revoke its old one at once (shown once).
+    For a token lost, leaked, or left on a machine that is gone; a running server honours
+    the change with its next request. Give the agent its new token in its configuration
+    file (`token` in /etc/cdp-agent/agent.toml), the rescue system with `--token`,
+    `cdp.token=` or its answers file."""
+    def go() -> None:
+        ds = Datastore.open(data)
+        _emit_token(as_json, name, Role(role), *ds.reissue_token(name, Role(role)))
+    _run(go)
+
+
+@main.command("admin-token")
+@data_option
+@json_option
+def admin_token(data: Path, as_json: bool) -> None:
+    """Issue a new admin token and revoke every other admin token (shown once). The
+    commands that run on the datastore (`host`, `prune`, `gc`, ...) need none."""
+    def go() -> None:
+        ds = Datastore.open(data)
+        _emit_token(as_json, None, Role.admin, *ds.reissue_token(None, Role.admin))
+    _run(go)
+
+
+def _emit_token(as_json: bool, host: str | None, role: Role, token: str, revoked: int) -> None:
+    issued = TokenIssued(host=host, role=role, token=token, revoked=revoked)
+    whose = f"of host {host}" if host else "of the server"
+    _emit(as_json, issued.model_dump(mode="json"),
+          f"new {role.value} token {whose}: {token}\n"
+          f"{revoked} old {role.value} token(s) revoked")
 
 
 @main.group()

@@ -125,6 +125,18 @@ class Datastore:
         self.catalog.create_host(name, {r: hash_token(t) for r, t in tokens.items()})
         return tokens
 
+    def reissue_token(self, host: str | None, role: Role) -> tuple[str, int]:
+        """A new token of `role` for `host` (None with Role.admin: an admin token), which
+        replaces every other of that host and role at once: for a token lost, leaked, or
+        left on a machine that is gone. Returns the token and how many were revoked."""
+        if (host is None) != (role is Role.admin):
+            raise UsageError("admin tokens belong to no host; agent and restore tokens "
+                             "belong to one")
+        if host is not None and not self.catalog.host_exists(host):
+            raise NotFoundError(f"no host {host!r}")
+        token = new_token()
+        return token, self.catalog.replace_tokens(host, role, hash_token(token))
+
     def recover(self) -> RecoveryReport:
         """At start-up, before serving: remove what a crash left half-done (pending packs,
         pack files the catalog does not know, temp files). Nothing of it was visible.

@@ -24,6 +24,9 @@ from cdpcore.api import (
     PointInfo,
     PruneReport,
     Retention,
+    Role,
+    TokenIssued,
+    TokenRequest,
     UploadResult,
     VerifyReport,
 )
@@ -94,6 +97,17 @@ def create_host(request: Request, who: Who, body: dict[str, str]) -> HostCreated
     except FormatError as exc:
         raise BadRequest(str(exc), 422) from None
     return HostCreated(name=name, tokens=tokens)
+
+
+@router.post("/hosts/{host}/tokens", response_model=TokenIssued, status_code=201)
+def reissue_token(request: Request, who: Who, host: str, body: TokenRequest) -> TokenIssued:
+    ds = _ds(request)
+    require_host(ds, who, host, ADMIN)
+    if body.role is Role.admin:
+        raise BadRequest("admin tokens belong to no host: `cdp-server admin-token` on the "
+                         "server issues one", 422)
+    token, revoked = ds.reissue_token(host, body.role)
+    return TokenIssued(host=host, role=body.role, token=token, revoked=revoked)
 
 
 @router.get("/hosts/{host}", response_model=HostInfo)

@@ -226,6 +226,13 @@ class SqliteCatalog:
                                   (token_hash,)).fetchone()
         return None if row is None else (Role(row[0]), row[1])
 
+    def replace_tokens(self, host: str | None, role: Role, token_hash: str) -> int:
+        with self.write() as db:
+            revoked = db.execute("DELETE FROM tokens WHERE role = ? AND host IS ?",
+                                 (role.value, host)).rowcount
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))
+        return int(revoked)
+
     def host_exists(self, name: str) -> bool:
         return self.read().execute("SELECT 1 FROM hosts WHERE name = ?",
                                    (name,)).fetchone() is not None

@@ -61,6 +61,17 @@ class HostCreated(BaseModel):
     tokens: dict[Role, str]  # shown once; stored hashed
 
 
+class TokenRequest(BaseModel):
+    role: Role
+
+
+class TokenIssued(BaseModel):
+    host: str | None  # None for an admin token
+    role: Role
+    token: str  # shown once; stored hashed
+    revoked: int  # tokens of the same host and role that stopped working
+
+
 class IdList(BaseModel):
     ids: list[HexId] = Field(max_length=MAX_IDS_PER_REQUEST)
 

@@ -43,6 +43,8 @@ from .api import (
     PointInfo,
     PruneReport,
     Retention,
+    Role,
+    TokenIssued,
     UploadResult,
     VerifyReport,
 )
@@ -374,6 +376,13 @@ class CdpClient:
         resp = self._request("POST", "/hosts", json={"name": name}, retry=False,
                              expect=(201,))
         return HostCreated.model_validate(resp.json())
+
+    def reissue_token(self, host: str, role: Role) -> TokenIssued:
+        """A new `role` token for `host`; the host's other tokens of that role stop
+        working."""
+        resp = self._request("POST", f"/hosts/{host}/tokens", json={"role": role.value},
+                             retry=False, expect=(201,))
+        return TokenIssued.model_validate(resp.json())
 
     def get_retention(self, host: str) -> Retention:
         return Retention.model_validate(self._get_json(f"/hosts/{host}/retention"))

@@ -116,6 +116,35 @@ def test_agent_can_never_delete_or_overwrite(cdp_server) -> None:  # type: ignor
     assert [p.point_id for p in agent.points("web1")] == [built.point_id]
 
 
+def test_a_reissued_token_replaces_the_old_one_at_once(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    other = cdp_server.add_host("web2")
+    built = build_point(new_codec(), "web1", {"disk": os.urandom(2 * 4096)})
+    push(cdp_server.client(tokens[Role.agent]), "web1", built)
+    issued = cdp_server.admin().reissue_token("web1", Role.agent)
+    assert (issued.host, issued.role, issued.revoked) == ("web1", Role.agent, 1)
+    with pytest.raises(AuthError) as exc:
+        cdp_server.client(tokens[Role.agent]).points("web1")
+    assert exc.value.status == 401
+    new = cdp_server.client(issued.token)
+    assert [p.point_id for p in new.points("web1")] == [built.point_id]
+    push(new, "web1", build_point(new_codec(), "web1", {"disk": os.urandom(4096)}))
+    # The host's restore token and the other host's tokens still work.
+    assert len(cdp_server.client(tokens[Role.restore]).points("web1")) == 2
+    assert cdp_server.client(other[Role.agent]).points("web2") == []
+    # Only an admin reissues, and only agent and restore tokens of a host.
+    for token in (issued.token, tokens[Role.restore]):
+        with pytest.raises(AuthError) as exc:
+            cdp_server.client(token).reissue_token("web1", Role.restore)
+        assert exc.value.status == 403
+    resp = _raw(cdp_server, "POST", "/hosts/web1/tokens", cdp_server.admin_token,
+                json={"role": "admin"})
+    assert resp.status_code == 422
+    assert "admin tokens belong to no host" in resp.json()["detail"]
+    with pytest.raises(NotFoundError):
+        cdp_server.admin().reissue_token("nobody", Role.agent)
+
+
 def test_get_key_absent_is_none(cdp_server) -> None:  # type: ignore[no-untyped-def]
     tokens = cdp_server.add_host("web1")
     assert cdp_server.client(tokens[Role.restore]).get_key("web1") is None

@@ -57,8 +57,36 @@ def test_cli_admin_commands(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "is not a CDP datastore: run `cdp-server init" in missing.stderr
     for cmd in ("serve", "init", "cert", "host", "retention", "prune", "gc", "verify",
-                "status"):
+                "status", "admin-token"):
         assert _cli(cmd, "--help").returncode == 0
+
+
+def test_cli_reissues_tokens_under_a_running_server(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """A leaked token is replaced on the datastore while the server runs: the old one
+    fails at its next request."""
+    data = str(cdp_server.data_dir)
+    tokens = cdp_server.add_host("db1")
+    out = _cli("host", "token", "db1", "--role", "restore", "--data", data, "--json")
+    issued = json.loads(out.stdout)
+    assert (issued["host"], issued["role"], issued["revoked"]) == ("db1", "restore", 1)
+    with pytest.raises(ServerError) as exc:
+        cdp_server.client(tokens[Role.restore]).points("db1")
+    assert exc.value.status == 401
+    assert cdp_server.client(issued["token"]).points("db1") == []
+    assert cdp_server.client(tokens[Role.agent]).points("db1") == []
+
+    text = _cli("admin-token", "--data", data).stdout
+    new_admin = text.split("new admin token of the server: ", 1)[1].split()[0]
+    assert "1 old admin token(s) revoked" in text
+    with pytest.raises(ServerError) as exc:
+        cdp_server.admin().hosts()
+    assert exc.value.status == 401
+    assert [h.name for h in cdp_server.client(new_admin).hosts()] == ["db1"]
+
+    unknown = _cli("host", "token", "nobody", "--role", "agent", "--data", data, check=False)
+    assert (unknown.returncode, unknown.stderr) == (7, "cdp-server: error: no host 'nobody'\n")
+    bad_role = _cli("host", "token", "db1", "--role", "admin", "--data", data, check=False)
+    assert bad_role.returncode == 2
 
 
 def test_cert_fingerprint(tmp_path: Path) -> None:
