@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from cdpcore.api import Retention, Role, TokenIssued
-from cdpcore.errors import CdpError, FormatError, UsageError
+from cdpcore.api import POINT_LIST, PointInfo, Retention, Role, TokenIssued
+from cdpcore.errors import CdpError, FormatError, NotFoundError, UsageError
+from cdpcore.points import local_time, point_line, select_point
 
 from . import config as cfgmod
 from . import jobs, logs
@@ -200,6 +201,86 @@ def _emit_token(as_json: bool, host: str | None, role: Role, token: str, revoked
     _emit(as_json, issued.model_dump(mode="json"),
           f"new {role.value} token {whose}: {token}\n"
           f"{revoked} old {role.value} token(s) revoked")
+
+
+@main.group()
+def point() -> None:
+    """List, pin, unpin and delete a host's recovery points. POINT is 'latest', an ID or
+    a unique prefix of one, or a time such as '2026-11-24 10:05' (the newest point at or
+    before it)."""
+
+
+def _points(ds: Datastore, host_name: str) -> list[PointInfo]:
+    if not ds.catalog.host_exists(host_name):
+        raise NotFoundError(f"no host {host_name!r}")
+    return POINT_LIST.validate_json(ds.catalog.points_json(host_name, None, None, None))
+
+
+@point.command("list")
+@click.argument("host_name")
+@data_option
+@json_option
+def point_list(host_name: str, data: Path, as_json: bool) -> None:
+    """List HOST_NAME's points, oldest first: ID, time, size, verify status, pin."""
+    def go() -> None:
+        found = _points(Datastore.open(data), host_name)
+        _emit(as_json, [p.model_dump(mode="json") for p in found],
+              "\n".join(point_line(p) for p in found) or "no points")
+    _run(go)
+
+
+def _set_pin(host_name: str, choice: str, data: Path, as_json: bool, pinned: bool) -> None:
+    ds = Datastore.open(data)
+    chosen = select_point(_points(ds, host_name), choice, host_name)
+    if not ds.catalog.set_pinned(host_name, chosen.point_id, pinned):
+        raise NotFoundError(f"host {host_name!r} has no point {chosen.point_id} (pruned "
+                            "meanwhile)")
+    _emit(as_json, {"point_id": chosen.point_id, "pinned": pinned},
+          f"point {chosen.point_id} of {host_name} {'pinned' if pinned else 'unpinned'}")
+
+
+@point.command("pin")
+@click.argument("host_name")
+@click.argument("point_choice", metavar="POINT")
+@data_option
+@json_option
+def point_pin(host_name: str, point_choice: str, data: Path, as_json: bool) -> None:
+    """Keep POINT of HOST_NAME whatever the retention rules say."""
+    _run(lambda: _set_pin(host_name, point_choice, data, as_json, True))
+
+
+@point.command("unpin")
+@click.argument("host_name")
+@click.argument("point_choice", metavar="POINT")
+@data_option
+@json_option
+def point_unpin(host_name: str, point_choice: str, data: Path, as_json: bool) -> None:
+    """Hand POINT of HOST_NAME back to the retention rules."""
+    _run(lambda: _set_pin(host_name, point_choice, data, as_json, False))
+
+
+@point.command("delete")
+@click.argument("host_name")
+@click.argument("point_choice", metavar="POINT")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@data_option
+@json_option
+def point_delete(host_name: str, point_choice: str, yes: bool, data: Path,
+                 as_json: bool) -> None:
+    """Delete POINT of HOST_NAME, pinned or not; `gc` frees its space. Asks first unless
+    --yes."""
+    def go() -> None:
+        ds = Datastore.open(data)
+        chosen = select_point(_points(ds, host_name), point_choice, host_name)
+        if not yes:
+            click.confirm(f"delete point {chosen.point_id} of {host_name} "
+                          f"({local_time(chosen.created)})?", abort=True, err=True)
+        if not ds.catalog.delete_points(host_name, [chosen.point_id]):
+            raise NotFoundError(f"host {host_name!r} has no point {chosen.point_id} "
+                                "(deleted meanwhile)")
+        _emit(as_json, {"deleted": chosen.point_id},
+              f"point {chosen.point_id} of {host_name} deleted; `cdp-server gc` frees its space")
+    _run(go)
 
 
 @main.group()

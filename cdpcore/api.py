@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 API_PREFIX = "/api/v1"
 #: Upper bound of one upload request body (records): keeps server memory bounded.
@@ -125,6 +125,10 @@ class PointInfo(BaseModel):
     stats: PointStats
     pinned: bool = False
     verify: VerifyStatus = VerifyStatus.unverified
+
+
+#: A point listing's JSON (`GET /hosts/{host}/points`), parsed in one pass.
+POINT_LIST = TypeAdapter(list[PointInfo])
 
 
 class PointDetail(PointInfo):

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from pydantic import TypeAdapter
 from requests.adapters import HTTPAdapter
 
 from . import records
@@ -32,6 +31,7 @@ from .api import (
     API_PREFIX,
     MAX_IDS_PER_REQUEST,
     MAX_UPLOAD_BYTES,
+    POINT_LIST,
     CommitRequest,
     GcReport,
     Health,
@@ -50,7 +50,6 @@ from .api import (
 )
 from .errors import AuthError, ConnectionFailed, IntegrityError, NotFoundError, ServerError
 
-_POINT_LIST = TypeAdapter(list[PointInfo])
 #: Statuses worth retrying: the server or a proxy in front of it is restarting.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -359,7 +358,7 @@ class CdpClient:
         resp = self._request("GET", f"/hosts/{host}/points", params=params)
         # Parsed by pydantic-core straight from the bytes: 100,000 points in a fraction of
         # the time model_validate per dict takes.
-        return _POINT_LIST.validate_json(resp.content)
+        return POINT_LIST.validate_json(resp.content)
 
     def point(self, host: str, point_id: str) -> PointDetail:
         return PointDetail.model_validate(self._get_json(f"/hosts/{host}/points/{point_id}"))

@@ -5,11 +5,14 @@ rescue CLI, its TUI and the agent, so all three read a point choice the same way
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from .api import PointInfo
 from .errors import NotFoundError, UsageError
+from .units import human
 
 _HEX = re.compile(r"^[0-9a-f]{1,32}$")
 _TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S",
@@ -71,3 +74,13 @@ def select_point(points: Sequence[P], choice: str, host: str = "") -> P:
         raise NotFoundError(f"no recovery point{where} at or before {text}: the oldest is "
                             f"from {oldest}")
     return before[-1]
+
+
+def local_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def point_line(p: PointInfo) -> str:
+    """One point as every CLI lists it: ID, local time, size, verify status, pin."""
+    return (f"{p.point_id}  {local_time(p.created)}  {human(p.size):>10}  {p.verify.value}"
+            + ("  pinned" if p.pinned else ""))

@@ -173,8 +173,11 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
         views = held.views
         volumes: list[_Volume] = []
         lap("snapshot and workers")
+        # After a source's last volume (capture lists a disk's volumes together, a PV
+        # that LVM does not show comes last), its freeze, if any, ends.
+        last_of_source = {spec.path: i for i, spec in enumerate(specs)}
         try:
-            for spec in specs:
+            for i, spec in enumerate(specs):
                 geometry = Geometry(size=spec.size, block_size=block_size)
                 old = previous.volumes.get(spec.name)
                 ids = store.open_ids(spec.name, geometry.blocks)
@@ -198,7 +201,8 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                                        pool=pool, uploaded=stats, only=only,
                                        skip_free=opts.skip_free, window=2 * workers,
                                        progress=progress)
-            held.thaw()  # every block is read: the applications may write again
+                if last_of_source[spec.path] == i:
+                    held.thaw(spec.path)  # its blocks are read: its writers may go on
             stats.add(pool.flush(sender))
             era_state = _era_state(eras)
             lap("blocks")
@@ -336,31 +340,38 @@ def _commit(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
 def _reupload(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
               volumes: list[_Volume], views: dict[str, snapshot.ReadView],
               named: tuple[set[bytes], set[bytes]]) -> None:
+    """Send the named chunks again, read from the views, and the named pages. A view that
+    is no longer point-in-time (a thawed device, a plain image file) may have moved on: a
+    block is sent only if it still matches its chunk ID, and a chunk none of whose blocks
+    does fails the point (ServerError 409)."""
     chunks, wanted_pages = named
+    resent: set[bytes] = set()
+    changed_on: dict[bytes, str] = {}  # chunk ID -> a source where its block changed
     for vol in volumes:
         view = views[vol.spec.name]
         bs = vol.geometry.block_size
         items: dict[bytes, bytes] = {}
-        changed = 0
         with open(view.path, "rb") as f:
             for block in vol.ids.find(chunks):
+                chunk_id = vol.ids.get(block)
+                if chunk_id in items or chunk_id in resent:
+                    continue  # one good copy is enough
                 f.seek(view.offset + block * bs)
                 data = f.read(vol.geometry.block_length(block))
-                chunk_id = vol.ids.get(block)
                 if codec.keys.chunk_id(data) == chunk_id:
                     items[chunk_id] = codec.seal(fmt.BLOB_KIND_CHUNK, chunk_id, data)
-                else:  # a view that is no longer point-in-time: a thawed device, a file
-                    changed += 1
+                else:
+                    changed_on.setdefault(chunk_id, vol.spec.path)
         view.check()
-        if changed:
-            raise ServerError(
-                f"the server lacks chunks of this point whose blocks changed on "
-                f"{vol.spec.path} since the point read them ({changed} blocks); the point is "
-                "not committed, and the next one reads its volumes in full and sends what "
-                "the server lacks",
-                409)
         sender.send(ObjectKind.chunks, list(items.items()))
+        resent.update(items)
         pages = PageUploader(sender, only=wanted_pages)
         index.build(vol.geometry, vol.ids.iter_ids(), pages)
         pages.flush()
-
+    lost = {chunk: path for chunk, path in changed_on.items() if chunk not in resent}
+    if lost:
+        raise ServerError(
+            f"the server lacks {len(lost)} chunks of this point whose blocks changed on "
+            f"{', '.join(sorted(set(lost.values())))} since the point read them; the point "
+            "is not committed, and the next one reads its volumes in full and sends what "
+            "the server lacks", 409)

@@ -18,7 +18,7 @@ import click
 
 from cdpcore import keys
 from cdpcore.errors import CdpError, UsageError
-from cdpcore.points import select_point
+from cdpcore.points import point_line, select_point
 
 from . import config as cfgmod
 from . import era as eramod
@@ -222,9 +222,8 @@ def points(config_path: str, as_json: bool) -> None:
     conf = _load(config_path)
     pts = sorted(make_client(conf.server, conf.token, conf.ca, conf.fingerprint).points(conf.host),
                  key=lambda p: p.created)
-    lines = [f"{p.point_id}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(p.created))}  "
-             f"{p.size:>14} B  {p.verify}" for p in pts]
-    _emit(as_json, [p.model_dump(mode="json") for p in pts], "\n".join(lines) or "no points")
+    _emit(as_json, [p.model_dump(mode="json") for p in pts],
+          "\n".join(point_line(p) for p in pts) or "no points")
 
 
 @cli.command()

@@ -19,8 +19,8 @@ _UNITS = ["--units", "b", "--nosuffix", "--reportformat", "json"]
 #: LV types whose bytes are not a volume: pools hold other LVs' data, and their hidden
 #: sub-LVs are not addressable.
 _NOT_COPIED = {"thin-pool", "cache-pool", "vdo-pool"}
-#: The agents' own snapshot LVs (hotcopy.snapshot.lvm): never volumes, not even a thin
-#: snapshot that a killed run left (thick ones are snapshots to LVM as well).
+#: The agents' own snapshot LVs (hotcopy.snapshot.lvm), left out of the layout: also a
+#: thin one that a killed run or another agent left (LVM reports thick ones as snapshots).
 SNAPSHOT_PREFIX = "cdpsnap_"
 
 
@@ -55,13 +55,14 @@ def capture_lvm(layout: Layout) -> list[VolumeSpec]:
                                  size=int(pv["pv_size"]), pe_start=int(pv["pe_start"]))
                   for pv in pvs if pv["vg_name"] == name]
         for row in lvs:
-            # Hidden LVs ([name]) and snapshots are not volumes of their own.
-            if row["vg_name"] != name or row["lv_name"].startswith("[") or row["lv_attr"][:1] in "sS":
+            # Hidden LVs ([name]) and snapshots (the agents' own, thin ones too) are not
+            # volumes of their own, nor LVs a restore should make.
+            if (row["vg_name"] != name or row["lv_name"].startswith(("[", SNAPSHOT_PREFIX))
+                    or row["lv_attr"][:1] in "sS"):
                 continue
             lv = LogicalVolume(name=row["lv_name"], uuid=row["lv_uuid"], size=int(row["lv_size"]),
                                segtype=row["segtype"], pool=row["pool_lv"] or None)
-            if (row["segtype"] not in _NOT_COPIED and row["lv_path"]
-                    and not lv.name.startswith(SNAPSHOT_PREFIX)):
+            if row["segtype"] not in _NOT_COPIED and row["lv_path"]:
                 lv.filesystem = probe_fs(row["lv_path"], 0, lv.size)
                 if lv.filesystem is None or lv.filesystem.type != "swap":
                     lv.volume = f"lvm:{name}/{lv.name}"

@@ -15,6 +15,8 @@ import click
 
 from cdpcore.client import CdpClient
 from cdpcore.errors import CdpError, UsageError
+from cdpcore.points import local_time, point_line
+from cdpcore.units import human
 
 from .answers import Answers, load_answers, read_passphrase
 from .auto import after_restore, decide, done_line, failed_line, fetch, given_options
@@ -24,7 +26,7 @@ from .mapping import parse_maps
 from .plan import Plan
 from .repo import Repository
 from .report import RestoreReport
-from .resize import RESIZE_POLICIES, human
+from .resize import RESIZE_POLICIES
 from .stream import StreamOptions
 from .tui.cli import tui
 from .tui.settings import boot_options_from, power
@@ -100,10 +102,6 @@ def _host(a: Answers, host: str | None) -> str:
     return str(name)
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Restore a recovery point from a CDP server onto bare disks.
@@ -146,8 +144,7 @@ def points(server: str | None, token: str | None, host_name: str | None, ca: str
         click.echo(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
         return
     for p in found:
-        click.echo(f"{p.point_id}  {_when(p.created)}  {human(p.size):>10}  {p.verify.value}"
-                   + ("  pinned" if p.pinned else ""))
+        click.echo(point_line(p))
 
 
 def _engine(a: Answers, kw: dict[str, Any], prompt: bool, host: str | None = None) -> Engine:
@@ -193,7 +190,7 @@ def _saved_plan(a: Answers, kw: dict[str, Any], path: str, prompt: bool
 
 
 def print_plan(plan: Plan) -> None:
-    click.echo(f"Restore host {plan.host}, point {plan.point_id} ({_when(plan.created)})")
+    click.echo(f"Restore host {plan.host}, point {plan.point_id} ({local_time(plan.created)})")
     for dp in plan.disks:
         click.echo(f"  source disk {dp.source} -> {dp.target.path} ({human(dp.target.size)}, "
                    f"chosen by {dp.reason})")

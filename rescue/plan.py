@@ -15,12 +15,13 @@ from typing import Any, Literal
 from cdpcore.errors import FormatError, SafetyError, UsageError
 from cdpcore.layout import FILE_SECTOR, Disk, Layout, Partition, _disk
 from cdpcore.manifest import VolumeRecord
+from cdpcore.units import human
 
 from .bootloader import ROOT_FILESYSTEMS
 from .discover import LocalDisk
 from .growfs import GROWABLE
 from .mapping import Match
-from .resize import ResizePolicy, fit, human
+from .resize import ResizePolicy, fit
 
 #: Version 2: the boot loader action lists every restored device ("devices"), where
 #: /boot and /boot/efi are looked for.

@@ -14,6 +14,7 @@ from typing import Literal
 
 from cdpcore.errors import SafetyError, UsageError
 from cdpcore.layout import Disk, Partition
+from cdpcore.units import human
 
 ResizePolicy = Literal["same", "grow-last", "proportional"]
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("same", "grow-last", "proportional")
@@ -22,15 +23,6 @@ RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("same", "grow-last", "proportional"
 GPT_BACKUP_SECTORS = 33
 _ALIGN_BYTES = 1024 * 1024
 _FIXED_ROLES = ("esp", "bios_boot", "boot", "swap")
-
-
-def human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    return f"{n} B"
 
 
 def last_usable_sector(disk: Disk, size: int) -> int:

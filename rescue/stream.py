@@ -315,6 +315,8 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
             if on_progress:
                 on_progress(done.written + done.zeroed)
             if unsynced >= opts.checkpoint_bytes and (syncing is None or syncing.done()):
+                if syncing is not None:
+                    syncing.result()  # one that failed since the check above stops it here
                 syncing = syncer.submit(checkpoint, done_blocks)
                 unsynced = 0
     except BaseException:

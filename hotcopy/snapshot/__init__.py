@@ -12,9 +12,9 @@ to read its bytes from at one moment. What it uses per source:
 - any other block device (a whole disk, a partition): `fsfreeze` of every filesystem
   mounted on it or on its partitions for the read (LVM PVs excepted: their LVs are volumes
   of their own); an unused device is read as it is. A freeze blocks the filesystem's
-  writers, so it ends as soon as the point's blocks are read (`PointViews.thaw`), not
-  with the views: the index pages and the commit, with their retries while the server is
-  down, need no stable device.
+  writers, so it ends as soon as the device's own blocks are read (`PointViews.thaw`),
+  not with the views: the other sources' reads, the index pages and the commit (with its
+  retries while the server is down) need no stable device.
 
 Leftovers of a killed run (reflink copies, snapshot LVs, a frozen filesystem) carry fixed
 prefixes, an owner tag or a marker file, and `cleanup_leftovers` removes them at the
@@ -51,16 +51,18 @@ class ReadView:
 
 @dataclass
 class PointViews:
-    """The views of one point's volumes, and the freezes that keep some of them still."""
+    """The views of one point's volumes, and the freezes that keep some sources still."""
 
     views: dict[str, ReadView]
-    freezes: contextlib.ExitStack
+    freezes: dict[str, contextlib.ExitStack]  # by source path
 
-    def thaw(self) -> None:
-        """End every freeze: call once the point's blocks are read. Snapshots and reflink
-        copies stay until the views are closed; a device that was frozen is read live from
-        here on, so whatever is read from it must be checked against its chunk ID."""
-        self.freezes.close()
+    def thaw(self, source: str) -> None:
+        """End the freeze of `source` (if any): call once its volumes are read. Snapshots
+        and reflink copies stay until the views are closed; a device that was frozen is
+        read live from here on, so whatever is read from it again must be checked
+        against its chunk ID."""
+        if source in self.freezes:
+            self.freezes.pop(source).close()
 
 
 def _noop() -> None:
@@ -92,7 +94,7 @@ def cleanup_leftovers(volumes: list[VolumeSpec], state_dir: Path) -> None:
 def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
          ) -> Iterator[PointViews]:
     with contextlib.ExitStack() as stack:
-        freezes = stack.enter_context(contextlib.ExitStack())
+        freezes: dict[str, contextlib.ExitStack] = {}
         by_path: dict[str, tuple[str, Callable[[], None]]] = {}
         paths = sorted({v.path for v in volumes})
         lvs = [p for p in paths if lvm.is_lv(p)]
@@ -108,7 +110,8 @@ def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
                 lvs.remove(path)
             else:
                 if kind == "device":
-                    freezes.enter_context(freeze.frozen(path, state_dir))
+                    freezes[path] = stack.enter_context(contextlib.ExitStack())
+                    freezes[path].enter_context(freeze.frozen(path, state_dir))
                 by_path[path] = (path, _noop)
         views = {v.name: ReadView(by_path[v.path][0], v.offset, v.size, by_path[v.path][1])
                  for v in volumes}

@@ -2,9 +2,10 @@
 sized from the volume group's free extents. A thick snapshot that fills up becomes
 invalid; the view's check reports that as a SnapshotError, so no torn data is committed.
 
-Every snapshot is named `cdpsnap_<LV>` and tagged with its agent's owner tag (from the
-host's state directory), so that the cleanup of a killed run's leftovers removes only the
-snapshots of that agent, never those of a second agent running on the machine."""
+Every snapshot is tagged with its agent's owner tag (from the host's state directory) and
+named `cdpsnap_<8 hex of the tag>_<LV>`, so that the cleanup of a killed run's leftovers
+removes only the snapshots of that agent, and two agents on one machine never need the
+same name."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..lvmcapture import SNAPSHOT_PREFIX as PREFIX
 
 log = logging.getLogger("cdp.agent.snapshot")
 TAG_PREFIX = "cdp_agent_"
+MAX_LV_NAME = 127  # lvm2's NAME_LEN, less its terminating NUL
 
 
 def owner_tag(state_dir: Path) -> str:
@@ -44,6 +46,11 @@ def _lv(path: str) -> dict[str, Any]:
                            "vg_name,lv_name,segtype,vg_free_count,lv_attr", path])
     lv: dict[str, Any] = doc["report"][0]["lv"][0]
     return lv
+
+
+def snapshot_name(lv: str, tag: str) -> str:
+    """The name of the snapshot of `lv` that the agent of owner tag `tag` takes."""
+    return f"{PREFIX}{tag.removeprefix(TAG_PREFIX)[:8]}_{lv}"[:MAX_LV_NAME]
 
 
 def leftovers(doc: dict[str, Any], tag: str) -> list[str]:
@@ -72,7 +79,7 @@ def snapshot(path: str, tag: str, share: int = 1,
     extents."""
     lv = _lv(path)
     vg, name = lv["vg_name"], lv["lv_name"]
-    snap = f"{PREFIX}{name}"
+    snap = snapshot_name(name, tag)
     create = ["lvcreate", "-q", "-s", "--addtag", tag, "-n", snap]
     if lv["segtype"] == "thin":
         runcmd.run([*create, "-kn", f"{vg}/{name}"])

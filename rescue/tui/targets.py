@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from cdpcore.errors import CdpError
 from cdpcore.layout import Disk
+from cdpcore.units import human
 
 from ..discover import LocalDisk
 from ..mapping import Match, map_disks
-from ..resize import human, required_size
+from ..resize import required_size
 
 
 def problems(src: Disk, target: LocalDisk) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from cdpcore.api import ObjectKind, PointInfo
 from cdpcore.errors import ServerError
+from hotcopy import backup as backup_module
 from hotcopy import snapshot
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.remote import Remote
@@ -63,12 +65,14 @@ def _assert_point_is(agent: Agent, info: PointInfo, image: Path) -> None:
     assert verify_point(agent.remote, agent.host, agent.codec, info.point_id).ok
 
 
-def test_the_freeze_ends_before_the_index_and_the_commit(
-        agent: Agent, loop_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fsfreeze needs a mounted filesystem on a device that is not a loop device, which
-    this machine cannot give (the real freeze runs in tests/agent/test_vm_lvm.py): the
-    loop device is taken for a plain disk, and the freeze is a stand-in that notes when
-    it begins and ends."""
+def test_a_freeze_ends_once_its_device_is_read(
+        agent: Agent, loop_device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        ) -> None:
+    """Before the next source's reads, the index and the commit (which may wait for a
+    server that is down). fsfreeze needs a mounted filesystem on a device that is not a
+    loop device, which this machine cannot give (the real freeze runs in
+    tests/agent/test_vm_lvm.py): the loop device is taken for a plain disk, and the
+    freeze is a stand-in that notes when it begins and ends."""
     events: list[str] = []
 
     @contextlib.contextmanager
@@ -77,12 +81,23 @@ def test_the_freeze_ends_before_the_index_and_the_commit(
         yield
         events.append(f"thaw {device}")
 
-    monkeypatch.setattr(snapshot, "kind_of", lambda path, lvs: "device")
+    def scan_volume(view: snapshot.ReadView, *args: Any, **kwargs: Any) -> Any:
+        events.append(f"scan {view.path}")
+        return real_scan(view, *args, **kwargs)
+
+    real_kind, real_scan = snapshot.kind_of, backup_module.scan_volume
+    monkeypatch.setattr(snapshot, "kind_of", lambda path, lvs: (
+        "device" if path == loop_device else real_kind(path, lvs)))
     monkeypatch.setattr(snapshot.freeze, "frozen", frozen)
-    watched = _Watched(agent.remote, events)
-    info = _point(agent, watched, [loop_device])
-    assert events[:2] == [f"freeze {loop_device}", f"thaw {loop_device}"]
-    assert events[2:] == ["pages"] * (len(events) - 3) + ["commit"]
+    monkeypatch.setattr(backup_module, "scan_volume", scan_volume)
+    second = tmp_path / "second.img"
+    second.write_bytes(os.urandom(MiB))
+    info = _point(agent, _Watched(agent.remote, events), [loop_device, str(second)])
+    disk_scans = [e for e in events if e == f"scan {loop_device}"]
+    assert len(disk_scans) >= 2  # the boot area and the partitions
+    assert events == ([f"freeze {loop_device}", *disk_scans, f"thaw {loop_device}",
+                       f"scan {second}"] + ["pages"] * (len(events) - len(disk_scans) - 4)
+                      + ["commit"])
     assert info.stats.new_chunks > 0
 
 
@@ -132,11 +147,30 @@ def test_a_lost_chunk_whose_block_changed_since_the_read_fails_the_point_clearly
         _point(agent, watched, [str(gpt_image)])
     assert err.value.status == 409
     assert str(err.value) == (
-        f"the server lacks chunks of this point whose blocks changed on {gpt_image} since "
-        "the point read them (1 blocks); the point is not committed, and the next one "
-        "reads its volumes in full and sends what the server lacks")
+        f"the server lacks 1 chunks of this point whose blocks changed on {gpt_image} "
+        "since the point read them; the point is not committed, and the next one reads "
+        "its volumes in full and sends what the server lacks")
     assert events.count("commit") == 1
     assert [p.point_id for p in agent.remote.points(agent.host)] == [first.point_id]
 
     again = _point(agent, agent.remote, [str(gpt_image)])
     _assert_point_is(agent, again, gpt_image)
+
+
+def test_a_lost_chunk_is_sent_from_a_copy_that_did_not_change(
+        agent: Agent, cdp_server: Any, gpt_image: Path) -> None:
+    """Two blocks hold the chunk; the first changed after the read, the second did not:
+    the second is sent and the point commits, as it was when read."""
+    with open(gpt_image, "rb") as f:
+        f.seek(EXT4_START)
+        block = f.read(BS)
+    write_at(gpt_image, 20 * MiB, block)  # later in the same volume
+    _point(agent, agent.remote, [str(gpt_image)])
+    write_at(gpt_image, 9 * MiB, b"\x07" * BS)
+    watched, events = _lose_chunk_then(agent, cdp_server, gpt_image, b"\x09" * BS)
+    as_read = gpt_image.read_bytes()[:EXT4_START] + block + gpt_image.read_bytes()[EXT4_START + BS:]
+    info = _point(agent, watched, [str(gpt_image)])
+    assert events.count("commit") == 2
+    expected = gpt_image.parent / "as-read.img"
+    expected.write_bytes(as_read)
+    _assert_point_is(agent, info, expected)

@@ -33,3 +33,11 @@ def test_the_tag_follows_the_state_directory_not_the_path_spelled(tmp_path: Path
     (tmp_path / "state").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "state")
     assert lvm.owner_tag(tmp_path / "link") == lvm.owner_tag(tmp_path / "state")
+
+
+def test_two_agents_name_their_snapshots_of_one_lv_apart(tmp_path: Path) -> None:
+    ours, theirs = lvm.owner_tag(tmp_path / "a"), lvm.owner_tag(tmp_path / "b")
+    name = lvm.snapshot_name("root", ours)
+    assert name == f"cdpsnap_{ours[len('cdp_agent_'):][:8]}_root"
+    assert name != lvm.snapshot_name("root", theirs)
+    assert len(lvm.snapshot_name("x" * 127, ours)) == 127  # lvm2 refuses longer names

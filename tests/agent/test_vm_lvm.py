@@ -148,9 +148,9 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
         assert vm.check("cat /root/state/vmhost/frozen").split() == ["/mnt/part"]
         vm.check("cdp-agent thaw --config /root/agent.toml; test ! -e /root/state/vmhost/frozen")
         # Snapshots left on the machine: another agent's (tagged with its owner tag), and
-        # an untagged one of an agent from before the tags, with the name this agent's
-        # snapshot of vg0/thin takes. The next point removes only the latter (and whatever
-        # the killed run left), and neither becomes a volume.
+        # an untagged one as an agent from before the tags named its snapshot of vg0/thin.
+        # The next point removes only the latter (and whatever the killed run left), and
+        # neither is a volume or an LV of its layout.
         vm.check(f"lvcreate -q -y -s -kn --addtag {FOREIGN_TAG} -n cdpsnap_foreign vg0/thin "
                  "&& lvcreate -q -y -s -kn -n cdpsnap_thin vg0/thin")
         after = json.loads(vm.check("cdp-agent backup --config /root/agent.toml --tracking era "
@@ -184,8 +184,9 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
         assert manifest.tracking["mode"] == "era"
         assert manifest.tracking["full_scan"] is (n == 0)
         assert verify_point(remote, host, codec, point_id).ok
-    assert not [v.name for v in open_point(remote, host, codec, str(after["point_id"])).volumes
-                if "cdpsnap" in v.name]
+    last = open_point(remote, host, codec, str(after["point_id"]))
+    assert not [v.name for v in last.volumes if "cdpsnap" in v.name]
+    assert not [lv.name for lv in last.layout.volume_groups[0].lvs if "cdpsnap" in lv.name]
     # With era tracking, the tracked LV's unchanged blocks are not even read.
     stats = points[2][1]["stats"]
     assert isinstance(stats, dict)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import pytest
 
 from cdpcore.api import Role
+from cdpcore.units import human
 from mkimage.qemu import (
     GUEST_SERVER_IP,
     TEST_APPEND,
@@ -38,7 +39,6 @@ from mkimage.qemu import (
     VMConfig,
     image_dir,
 )
-from rescue.resize import human
 from rescue.state import RAM_STATE_DIR
 from tests.tui.serial_steps import (
     SHELL,

@@ -67,14 +67,17 @@ class WritebackFails(Target):
     the next fsync of the descriptor succeeds with the writes still lost. A stand-in:
     a failing disk needs device-mapper (dm-flakey), which this machine lacks."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, hold: threading.Event | None = None) -> None:
         super().__init__(path)
         self.syncs = 0
         self.failed = threading.Event()
+        self.hold = hold  # the failing flush waits for it: a slow disk
 
     def sync(self) -> None:
         self.syncs += 1
         if self.syncs == 1:
+            if self.hold is not None:
+                assert self.hold.wait(10)
             self.failed.set()
             raise OSError(5, "Input/output error")
         super().sync()
@@ -116,6 +119,29 @@ def test_progress_stops_at_a_failed_flush_not_at_the_next_checkpoint(
                 on_progress=progress)
     # The first checkpoint is due at 16 blocks; the next one would be at 32.
     assert sum(counted) <= 20 * BS
+
+
+def test_a_flush_that_fails_while_a_batch_is_counted_still_stops_the_restore(
+        source: tuple[BlobCodec, MemorySource], tmp_path: Path) -> None:
+    """The flush fails after the restore looked at it for this batch, with the next
+    checkpoint already due: its error must not be dropped when the next flush starts."""
+    codec, src = source
+    path = tmp_path / "t.img"
+    path.write_bytes(bytes(src.volume.size))
+    release = threading.Event()
+    target = WritebackFails(str(path), hold=release)
+    counted: list[int] = []
+
+    def progress(nbytes: int) -> None:
+        counted.append(nbytes)
+        if sum(counted) >= 36 * BS and not release.is_set():  # the next checkpoint is due
+            release.set()
+            assert target.failed.wait(10)
+            time.sleep(0.2)  # the flush's thread hands its error to its future
+
+    with target, pytest.raises(TargetError) as err:
+        _stream(codec, src, target, [], workers=1, checkpoint_blocks=16, on_progress=progress)
+    assert "flushing the restored data to the disk failed" in str(err.value)
 
 
 def test_a_full_target_filesystem_is_a_clear_error(

@@ -57,7 +57,7 @@ def test_cli_admin_commands(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "is not a CDP datastore: run `cdp-server init" in missing.stderr
     for cmd in ("serve", "init", "cert", "host", "retention", "prune", "gc", "verify",
-                "status", "admin-token"):
+                "status", "admin-token", "point"):
         assert _cli(cmd, "--help").returncode == 0
 
 
@@ -87,6 +87,47 @@ def test_cli_reissues_tokens_under_a_running_server(cdp_server) -> None:  # type
     assert (unknown.returncode, unknown.stderr) == (7, "cdp-server: error: no host 'nobody'\n")
     bad_role = _cli("host", "token", "db1", "--role", "admin", "--data", data, check=False)
     assert bad_role.returncode == 2
+
+
+def test_cli_lists_pins_and_deletes_points(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    data = str(cdp_server.data_dir)
+    tokens = cdp_server.add_host("db1")
+    agent = cdp_server.client(tokens[Role.agent])
+    codec = new_codec()
+    old, new = (push(agent, "db1", build_point(codec, "db1", {"disk": os.urandom(2 * BS)},
+                                               created=at))
+                for at in (1_790_000_000.0, 1_790_003_600.0))
+    listed = json.loads(_cli("point", "list", "db1", "--data", data, "--json").stdout)
+    assert [p["point_id"] for p in listed] == [old.point_id, new.point_id]
+    text = _cli("point", "list", "db1", "--data", data).stdout.splitlines()
+    assert [line.split()[0] for line in text] == [old.point_id, new.point_id]
+
+    # A point is named as everywhere else: a prefix, 'latest', or a time.
+    pinned = json.loads(_cli("point", "pin", "db1", old.point_id[:8], "--data", data,
+                             "--json").stdout)
+    assert pinned == {"point_id": old.point_id, "pinned": True}
+    cdp_server.admin().set_retention("db1", Retention(keep_last=1))
+    assert json.loads(_cli("prune", "--data", data, "--json").stdout)["removed"] == []
+    assert [(p.point_id, p.pinned) for p in agent.points("db1")] == [
+        (old.point_id, True), (new.point_id, False)]
+    _cli("point", "unpin", "db1", old.point_id, "--data", data)
+    assert not agent.points("db1")[0].pinned
+
+    refused = subprocess.run([sys.executable, "-m", "cdp_server", "point", "delete", "db1",
+                              "latest", "--data", data], cwd=REPO, input="n\n",
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "Aborted" in refused.stderr
+    assert len(agent.points("db1")) == 2
+    gone = json.loads(_cli("point", "delete", "db1", "latest", "--yes", "--data", data,
+                           "--json").stdout)
+    assert gone == {"deleted": new.point_id}
+    assert [p.point_id for p in agent.points("db1")] == [old.point_id]
+
+    unknown = _cli("point", "list", "db9", "--data", data, check=False)
+    assert (unknown.returncode, unknown.stderr) == (7, "cdp-server: error: no host 'db9'\n")
+    nothing = _cli("point", "pin", "db1", "ffffffff", "--data", data, check=False)
+    assert nothing.returncode == 7
+    assert "ffffffff" in nothing.stderr
 
 
 def test_cert_fingerprint(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cdpcore.units import human
 from mkimage.qemu import Serial
-from rescue.resize import human
 from rescue.tui.screens.connect import FIELDS
 
 NEXT = "\x0e"  # ctrl+n: the screens' "next" key

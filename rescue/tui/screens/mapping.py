@@ -14,10 +14,11 @@ from textual.widgets.option_list import Option
 
 from cdpcore.errors import UsageError
 from cdpcore.layout import Layout
+from cdpcore.units import human
 
 from ...discover import LocalDisk, describe_target
 from ...plan import VerifyMode
-from ...resize import RESIZE_POLICIES, ResizePolicy, human
+from ...resize import RESIZE_POLICIES, ResizePolicy
 from .. import targets
 from .base import RescueScreen
 

@@ -17,8 +17,8 @@ from cdpcore.api import PointInfo, VerifyStatus
 from cdpcore.errors import CdpError, NotFoundError
 from cdpcore.layout import Layout
 from cdpcore.points import select_point
+from cdpcore.units import human
 
-from ...resize import human
 from .. import session
 from ..widgets.layout_tree import LayoutTree
 from .base import RescueScreen

@@ -13,11 +13,11 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Footer, RichLog, Static
 
 from cdpcore.errors import CdpError
+from cdpcore.units import human
 
 from ...engine import Event, ExecuteOptions
 from ...plan import Plan
 from ...report import RestoreReport
-from ...resize import human
 from ..widgets.progress import ProgressLine
 from .base import RescueScreen
 

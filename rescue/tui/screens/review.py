@@ -7,8 +7,9 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Input, Static
 
+from cdpcore.units import human
+
 from ...plan import Plan
-from ...resize import human
 from .base import RescueScreen
 from .points import when
 

@@ -7,8 +7,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from cdpcore.layout import Filesystem, Layout
-
-from ...resize import human
+from cdpcore.units import human
 
 
 def _fs(fs: Filesystem | None) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from textual.widgets import Static
 
-from ...resize import human
+from cdpcore.units import human
 
 
 @dataclass
