@@ -53,7 +53,7 @@ class BackupOptions:
     full_scan_every: int = 0  # verify tracking with a full scan every N points; 0: never
     bandwidth: int = 0  # bytes/s; 0: no cap
     reflink: bool = True
-    #: Record the free space of ext2/3/4 volumes as zeros instead of reading it.
+    #: Record the free space of ext2/3/4 and XFS volumes as zeros instead of reading it.
     skip_free: bool = False
     hostname: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -36,7 +36,7 @@ class AgentConfig:
     workers: int = 0
     bandwidth: int = 0  # bytes/s, 0: no cap
     full_scan_every: int = 288  # one verifying full scan a day at 5-minute points
-    skip_free: bool = False  # record ext2/3/4 free space as zeros instead of reading it
+    skip_free: bool = False  # record ext2/3/4 and XFS free space as zeros, not read
     nice: int = 10  # CPU priority of the agent and its workers (0-19)
     io_class: str = "idle"  # I/O class: idle, best-effort (lowest level) or none
 

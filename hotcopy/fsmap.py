@@ -1,14 +1,20 @@
 """Blocks a volume's filesystem marks free, so a scan need not read or send them (as
 partclone does): they become all-zero blocks of the point, and a half-empty disk costs
-half.
+half. The map is read from the very view being backed up (the snapshot), so map and data
+are of the same instant, and it is trusted only when it cannot be stale; anything else
+returns None, and every block is read.
 
-Only ext2/3/4 for now, read with `dumpe2fs` from the very view being backed up (the
-snapshot), so the map and the data are of the same instant. The map is trusted only when
-it cannot be stale: the filesystem is marked clean and needs no journal recovery (a
-frozen or unmounted ext4 is; a live mounted one is not, and neither is a crash-consistent
-snapshot whose journal still holds allocations the bitmaps do not show yet), and the
-free blocks the bitmaps list add up to the superblock's count. Anything else returns
-None: every block is read. XFS volumes are read in full (not yet mapped)."""
+- ext2/3/4, read with `dumpe2fs`: the filesystem is marked clean and needs no journal
+  recovery (a frozen or unmounted ext4 is; a live mounted one is not, and neither is a
+  crash-consistent snapshot whose journal still holds allocations the bitmaps do not show
+  yet), and the free blocks the bitmaps list add up to the superblock's count.
+- XFS, read with `xfs_db` (the free-space B+trees, `freesp -d`) and `xfs_logprint`: the
+  log is clean (unmounted), or "covered" as a freeze leaves it (it holds nothing but
+  superblock updates: every metadata change is already in place), the filesystem has an
+  internal log and no realtime section, and the free extents add up to the allocation
+  groups' counts (free blocks plus free-list blocks). The volume is read through a fresh
+  read-only loop device with direct I/O, past any stale page cache of its device.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import re
 
 from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
+from cdpcore.loopdev import range_loop
 
 from .changes import Run
 
@@ -26,6 +33,13 @@ log = logging.getLogger("cdp.agent.fsmap")
 _EXT_MAGIC_AT = 1024 + 56  # s_magic in the superblock, 1024 bytes into the volume
 _EXT_MAGIC = b"\x53\xef"
 _GROUP_FREE = re.compile(r"^\s+Free blocks: (.*)$")
+_XFS_MAGIC = b"XFSB"  # sb_magicnum, at byte 0 of the volume
+#: What `xfs_logprint -t` prints for a log that holds superblock updates only.
+_COVERED_LOG_LINE = re.compile(
+    r"^(LOG REC AT LSN .*|=+|TRANS: .*|BUF: cnt:.*"
+    r"|\s+BUF:\s+#regs:\d+\s+start blkno:0x0\s.*|\s+SUPER Block Buffer:)$")
+_XFS_FIELD = re.compile(r"^(\w+) = (\d+)$")
+_XFS_EXTENT = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)$")
 
 
 def _field(text: str, name: str) -> str | None:
@@ -60,18 +74,91 @@ def parse_dumpe2fs(text: str) -> tuple[int, list[tuple[int, int]]] | None:
     return int(block_size), runs
 
 
+def xfs_log_settled(logprint: str) -> bool:
+    """Whether `xfs_logprint -t` shows a log with nothing to replay but superblock updates:
+    clean, or covered as a freeze leaves it. Pure."""
+    state = re.search(r"log tail: \d+ head: \d+ state: <(\w+)>", logprint)
+    if state is None:
+        return False
+    if state.group(1) == "CLEAN":
+        return True
+    records = logprint[state.end():].splitlines()
+    return any(r.startswith("TRANS:") for r in records) and all(
+        _COVERED_LOG_LINE.match(r) for r in records if r.strip())
+
+
+def parse_xfs_db(text: str) -> tuple[int, list[tuple[int, int]]] | None:
+    """(filesystem block size, free (first, count) runs in filesystem blocks) from the
+    output of `xfs_db -r -c 'sb 0' -c 'p blocksize agblocks agcount rblocks logstart'
+    -c 'freesp -d'` followed by `-c 'agf N' -c 'p freeblks flcount'` for every allocation
+    group, or None when the map must not be trusted. Pure."""
+    fields: dict[str, list[int]] = {}
+    extents: list[tuple[int, int, int]] = []
+    for line in text.splitlines():
+        if m := _XFS_FIELD.match(line.strip()):
+            fields.setdefault(m.group(1), []).append(int(m.group(2)))
+        elif m := _XFS_EXTENT.match(line):
+            extents.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    try:
+        (bsize,), (agblocks,), (agcount,) = (fields[k] for k in ("blocksize", "agblocks",
+                                                                   "agcount"))
+        (rblocks,), (logstart,) = fields["rblocks"], fields["logstart"]
+        freeblks, flcount = fields["freeblks"], fields["flcount"]
+    except (KeyError, ValueError):
+        return None
+    if rblocks or not logstart or len(freeblks) != agcount or len(flcount) != agcount:
+        return None
+    if sum(n for _, _, n in extents) != sum(freeblks) + sum(flcount):
+        return None
+    if any(ag >= agcount or first + n > agblocks for ag, first, n in extents):
+        return None
+    return bsize, [(ag * agblocks + first, n) for ag, first, n in sorted(extents)]
+
+
+def _xfs_free(device: str) -> tuple[int, list[tuple[int, int]]] | None:
+    logprint = runcmd.run_text(["xfs_logprint", "-t", device])
+    if not xfs_log_settled(logprint):
+        log.info("%s: XFS log holds changes to replay; reading every block", device)
+        return None
+    agcount = runcmd.run_text(["xfs_db", "-r", "-c", "sb 0", "-c", "p agcount", device])
+    m = _XFS_FIELD.match(agcount.strip())
+    if m is None:
+        return None
+    per_ag = [arg for ag in range(int(m.group(2)))
+              for arg in ("-c", f"agf {ag}", "-c", "p freeblks flcount")]
+    out = runcmd.run_text(["xfs_db", "-r", "-c", "sb 0", "-c",
+                           "p blocksize agblocks agcount rblocks logstart",
+                           "-c", "freesp -d", *per_ag, device])
+    parsed = parse_xfs_db(out)
+    if parsed is None:
+        log.info("%s: XFS free-space map inconsistent; reading every block", device)
+    return parsed
+
+
 def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[Run] | None:
     """Runs of the volume's blocks (of `block_size` bytes, the volume at `offset` of
     `path`, `size` bytes long) that lie wholly in free filesystem space; None when the
-    volume holds no trusted ext2/3/4 map."""
+    volume holds no trusted ext2/3/4 or XFS map."""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
             magic = os.pread(fd, 2, offset + _EXT_MAGIC_AT)
+            xfs_magic = os.pread(fd, 4, offset)
         finally:
             os.close(fd)
     except OSError:
         return None
+    if xfs_magic == _XFS_MAGIC:
+        try:
+            # Always a fresh loop device, reading with direct I/O: the device's own page
+            # cache may hold blocks from before the filesystem's last writes (they bypass
+            # it), and xfs_logprint reads through it.
+            with range_loop(path, offset, size, read_only=True, direct_io=True) as dev:
+                parsed = _xfs_free(dev)
+        except CommandFailed as exc:
+            log.info("%s: no XFS free-space map (%s); reading every block", path, exc)
+            return None
+        return None if parsed is None else volume_runs(*parsed, size, block_size)
     if magic != _EXT_MAGIC:
         return None
     try:

@@ -1,7 +1,7 @@
 """Growing a restored filesystem to fill its enlarged partition (a post-step of a restore
 onto a larger disk). The partition is reached through a loop device over its byte range
-(`losetup --offset --sizelimit`), which works the same on image files, on disks whose
-partition nodes do not exist yet, and on real disks.
+(cdpcore.loopdev), which works the same on image files, on disks whose partition nodes do
+not exist yet, and on real disks.
 
 ext2/3/4: `e2fsck -f` (resize2fs insists on a freshly checked filesystem) then
 `resize2fs`; XFS grows only while mounted: it is mounted on a temporary directory for
@@ -10,32 +10,20 @@ ext2/3/4: `e2fsck -f` (resize2fs insists on a freshly checked filesystem) then
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Iterator
 
 from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
+from cdpcore.loopdev import range_loop
 
 GROWABLE = ("ext2", "ext3", "ext4", "xfs")
 #: e2fsck exit codes 0-3 mean clean or repaired; 4 and above mean errors are left.
 _E2FSCK_OK = 4
 
 
-@contextlib.contextmanager
-def partition_loop(path: str, offset: int, size: int) -> Iterator[str]:
-    """A loop device showing bytes [offset, offset+size) of `path`."""
-    dev = runcmd.run_text(["losetup", "--find", "--show", "--offset", str(offset),
-                           "--sizelimit", str(size), path]).strip()
-    try:
-        yield dev
-    finally:
-        runcmd.run(["losetup", "--detach", dev])
-
-
 def grow(path: str, offset: int, size: int, fstype: str) -> None:
     """Grow the `fstype` filesystem at `offset` of `path` to `size` bytes."""
-    with partition_loop(path, offset, size) as dev:
+    with range_loop(path, offset, size) as dev:
         if fstype in ("ext2", "ext3", "ext4"):
             argv = ["e2fsck", "-f", "-y", dev]
             proc = runcmd.run(argv, check=False)
