@@ -67,6 +67,12 @@ class Catalog(Protocol):
         """Make `token_hash` the only token of `role` for `host` (None: admin tokens), in
         one transaction; returns how many tokens it revoked."""
     def host_exists(self, name: str) -> bool: ...
+    def retire_host(self, name: str) -> int:
+        """Revoke every token of host `name` and delete its points, key and retention rules
+        in one transaction (the row stays: its objects are the host's until gc frees
+        them); returns how many points it deleted."""
+    def host_retired(self, name: str) -> bool:
+        """A host with no token left: removed."""
     def host_names(self) -> list[str]: ...
     def integrity_problems(self) -> list[str]:
         """What the catalog's own consistency check finds; empty when it is sound."""

@@ -159,9 +159,33 @@ def host_list(data: Path, as_json: bool) -> None:
         rows = []
         for name in ds.catalog.host_names():
             count, latest, has_key = ds.catalog.host_summary(name)
-            rows.append({"name": name, "points": count, "latest": latest, "has_key": has_key})
+            rows.append({"name": name, "points": count, "latest": latest, "has_key": has_key,
+                         "retired": ds.catalog.host_retired(name)})
         _emit(as_json, rows, "\n".join(f"{r['name']}\t{r['points']} points"
+                                       + ("\tremoved" if r["retired"] else "")
                                        for r in rows) or "no hosts")
+    _run(go)
+
+
+@host.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@data_option
+@json_option
+def host_remove(name: str, yes: bool, data: Path, as_json: bool) -> None:
+    """Decommission host NAME: revoke its tokens and delete all its points (pinned ones
+    too), its wrapped key and its retention rules. The next `gc` past its grace period
+    frees its data; `host add NAME` enrols the name afresh. Asks first unless --yes."""
+    def go() -> None:
+        ds = Datastore.open(data)
+        if not yes and ds.catalog.host_exists(name) and not ds.catalog.host_retired(name):
+            count, _, _ = ds.catalog.host_summary(name)
+            click.confirm(f"remove host {name} and delete its {count} points?", abort=True,
+                          err=True)
+        deleted = ds.remove_host(name)
+        _emit(as_json, {"removed": name, "points_deleted": deleted},
+              f"host {name} removed: {deleted} points deleted, tokens revoked; "
+              "`cdp-server gc` frees its data")
     _run(go)
 
 

@@ -186,6 +186,8 @@ def commit(ds: Datastore, host: str, req: CommitRequest) -> tuple[PointInfo, boo
     vols = _records(req)
     digest = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
     with ds.commit_lock():
+        if ds.catalog.host_retired(host):  # removed since the request's token was checked
+            raise NotFoundError(f"host {host!r} was removed", 404)
         old = ds.catalog.point(host, req.point_id)
         if old is not None:
             if old.digest == digest:

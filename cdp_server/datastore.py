@@ -134,8 +134,21 @@ class Datastore:
                              "belong to one")
         if host is not None and not self.catalog.host_exists(host):
             raise NotFoundError(f"no host {host!r}")
+        if host is not None and self.catalog.host_retired(host):
+            raise NotFoundError(f"host {host!r} was removed: enrol it again with `cdp-server "
+                                "host add`", 404)
         token = new_token()
         return token, self.catalog.replace_tokens(host, role, hash_token(token))
+
+    def remove_host(self, name: str) -> int:
+        """Decommission host `name`: its tokens stop working, its points, key and
+        retention rules are deleted, and the next gc (past its grace period) frees its
+        objects; the name can be enrolled again. Under the commit lock, so that no commit
+        of the host lands after it. Returns how many points were deleted."""
+        if not self.catalog.host_exists(name) or self.catalog.host_retired(name):
+            raise NotFoundError(f"no host {name!r}", 404)
+        with self.commit_lock():
+            return self.catalog.retire_host(name)
 
     def recover(self) -> RecoveryReport:
         """At start-up, before serving: remove what a crash left half-done (pending packs,

@@ -72,7 +72,8 @@ def _ids(body: IdList) -> list[bytes]:
 
 def _host_info(ds: Datastore, name: str) -> HostInfo:
     count, latest, has_key = ds.catalog.host_summary(name)
-    return HostInfo(name=name, points=count, latest=latest, has_key=has_key)
+    return HostInfo(name=name, points=count, latest=latest, has_key=has_key,
+                    retired=ds.catalog.host_retired(name))
 
 
 @router.get("/health", response_model=Health)
@@ -108,6 +109,15 @@ def reissue_token(request: Request, who: Who, host: str, body: TokenRequest) -> 
                          "server issues one", 422)
     token, revoked = ds.reissue_token(host, body.role)
     return TokenIssued(host=host, role=body.role, token=token, revoked=revoked)
+
+
+@router.delete("/hosts/{host}")
+def remove_host(request: Request, who: Who, host: str) -> dict[str, Any]:
+    ds = _ds(request)
+    require_host(ds, who, host, ADMIN)
+    deleted = ds.remove_host(host)
+    _listings(request).changed(host)
+    return {"removed": host, "points_deleted": deleted}
 
 
 @router.get("/hosts/{host}", response_model=HostInfo)

@@ -214,10 +214,14 @@ class SqliteCatalog:
             db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))
 
     def create_host(self, name: str, token_hashes: dict[Role, str]) -> None:
+        """Enrol `name`, or revive it if it was removed (its old objects are gc's)."""
         with self.write() as db:
             if db.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
-                raise Conflict(f"host {name!r} already exists")
-            db.execute("INSERT INTO hosts(name, created) VALUES (?, ?)", (name, time.time()))
+                if db.execute("SELECT 1 FROM tokens WHERE host = ?", (name,)).fetchone():
+                    raise Conflict(f"host {name!r} already exists")
+            else:
+                db.execute("INSERT INTO hosts(name, created) VALUES (?, ?)",
+                           (name, time.time()))
             db.executemany("INSERT INTO tokens VALUES (?, ?, ?)",
                            [(h, role.value, name) for role, h in token_hashes.items()])
 
@@ -232,6 +236,18 @@ class SqliteCatalog:
                                  (role.value, host)).rowcount
             db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))
         return int(revoked)
+
+    def retire_host(self, name: str) -> int:
+        with self.write() as db:
+            db.execute("DELETE FROM tokens WHERE host = ?", (name,))
+            deleted = db.execute("DELETE FROM points WHERE host = ?", (name,)).rowcount
+            db.execute("UPDATE hosts SET key = NULL, retention = NULL WHERE name = ?",
+                       (name,))
+        return int(deleted)
+
+    def host_retired(self, name: str) -> bool:
+        return self.read().execute("SELECT 1 FROM tokens WHERE host = ? LIMIT 1",
+                                   (name,)).fetchone() is None
 
     def host_exists(self, name: str) -> bool:
         return self.read().execute("SELECT 1 FROM hosts WHERE name = ?",

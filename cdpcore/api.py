@@ -54,6 +54,9 @@ class HostInfo(BaseModel):
     points: int
     latest: float | None = None  # Unix time of the newest point
     has_key: bool = False
+    #: Removed (`cdp-server host remove`): no tokens, no points; gc frees its objects, and
+    #: enrolling the name again revives it. Servers from before removal omit it.
+    retired: bool = False
 
 
 class HostCreated(BaseModel):

@@ -398,6 +398,10 @@ class CdpClient:
     def unpin(self, host: str, point_id: str) -> None:
         self._request("DELETE", f"/hosts/{host}/points/{point_id}/pin")
 
+    def remove_host(self, host: str) -> int:
+        """Decommission `host` (tokens, points, key); returns how many points went."""
+        return int(self._request("DELETE", f"/hosts/{host}").json()["points_deleted"])
+
     def delete_point(self, host: str, point_id: str) -> None:
         self._request("DELETE", f"/hosts/{host}/points/{point_id}")
 

@@ -13,6 +13,7 @@ from cdpcore.errors import AuthError, ConnectionFailed, NotFoundError, ServerErr
 from cdpcore.keys import WrappedKey, new_master_key
 
 from .points import build_point, new_codec, push
+from .stored import object_counts
 
 
 def _raw(server, method: str, path: str, token: str | None = None, **kw):  # type: ignore[no-untyped-def]
@@ -143,6 +144,50 @@ def test_a_reissued_token_replaces_the_old_one_at_once(cdp_server) -> None:  # t
     assert "admin tokens belong to no host" in resp.json()["detail"]
     with pytest.raises(NotFoundError):
         cdp_server.admin().reissue_token("nobody", Role.agent)
+
+
+def test_a_removed_host_loses_its_tokens_points_and_key_and_can_be_enrolled_again(
+        cdp_server) -> None:  # type: ignore[no-untyped-def]
+    tokens = cdp_server.add_host("web1")
+    agent, admin = cdp_server.client(tokens[Role.agent]), cdp_server.admin()
+    agent.put_key("web1", WrappedKey.create(new_master_key(), "pw", n=2**10).to_json())
+    codec = new_codec()
+    first, second = (push(agent, "web1", build_point(codec, "web1", {"disk": os.urandom(4 * 4096)}))
+                     for _ in range(2))
+    admin.pin("web1", first.point_id)
+    other = cdp_server.add_host("web2")
+    kept = push(cdp_server.client(other[Role.agent]), "web2",
+                build_point(new_codec(), "web2", {"disk": os.urandom(4096)}))
+    with pytest.raises(AuthError) as exc:
+        agent.remove_host("web1")  # agents never delete
+    assert exc.value.status == 403
+
+    assert admin.remove_host("web1") == 2  # the pinned point too
+    for token in tokens.values():
+        with pytest.raises(AuthError) as exc:
+            cdp_server.client(token).points("web1")
+        assert exc.value.status == 401
+    info = admin.host("web1")
+    assert (info.points, info.has_key, info.retired) == (0, False, True)
+    with pytest.raises(NotFoundError):
+        admin.reissue_token("web1", Role.agent)  # no way back in but enrolling again
+    with pytest.raises(NotFoundError):
+        admin.remove_host("web1")
+    with pytest.raises(NotFoundError) as gone:  # a commit that got past its token check
+        push(admin, "web1", build_point(codec, "web1", {"disk": os.urandom(4096)}))
+    assert "host 'web1' was removed" in str(gone.value)
+    assert object_counts(cdp_server.data_dir, "web1")["chunks"] > 0
+    admin.gc(grace=0)
+    assert object_counts(cdp_server.data_dir, "web1") == {}
+    assert [p.point_id for p in admin.points("web2")] == [kept.point_id]
+
+    again = admin.create_host("web1").tokens  # the name is free again
+    fresh = cdp_server.client(again[Role.agent])
+    assert (fresh.points("web1"), fresh.get_key("web1")) == ([], None)
+    assert not admin.host("web1").retired
+    with pytest.raises(AuthError):
+        cdp_server.client(tokens[Role.agent]).points("web1")
+    assert second.point_id not in {p.point_id for p in admin.points("web1")}
 
 
 def test_get_key_absent_is_none(cdp_server) -> None:  # type: ignore[no-untyped-def]

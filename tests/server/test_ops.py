@@ -41,7 +41,7 @@ def test_cli_admin_commands(tmp_path: Path) -> None:
         assert bad.returncode == 2
         assert f"invalid host name {name!r}" in bad.stderr
     assert json.loads(_cli("host", "list", "--data", data, "--json").stdout) == [
-        {"name": "db1", "points": 0, "latest": None, "has_key": False}]
+        {"name": "db1", "points": 0, "latest": None, "has_key": False, "retired": False}]
     rules = json.loads(_cli("retention", "set", "db1", "--keep-last", "3", "--keep-daily",
                             "7", "--data", data, "--json").stdout)
     assert rules == Retention(keep_last=3, keep_daily=7).model_dump()
@@ -128,6 +128,29 @@ def test_cli_lists_pins_and_deletes_points(cdp_server) -> None:  # type: ignore[
     nothing = _cli("point", "pin", "db1", "ffffffff", "--data", data, check=False)
     assert nothing.returncode == 7
     assert "ffffffff" in nothing.stderr
+
+
+def test_cli_removes_a_host_after_asking(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    data = str(cdp_server.data_dir)
+    tokens = cdp_server.add_host("db1")
+    push(cdp_server.client(tokens[Role.agent]), "db1",
+         build_point(new_codec(), "db1", {"disk": os.urandom(2 * BS)}))
+    refused = subprocess.run([sys.executable, "-m", "cdp_server", "host", "remove", "db1",
+                              "--data", data], cwd=REPO, input="n\n", capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "remove host db1 and delete its 1 points?" in refused.stderr
+    assert len(cdp_server.client(tokens[Role.agent]).points("db1")) == 1
+    done = json.loads(_cli("host", "remove", "db1", "--yes", "--data", data, "--json").stdout)
+    assert done == {"removed": "db1", "points_deleted": 1}
+    with pytest.raises(ServerError) as exc:
+        cdp_server.client(tokens[Role.agent]).points("db1")
+    assert exc.value.status == 401
+    assert _cli("host", "list", "--data", data).stdout == "db1\t0 points\tremoved\n"
+    again = _cli("host", "remove", "db1", "--yes", "--data", data, check=False)
+    assert (again.returncode, again.stderr) == (7, "cdp-server: error: no host 'db1'\n")
+    added = json.loads(_cli("host", "add", "db1", "--data", data, "--json").stdout)
+    assert cdp_server.client(added["tokens"]["agent"]).points("db1") == []
 
 
 def test_cert_fingerprint(tmp_path: Path) -> None:
