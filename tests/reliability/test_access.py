@@ -33,6 +33,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/hosts"): ANY,
     ("POST", "/hosts"): ADMIN,
     ("GET", "/hosts/{host}"): READ,
+    ("DELETE", "/hosts/{host}"): ADMIN,
+    ("POST", "/hosts/{host}/tokens"): ADMIN,
     ("GET", "/hosts/{host}/key"): READ,
     ("PUT", "/hosts/{host}/key"): WRITE,
     ("POST", "/hosts/{host}/{kind}/missing"): WRITE,
@@ -81,6 +83,8 @@ def call(server: Any, method: str, template: str, token: str | None, host: str,
         body = {"name": "intruder"}
     elif template.endswith("/retention"):
         body = {"keep_last": 1}
+    elif template.endswith("/tokens"):
+        body = {"role": "agent"}
     elif template.endswith("/key"):
         body = WrappedKey.create(new_master_key(), "other", n=2**10).to_json()
     elif template == "/hosts/{host}/{kind}":
@@ -146,6 +150,8 @@ def test_every_endpoint_refuses_the_wrong_caller(cdp_server: Any) -> None:
     assert admin.get_key("alpha") == key
     assert admin.get_retention("alpha").keep_last == 0
     assert sorted(h.name for h in admin.hosts()) == ["alpha", "beta"]
+    for role in (Role.agent, Role.restore):  # no token was replaced or revoked
+        assert len(cdp_server.client(alpha[role]).points("alpha")) == 1
     record("access_control", operations=len(ops), calls=tried)
 
 
