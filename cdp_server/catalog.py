@@ -65,7 +65,8 @@ class Catalog(Protocol):
     def token(self, token_hash: str) -> tuple[Role, str | None] | None: ...
     def replace_tokens(self, host: str | None, role: Role, token_hash: str) -> int:
         """Make `token_hash` the only token of `role` for `host` (None: admin tokens), in
-        one transaction; returns how many tokens it revoked."""
+        one transaction; returns how many tokens it revoked. NotFoundError for a removed
+        host (one without tokens)."""
     def host_exists(self, name: str) -> bool: ...
     def retire_host(self, name: str) -> int:
         """Revoke every token of host `name` and delete its points, key and retention rules

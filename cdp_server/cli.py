@@ -297,8 +297,9 @@ def point_delete(host_name: str, point_choice: str, yes: bool, data: Path,
         ds = Datastore.open(data)
         chosen = select_point(_points(ds, host_name), point_choice, host_name)
         if not yes:
+            pinned = ", pinned" if chosen.pinned else ""
             click.confirm(f"delete point {chosen.point_id} of {host_name} "
-                          f"({local_time(chosen.created)})?", abort=True, err=True)
+                          f"({local_time(chosen.created)}{pinned})?", abort=True, err=True)
         if not ds.catalog.delete_points(host_name, [chosen.point_id]):
             raise NotFoundError(f"host {host_name!r} has no point {chosen.point_id} "
                                 "(deleted meanwhile)")

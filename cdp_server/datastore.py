@@ -134,9 +134,6 @@ class Datastore:
                              "belong to one")
         if host is not None and not self.catalog.host_exists(host):
             raise NotFoundError(f"no host {host!r}")
-        if host is not None and self.catalog.host_retired(host):
-            raise NotFoundError(f"host {host!r} was removed: enrol it again with `cdp-server "
-                                "host add`", 404)
         token = new_token()
         return token, self.catalog.replace_tokens(host, role, hash_token(token))
 

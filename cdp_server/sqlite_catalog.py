@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cdpcore.api import ObjectKind, Retention, Role
-from cdpcore.errors import ServerError, UsageError
+from cdpcore.errors import NotFoundError, ServerError, UsageError
 
 from .catalog import Location, PackRow, PointRow
 from .errors import Conflict, StorageFull
@@ -232,6 +232,12 @@ class SqliteCatalog:
 
     def replace_tokens(self, host: str | None, role: Role, token_hash: str) -> int:
         with self.write() as db:
+            # In the transaction: a removal between a check and the insert would leave a
+            # removed host with one live token.
+            if host is not None and db.execute("SELECT 1 FROM tokens WHERE host = ? LIMIT 1",
+                                               (host,)).fetchone() is None:
+                raise NotFoundError(f"host {host!r} was removed: enrol it again with "
+                                    "`cdp-server host add`", 404)
             revoked = db.execute("DELETE FROM tokens WHERE role = ? AND host IS ?",
                                  (role.value, host)).rowcount
             db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-from collections.abc import Mapping, Sequence
-from typing import Any
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
 
 from .errors import CommandFailed
 
@@ -17,14 +18,18 @@ log = logging.getLogger("cdp.cmd")
 
 def run(argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
         env: Mapping[str, str] | None = None, timeout: float | None = 600,
-        ) -> subprocess.CompletedProcess[bytes]:
+        stdout: IO[bytes] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`stdout`: a file for the output instead of memory (the result's stdout is then
+    None)."""
     args = [str(a) for a in argv]
     log.debug("run: %s", " ".join(args))
     try:
-        proc = subprocess.run(args, input=input, capture_output=True, env=env,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(args, input=input, stdout=stdout or subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, timeout=timeout, check=False)
     except FileNotFoundError:
         raise CommandFailed(args, 127, f"{args[0]}: command not found") from None
+    except OSError as exc:  # E2BIG (too many arguments), ENOEXEC, EACCES, ...
+        raise CommandFailed(args, 126, f"{args[0]}: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
         raise CommandFailed(args, -1, f"timed out after {timeout} s") from None
     if check and proc.returncode != 0:
@@ -43,6 +48,17 @@ def start(argv: Sequence[str]) -> subprocess.Popen[bytes]:
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError:
         raise CommandFailed(args, 127, f"{args[0]}: command not found") from None
+
+
+def run_lines(argv: Sequence[str], **kwargs: Any) -> Iterator[str]:
+    """Run a tool whose output may be too large to hold in memory (a filesystem's
+    free-space map): it goes to an unnamed temporary file and is read back line by line.
+    Fails as run() does, before the first line."""
+    with tempfile.TemporaryFile() as out:
+        run(argv, stdout=out, **kwargs)
+        out.seek(0)
+        for raw in out:
+            yield raw.decode(errors="replace")
 
 
 def run_text(argv: Sequence[str], **kwargs: Any) -> str:

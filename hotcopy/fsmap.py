@@ -12,8 +12,8 @@ returns None, and every block is read.
   log is clean (unmounted), or "covered" as a freeze leaves it (it holds nothing but
   superblock updates: every metadata change is already in place), the filesystem has an
   internal log and no realtime section, and the free extents add up to the allocation
-  groups' counts (free blocks plus free-list blocks). The volume is read through a fresh
-  read-only loop device with direct I/O, past any stale page cache of its device.
+  groups' counts (free blocks plus free-list blocks). A volume inside a disk is read
+  through a fresh read-only loop device with direct I/O, past any stale page cache.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 
 from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
@@ -42,23 +43,25 @@ _XFS_FIELD = re.compile(r"^(\w+) = (\d+)$")
 _XFS_EXTENT = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)$")
 
 
-def _field(text: str, name: str) -> str | None:
-    m = re.search(rf"^{re.escape(name)}:\s*(.*)$", text, re.MULTILINE)
-    return m.group(1).strip() if m else None
+#: More free runs than this and the map is not used (the volume is read in full): it
+#: would cost more memory than the agent's bound allows (about 100 bytes per run).
+MAX_FREE_RUNS = 200_000
+_EXT_HEADER = re.compile(r"^(Filesystem state|Filesystem features|Block size|Free blocks):"
+                         r"\s*(.*)$")
 
 
-def parse_dumpe2fs(text: str) -> tuple[int, list[tuple[int, int]]] | None:
+def parse_dumpe2fs(lines: Iterable[str], max_runs: int = MAX_FREE_RUNS,
+                   ) -> tuple[int, list[tuple[int, int]]] | None:
     """(filesystem block size, free (first, count) runs in filesystem blocks) from the
-    output of `dumpe2fs`, or None when the map must not be trusted. Pure."""
-    state, features = _field(text, "Filesystem state"), _field(text, "Filesystem features")
-    block_size, sb_free = _field(text, "Block size"), _field(text, "Free blocks")
-    if state != "clean" or features is None or block_size is None or sb_free is None:
-        return None
-    if "needs_recovery" in features.split():
-        return None
+    output lines of `dumpe2fs`, or None when the map must not be trusted or has more
+    than `max_runs` runs. Pure."""
+    header: dict[str, str] = {}
     runs: list[tuple[int, int]] = []
     groups = 0
-    for line in text.splitlines():
+    for line in lines:
+        if m := _EXT_HEADER.match(line):
+            header.setdefault(m.group(1), m.group(2).strip())
+            continue
         m = _GROUP_FREE.match(line)
         if not m:
             continue
@@ -66,9 +69,15 @@ def parse_dumpe2fs(text: str) -> tuple[int, list[tuple[int, int]]] | None:
         for item in filter(None, (s.strip() for s in m.group(1).split(","))):
             lo, _, hi = item.partition("-")
             first, last = int(lo), int(hi or lo)
-            if last < first:
+            if last < first or len(runs) >= max_runs:
                 return None
             runs.append((first, last - first + 1))
+    state, features = header.get("Filesystem state"), header.get("Filesystem features")
+    block_size, sb_free = header.get("Block size"), header.get("Free blocks")
+    if state != "clean" or features is None or block_size is None or sb_free is None:
+        return None
+    if "needs_recovery" in features.split():
+        return None
     if not groups or sum(n for _, n in runs) != int(sb_free):
         return None
     return int(block_size), runs
@@ -87,17 +96,21 @@ def xfs_log_settled(logprint: str) -> bool:
         _COVERED_LOG_LINE.match(r) for r in records if r.strip())
 
 
-def parse_xfs_db(text: str) -> tuple[int, list[tuple[int, int]]] | None:
+def parse_xfs_db(lines: Iterable[str], max_runs: int = MAX_FREE_RUNS,
+                 ) -> tuple[int, list[tuple[int, int]]] | None:
     """(filesystem block size, free (first, count) runs in filesystem blocks) from the
-    output of `xfs_db -r -c 'sb 0' -c 'p blocksize agblocks agcount rblocks logstart'
-    -c 'freesp -d'` followed by `-c 'agf N' -c 'p freeblks flcount'` for every allocation
-    group, or None when the map must not be trusted. Pure."""
+    output lines of xfs_db running `sb 0`, `p blocksize agblocks agcount rblocks
+    logstart`, `freesp -d`, then `agf N` and `p freeblks flcount` for every allocation
+    group; None when the map must not be trusted or has more than `max_runs` runs.
+    Pure."""
     fields: dict[str, list[int]] = {}
     extents: list[tuple[int, int, int]] = []
-    for line in text.splitlines():
+    for line in lines:
         if m := _XFS_FIELD.match(line.strip()):
             fields.setdefault(m.group(1), []).append(int(m.group(2)))
         elif m := _XFS_EXTENT.match(line):
+            if len(extents) >= max_runs:
+                return None
             extents.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
     try:
         (bsize,), (agblocks,), (agcount,) = (fields[k] for k in ("blocksize", "agblocks",
@@ -124,14 +137,13 @@ def _xfs_free(device: str) -> tuple[int, list[tuple[int, int]]] | None:
     m = _XFS_FIELD.match(agcount.strip())
     if m is None:
         return None
-    per_ag = [arg for ag in range(int(m.group(2)))
-              for arg in ("-c", f"agf {ag}", "-c", "p freeblks flcount")]
-    out = runcmd.run_text(["xfs_db", "-r", "-c", "sb 0", "-c",
-                           "p blocksize agblocks agcount rblocks logstart",
-                           "-c", "freesp -d", *per_ag, device])
-    parsed = parse_xfs_db(out)
+    # On stdin: a filesystem may have tens of thousands of allocation groups.
+    script = "sb 0\np blocksize agblocks agcount rblocks logstart\nfreesp -d\n" + "".join(
+        f"agf {ag}\np freeblks flcount\n" for ag in range(int(m.group(2))))
+    parsed = parse_xfs_db(runcmd.run_lines(["xfs_db", "-r", device], input=script.encode()))
     if parsed is None:
-        log.info("%s: XFS free-space map inconsistent; reading every block", device)
+        log.info("%s: XFS free-space map inconsistent or too fragmented; reading every "
+                 "block", device)
     return parsed
 
 
@@ -150,11 +162,17 @@ def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[
         return None
     if xfs_magic == _XFS_MAGIC:
         try:
-            # Always a fresh loop device, reading with direct I/O: the device's own page
-            # cache may hold blocks from before the filesystem's last writes (they bypass
-            # it), and xfs_logprint reads through it.
-            with range_loop(path, offset, size, read_only=True, direct_io=True) as dev:
-                parsed = _xfs_free(dev)
+            if offset:
+                # A partition of a disk: a fresh loop device over its range, reading with
+                # direct I/O past any page cache of the disk (xfs_logprint reads through
+                # one). Not for a volume at byte 0: a loop device left by a killed run
+                # would hold an LVM snapshot open and stop its removal.
+                with range_loop(path, offset, size, read_only=True, direct_io=True) as dev:
+                    parsed = _xfs_free(dev)
+            else:
+                # An LVM snapshot (a new device that never changes), a disk whose cache
+                # the freeze dropped, or an image file: its page cache is current.
+                parsed = _xfs_free(path)
         except CommandFailed as exc:
             log.info("%s: no XFS free-space map (%s); reading every block", path, exc)
             return None
@@ -163,13 +181,13 @@ def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[
         return None
     try:
         # ext2fs_open takes I/O options after '?': the volume may start inside the file.
-        out = runcmd.run_text(["dumpe2fs", f"{path}?offset={offset}"])
+        parsed = parse_dumpe2fs(runcmd.run_lines(["dumpe2fs", f"{path}?offset={offset}"]))
     except CommandFailed as exc:
         log.info("%s: no free-space map (%s); reading every block", path, exc)
         return None
-    parsed = parse_dumpe2fs(out)
     if parsed is None:
-        log.info("%s: filesystem not clean or map inconsistent; reading every block", path)
+        log.info("%s: filesystem not clean, map inconsistent or too fragmented; reading "
+                 "every block", path)
         return None
     return volume_runs(*parsed, size, block_size)
 

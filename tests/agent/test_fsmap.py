@@ -12,7 +12,7 @@ from pathlib import Path
 from cdpcore.api import PointInfo
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.changes import subtract_runs
-from hotcopy.fsmap import parse_dumpe2fs, volume_runs
+from hotcopy.fsmap import MAX_FREE_RUNS, parse_dumpe2fs, volume_runs
 from hotcopy.verify import iter_volume, open_point
 
 from .conftest import Agent
@@ -37,13 +37,20 @@ Group 2: (Blocks 65536-70000)
 """
 
 
+def _ext(text: str, max_runs: int = MAX_FREE_RUNS) -> tuple[int, list[tuple[int, int]]] | None:
+    return parse_dumpe2fs(text.splitlines(), max_runs)
+
+
 def test_dumpe2fs_map_is_trusted_only_when_clean_and_consistent() -> None:
-    assert parse_dumpe2fs(DUMPE2FS) == (4096, [(10, 3), (20, 1), (69997, 3)])
-    assert parse_dumpe2fs(DUMPE2FS.replace("clean", "not clean")) is None
-    assert parse_dumpe2fs(DUMPE2FS.replace("64bit", "64bit needs_recovery")) is None
+    assert _ext(DUMPE2FS) == (4096, [(10, 3), (20, 1), (69997, 3)])
+    assert _ext(DUMPE2FS.replace("clean", "not clean")) is None
+    assert _ext(DUMPE2FS.replace("64bit", "64bit needs_recovery")) is None
     # the groups' lists must add up to the superblock's count
-    assert parse_dumpe2fs(DUMPE2FS.replace("Free blocks:              7",
-                                           "Free blocks:              8")) is None
+    assert _ext(DUMPE2FS.replace("Free blocks:              7",
+                                 "Free blocks:              8")) is None
+    # a map of more runs than the agent may hold is not used
+    assert _ext(DUMPE2FS, max_runs=3) is not None
+    assert _ext(DUMPE2FS, max_runs=2) is None
 
 
 def test_free_runs_become_whole_volume_blocks_only() -> None:

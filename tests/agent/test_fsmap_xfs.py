@@ -19,7 +19,7 @@ import pytest
 from cdpcore import runcmd
 from cdpcore.api import PointInfo
 from hotcopy.backup import BackupOptions, backup
-from hotcopy.fsmap import parse_xfs_db, xfs_log_settled
+from hotcopy.fsmap import MAX_FREE_RUNS, parse_xfs_db, xfs_log_settled
 from hotcopy.verify import iter_volume, open_point
 from tests.loopdev import attached_loop
 
@@ -97,26 +97,36 @@ def test_an_xfs_log_is_settled_when_clean_or_covered_only() -> None:
     assert not xfs_log_settled("xfs_logprint: unknown log format\n")
 
 
+def _xfs(text: str, max_runs: int = MAX_FREE_RUNS) -> tuple[int, list[tuple[int, int]]] | None:
+    return parse_xfs_db(text.splitlines(), max_runs)
+
+
 def test_xfs_db_map_is_trusted_only_when_its_counts_agree() -> None:
-    assert parse_xfs_db(XFS_DB) == (4096, [(6, 1), (3096, 9728), (19200 + 10, 19190)])
-    assert parse_xfs_db(XFS_DB.replace("flcount = 1", "flcount = 2")) is None
-    assert parse_xfs_db(XFS_DB.replace("rblocks = 0", "rblocks = 100")) is None
-    assert parse_xfs_db(XFS_DB.replace("logstart = 65542", "logstart = 0")) is None  # external
-    assert parse_xfs_db(XFS_DB.replace("agcount = 2", "agcount = 3")) is None
-    assert parse_xfs_db(XFS_DB.replace("blocksize = 4096\n", "")) is None
+    assert _xfs(XFS_DB) == (4096, [(6, 1), (3096, 9728), (19200 + 10, 19190)])
+    assert _xfs(XFS_DB.replace("flcount = 1", "flcount = 2")) is None
+    assert _xfs(XFS_DB.replace("rblocks = 0", "rblocks = 100")) is None
+    assert _xfs(XFS_DB.replace("logstart = 65542", "logstart = 0")) is None  # external log
+    assert _xfs(XFS_DB.replace("agcount = 2", "agcount = 3")) is None
+    assert _xfs(XFS_DB.replace("blocksize = 4096\n", "")) is None
+    assert _xfs(XFS_DB, max_runs=3) is not None
+    assert _xfs(XFS_DB, max_runs=2) is None  # more runs than the agent may hold
 
 
-@pytest.fixture
-def xfs_image(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A GPT image whose partition 1 holds a mounted XFS: (image, mountpoint)."""
+@pytest.fixture(params=["partition", "whole"])
+def xfs_image(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A mounted XFS on partition 1 of a GPT image (read through a loop device over the
+    partition's range) or on a whole unpartitioned image (read directly):
+    (image, mountpoint)."""
     image = tmp_path / "xfs.img"
+    start = P1 if request.param == "partition" else 0
     with open(image, "wb") as f:
-        f.truncate(P1 + FS_BYTES + MiB)
-    runcmd.run(["sfdisk", "-q", str(image)],
-               input=f"label: gpt\nstart={P1 // 512}, size={FS_BYTES // 512}\n".encode())
+        f.truncate(start + FS_BYTES + (MiB if start else 0))
+    if start:
+        runcmd.run(["sfdisk", "-q", str(image)],
+                   input=f"label: gpt\nstart={P1 // 512}, size={FS_BYTES // 512}\n".encode())
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with attached_loop(image, "--offset", str(P1), "--sizelimit", str(FS_BYTES)) as dev:
+    with attached_loop(image, "--offset", str(start), "--sizelimit", str(FS_BYTES)) as dev:
         runcmd.run(["mkfs.xfs", "-q", dev])
         runcmd.run(["mount", dev, str(mnt)])
         try:
@@ -153,7 +163,7 @@ def test_a_frozen_xfs_point_skips_free_space_and_keeps_every_file(
     assert info.stats.changed_bytes >= 23 * MiB
 
     manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
-    (vol,) = [v for v in manifest.volumes if v.name.endswith(":p1")]
+    (vol,) = [v for v in manifest.volumes if v.name.endswith((":p1", ":whole"))]
     restored = tmp_path / "p1.img"
     with open(restored, "wb") as f:
         for block in iter_volume(agent.remote, agent.host, agent.codec, vol):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cdp_server.sqlite_catalog import SqliteCatalog
-from cdpcore.api import ObjectKind
-from cdpcore.errors import ServerError
+from cdpcore.api import ObjectKind, Role
+from cdpcore.errors import NotFoundError, ServerError
 
 
 def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path: Path) -> None:
@@ -85,3 +85,17 @@ def test_objects_of_a_pack_forgotten_meanwhile_are_refused(tmp_path: Path) -> No
     assert err.value.status == 503
     assert catalog.present("web1", ObjectKind.chunks, [oid]) == set()
     assert catalog.status()["chunks"] == 0
+
+
+def test_a_token_cannot_be_issued_to_a_host_removed_meanwhile(tmp_path: Path) -> None:
+    """The reissue checks, in its own transaction, that the host still has tokens: a
+    removal between the caller's checks and the insert must not leave a removed host
+    with a live token."""
+    catalog = SqliteCatalog(tmp_path / "catalog.sqlite")
+    catalog.create_host("web1", {Role.agent: "a1", Role.restore: "r1"})
+    assert catalog.replace_tokens("web1", Role.agent, "a2") == 1
+    assert catalog.retire_host("web1") == 0
+    with pytest.raises(NotFoundError, match="host 'web1' was removed"):
+        catalog.replace_tokens("web1", Role.agent, "a3")
+    assert (catalog.token("a3"), catalog.host_retired("web1")) == (None, True)
+    assert catalog.replace_tokens(None, Role.admin, "admin2") == 0  # admin: no host
