@@ -39,12 +39,12 @@ def run(argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
 
 def start(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start a helper that runs beside this process (and may outlive it): in a session of
-    its own, so that signals for this process group do not reach it, with a pipe to its
-    stdin and its output discarded."""
+    its own, so that signals for this process group do not reach it, with pipes to its
+    stdin and stdout and its stderr discarded."""
     args = [str(a) for a in argv]
     log.debug("start: %s", " ".join(args))
     try:
-        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError:
         raise CommandFailed(args, 127, f"{args[0]}: command not found") from None

@@ -28,6 +28,7 @@ from cdpcore.manifest import Manifest, VolumeRecord, check_name, new_point_id
 from . import era, sealpool, snapshot
 from .capture import VolumeSpec, capture
 from .changes import Run, block_runs, check_ranges, merge_runs, source_key
+from .config import DEFAULT_MAX_FREEZE
 from .errors import SourceError
 from .remote import Remote
 from .scan import Progress, ScanResult, scan_volume
@@ -57,6 +58,9 @@ class BackupOptions:
     skip_free: bool = False
     hostname: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Seconds a filesystem may stay frozen for a read (0: no limit); past that the guard
+    #: thaws it and the point fails.
+    max_freeze: float = DEFAULT_MAX_FREEZE
 
 
 @dataclass
@@ -168,7 +172,8 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     # A point after doubt may resend much that the server holds: ask what it lacks first.
     uploads = sealpool.Uploads(remote, host, opts.retry, throttle,
                                ask_first=doubt is not None and latest is not None)
-    with snapshot.take(specs, store.dir, reflink=opts.reflink) as held, \
+    with snapshot.take(specs, store.dir, reflink=opts.reflink,
+                       max_freeze=opts.max_freeze) as held, \
             sealpool.SealPool(codec, damaged, workers, uploads) as pool:
         views = held.views
         volumes: list[_Volume] = []

@@ -140,7 +140,7 @@ def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> No
             raise UsageError("no sources configured and no local disk found: pass --source "
                              "or set `sources` in the config")
     opts = BackupOptions(full_scan_every=conf.full_scan_every, bandwidth=conf.bandwidth,
-                         skip_free=conf.skip_free)
+                         skip_free=conf.skip_free, max_freeze=conf.max_freeze)
     priority.lower(conf.nice, conf.io_class)
     with _progress(interactive and not as_json) as (on_total, progress):
         info = backup(remote, conf.host, codec, conf.sources, conf.state_dir,

@@ -18,6 +18,9 @@ from . import priority
 DEFAULT_CONFIG = "/etc/cdp-agent/agent.toml"
 DEFAULT_STATE_DIR = "/var/lib/cdp-agent"
 MIN_INTERVAL = 60
+#: Seconds a filesystem may stay frozen for a point: long enough to read a /boot partition
+#: in full on a slow disk, short enough that its writers see a stall, not an outage.
+DEFAULT_MAX_FREEZE = 120
 
 
 @dataclass
@@ -39,11 +42,15 @@ class AgentConfig:
     skip_free: bool = False  # record ext2/3/4 and XFS free space as zeros, not read
     nice: int = 10  # CPU priority of the agent and its workers (0-19)
     io_class: str = "idle"  # I/O class: idle, best-effort (lowest level) or none
+    max_freeze: int = DEFAULT_MAX_FREEZE  # seconds a filesystem may stay frozen; 0: no limit
 
     def check(self) -> AgentConfig:
         priority.check(self.nice, self.io_class)
         if self.interval < MIN_INTERVAL:
             raise UsageError(f"interval must be at least {MIN_INTERVAL} s, not {self.interval}")
+        if self.max_freeze < 0:
+            raise UsageError(f"max_freeze must be 0 (no limit) or more seconds, not "
+                             f"{self.max_freeze}")
         if self.tracking not in ("scan", "era"):
             raise UsageError(f"unknown tracking mode {self.tracking!r}: use scan or era")
         if not self.server.startswith("https://"):
@@ -65,7 +72,7 @@ def load(path: str | os.PathLike[str]) -> AgentConfig:
     _check_types(doc, path)
     try:
         return AgentConfig(**doc).check()
-    except TypeError as exc:
+    except (TypeError, UsageError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 

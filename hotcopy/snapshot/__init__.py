@@ -92,7 +92,8 @@ def cleanup_leftovers(volumes: list[VolumeSpec], state_dir: Path) -> None:
 
 @contextlib.contextmanager
 def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
-         ) -> Iterator[PointViews]:
+         max_freeze: float = 0) -> Iterator[PointViews]:
+    """`max_freeze`: seconds a freeze may last (0: no limit); see freeze.frozen."""
     with contextlib.ExitStack() as stack:
         freezes: dict[str, contextlib.ExitStack] = {}
         by_path: dict[str, tuple[str, Callable[[], None]]] = {}
@@ -111,7 +112,7 @@ def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
             else:
                 if kind == "device":
                     freezes[path] = stack.enter_context(contextlib.ExitStack())
-                    freezes[path].enter_context(freeze.frozen(path, state_dir))
+                    freezes[path].enter_context(freeze.frozen(path, state_dir, max_freeze))
                 by_path[path] = (path, _noop)
         views = {v.name: ReadView(by_path[v.path][0], v.offset, v.size, by_path[v.path][1])
                  for v in volumes}

@@ -11,6 +11,9 @@ agent:
   process (hotcopy.thawguard), started before the first freeze in a session of its own
   and deaf to SIGHUP/SIGINT/SIGTERM, waits on the agent's pidfd and thaws as soon as the
   agent is gone without having said `thawed` on the guard's stdin;
+- a freeze that lasts too long (`max_freeze`, the point stuck behind a server that does
+  not answer, a slow full read): the guard thaws at the deadline and says so, and the
+  point fails instead of being committed from a read that was not point-in-time;
 - agent and guard killed together (systemd's final SIGKILL of the unit's cgroup): the
   marker file in the state directory lists the frozen mountpoints, written before the first
   freeze; the unit's `ExecStopPost=cdp-agent thaw` and the next run thaw them.
@@ -29,6 +32,7 @@ from typing import Any
 
 from cdpcore import runcmd
 
+from .. import thawguard
 from ..capture import drop_cache
 from ..errors import SnapshotError
 
@@ -82,7 +86,11 @@ def _check_state_dir(device: str, targets: list[str], state_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def frozen(device: str, state_dir: Path) -> Iterator[None]:
+def frozen(device: str, state_dir: Path, max_seconds: float = 0) -> Iterator[None]:
+    """Freeze what is mounted on `device` for the body. `max_seconds` (0: no limit): the
+    guard thaws the filesystems once they have been frozen that long, whatever the agent
+    is doing, and the freeze then ends with a SnapshotError: the read was not
+    point-in-time, and the point must not be committed."""
     doc = runcmd.run_json(["lsblk", "--json", "-o", "NAME,PATH,TYPE,MOUNTPOINTS", device])
     targets = mounted_filesystems(doc)
     if not targets:
@@ -93,9 +101,10 @@ def frozen(device: str, state_dir: Path) -> Iterator[None]:
     marker = state_dir / MARKER
     marker.write_text("".join(t + "\n" for t in targets))
     guard = runcmd.start([sys.executable, "-m", "hotcopy.thawguard", str(os.getpid()),
-                          *targets])
-    assert guard.stdin is not None
+                          str(max_seconds), *targets])
+    assert guard.stdin is not None and guard.stdout is not None
     froze = time.monotonic()
+    failing = False
     try:
         with contextlib.ExitStack() as stack:
             for target in targets:
@@ -107,10 +116,20 @@ def frozen(device: str, state_dir: Path) -> Iterator[None]:
         # How long the applications' writes were held: what a sysadmin weighs against
         # putting the filesystem on LVM.
         log.info("thawed %s after %.2f s", ", ".join(targets), time.monotonic() - froze)
+    except BaseException:
+        failing = True
+        raise
     finally:
         # Told, the guard exits without thawing: a later freeze is not its business.
         with contextlib.suppress(OSError):
             guard.stdin.write(b"thawed\n")
             guard.stdin.close()
         guard.wait()
+        expired = thawguard.EXPIRED in guard.stdout.read()
+        guard.stdout.close()
         marker.unlink(missing_ok=True)
+        if expired and not failing:
+            raise SnapshotError(
+                f"{', '.join(targets)} stayed frozen longer than max_freeze ({max_seconds:g} s) "
+                f"while {device} was read: the guard thawed them and the point is not "
+                "committed; put the filesystem on LVM, or raise max_freeze")

@@ -67,7 +67,8 @@ def test_a_setting_of_the_wrong_type_is_named(tmp_path: Path) -> None:
             ('sources = "/dev/sda"', "sources must be a list of strings, e.g. "
                                      "[\"/dev/sda\"], not '/dev/sda'"),
             ("interval = true", "interval must be a whole number, not True"),
-            ('skip_free = "yes"', "skip_free must be true or false, not 'yes'")):
+            ('skip_free = "yes"', "skip_free must be true or false, not 'yes'"),
+            ("max_freeze = -1", "max_freeze must be 0 (no limit) or more seconds, not -1")):
         config.write_text(base + line + "\n")
         out = _agent("status", config=config)
         assert out.returncode == 2, out.stderr

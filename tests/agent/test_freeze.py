@@ -1,21 +1,27 @@
-"""What the agent freezes to read a block device, decided from `lsblk --json` (pure), and
-the guard that thaws when the agent dies. The freeze itself runs in the QEMU VM test
-(tests/agent/test_vm_lvm.py)."""
+"""What the agent freezes to read a block device, decided from `lsblk --json` (pure), the
+guard that thaws when the agent dies or the freeze outlasts max_freeze, and real freezes
+of an ext4 mounted from a loop device (the agent's whole path, with a partition of a
+disk, runs in the QEMU VM test tests/agent/test_vm_lvm.py)."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cdpcore import runcmd
 from hotcopy import thawguard
 from hotcopy.errors import SnapshotError
 from hotcopy.snapshot import freeze
+from tests.loopdev import attached_loop
 
 
 def _dev(name: str, type_: str, *mounts: str, children: list[dict[str, Any]] | None = None,
@@ -78,32 +84,102 @@ def test_a_leftover_marker_thaws_every_filesystem_it_names(tmp_path: Path,
     assert not (tmp_path / freeze.MARKER).exists()
 
 
-def _guard(monkeypatch: pytest.MonkeyPatch, said: bytes) -> list[list[str]]:
-    """Run the guard for a short-lived 'agent' that writes `said` to it, then exits."""
+def _guard(monkeypatch: pytest.MonkeyPatch, said: bytes, lives: float = 0.3,
+           max_seconds: float = 0) -> tuple[list[list[str]], bytes]:
+    """Run the guard for an 'agent' that writes `said` to it, then exits after `lives`
+    seconds; returns the commands the guard ran and what it printed."""
     ran: list[list[str]] = []
     monkeypatch.setattr(thawguard.runcmd, "run", lambda argv, **_: ran.append(list(argv)))
     r, w = os.pipe()
     agent = subprocess.Popen([sys.executable, "-c",
-                              f"import os, time; os.write({w}, {said!r}); time.sleep(0.3)"],
+                              f"import os, time; os.write({w}, {said!r}); time.sleep({lives})"],
                              pass_fds=(w,))
     os.close(w)
+    printed = io.BytesIO()
     with os.fdopen(r, "rb") as pipe:
         monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": pipe})())
+        monkeypatch.setattr(sys, "stdout", type("Stdout", (), {"buffer": printed})())
         old = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)}
         try:
-            thawguard.guard(agent.pid, ["/boot", "/srv"])
+            thawguard.guard(agent.pid, max_seconds, ["/boot", "/srv"])
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+    agent.kill()
     agent.wait()
-    return ran
+    return ran, printed.getvalue()
+
+
+THAWS = [["fsfreeze", "--unfreeze", "/boot"], ["fsfreeze", "--unfreeze", "/srv"]]
 
 
 def test_the_guard_thaws_when_the_agent_dies_without_thawing(monkeypatch: pytest.MonkeyPatch,
                                                              ) -> None:
-    assert _guard(monkeypatch, b"") == [["fsfreeze", "--unfreeze", "/boot"],
-                                        ["fsfreeze", "--unfreeze", "/srv"]]
+    assert _guard(monkeypatch, b"") == (THAWS, b"")
 
 
 def test_the_guard_leaves_alone_what_the_agent_thawed(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _guard(monkeypatch, b"thawed\n") == []
+    assert _guard(monkeypatch, b"thawed\n") == ([], b"")
+    assert _guard(monkeypatch, b"thawed\n", max_seconds=5) == ([], b"")
+
+
+def test_the_guard_thaws_a_freeze_that_outlasts_max_freeze_and_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _guard(monkeypatch, b"", lives=30, max_seconds=0.5) == (THAWS, b"expired\n")
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An ext4 mounted from a loop device: (device, mountpoint)."""
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    runcmd.run(["mkfs.ext4", "-q", str(image)])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with attached_loop(image) as dev:
+        runcmd.run(["mount", dev, str(mnt)])
+        try:
+            yield dev, mnt
+        finally:
+            runcmd.run(["fsfreeze", "--unfreeze", str(mnt)], check=False)
+            runcmd.run(["umount", str(mnt)])
+
+
+def _writer(mnt: Path) -> threading.Thread:
+    """A thread writing a file to the filesystem: it waits while the filesystem is frozen."""
+    def write() -> None:
+        with open(mnt / "written", "wb") as f:
+            f.write(b"x" * 4096)
+            os.fsync(f.fileno())
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_freeze_holds_writers_until_it_ends(mounted: tuple[str, Path], tmp_path: Path,
+                                              ) -> None:
+    dev, mnt = mounted
+    with freeze.frozen(dev, tmp_path, max_seconds=60):
+        writer = _writer(mnt)
+        writer.join(1.0)
+        assert writer.is_alive()  # frozen: the write waits
+        assert (tmp_path / freeze.MARKER).read_text() == f"{mnt}\n"
+    writer.join(10)
+    assert not writer.is_alive() and (mnt / "written").stat().st_size == 4096
+    assert not (tmp_path / freeze.MARKER).exists()
+
+
+def test_a_freeze_longer_than_max_freeze_is_ended_by_the_guard_and_fails(
+        mounted: tuple[str, Path], tmp_path: Path) -> None:
+    dev, mnt = mounted
+    with pytest.raises(SnapshotError) as err, freeze.frozen(dev, tmp_path, max_seconds=1):
+        writer = _writer(mnt)
+        writer.join(15)  # the guard thaws after 1 s, while the agent is still "reading"
+        assert not writer.is_alive()
+    assert str(err.value) == (
+        f"{mnt} stayed frozen longer than max_freeze (1 s) while {dev} was read: the "
+        "guard thawed them and the point is not committed; put the filesystem on LVM, or "
+        "raise max_freeze")
+    assert not (tmp_path / freeze.MARKER).exists()
