@@ -76,7 +76,7 @@ def test_a_freeze_ends_once_its_device_is_read(
     events: list[str] = []
 
     @contextlib.contextmanager
-    def frozen(device: str, state_dir: Path) -> Iterator[None]:
+    def frozen(device: str, state_dir: Path, max_seconds: float = 0) -> Iterator[None]:
         events.append(f"freeze {device}")
         yield
         events.append(f"thaw {device}")

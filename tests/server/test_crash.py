@@ -93,15 +93,17 @@ def test_a_second_server_on_the_datastore_is_refused_and_a_killed_one_blocks_not
     second = dataclasses.replace(cdp_server, port=_free_port(), proc=None,
                                  log_path=tmp_path / "second.log")
     second.url = f"https://127.0.0.1:{second.port}"
-    with pytest.raises(RuntimeError, match="exited with 13") as err:
-        second.start()
-    assert (f"cdp-server: error: another `cdp-server serve` serves {cdp_server.data_dir} "
-            f"(it holds {cdp_server.data_dir}/serve.lock): one server per datastore; "
-            "stop it first") in str(err.value)
-    assert cdp_server.admin().health().status == "ok"
-    assert _pack_files(cdp_server.data_dir) == packs
+    try:
+        with pytest.raises(RuntimeError, match="exited with 13") as err:
+            second.start()
+        assert (f"cdp-server: error: another `cdp-server serve` serves "
+                f"{cdp_server.data_dir} (it holds {cdp_server.data_dir}/serve.lock): one "
+                "server per datastore; stop it first") in str(err.value)
+        assert cdp_server.admin().health().status == "ok"
+        assert _pack_files(cdp_server.data_dir) == packs
 
-    cdp_server.kill()
-    second.start()
-    assert second.admin().health().status == "ok"
-    second.kill()
+        cdp_server.kill()
+        second.start()
+        assert second.admin().health().status == "ok"
+    finally:
+        second.kill()  # also when a second server started where it must not
