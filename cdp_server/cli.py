@@ -129,7 +129,7 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
 
 @main.group()
 def host() -> None:
-    """Enrol and list protected hosts."""
+    """Enrol, list and remove protected hosts, and replace their tokens."""
 
 
 @host.command("add")

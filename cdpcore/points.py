@@ -70,13 +70,13 @@ def select_point(points: Sequence[P], choice: str, host: str = "") -> P:
                          "'2026-11-24 10:05'")
     before = [p for p in ordered if p.created <= moment]
     if not before:
-        oldest = datetime.fromtimestamp(ordered[0].created).strftime("%Y-%m-%d %H:%M:%S")
         raise NotFoundError(f"no recovery point{where} at or before {text}: the oldest is "
-                            f"from {oldest}")
+                            f"from {local_time(ordered[0].created)}")
     return before[-1]
 
 
 def local_time(ts: float) -> str:
+    """A Unix time as the CLIs and the TUI show it: local, to the second."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 

@@ -48,6 +48,8 @@ def start(argv: Sequence[str]) -> subprocess.Popen[bytes]:
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError:
         raise CommandFailed(args, 127, f"{args[0]}: command not found") from None
+    except OSError as exc:
+        raise CommandFailed(args, 126, f"{args[0]}: {exc.strerror or exc}") from None
 
 
 def run_lines(argv: Sequence[str], **kwargs: Any) -> Iterator[str]:

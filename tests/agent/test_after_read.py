@@ -69,10 +69,10 @@ def test_a_freeze_ends_once_its_device_is_read(
         agent: Agent, loop_device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         ) -> None:
     """Before the next source's reads, the index and the commit (which may wait for a
-    server that is down). fsfreeze needs a mounted filesystem on a device that is not a
-    loop device, which this machine cannot give (the real freeze runs in
-    tests/agent/test_vm_lvm.py): the loop device is taken for a plain disk, and the
-    freeze is a stand-in that notes when it begins and ends."""
+    server that is down). The agent reads loop devices as they are, without a freeze, and
+    this machine has no other device to mount: the loop device is taken for a plain disk,
+    and the freeze is a stand-in that notes when it begins and ends (real freezes run in
+    tests/agent/test_freeze.py and tests/agent/test_vm_lvm.py)."""
     events: list[str] = []
 
     @contextlib.contextmanager

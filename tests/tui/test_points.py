@@ -11,9 +11,10 @@ from typing import Any
 from textual.widgets import DataTable, Input, Tree
 
 from cdpcore.client import CdpClient
+from cdpcore.points import local_time
 from rescue.bootopts import BootOptions
 from rescue.tui.screens.dialogs import AskDialog, MessageDialog
-from rescue.tui.screens.points import PointsScreen, when
+from rescue.tui.screens.points import PointsScreen
 
 from .conftest import PASS, Env, make_point
 from .pilot import settle, text, type_text
@@ -55,21 +56,21 @@ def test_timeline_jumps_filter_and_layout(env: Env) -> None:
             assert isinstance(screen, PointsScreen)
             table = screen.query_one("#points", DataTable)
             rows = [table.get_row_at(i) for i in range(table.row_count)]
-            assert [r[0] for r in rows] == [when(p.created)[:16]
+            assert [r[0] for r in rows] == [local_time(p.created)[:16]
                                             for p in (newest, middle, older)]
             assert [r[3] for r in rows] == ["-", "ok", "ok"]
             assert rows[0][1] == "16.0 MiB"
             assert cursor_point(screen) == newest.point_id
             # The minutes-only timeline; the info line names the highlighted point exactly.
             assert text(pilot, "#info") == \
-                f"web1: 3 of 3 points. Enter: restore {when(newest.created)}"
+                f"web1: 3 of 3 points. Enter: restore {local_time(newest.created)}"
             labels = tree_labels(screen.query_one("#layout", Tree))
             assert labels[0] == "disk vda.img 16.0 MiB gpt"
             assert labels[1].startswith("1 4.0 MiB esp")
             assert labels[2].startswith("2 11.0 MiB")
             await pilot.press("v")
             assert cursor_point(screen) == middle.point_id
-            assert text(pilot, "#info").endswith(f"Enter: restore {when(middle.created)}")
+            assert text(pilot, "#info").endswith(f"Enter: restore {local_time(middle.created)}")
             await pilot.press("b")
             assert isinstance(app.screen, AskDialog)
             await type_text(pilot, "2026-11-21 00:00")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rescue.tui.screens.points import when
+from cdpcore.points import local_time
 
 from .conftest import PASS, Env
 
@@ -65,7 +65,7 @@ def test_connect_and_list_points_in_tmux_with_term_linux(env: Env) -> None:
         tmux("send-keys", "-t", "tui", "Enter")
         shown = tmux.wait_for("3/6 Host and recovery point")
         shown = tmux.wait_for("web1: 1 of 1 points")
-        assert when(env.points[0].created)[:16] in shown
+        assert local_time(env.points[0].created)[:16] in shown
         shown = tmux.wait_for("disk vda.img")
         assert "disk vda.img 16.0 MiB gpt" in shown
         assert shown.isascii(), [c for c in shown if not c.isascii()]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from cdpcore.points import local_time
 from mkimage.qemu import GUEST_SERVER_IP, VM, Disk, Forward, KernelBoot, Serial, VMConfig
-from rescue.tui.screens.points import when
 from tests.rescue.pointmaker import make_point
 
 from .conftest import MIB, PASS, Env, sh
@@ -47,7 +47,7 @@ def test_serial_console_connects_with_tofu_and_lists_points(env: Env, cdp_server
         serial = Serial(vm)
         connect(serial, PASS, env.fingerprint)  # the URL and token came with the boot
         serial.wait_for("web1: 1 of 1 points")
-        serial.wait_for(when(env.points[0].created)[:16])
+        serial.wait_for(local_time(env.points[0].created)[:16])
         serial.wait_for("disk vda.img 16.0 MiB gpt")
         serial.keys(SHELL)  # ctrl+z: a shell on the same console (the harness powers off there)
         serial.wait_for("#", after=lambda shown: shown.rstrip().endswith("#"))
@@ -80,13 +80,13 @@ def test_serial_console_restores_an_older_point_byte_exact(env: Env, cdp_server:
         assert vm.ready is not None and vm.ready.list("disks") == ["vda"]
         serial = Serial(vm)
         connect(serial, PASS, env.fingerprint)
-        serial.wait_for(f"web1: 2 of 2 points. Enter: restore {when(latest.created)}")
+        serial.wait_for(f"web1: 2 of 2 points. Enter: restore {local_time(latest.created)}")
         serial.wait_for("disk vda.img 16.0 MiB gpt")
         serial.keys("\x1b[B")  # down: from the latest (on top) to the older point
-        serial.wait_for(f"Enter: restore {when(chosen.created)}")
+        serial.wait_for(f"Enter: restore {local_time(chosen.created)}")
         serial.keys("\r")
         map_only_target(serial, "vda", 24 * MIB)
-        review_and_start(serial, (f"point {chosen.point_id[:12]} ({when(chosen.created)})",
+        review_and_start(serial, (f"point {chosen.point_id[:12]} ({local_time(chosen.created)})",
                                   "vda.img -> /dev/vda (24.0 MiB, chosen by you)",
                                   "Type /dev/vda or vda or the host name 'web1'"), "/dev/vda")
         serial.wait_for("overall")

@@ -4,7 +4,6 @@ time; the highlighted point's layout as a tree."""
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 from textual import work
@@ -16,7 +15,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from cdpcore.api import PointInfo, VerifyStatus
 from cdpcore.errors import CdpError, NotFoundError
 from cdpcore.layout import Layout
-from cdpcore.points import select_point
+from cdpcore.points import local_time, select_point
 from cdpcore.units import human
 
 from .. import session
@@ -29,13 +28,9 @@ VERIFY_SHORT = {VerifyStatus.ok: "ok", VerifyStatus.unverified: "-",
                 VerifyStatus.damaged: "DAMAGED"}
 
 
-def when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def filter_points(points: list[PointInfo], day: str) -> list[PointInfo]:
     """Points whose local time starts with `day` ("2026-11-24", "2026-11", "2026-11-24 10")."""
-    return [p for p in points if when(p.created).startswith(day.strip())]
+    return [p for p in points if local_time(p.created).startswith(day.strip())]
 
 
 class PointsScreen(RescueScreen):
@@ -66,7 +61,7 @@ class PointsScreen(RescueScreen):
         login = self.rescue.state.login
         assert login is not None
         for h in login.hosts:
-            hosts.add_row(h.name, str(h.points), when(h.latest) if h.latest else "-", key=h.name)
+            hosts.add_row(h.name, str(h.points), local_time(h.latest) if h.latest else "-", key=h.name)
         table = self.query_one("#points", DataTable)
         table.add_columns("Time", "Size", "Changed", "Verify", "Pin")
         if self.rescue.state.engine is not None:
@@ -116,7 +111,7 @@ class PointsScreen(RescueScreen):
         table.clear()
         shown = filter_points(points, day) if day else points
         for p in reversed(shown):  # newest first: the usual choice is at the top
-            table.add_row(when(p.created)[:16], human(p.size), human(p.stats.changed_bytes),
+            table.add_row(local_time(p.created)[:16], human(p.size), human(p.stats.changed_bytes),
                           VERIFY_SHORT[p.verify], "P" if p.pinned else "", key=p.point_id)
         self.summary = (f"{self.rescue.state.host}: {len(shown)} of {len(points)} points"
                         + (f" on {day}" if day else ""))
@@ -130,7 +125,7 @@ class PointsScreen(RescueScreen):
         point = next((p for p in self.points if p.point_id == point_id), None)
         self.query_one("#info", Static).update(
             f"{self.summary}. Enter: restore "
-            + (when(point.created) if point else "the highlighted point"))
+            + (local_time(point.created) if point else "the highlighted point"))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self._fill(self.points, event.value)

@@ -7,11 +7,11 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Input, Static
 
+from cdpcore.points import local_time
 from cdpcore.units import human
 
 from ...plan import Plan
 from .base import RescueScreen
-from .points import when
 
 
 def confirm_words(plan: Plan) -> set[str]:
@@ -26,7 +26,7 @@ def confirm_words(plan: Plan) -> set[str]:
 def describe(plan: Plan, reasons: dict[str, str] | None = None) -> str:
     """reasons: why each source's target, in the map screen's words (the plan says "--map"
     for every disk the screen passed on, automatic matches included)."""
-    lines = [f"Restore host {plan.host}, point {plan.point_id[:12]} ({when(plan.created)})"]
+    lines = [f"Restore host {plan.host}, point {plan.point_id[:12]} ({local_time(plan.created)})"]
     for dp in plan.disks:
         reason = (reasons or {}).get(dp.source) or dp.reason
         lines.append(f"  {dp.source} -> {dp.target.path} ({human(dp.target.size)}, "
