@@ -187,7 +187,7 @@ def commit(ds: Datastore, host: str, req: CommitRequest) -> tuple[PointInfo, boo
     digest = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
     with ds.commit_lock():
         if ds.catalog.host_retired(host):  # removed since the request's token was checked
-            raise NotFoundError(f"host {host!r} was removed", 404)
+            raise NotFoundError(f"host {host!r} was removed")
         old = ds.catalog.point(host, req.point_id)
         if old is not None:
             if old.digest == digest:

@@ -143,7 +143,7 @@ class Datastore:
         objects; the name can be enrolled again. Under the commit lock, so that no commit
         of the host lands after it. Returns how many points were deleted."""
         if not self.catalog.host_exists(name) or self.catalog.host_retired(name):
-            raise NotFoundError(f"no host {name!r}", 404)
+            raise NotFoundError(f"no host {name!r}")
         with self.commit_lock():
             return self.catalog.retire_host(name)
 
@@ -290,7 +290,7 @@ class Datastore:
         if absent or corrupted:
             names = ", ".join(i.hex() for i in (absent + corrupted)[:20])
             raise NotFoundError(f"{len(absent)} {kind.value} missing and {len(corrupted)} "
-                                f"damaged on host {host!r}: {names}", 404)
+                                f"damaged on host {host!r}: {names}")
         return out
 
 

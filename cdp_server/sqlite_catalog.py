@@ -237,7 +237,7 @@ class SqliteCatalog:
             if host is not None and db.execute("SELECT 1 FROM tokens WHERE host = ? LIMIT 1",
                                                (host,)).fetchone() is None:
                 raise NotFoundError(f"host {host!r} was removed: enrol it again with "
-                                    "`cdp-server host add`", 404)
+                                    "`cdp-server host add`")
             revoked = db.execute("DELETE FROM tokens WHERE role = ? AND host IS ?",
                                  (role.value, host)).rowcount
             db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token_hash, role.value, host))

@@ -111,7 +111,7 @@ class LocalStore:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            raise NotFoundError(f"object {name} is missing from the store", 404) from None
+            raise NotFoundError(f"object {name} is missing from the store") from None
         try:
             with _BUFFERS.take() as buf:
                 bulk = DirectFile(str(path), fd, os.O_RDONLY, buf)

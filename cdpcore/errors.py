@@ -52,6 +52,9 @@ class NotFoundError(ServerError):
 
     exit_code = 7
 
+    def __init__(self, message: str, status: int | None = 404) -> None:
+        super().__init__(message, status)
+
 
 class AuthError(ServerError):
     """Missing or bad token (401) or a token without the right role (403)."""

@@ -136,6 +136,8 @@ def _xfs_free(device: str) -> tuple[int, list[tuple[int, int]]] | None:
     agcount = runcmd.run_text(["xfs_db", "-r", "-c", "sb 0", "-c", "p agcount", device])
     m = _XFS_FIELD.match(agcount.strip())
     if m is None:
+        log.info("%s: xfs_db printed no allocation group count (%r); reading every block",
+                 device, agcount.strip()[:80])
         return None
     # On stdin: a filesystem may have tens of thousands of allocation groups.
     script = "sb 0\np blocksize agblocks agcount rblocks logstart\nfreesp -d\n" + "".join(

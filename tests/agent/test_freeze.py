@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from cdpcore import runcmd
 from hotcopy import thawguard
 from hotcopy.errors import SnapshotError
 from hotcopy.snapshot import freeze
-from tests.loopdev import attached_loop
+from tests.loopdev import mounted_loop
 
 
 def _dev(name: str, type_: str, *mounts: str, children: list[dict[str, Any]] | None = None,
@@ -134,16 +133,10 @@ def mounted(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     image = tmp_path / "fs.img"
     with open(image, "wb") as f:
         f.truncate(64 * 1024 * 1024)
-    runcmd.run(["mkfs.ext4", "-q", str(image)])
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with attached_loop(image) as dev:
-        runcmd.run(["mount", dev, str(mnt)])
-        try:
-            yield dev, mnt
-        finally:
-            runcmd.run(["fsfreeze", "--unfreeze", str(mnt)], check=False)
-            runcmd.run(["umount", str(mnt)])
+    with mounted_loop(image, mnt, mkfs=["mkfs.ext4", "-q"]) as dev:
+        yield dev, mnt
 
 
 def _writer(mnt: Path) -> threading.Thread:

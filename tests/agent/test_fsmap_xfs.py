@@ -21,7 +21,7 @@ from cdpcore.api import PointInfo
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.fsmap import MAX_FREE_RUNS, parse_xfs_db, xfs_log_settled
 from hotcopy.verify import iter_volume, open_point
-from tests.loopdev import attached_loop
+from tests.loopdev import mounted_loop
 
 from .conftest import Agent
 from .images import MiB
@@ -126,14 +126,9 @@ def xfs_image(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
                    input=f"label: gpt\nstart={P1 // 512}, size={FS_BYTES // 512}\n".encode())
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with attached_loop(image, "--offset", str(start), "--sizelimit", str(FS_BYTES)) as dev:
-        runcmd.run(["mkfs.xfs", "-q", dev])
-        runcmd.run(["mount", dev, str(mnt)])
-        try:
-            yield image, mnt
-        finally:
-            subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True)
-            runcmd.run(["umount", str(mnt)])
+    with mounted_loop(image, mnt, "--offset", str(start), "--sizelimit", str(FS_BYTES),
+                      mkfs=["mkfs.xfs", "-q"]):
+        yield image, mnt
 
 
 def _point(agent: Agent, image: Path, skip_free: bool) -> PointInfo:
@@ -172,12 +167,8 @@ def test_a_frozen_xfs_point_skips_free_space_and_keeps_every_file(
     # counters only), and then it must check clean with the kept file intact.
     copy = tmp_path / "copy"
     copy.mkdir()
-    with attached_loop(restored) as dev:
-        runcmd.run(["mount", "-o", "nouuid", dev, str(copy)])  # the source is mounted too
-        try:
-            assert _files(copy) == expected
-        finally:
-            runcmd.run(["umount", str(copy)])
+    with mounted_loop(restored, copy, mount_options=("-o", "nouuid")):  # the source too
+        assert _files(copy) == expected
     repair = subprocess.run(["xfs_repair", "-n", "-f", str(restored)], capture_output=True,
                             text=True)
     assert repair.returncode == 0, repair.stdout + repair.stderr
