@@ -338,13 +338,12 @@ def _commit(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
             named = ({bytes.fromhex(h) for h in exc.missing.missing_chunks},
                      {bytes.fromhex(h) for h in exc.missing.missing_pages})
             log.warning("server lacks objects of the point; uploading them again")
-            _reupload(remote, host, codec, sender, volumes, views, named)
+            _reupload(codec, sender, volumes, views, named)
     raise ServerError("the server kept refusing the commit for missing objects", 409)
 
 
-def _reupload(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
-              volumes: list[_Volume], views: dict[str, snapshot.ReadView],
-              named: tuple[set[bytes], set[bytes]]) -> None:
+def _reupload(codec: BlobCodec, sender: Sender, volumes: list[_Volume],
+              views: dict[str, snapshot.ReadView], named: tuple[set[bytes], set[bytes]]) -> None:
     """Send the named chunks again, read from the views, and the named pages. A view that
     is no longer point-in-time (a thawed device, a plain image file) may have moved on: a
     block is sent only if it still matches its chunk ID, and a chunk none of whose blocks
