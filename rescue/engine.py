@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cdpcore.api import ObjectKind
-from cdpcore.errors import CdpError, IntegrityError, SafetyError
+from cdpcore.errors import CdpError, IntegrityError, SafetyError, TargetError
 from cdpcore.layout import Layout
 
 from . import bootloader, growfs, lvm, partition, swap, target
@@ -142,12 +142,16 @@ class _Execution:
             "grow_fs": lambda a: growfs.grow(a.target, a.offset, a.size,
                                              str(a.params["fstype"])),
             "bootloader": self._bootloader}
+        completed = False
         try:
             for action in self.plan.actions:
                 self._one(action, handlers[action.type])
+            completed = True
         finally:
             self.report.finished = time.time()
-            self.report.ok = not self.report.errors
+            # Not just "no errors recorded": whatever stopped the run unrecorded (an
+            # interrupt) must not leave a report that says the restore succeeded.
+            self.report.ok = completed and not self.report.errors
             self.report.save(self.store.path.parent)
         if self.report.errors:
             raise IntegrityError("; ".join(self.report.errors))
@@ -166,17 +170,24 @@ class _Execution:
             return
         self.emit(Event("start", action, total=action.size, message=action.description))
         try:
-            handler(action)
+            try:
+                handler(action)
+            except OSError as exc:
+                if exc.errno is None:  # not a system call's error (requests' are OSErrors)
+                    raise
+                # The target's own I/O (wipe, table, boot area): exit 12, and a rerun resumes.
+                raise TargetError(f"could not {action.description}: {exc}") from exc
         except BlockDamaged as exc:
             self.failed_volumes.add(exc.volume)
             self.report.errors.append(str(exc))
             self.report.actions.append({**record, "status": "failed", "error": str(exc)})
             self.emit(Event("failed", action, message=str(exc)))
             return
-        except CdpError as exc:
-            self.report.errors.append(str(exc))
-            self.report.actions.append({**record, "status": "failed", "error": str(exc)})
-            self.emit(Event("failed", action, message=str(exc)))
+        except Exception as exc:  # a CdpError, or an unexpected one (libparted's)
+            message = str(exc) if isinstance(exc, CdpError) else f"{action.description}: {exc}"
+            self.report.errors.append(message)
+            self.report.actions.append({**record, "status": "failed", "error": message})
+            self.emit(Event("failed", action, message=message))
             raise
         self.state.done_actions.append(action.id)
         self.store.save(self.state)

@@ -1,6 +1,8 @@
-"""Recreating a partition table (GPT or MBR) with pyparted, then setting the identities
-pyparted cannot (disk GUID or MBR identifier, type and unique partition GUIDs) with sfdisk, and
-reading the result back: a table that does not match the plan is an error, not a warning.
+"""Recreating a partition table (GPT or MBR) with pyparted, then setting what pyparted
+cannot (partition numbers with gaps, disk GUID or MBR identifier, type and unique
+partition GUIDs) with sfdisk, putting back the restored boot area that these tools
+clear, and reading the result back: a table that does not match the plan is an error,
+not a warning.
 
 On a fresh table libparted writes the GPT backup header at the end of the target, so a
 larger disk gets a correct backup GPT at its new end.
@@ -17,10 +19,14 @@ from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
 from cdpcore.layout import Disk, Partition
 
+from .tables import outside, rewritten_by_table
 from .target import Target
 
-#: Bytes of sector 0 before the MBR disk signature and partition table: boot code.
-BOOT_CODE_BYTES = 440
+#: Most of a boot area kept across the table's writing. libparted clears other labels'
+#: signatures (for an MBR: the GPT header and entries, sectors 1-18 at 512 bytes, where
+#: GRUB embeds its core image) and sfdisk may too; both write only in the first sectors.
+KEEP_BOOT_BYTES = 4 * 1024 * 1024
+_DUMP_LINE = re.compile(r"^(?P<node>.*?)(?P<number>\d+) : start=\s*(?P<start>\d+),")
 _FLAG_IDS = {name: num for num, name in parted.partitionFlag.items()}
 _KINDS = {"primary": parted.PARTITION_NORMAL, "extended": parted.PARTITION_EXTENDED,
           "logical": parted.PARTITION_LOGICAL}
@@ -40,11 +46,15 @@ def _add(pdisk: Any, device: Any, part: Partition, table: str) -> None:
 
 
 def write_table(path: str, layout: Disk) -> None:
-    """Write `layout`'s partition table to `path` (image file or whole block device)."""
+    """Write `layout`'s partition table to `path` (image file or whole block device),
+    keeping the boot area restored before it outside the table's own sectors."""
     assert layout.table is not None
-    # libparted writes a fresh MBR with its own (empty) boot code: keep the restored one.
+    keep = 0
+    if layout.partitions:
+        first = min(p.start for p in layout.partitions) * layout.logical_sector_size
+        keep = min(first, KEEP_BOOT_BYTES)
     with Target(path) as target:
-        boot_code = target.read(0, BOOT_CODE_BYTES)
+        boot_area = target.read(0, keep)
     # libparted caches devices by path for the life of the process: a loop device or file
     # seen before with another size would keep its old length. Probe it afresh.
     parted.getDevice(path).removeFromCache()
@@ -58,6 +68,7 @@ def write_table(path: str, layout: Disk) -> None:
         pdisk.commitToDevice()
     else:
         pdisk.commit()
+    _renumber(path, layout)
     if layout.disk_guid:
         runcmd.run(["sfdisk", "--disk-id", path, layout.disk_guid])
     # Types after flags (parted flags such as esp or lvm change the type as a side
@@ -69,12 +80,33 @@ def write_table(path: str, layout: Disk) -> None:
                 runcmd.run(["sfdisk", "--part-type", path, num, part.type_guid])
             if part.guid:
                 runcmd.run(["sfdisk", "--part-uuid", path, num, part.guid])
-        elif part.mbr_type is not None and part.kind != "extended":
+        elif part.mbr_type is not None:  # extended too: libparted writes 0x05, not 0x0f
             runcmd.run(["sfdisk", "--part-type", path, num, f"{part.mbr_type:x}"])
     with Target(path) as target:
-        target.write(0, boot_code)
+        for start, end in outside(0, len(boot_area), rewritten_by_table(layout)):
+            target.write(start, boot_area[start:end])
         target.sync()
     check_table(path, layout)
+
+
+def _renumber(path: str, layout: Disk) -> None:
+    """Give the partitions their captured numbers where libparted's differ: it numbers
+    them in the order they are added, so a layout with gaps (1, 14, 15, as cloud images
+    have) comes out as 1, 2, 3. sfdisk takes each partition's number from its node name
+    in a script: the table is written again from its own dump, renumbered."""
+    wanted = {p.start: p.number for p in layout.partitions}
+    dump = runcmd.run_text(["sfdisk", "--dump", path]).splitlines()
+    lines, moved = [], False
+    for line in dump:
+        m = _DUMP_LINE.match(line)
+        if m is not None:
+            number = wanted.get(int(m["start"]), int(m["number"]))
+            moved = moved or number != int(m["number"])
+            line = f"{m['node']}{number}{line[m.end('number'):]}"
+        lines.append(line)
+    if moved:
+        # --no-reread: udev may still be probing the partitions libparted just announced.
+        runcmd.run(["sfdisk", "--quiet", "--wipe", "never", "--no-reread", path], input=("\n".join(lines) + "\n").encode())
 
 
 def check_table(path: str, layout: Disk) -> None:

@@ -22,6 +22,7 @@ from .discover import LocalDisk
 from .growfs import GROWABLE
 from .mapping import Match
 from .resize import ResizePolicy, fit
+from .tables import rewritten_by_table
 
 #: Version 2: the boot loader action lists every restored device ("devices"), where
 #: /boot and /boot/efi are looked for.
@@ -90,15 +91,6 @@ class Plan:
                 volumes=[VolumeRecord.from_json(v) for v in doc["volumes"]])
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"malformed plan file: {exc!r}") from None
-
-
-def rewritten_by_table(disk: Disk) -> list[tuple[int, int]]:
-    """Byte ranges of a boot area that the new partition table replaces on purpose: the
-    MBR's disk signature and table, and for GPT the primary header and entry array."""
-    ranges = [(440, 512)]
-    if disk.table == "gpt":
-        ranges.append((disk.logical_sector_size, (2 + 32) * disk.logical_sector_size))
-    return ranges
 
 
 def partition_device(disk_path: str, number: int) -> str:

@@ -16,18 +16,20 @@ from cdpcore.errors import SafetyError, UsageError
 from cdpcore.layout import Disk, Partition
 from cdpcore.units import human
 
+from .tables import MBR_MAX_SECTORS, backup_sectors
+
 ResizePolicy = Literal["same", "grow-last", "proportional"]
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("same", "grow-last", "proportional")
 
-#: Sectors at the end of a GPT disk taken by the backup header and its 128-entry array.
-GPT_BACKUP_SECTORS = 33
 _ALIGN_BYTES = 1024 * 1024
 _FIXED_ROLES = ("esp", "bios_boot", "boot", "swap")
 
 
 def last_usable_sector(disk: Disk, size: int) -> int:
-    sectors = size // disk.logical_sector_size
-    return sectors - 1 - (GPT_BACKUP_SECTORS if disk.table == "gpt" else 0)
+    """The last sector a partition may use on a target of `size` bytes: before the GPT's
+    backup, and for MBR within the 32-bit sector counts (the 2 TiB limit at 512 bytes)."""
+    last = size // disk.logical_sector_size - 1 - backup_sectors(disk)
+    return last if disk.table == "gpt" else min(last, MBR_MAX_SECTORS - 1)
 
 
 def required_size(disk: Disk) -> int:
@@ -35,8 +37,7 @@ def required_size(disk: Disk) -> int:
     if not disk.partitions:
         return disk.size
     end = max(p.start + p.length for p in disk.partitions)
-    extra = GPT_BACKUP_SECTORS if disk.table == "gpt" else 0
-    return (end + extra) * disk.logical_sector_size
+    return (end + backup_sectors(disk)) * disk.logical_sector_size
 
 
 def fit(disk: Disk, target_size: int, policy: ResizePolicy, target_name: str) -> Disk:
@@ -63,7 +64,9 @@ def fit(disk: Disk, target_size: int, policy: ResizePolicy, target_name: str) ->
 
 
 def _grow_last(parts: list[Partition], last: int) -> None:
-    tail = max(parts, key=lambda p: p.start + p.length)
+    # Not the extended container: it ends where its last logical partition does, and
+    # grows with it.
+    tail = max((p for p in parts if p.kind != "extended"), key=lambda p: p.start + p.length)
     if tail.role in _FIXED_ROLES:
         return  # a swap or boot partition at the end keeps its size
     tail.length = last - tail.start + 1

@@ -14,10 +14,12 @@ from rescue.bootloader import boot_mounts, parse_fstab
 from rescue.discover import LocalDisk
 from rescue.mapping import map_disks, parse_maps
 from rescue.plan import Plan, build_plan
-from rescue.resize import fit
+from rescue.resize import fit, required_size
+from rescue.tables import rewritten_by_table
 
 ZERO_ROOT = "0" * 64
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 @dataclass
@@ -81,6 +83,33 @@ def test_fit_same_grow_last_proportional_and_too_small() -> None:
     assert str(err.value) == (
         "target /dev/sdz is too small for source disk vda: it has 32.0 MiB (33554432 "
         "bytes), the layout needs at least 57.0 MiB (59785728 bytes)")
+
+
+def test_a_4kn_gpt_disk_fits_an_identical_disk_and_grows_to_its_backup() -> None:
+    """4096-byte sectors: the GPT's backup takes 1 + 4 sectors, not the 33 of 512-byte
+    disks (a layout ending at N-6, as fdisk and sgdisk make, used to be refused)."""
+    sectors = GIB // 4096
+    disk = Disk(name="sda", size=GIB, logical_sector_size=4096, physical_sector_size=4096,
+                table="gpt", partitions=[Partition(1, 256, sectors - 6 - 256 + 1)])
+    assert required_size(disk) == GIB
+    assert fit(disk, GIB, "same", "t").partitions[0].length == sectors - 6 - 256 + 1
+    grown = fit(disk, 2 * GIB, "grow-last", "t").partitions[0]
+    assert grown.start + grown.length - 1 == 2 * sectors - 6
+    assert rewritten_by_table(disk) == [(440, 512), (4096, 6 * 4096)]
+    assert rewritten_by_table(gpt_disk()) == [(440, 512), (512, 34 * 512)]
+
+
+def test_grow_last_on_mbr_grows_the_last_logical_and_stays_within_32_bit_sectors() -> None:
+    parts = [Partition(1, 2048, 8192, mbr_type=0x83),
+             Partition(2, 10240, 120832, kind="extended", mbr_type=0x05),
+             Partition(5, 12288, 118784, kind="logical", mbr_type=0x83)]
+    disk = Disk(name="sda", size=64 * MIB, table="msdos", partitions=parts)
+    out = {p.number: p for p in fit(disk, 128 * MIB, "grow-last", "t").partitions}
+    assert out[5].start + out[5].length == out[2].start + out[2].length == 262144
+    assert out[1].length == 8192
+    # 3 TiB: an MBR partition cannot pass 2^32 sectors (2 TiB at 512 bytes)
+    out = {p.number: p for p in fit(disk, 3 * 2**40, "grow-last", "t").partitions}
+    assert out[5].start + out[5].length == out[2].start + out[2].length == 2**32 - 1
 
 
 def test_mapping_by_serial_then_size_and_refusals() -> None:

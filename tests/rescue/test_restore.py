@@ -3,6 +3,7 @@ image files: real points made with cdpcore, real partition tables, byte-exact ch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from cdpcore.errors import NotFoundError, SafetyError, WrongKeyError
+from cdpcore.errors import NotFoundError, SafetyError, TargetError, WrongKeyError
 from cdpcore.keys import new_master_key, recovery_key
+from rescue import partition
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
 
@@ -42,12 +44,21 @@ def make_source(path: Path, table: str, size: int = 64 * MIB) -> None:
     with open(path, "r+b") as f:
         f.seek(100)
         f.write(b"GRUB boot code stand-in bytes")
+        # GRUB's core image, embedded after the table and before the first partition
+        f.seek(table_end(table))
+        f.write(os.urandom(2048 * 512 - table_end(table)))
         f.seek(2048 * 512 + 4096)
         f.write(rnd[:MIB])
         f.seek(13 * MIB + 1 * MIB)
         f.write(rnd)
         f.seek(size - 4 * MIB)
         f.write(rnd[:3 * MIB])
+
+
+def table_end(table: str) -> int:
+    """Where a 512-byte-sector disk's partition table ends: the MBR, or the protective MBR,
+    the GPT header and its 128-entry array."""
+    return 34 * 512 if table == "gpt" else 512
 
 
 def partitions(path: Path) -> list[dict[str, Any]]:
@@ -79,6 +90,11 @@ def check_equal(source: Path, target: Path) -> None:
             assert region(source, sp["start"] * 512, sp["size"] * 512) == \
                 region(target, dp["start"] * 512, sp["size"] * 512)
     assert region(source, 0, 440) == region(target, 0, 440)  # boot code
+    # the rest of the boot area: what GRUB embeds between the table and the first partition
+    label = json.loads(sh("sfdisk", "--json", str(source)))["partitiontable"]["label"]
+    start = table_end("gpt" if label == "gpt" else "msdos")
+    length = min(p["start"] for p in src_parts) * 512 - start
+    assert region(source, start, length) == region(target, start, length)
 
 
 @pytest.mark.parametrize("table", ["gpt", "msdos"])
@@ -101,6 +117,51 @@ def test_restore_same_size_byte_exact(repo_host: dict[str, Any], tmp_path: Path,
     if table == "msdos":
         assert json.loads(sh("sfdisk", "--json", str(source)))["partitiontable"]["id"] == \
             json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]["id"]
+
+
+GAPPED_TABLES = {
+    # cloud images: 14 BIOS boot, 15 ESP, 1 root after them
+    "gpt": "label: gpt\n"
+           "14 : start=2048, size=8192, type=21686148-6449-6E6F-744E-656564454649\n"
+           "15 : start=10240, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
+           "1 : start=26624, size=102400, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+    # no partition 2, and an LBA extended container (type 0x0f) holding partition 5
+    "msdos": "label: dos\n"
+             "1 : start=2048, size=24576, type=83\n"
+             "3 : start=26624, size=104448, type=f\n"
+             "5 : start=28672, size=102400, type=83\n",
+}
+
+
+@pytest.mark.parametrize("table", sorted(GAPPED_TABLES))
+def test_partition_numbers_with_gaps_are_restored(repo_host: dict[str, Any], tmp_path: Path,
+                                                  table: str) -> None:
+    """libparted numbers partitions in the order it adds them; the captured numbers (and
+    the extended container's type) come back."""
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    sh("truncate", "-s", str(64 * MIB), str(source))
+    script = "".join(f"{source}{line}\n" if line[0].isdigit() else f"{line}\n"
+                     for line in GAPPED_TABLES[table].splitlines())
+    subprocess.run(["sfdisk", "--quiet", str(source)], input=script, text=True, check=True)
+    with open(source, "r+b") as f:
+        f.seek(100)
+        f.write(b"GRUB boot code stand-in bytes")
+        f.seek(table_end(table))
+        f.write(os.urandom(2048 * 512 - table_end(table)))
+        for part in partitions(source):
+            if part["type"] not in ("f", "5"):
+                f.seek(part["start"] * 512 + 4096)
+                f.write(os.urandom(MIB))
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(64 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)})
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
+    assert report.ok
+    numbered = [(p["node"].removeprefix(str(target)), p["type"]) for p in partitions(target)]
+    assert numbered == [(p["node"].removeprefix(str(source)), p["type"])
+                        for p in partitions(source)]
+    check_equal(source, target)
 
 
 def test_a_format_version_1_point_restores_byte_exact(repo_host: dict[str, Any],
@@ -216,3 +277,37 @@ def test_resume_after_killed_restore_is_byte_exact(repo_host: dict[str, Any], cd
     report = json.loads(next(state.glob("rescue-web1-*.report.json")).read_text())
     assert report["volumes"][0]["resumed"] == done * 16384
     assert not list(state.glob("rescue-web1-*.state.json"))
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.EIO, "Input/output error"),
+                                     RuntimeError("libparted refused the table")],
+                         ids=["target-io", "unexpected"])
+def test_a_failure_outside_the_known_errors_leaves_a_failed_report(
+        repo_host: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        failure: Exception) -> None:
+    """The report file must never say ok when an action failed, whatever it raised; an
+    I/O error of the target is a TargetError (exit 12: a rerun resumes)."""
+    source, target, state = tmp_path / "vda.img", tmp_path / "new.img", tmp_path / "st"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(64 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)})
+
+    def failing(path: str, layout: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(partition, "write_table", failing)
+    expected = TargetError if isinstance(failure, OSError) else RuntimeError
+    with pytest.raises(expected) as caught:
+        engine.execute(plan, ExecuteOptions(state_dir=str(state)))
+    report = json.loads(next(state.glob("rescue-web1-*.report.json")).read_text())
+    assert report["ok"] is False
+    table = next(a for a in plan.actions if a.type == "partition_table")
+    want = f"{table.description}: {failure}"
+    if expected is TargetError:
+        want = f"could not {want}"
+        assert str(caught.value) == want
+    assert report["errors"] == [want]
+    assert {"id": table.id, "status": "failed", "error": want}.items() <= \
+        next(a for a in report["actions"] if a["id"] == table.id).items()
