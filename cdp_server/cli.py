@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -28,6 +29,21 @@ log = logging.getLogger("cdp.server")
 data_option = click.option("--data", "data", type=click.Path(path_type=Path), required=True,
                            envvar="CDP_SERVER_DATA", help="Datastore directory.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+class _Seconds(click.FloatRange):
+    """Seconds, 0 or more: a negative gc grace would leave uploads in flight unprotected,
+    and so would NaN, which passes FloatRange (it compares false with any bound)."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def _emit(as_json: bool, doc: Any, text: str) -> None:
@@ -87,7 +103,7 @@ def cert(out: Path, name: str, as_json: bool) -> None:
 @click.option("--listen", help=f"HOST:PORT to listen on [default: {cfgmod.DEFAULT_LISTEN}].")
 @click.option("--cert", "cert_file", help="TLS certificate (PEM).")
 @click.option("--key", "key_file", help="TLS private key (PEM).")
-@click.option("--grace", type=float, help="GC grace period in seconds [default: 86400].")
+@click.option("--grace", type=_Seconds(), help="GC grace period in seconds [default: 86400].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path: Path | None, data: Path | None, listen: str | None,
           cert_file: str | None, key_file: str | None, grace: float | None,
@@ -324,7 +340,8 @@ def retention() -> None:
 @data_option
 @json_option
 def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> None:
-    """Set HOST_NAME's rules. All zero keeps every point."""
+    """Set HOST_NAME's rules. All zero keeps every point. Points count by the time the
+    server committed them, not the time the agent says it made them."""
     def go() -> None:
         ds = Datastore.open(data)
         if not ds.catalog.host_exists(host_name):
@@ -352,7 +369,7 @@ def prune(host_name: str | None, data: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--grace", type=float, default=cfgmod.DEFAULT_GRACE, show_default=True,
+@click.option("--grace", type=_Seconds(), default=cfgmod.DEFAULT_GRACE, show_default=True,
               help="Spare objects uploaded or seen within this many seconds.")
 @data_option
 @json_option

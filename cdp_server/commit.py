@@ -211,5 +211,8 @@ def commit(ds: Datastore, host: str, req: CommitRequest) -> tuple[PointInfo, boo
             verify=VerifyStatus.unverified.value,
             volumes=json.dumps([v.model_dump() for v in req.volumes]),
             manifest=req.manifest, digest=digest)
+        # The answer before the insert: if it cannot be made, no point is left stored
+        # behind an error (its retry would then find the point and fail the same way).
+        info = point_info(row)
         ds.catalog.insert_point(row, sorted(walk.walked))
-    return point_info(row), True
+    return info, True

@@ -61,4 +61,7 @@ def load(path: Path | None) -> ServerConfig:
         grace = float(doc.pop("grace", DEFAULT_GRACE))
     except (TypeError, ValueError) as exc:
         raise UsageError(f"configuration file {path}: grace: {exc}") from None
+    if not grace >= 0:  # NaN too: it compares false
+        raise UsageError(f"configuration file {path}: grace must be 0 or more seconds, not "
+                         f"{grace}: a negative grace leaves uploads in flight unprotected")
     return ServerConfig(grace=grace, **{k: str(v) for k, v in doc.items()})

@@ -226,11 +226,12 @@ class Datastore:
         return UploadResult(stored=stored, duplicates=len(items) - stored, stored_bytes=offset)
 
     def _abandon(self, pack: str) -> None:
-        """Undo a failed upload's pack. If even that fails (a full disk can refuse the
+        """Undo a failed upload's pack: its row, then its file, unless gc forgot the row
+        first (then gc deletes the file). If even that fails (a full disk can refuse the
         catalog write too), recovery at the next start or GC removes it."""
         try:
-            self.store.delete(pack)
-            self.catalog.forget_pending([pack])
+            if self.catalog.forget_pending([pack]):
+                self.store.delete(pack)
         except Exception:
             log.warning("could not remove abandoned pack", extra={"pack": pack},
                         exc_info=True)

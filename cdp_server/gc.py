@@ -100,9 +100,11 @@ def _sweep_packs(ds: Datastore, cutoff: float) -> int:
     now = time.time()
     for pack in ds.catalog.packs():
         if pack.state == "pending":
-            if pack.created < now - PENDING_TIMEOUT:
+            # The row goes first, and only if still pending: an upload that outlasted
+            # the timeout may finish meanwhile, and then its objects live in the file.
+            # Once the row is gone such an upload fails whole (add_objects finds no pack).
+            if pack.created < now - PENDING_TIMEOUT and ds.catalog.forget_pending([pack.name]):
                 ds.store.delete(pack.name)
-                ds.catalog.forget_pending([pack.name])
                 freed += pack.size
             continue
         count, live_bytes = usage.get(pack.name, (0, 0))

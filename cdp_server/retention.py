@@ -2,7 +2,9 @@
 
 keep_last N keeps the N newest points; keep_hourly N keeps the newest point of each of the
 N newest hours that have points, and so on per period. A point kept by any rule, or
-pinned, stays. Rules all zero keep everything: a host without rules is never pruned."""
+pinned, stays. Rules all zero keep everything: a host without rules is never pruned.
+Points are placed by the time the server committed them, never by the agent's creation
+time (prune in cdp_server.jobs)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from cdpcore.api import Retention
 @dataclass(frozen=True)
 class Candidate:
     point_id: str
-    created: float
+    committed: float  # Unix time, by the server's clock
     pinned: bool
 
 
@@ -37,7 +39,7 @@ def select(points: list[Candidate], rules: Retention) -> set[str]:
     """IDs of the points to keep."""
     if not any(rules.model_dump().values()):
         return {p.point_id for p in points}
-    newest_first = sorted(points, key=lambda p: (p.created, p.point_id), reverse=True)
+    newest_first = sorted(points, key=lambda p: (p.committed, p.point_id), reverse=True)
     keep = {p.point_id for p in newest_first if p.pinned}
     keep.update(p.point_id for p in newest_first[:rules.keep_last])
     for rule, bucket in _PERIODS:
@@ -46,7 +48,7 @@ def select(points: list[Candidate], rules: Retention) -> set[str]:
         for p in newest_first:
             if len(seen) >= wanted:
                 break
-            b = bucket(p.created)
+            b = bucket(p.committed)
             if b not in seen:
                 seen.add(b)
                 keep.add(p.point_id)

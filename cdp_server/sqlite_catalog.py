@@ -614,10 +614,12 @@ class SqliteCatalog:
             db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (new_pid,))
             db.execute("DELETE FROM packs WHERE pid = ?", (old_pid,))
 
-    def forget_pending(self, names: list[str]) -> None:
+    def forget_pending(self, names: list[str]) -> list[str]:
+        """Forget the packs of `names` that are still pending; returns those forgotten. A
+        pack whose upload made it done meanwhile stays: its file must stay too."""
         with self.write() as db:
-            db.executemany("DELETE FROM packs WHERE name = ? AND state = 'pending'",
-                           [(n,) for n in names])
+            return [n for n in names if db.execute(
+                "DELETE FROM packs WHERE name = ? AND state = 'pending'", (n,)).rowcount]
 
     def status(self) -> dict[str, int]:
         db = self.read()

@@ -100,7 +100,9 @@ class PointStats(BaseModel):
     new_chunks: int = 0
     new_bytes: int = 0  # blob bytes uploaded for this point
     scanned_bytes: int = 0
-    duration: float = 0.0
+    #: seconds; finite, as every float of a commit: JSON has no NaN or Infinity, so one
+    #: would be stored as null and break every listing of the host for every client.
+    duration: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 class CommitRequest(BaseModel):

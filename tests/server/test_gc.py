@@ -12,11 +12,12 @@ import pytest
 
 from cdp_server.commit import commit
 from cdp_server.datastore import Datastore, RecoveryReport
-from cdp_server.gc import gc
+from cdp_server.gc import PENDING_TIMEOUT, gc
 from cdp_server.store import new_pack_name
 from cdpcore import records
 from cdpcore.api import ObjectKind, Role
 from cdpcore.client import MissingObjectsError
+from cdpcore.errors import ServerError
 
 from .points import BS, build_point, new_codec, push, restore
 
@@ -182,3 +183,64 @@ def test_gc_stopped_after_deleting_leaves_no_complete_mark_above_a_hole(tmp_path
     assert db.execute("SELECT count(*) FROM objects WHERE kind = 0").fetchone()[0] == 0
     assert db.execute(complete).fetchone()[0] == 0
     db.close()
+
+
+def test_an_upload_that_outlasts_the_pending_timeout_is_refused_not_left_without_its_pack(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """GC sweeps a pack pending for longer than PENDING_TIMEOUT (a stalled upload, or a
+    forward clock jump). The upload may finish while gc sweeps: gc forgets the row first,
+    and only while still pending, so the upload then fails whole (503, the client retries)
+    instead of making its objects visible in a pack file gc deletes."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    built = build_point(new_codec(), "web1", {"vda": os.urandom(8 * BS)})
+    body = records.encode_records(list(built.chunks.items()))
+    written, resume = threading.Event(), threading.Event()
+    packs: list[str] = []
+    put, delete = ds.store.put, ds.store.delete
+
+    def stalled_put(name: str, parts: list[bytes]) -> None:
+        put(name, parts)
+        packs.append(name)
+        db = sqlite3.connect(tmp_path / "ds" / "catalog.sqlite")
+        with db:  # the upload's pending row now looks older than the timeout
+            db.execute("UPDATE packs SET created = created - ? WHERE name = ?",
+                       (2 * PENDING_TIMEOUT, name))
+        db.close()
+        written.set()
+        assert resume.wait(10)
+
+    def sweep_delete(name: str) -> None:
+        delete(name)
+        if name in packs and not resume.is_set():  # gc deletes the upload's pack:
+            resume.set()  # the upload finishes right now, before gc's next step
+            uploader.join(10)
+
+    outcome: list[object] = []
+
+    def upload() -> None:
+        try:
+            outcome.append(ds.upload("web1", ObjectKind.chunks, body))
+        except ServerError as exc:
+            outcome.append(exc)
+
+    ds.store.put, ds.store.delete = stalled_put, sweep_delete  # type: ignore[method-assign]
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    assert written.wait(10)
+    gc(ds, grace=86400)
+    uploader.join(10)
+    assert resume.is_set() and not uploader.is_alive()
+    ds.store.put, ds.store.delete = put, delete  # type: ignore[method-assign]
+    # No row points at a missing pack: the upload stored nothing, and said so.
+    assert {p.name for p in ds.catalog.packs()} <= set(ds.store.list())
+    assert ds.catalog.present("web1", ObjectKind.chunks, list(built.chunks)) == set()
+    assert ds.catalog.packs() == [] and list(ds.store.list()) == []
+    [refused] = outcome
+    assert isinstance(refused, ServerError) and refused.status == 503, refused
+    assert "is no longer registered" in str(refused)
+    # The client's retry stores the objects, and the point commits and reads back.
+    assert ds.upload("web1", ObjectKind.chunks, body).stored == len(built.chunks)
+    ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    commit(ds, "web1", built.request)
+    assert len(ds.fetch("web1", ObjectKind.chunks, list(built.chunks))) == len(built.chunks)

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from cdpcore.api import API_PREFIX, ObjectKind, Retention, Role
-from cdpcore.errors import ServerError
+from cdpcore.errors import ServerError, UsageError
 
 from .points import BS, build_point, new_codec, push
 
@@ -179,6 +179,30 @@ def test_serve_reads_a_config_file_and_flags_win(tmp_path: Path, server_cert) ->
     no_cert = _cli("serve", "--data", str(tmp_path / "ds"), check=False)
     assert no_cert.returncode == 2
     assert "HTTPS needs --cert and --key" in no_cert.stderr
+
+
+def test_a_negative_gc_grace_is_refused_everywhere(tmp_path: Path) -> None:
+    """A negative grace (or NaN, which compares false with every time) would let gc sweep
+    the objects of uploads in flight: the API refuses it, and so must the CLI's gc and
+    serve and the configuration file."""
+    from cdp_server import config
+
+    data = str(tmp_path / "ds")
+    _cli("init", "--data", data)
+    _cli("host", "add", "web1", "--data", data)
+    for value in ("-1", "-0.5", "nan", "-inf"):
+        for args in (("gc", "--data", data), ("serve", "--data", data)):
+            bad = _cli(*args, "--grace", value, check=False)
+            assert bad.returncode == 2, (args, value, bad.stderr)
+            assert "Invalid value for '--grace'" in bad.stderr
+    for name, text in (("a.toml", "grace = -1\n"), ("b.toml", "grace = nan\n"),
+                       ("c.ini", "[server]\ngrace = -3600\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(UsageError, match=f"configuration file {path}: grace must be 0 "
+                           "or more seconds"):
+            config.load(path)
+    assert _cli("gc", "--grace", "0", "--data", data).returncode == 0
 
 
 def test_metrics_openapi_and_logs(cdp_server) -> None:  # type: ignore[no-untyped-def]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 import time
 
 import pytest
 import requests
+from pydantic import ValidationError
 
+from cdp_server.commit import commit
+from cdp_server.datastore import Datastore
 from cdpcore import format as fmt
-from cdpcore import index
-from cdpcore.api import API_PREFIX, ObjectKind, Role, VolumeWire
+from cdpcore import index, records
+from cdpcore.api import API_PREFIX, POINT_LIST, ObjectKind, PointStats, Role, VolumeWire
 from cdpcore.client import MissingObjectsError
 from cdpcore.errors import NotFoundError, ServerError
 from cdpcore.manifest import Manifest, VolumeRecord
@@ -234,3 +238,46 @@ def test_commit_beside_its_parent_still_names_every_missing_or_damaged_chunk(
     with pytest.raises(MissingObjectsError) as exc3:
         agent.commit("web1", third.request)
     assert exc3.value.missing.missing_chunks == [shared.hex()]
+
+
+def test_a_non_finite_or_negative_duration_is_refused_and_stores_nothing(
+        cdp_server, web1) -> None:  # type: ignore[no-untyped-def]
+    """JSON has no NaN or Infinity: such a duration was stored as null, the commit answered
+    500 with the point stored, and the host's listing parsed for no client any more."""
+    agent, reader = web1
+    built = build_point(new_codec(), "web1", {"vda": _disk(4)})
+    upload_all(agent, "web1", built)
+    url = f"{cdp_server.url}{API_PREFIX}/hosts/web1/points"
+    headers = {"Authorization": f"Bearer {agent._token}", "Content-Type": "application/json"}
+    body = built.request.model_dump_json()
+    assert '"duration":0.0' in body
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999", "-1.0"):
+        resp = requests.post(url, data=body.replace('"duration":0.0', f'"duration":{literal}'),
+                             headers=headers, verify=str(cdp_server.ca_path), timeout=30)
+        assert resp.status_code == 422, (literal, resp.status_code, resp.text)
+        assert "duration" in resp.text
+        assert "finite" in resp.text or "greater than or equal to 0" in resp.text
+        listing = requests.get(url, headers=headers, verify=str(cdp_server.ca_path), timeout=30)
+        assert POINT_LIST.validate_json(listing.content) == []
+        with pytest.raises(NotFoundError):
+            reader.point("web1", built.point_id)
+    assert agent.commit("web1", built.request).point_id == built.point_id
+    assert [p.point_id for p in reader.points("web1")] == [built.point_id]
+
+
+def test_a_point_whose_answer_cannot_be_made_is_not_stored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The commit builds its answer before it inserts the point: a failure there (here a
+    duration the API models would refuse, slipped past them) leaves nothing stored behind
+    the error, so the host's listing stays readable and a corrected retry is no conflict."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    built = build_point(new_codec(), "web1", {"vda": _disk(4)})
+    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+    ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    unchecked = built.request.model_copy(
+        update={"stats": PointStats.model_construct(duration=math.inf)})
+    with pytest.raises(ValidationError):
+        commit(ds, "web1", unchecked)
+    assert ds.catalog.point("web1", built.point_id) is None
+    assert POINT_LIST.validate_json(ds.catalog.points_json("web1", None, None, None)) == []
+    assert commit(ds, "web1", built.request)[1] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_prune_over_the_api(cdp_server) -> None:  # type: ignore[no-untyped-def]
     codec = new_codec()
     ids = []
     for c in POINTS:
-        built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=c.created)
+        built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=c.committed)
         push(agent, "web1", built)
         ids.append(built.point_id)
     # no rules: nothing pruned
@@ -85,8 +86,8 @@ def test_prune_over_the_api(cdp_server) -> None:  # type: ignore[no-untyped-def]
 
 def test_points_dated_in_the_future_do_not_outrank_later_points(cdp_server) -> None:  # type: ignore[no-untyped-def]
     """A compromised agent may date its points as it likes; retention ranks a point by
-    its arrival when that is earlier, so junk dated in year 9999 cannot make the real
-    points that come after it look older than itself."""
+    its arrival (the server's commit time), so junk dated in year 9999 cannot make the
+    real points that come after it look older than itself."""
     tokens = cdp_server.add_host("web1")
     agent = cdp_server.client(tokens[Role.agent])
     admin = cdp_server.admin()
@@ -148,3 +149,38 @@ def test_a_pin_that_lands_while_prune_decides_keeps_the_point(tmp_path) -> None:
     # A pin that comes after prune deleted its point says so (the API answers 404).
     assert ds.catalog.set_pinned("web1", "0" * 32, True) is False
     assert ds.catalog.set_pinned("web1", ids[1], True) is True
+
+
+def test_decoys_dated_just_after_real_points_do_not_get_them_pruned(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A compromised agent reads the listing and commits a throwaway point dated 1 s after
+    each real one. Retention places points by the server's commit time, so the decoys,
+    all arriving today, share today's bucket and cannot displace the real point of each
+    earlier day."""
+    import cdp_server.commit as commit_module
+
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    now, day = time.time(), 86400.0
+    clock = SimpleNamespace(time=lambda: now)
+    monkeypatch.setattr(commit_module, "time", clock)  # the server's clock, at commits only
+    real = []
+    for d in range(5, 0, -1):  # one real point a day, committed when it was made
+        clock.time = lambda d=d: now - d * day
+        built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)},
+                            created=now - d * day)
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        real.append(commit(ds, "web1", built.request)[0])
+    clock.time = lambda: now
+    for point in real:
+        decoy = build_point(codec, "web1", {"vda": os.urandom(BS)}, created=point.created + 1)
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(decoy.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(decoy.pages.items())))
+        commit(ds, "web1", decoy.request)
+    ds.catalog.set_retention("web1", Retention(keep_daily=7))
+    report = prune(ds, "web1")
+    assert {p.point_id for p in real} <= set(report.kept)
+    assert len(report.removed) == 4  # the decoys, but the newest: today's one point
+    assert {r.point_id for r in ds.catalog.point_rows("web1")} >= {p.point_id for p in real}
