@@ -47,6 +47,16 @@ log = logging.getLogger("cdp.agent.backup")
 Tracking = Literal["scan", "era"]
 #: Points listed to find the latest one.
 LATEST_WINDOW = 8
+#: Index leaves a point's changes may touch and still be patched in memory (fetched and
+#: patched copies of 8 KiB each: 32 MiB at most); more (thousands of scattered writes on
+#: a large volume) and the volume's index is built again from the local ID file.
+MAX_PATCHED_LEAVES = 2048
+#: Workers by default, whatever the CPU count. A worker holds about 80 MiB in a full read
+#: (its 16 MiB read buffer, the batch it seals and the one it uploads, Python itself):
+#: three and the parent fit the systemd unit's MemoryMax=384M, one per CPU of a large
+#: server would not, and the unit's CPU quota (half a core) gives more nothing to do.
+#: `workers` in the configuration sets more.
+MAX_DEFAULT_WORKERS = 3
 
 
 @dataclass
@@ -92,6 +102,14 @@ def _doubt(state: HostState, latest: PointInfo | None, opts: BackupOptions) -> s
     return None
 
 
+def default_workers(cpus: int | None) -> int:
+    """Workers when the configuration names none. One more than the CPUs: a worker
+    waiting for the server's answer leaves its core to the spare one (2 cores, the
+    benchmark's full backup, workers uploading per segment: 6.4-6.9 s with 3 workers,
+    7.5-7.8 s with 2). At most MAX_DEFAULT_WORKERS: each holds about 80 MiB."""
+    return min((cpus or 2) + 1, MAX_DEFAULT_WORKERS)
+
+
 def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
            state_dir: str | os.PathLike[str], *, tracking: Tracking = "scan",
            block_size: int = fmt.DEFAULT_BLOCK_SIZE, workers: int = 0,
@@ -99,7 +117,7 @@ def backup(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
            options: BackupOptions | None = None,
            changed: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> PointInfo:
     """Take one recovery point of `sources` (block devices or image files). `workers`:
-    hashing, sealing and uploading processes (0: one per CPU, plus one). `on_total` is
+    hashing, sealing and uploading processes (0: `default_workers`). `on_total` is
     told the total bytes to read (for a progress bar); `progress` each byte count read.
 
     `changed`: source path -> (offset, length) byte ranges written since the last point
@@ -161,10 +179,7 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     store.save(state)
     if on_total is not None:
         on_total(sum(s.size for s in specs))
-    # One more than the CPUs: a worker waiting for the server's answer leaves its core to
-    # the spare one (2 cores, the benchmark's full backup, workers uploading per segment:
-    # 6.4-6.9 s with 3 workers, 7.5-7.8 s with 2).
-    workers = workers or (os.cpu_count() or 2) + 1
+    workers = workers or default_workers(os.cpu_count())
     # The era checkpoint comes before the snapshot: a write racing with it is read again
     # at the next point rather than missed.
     eras = _checkpoint_eras(specs) if tracking == "era" else {}
@@ -313,10 +328,14 @@ def _index(remote: Remote, host: str, sender: Sender, vol: _Volume) -> VolumeRec
     pages = PageUploader(sender)
     assert vol.scan is not None
     # Untrusted volumes start from the empty tree (old_root ZERO_ID): their changes are
-    # relative to it, so a mostly-empty volume is patched rather than rebuilt.
-    if vol.scan.changes is not None:
-        root = index.update(vol.geometry, remote.page_source(host), vol.old_root,
-                            vol.scan.changes, pages)
+    # relative to it, so a mostly-empty volume is patched rather than rebuilt. A patch
+    # holds every leaf it touches (twice); past MAX_PATCHED_LEAVES the tree is built
+    # again from the ID file, one page per level at a time: the same tree, bounded memory.
+    changes = vol.scan.changes
+    if changes is not None and \
+            len({block // fmt.PAGE_FANOUT for block in changes}) <= MAX_PATCHED_LEAVES:
+        root = index.update(vol.geometry, remote.page_source(host), vol.old_root, changes,
+                            pages)
     else:
         root = index.build(vol.geometry, vol.ids.iter_ids(), pages)
     pages.flush()

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from cdpcore import format as fmt
 from cdpcore import runcmd
 from cdpcore.api import ObjectKind, PointInfo
 from cdpcore.errors import ServerError
+from hotcopy import backup as backup_module
 from hotcopy import scan
-from hotcopy.backup import BackupOptions, backup
+from hotcopy.backup import BackupOptions, backup, default_workers
 from hotcopy.errors import SourceError, StateBusy
 from hotcopy.remote import Remote
 from hotcopy.state import StateDir
@@ -60,6 +62,39 @@ def test_workload_points_are_byte_for_byte_and_incrementals_send_only_changed_bl
         assert manifest.layout.disk("disk.img").table == "gpt"
     result = verify_point(agent.remote, agent.host, agent.codec, copies[-1][0])
     assert result.ok and result.chunks_checked > 0
+
+
+def test_default_workers_are_one_more_than_the_cpus_but_at_most_three() -> None:
+    """About 80 MiB each: one per CPU of a large server would pass the unit's MemoryMax."""
+    assert [default_workers(n) for n in (None, 1, 2, 3, 64)] == [3, 2, 3, 3, 3]
+
+
+def test_changes_touching_many_index_leaves_rebuild_the_index_from_the_id_file(
+        agent: Agent, gpt_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_PATCHED_LEAVES the index is built again (bounded memory) instead of
+    patched in memory: the point still reads back exactly, and old points too."""
+    first = _point(agent, [str(gpt_image)])
+    first_copy = Path(shutil.copy(gpt_image, tmp_path / "first.img"))
+    leaf_span = fmt.PAGE_FANOUT * BS  # one index leaf covers 4 MiB of a volume
+    p2 = 5 * MiB
+    for n in range(3):  # blocks under three different leaves of partition 2
+        write_at(gpt_image, p2 + n * leaf_span + BS, os.urandom(4096))
+    monkeypatch.setattr(backup_module, "MAX_PATCHED_LEAVES", 2)
+
+    patched: list[int] = []
+    real_update = backup_module.index.update
+
+    def counting_update(geometry: Any, source: Any, root: bytes, changes: Any,
+                        sink: Any) -> bytes:
+        patched.append(len(changes))
+        return real_update(geometry, source, root, changes, sink)
+
+    monkeypatch.setattr(backup_module.index, "update", counting_update)
+    info = _point(agent, [str(gpt_image)])
+    assert info.parent == first.point_id and info.stats.new_chunks == 3
+    assert patched == [0, 0]  # the boot area and partition 1; partition 2 was rebuilt
+    assert_point_equals(agent, info.point_id, Path(shutil.copy(gpt_image, tmp_path / "c")))
+    assert_point_equals(agent, first.point_id, first_copy)
 
 
 def test_unchanged_disk_makes_a_point_that_sends_nothing(agent: Agent, gpt_image: Path) -> None:
