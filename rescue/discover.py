@@ -73,16 +73,16 @@ def rescue_medium_names() -> set[str]:
     medium_mounts = ("/", "/run/live/medium", "/run/initramfs/live", "/cdrom", "/media/rescue")
     for fields in _proc_lines("/proc/mounts"):
         if len(fields) >= 2 and fields[1] in medium_mounts and fields[0].startswith("/dev/"):
-            names.add(_whole_disk(Path(os.path.realpath(fields[0])).name))
+            names.add(whole_disk(Path(os.path.realpath(fields[0])).name))
     for fields in _proc_lines("/proc/cmdline"):
         for arg in fields:
             key, _, value = arg.partition("=")
             if key in ("root", "cdp.medium") and value.startswith("/dev/"):
-                names.add(_whole_disk(Path(os.path.realpath(value)).name))
+                names.add(whole_disk(Path(os.path.realpath(value)).name))
     return names
 
 
-def _whole_disk(name: str) -> str:
+def whole_disk(name: str) -> str:
     """The disk a partition belongs to (sda1 -> sda, nvme0n1p2 -> nvme0n1)."""
     sys_path = Path("/sys/class/block") / name
     if (sys_path / "partition").exists():

@@ -10,6 +10,7 @@ the execution then fails with every damaged range named.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,18 @@ def recheck_targets(plan: Plan) -> None:
             raise SafetyError(f"target {now.path} is not the disk the plan was made for "
                               f"(size {now.size}, serial {now.serial}; the plan expects size "
                               f"{dp.target.size}, serial {dp.target.serial}): plan again")
+    restored = {str(a.params["vg"]): set(a.params["pv_devices"]) for a in plan.actions
+                if a.type == "lvm"}
+    if restored:
+        targets = {os.path.basename(os.path.realpath(dp.target.path)) for dp in plan.disks}
+        foreign = lvm.foreign_pvs(restored, targets)
+        if foreign:
+            raise SafetyError(
+                "refusing to recreate volume group " + ", ".join(sorted(restored)) + ": "
+                "disks outside the plan carry the same VG name or PV UUIDs: "
+                + "; ".join(foreign) + ". Two copies would confuse LVM (and the restored "
+                "system's boot): detach those disks, or wipe their LVM labels "
+                "(`wipefs --all DEVICE`), or restore onto them")
 
 
 class _Execution:

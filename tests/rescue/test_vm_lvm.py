@@ -81,6 +81,11 @@ def identity(vm: VM) -> dict[str, Any]:
     }
 
 
+def pv_size(vm: VM) -> int:
+    pvs = json.loads(vm.check("lvm pvs --reportformat json --units b --nosuffix -o pv_size"))
+    return int(pvs["report"][0]["pv"][0]["pv_size"])
+
+
 @pytest.mark.parametrize("thin", [False, True], ids=["linear", "thin-pool"])
 def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path, image: KernelBoot,
                                      thin: bool) -> None:
@@ -101,6 +106,7 @@ def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path, image: Ker
                  f"--fingerprint {cdp_server.fingerprint} --source /dev/vda", timeout=600)
         point = json.loads(vm.check(quiet("cdp-agent backup --json"), timeout=1800))
         original = identity(vm)
+        old_pv = pv_size(vm)
     assert len(original["pv"]) == 1 and len(original["lvs"]) == (4 if thin else 2)
 
     answers = {"server": url, "token": tokens[Role.restore], "host": HOST,
@@ -117,7 +123,13 @@ def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path, image: Ker
         assert not [n for n in report["notes"] if "vgcfgrestore failed" in n]
         vm.check(f"lvm vgchange -ay {VG} >/dev/null && udevadm settle")
         restored = identity(vm)
+        grown_pv = pv_size(vm)
         vm.check("e2fsck -fn /dev/vda1")
+    # grow-last gave the PV's partition the target's 32 MiB more: pvresize hands them to
+    # the VG (less the GPT's backup and alignment), and the report says so.
+    assert 31 * MIB < grown_pv - old_pv <= 32 * MIB
+    assert any(f"volume group {VG}: physical volume /dev/vda2 grown to " in note
+               for note in report["notes"])
     if not thin:
         assert restored == original
         return
