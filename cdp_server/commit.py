@@ -89,7 +89,8 @@ class _Walk:
         self.ds, self.host = ds, host
         self.missing_pages: set[bytes] = set()
         self.missing_chunks: set[bytes] = set()
-        self.walked: set[bytes] = set()
+        #: pages walked in this commit -> (level, entry count) they were walked at
+        self.walked: dict[bytes, tuple[int, int]] = {}
 
     def volume(self, vol: VolumeRecord, old: VolumeRecord | None) -> None:
         geometry = vol.geometry
@@ -140,14 +141,28 @@ class _Walk:
         chunks: set[bytes] = set()
         for pid, level, position, old in batch:
             page = pages.get(pid)
-            if page is None:
-                continue
             count = geometry.entries_in(level, position)
+            if page is None:
+                # Not read (complete, or walked already): its shape is still checked, from
+                # the walk or from its stored length, so that a page cannot stand where
+                # another shape belongs (an unrestorable point).
+                loc = locs.get(pid)
+                walked = self.walked.get(pid)
+                if walked is not None and walked != (level, count):
+                    raise BadRequest(f"index page {pid.hex()} is used as level {walked[0]} "
+                                     f"with {walked[1]} entries and as level {level} with "
+                                     f"{count} entries", 422)
+                if walked is None and loc is not None and loc.complete and not loc.damaged \
+                        and loc.length != fmt.PAGE_HEADER_SIZE + count * fmt.ID_SIZE:
+                    raise BadRequest(f"index page {pid.hex()} has "
+                                     f"{(loc.length - fmt.PAGE_HEADER_SIZE) // fmt.ID_SIZE} "
+                                     f"entries where {count} belong", 422)
+                continue
             if page.level != level or page.count != count:
                 raise BadRequest(f"index page {pid.hex()} is level {page.level} with "
                                  f"{page.count} entries where level {level} with {count} "
                                  "entries belongs", 422)
-            self.walked.add(pid)
+            self.walked[pid] = (level, count)
             beside = old_pages.get(old) if old is not None else None
             if beside is not None and (beside.level, beside.count) != (level, count):
                 beside = None

@@ -128,6 +128,34 @@ def test_commit_checks_geometry(web1) -> None:  # type: ignore[no-untyped-def]
     assert "where level 1 with 3 entries belongs" in str(exc2.value)
 
 
+def test_a_page_of_another_shape_is_refused_also_when_complete_or_walked(web1) -> None:  # type: ignore[no-untyped-def]
+    """Pages the walk does not read again (complete from an earlier point, or walked
+    already in this commit) are checked too: a 3-entry leaf cannot be the root of a
+    5-block volume (such a point could never be restored)."""
+    agent, _ = web1
+    codec = new_codec()
+    three = build_point(codec, "web1", {"vda": os.urandom(3 * BS)})
+    push(agent, "web1", three)  # its leaf is now complete
+    leaf = three.request.volumes[0]
+    reused = three.request.model_copy(update={"point_id": "b" * 32, "volumes": [
+        VolumeWire(**{**leaf.model_dump(), "name": "vdb", "size": 5 * BS})]})
+    with pytest.raises(ServerError) as exc:
+        agent.commit("web1", reused)
+    assert exc.value.status == 422
+    assert f"index page {leaf.root} has 3 entries where 5 belong" in str(exc.value)
+    two = build_point(codec, "web1", {"vdc": os.urandom(2 * BS)})
+    upload_all(agent, "web1", two)  # not committed: its leaf is walked in this commit
+    vol = two.request.volumes[0]
+    twice = two.request.model_copy(update={"volumes": [
+        vol, VolumeWire(**{**vol.model_dump(), "name": "vdd", "size": 7 * BS})]})
+    with pytest.raises(ServerError) as exc2:
+        agent.commit("web1", twice)
+    assert exc2.value.status == 422
+    assert f"index page {vol.root} is used as level 0 with 2 entries and as level 0 with " \
+        "7 entries" in str(exc2.value)
+    assert [p.point_id for p in agent.points("web1")] == [three.point_id]
+
+
 def test_commit_of_volumes_too_large_for_the_catalog_is_refused(web1) -> None:  # type: ignore[no-untyped-def]
     """Empty volumes of any size walk no tree; their sizes must still fit the catalog's
     64-bit integers, or the commit would fail with a 500 after validation."""
