@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +15,12 @@ from typing import IO, Any
 from .errors import CommandFailed
 
 log = logging.getLogger("cdp.cmd")
+
+
+def untranslated() -> dict[str, str]:
+    """The environment for a tool some of whose messages are told apart by their text
+    (sfdisk, fsfreeze): the C locale."""
+    return {**os.environ, "LC_ALL": "C"}
 
 
 def run(argv: Sequence[str], *, input: bytes | None = None, check: bool = True,

@@ -135,15 +135,10 @@ def drop_cache(device: str) -> None:
     runcmd.run(["blockdev", "--flushbufs", device])
 
 
-def _untranslated() -> dict[str, str]:
-    """The environment for sfdisk: some of its messages are told apart by their text."""
-    return {**os.environ, "LC_ALL": "C"}
-
-
 def _sfdisk(path: str) -> dict[str, Any] | None:
     """`sfdisk --json`'s table, or None when the disk holds no table sfdisk recognises."""
     argv = ["sfdisk", "--json", path]
-    proc = runcmd.run(argv, check=False, env=_untranslated())
+    proc = runcmd.run(argv, check=False, env=runcmd.untranslated())
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace")
         if "does not contain a recognized partition table" in err:
@@ -171,7 +166,7 @@ def table_copy(path: str, size: int) -> Iterator[str]:
     table sectors at their offsets and zeros elsewhere (see the module's docstring)."""
     with tempfile.TemporaryDirectory(prefix="cdp-table-") as tmp:
         runcmd.run(["sfdisk", "--backup-pt-sectors", path, "-O", f"{tmp}/pt"],
-                   env=_untranslated())
+                   env=runcmd.untranslated())
         fd = os.memfd_create("cdp-table")
         try:
             os.ftruncate(fd, size)

@@ -6,7 +6,9 @@ new ID with the old one: keyed BLAKE3 IDs are as cheap as a fingerprint would be
 Protocol (crash-safe): before a run patches any ID file, the document is rewritten with
 `point_id = null` (dirty); only after the server accepted the commit is it rewritten with
 the new point. A crash, a failed commit or a full disk in between leaves a dirty state,
-which the next run detects and answers with a full scan.
+which the next run detects and answers with a full scan. Each rewrite is fsynced, and so is
+the directory after the rename: a rename lost to a power cut could otherwise bring back a
+document that trusts ID files patched since.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import mmap
 import os
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from cdpcore.crypto import is_zero
 
 from .errors import StateBusy, StateError
 
+log = logging.getLogger("cdp.agent.state")
 #: Version 3: ID files are named by the volume's name percent-encoded (version 2 replaced
 #: every other character with "_", so "a+b.img:whole" and "a_b.img:whole" shared a file).
 #: Version 2: IDs are keyed BLAKE3 (format version 2). An older state is discarded: the
@@ -58,11 +62,21 @@ class HostState:
     era: dict[str, Any] = field(default_factory=dict)  # per volume: era checkpoint info
 
 
-def _fs_error(what: str, exc: OSError) -> StateError:
+def _fs_error(what: str, exc: OSError, committed: str | None = None) -> StateError:
+    """`committed`: the point the server accepted before the state naming it could not be
+    saved; the state last saved is then the dirty one of before the commit."""
     if exc.errno == errno.ENOSPC:
-        return StateError(f"local state disk is full while writing {what}: free space "
-                          "in the state directory (the point was not committed)")
-    return StateError(f"cannot write {what}: {exc.strerror}")
+        reason = (f"local state disk is full while writing {what}: free space in the state "
+                  "directory")
+    else:
+        reason = f"cannot write {what}: {exc.strerror}"
+    if committed is not None:
+        return StateError(f"point {committed} was committed, but the local state was not "
+                          f"saved ({reason}): the next point reads every volume in full "
+                          "(a full scan)")
+    if exc.errno == errno.ENOSPC:
+        return StateError(f"{reason} (the point was not committed)")
+    return StateError(reason)
 
 
 class StateDir:
@@ -83,18 +97,26 @@ class StateDir:
     def load(self) -> HostState:
         try:
             doc = json.loads(self.doc_path.read_text())
+            # A document of another shape (damaged, edited by hand) raises below, as one
+            # that is not JSON does: it must not fail every run.
+            if doc.get("version") != _STATE_VERSION:
+                return HostState()
+            vols = {name: VolumeState(size=int(v["size"]), block_size=int(v["block_size"]),
+                                      root=bytes.fromhex(v["root"]).hex(),
+                                      offset=int(v.get("offset", 0)))
+                    for name, v in doc.get("volumes", {}).items()}
+            return HostState(point_id=doc.get("point_id"),
+                             generation=int(doc.get("generation", 0)),
+                             created=float(doc.get("created", 0.0)),
+                             points_since_full=int(doc.get("points_since_full", 0)),
+                             volumes=vols, era=dict(doc.get("era", {})))
         except FileNotFoundError:
             return HostState()
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             # Unreadable state is only a lost hint: a full scan rebuilds it.
+            log.warning("local state %s is unreadable (%s: %s): the next point is a full "
+                        "scan", self.doc_path, type(exc).__name__, exc)
             return HostState()
-        if doc.get("version") != _STATE_VERSION:
-            return HostState()
-        vols = {k: VolumeState(**v) for k, v in doc.get("volumes", {}).items()}
-        return HostState(point_id=doc.get("point_id"), generation=int(doc.get("generation", 0)),
-                         created=float(doc.get("created", 0.0)),
-                         points_since_full=int(doc.get("points_since_full", 0)),
-                         volumes=vols, era=dict(doc.get("era", {})))
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -127,6 +149,8 @@ class StateDir:
             raise _fs_error(str(self.dir / "ids"), exc) from None
 
     def save(self, state: HostState) -> None:
+        """A state that names a point records a commit the server has accepted (the
+        protocol above): its failure says so."""
         doc = {"version": _STATE_VERSION, **asdict(state)}
         tmp = self.doc_path.with_suffix(".tmp")
         try:
@@ -135,8 +159,15 @@ class StateDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.doc_path)
+            # The rename is durable only once the directory is: the dirty mark must reach
+            # the disk before any ID file is patched.
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            raise _fs_error(str(self.doc_path), exc) from None
+            raise _fs_error(str(self.doc_path), exc, committed=state.point_id) from None
 
     def ids_path(self, volume: str) -> Path:
         """One file per volume name: percent-encoding is one-to-one (no two names share a

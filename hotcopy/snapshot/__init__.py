@@ -17,8 +17,9 @@ to read its bytes from at one moment. What it uses per source:
   retries while the server is down) need no stable device.
 
 Leftovers of a killed run (reflink copies, snapshot LVs, a frozen filesystem) carry fixed
-prefixes, an owner tag or a marker file, and `cleanup_leftovers` removes them at the
-start of a run (a frozen filesystem is thawed at once by a guard process: see freeze.py).
+prefixes and the agent's owner tag, or a marker file, and `cleanup_leftovers` removes
+them at the start of a run: its own and untagged ones, never another agent's (a frozen
+filesystem is thawed at once by a guard process: see freeze.py).
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ def kind_of(path: str, lvs: list[str]) -> Kind:
 
 def cleanup_leftovers(volumes: list[VolumeSpec], state_dir: Path) -> None:
     freeze.thaw_leftover(state_dir)
+    tag = lvm.owner_tag(state_dir)
     for path in sorted({v.path for v in volumes}):
         if os.path.isfile(path):
-            image.remove_leftovers(Path(path).parent)
+            image.remove_leftovers(Path(path).parent, tag)
     if any(lvm.is_lv(v.path) for v in volumes):
-        lvm.remove_leftovers(lvm.owner_tag(state_dir))
+        lvm.remove_leftovers(tag)
 
 
 @contextlib.contextmanager
@@ -99,15 +101,15 @@ def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
         by_path: dict[str, tuple[str, Callable[[], None]]] = {}
         paths = sorted({v.path for v in volumes})
         lvs = [p for p in paths if lvm.is_lv(p)]
+        tag = lvm.owner_tag(state_dir)
         for path in paths:
             kind = kind_of(path, lvs)
             if kind == "file":
-                read_path = stack.enter_context(image.snapshot(path)) if reflink else path
+                read_path = stack.enter_context(image.snapshot(path, tag)) if reflink else path
                 by_path[path] = (read_path, _noop)
             elif kind == "lv":
                 # The VG's free extents are shared among the snapshots still to be made.
-                by_path[path] = stack.enter_context(
-                    lvm.snapshot(path, lvm.owner_tag(state_dir), share=len(lvs)))
+                by_path[path] = stack.enter_context(lvm.snapshot(path, tag, share=len(lvs)))
                 lvs.remove(path)
             else:
                 if kind == "device":

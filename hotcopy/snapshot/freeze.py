@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cdpcore import runcmd
+from cdpcore.errors import CommandFailed
 
 from .. import thawguard
 from ..capture import drop_cache
@@ -38,6 +39,8 @@ from ..errors import SnapshotError
 
 log = logging.getLogger("cdp.agent.snapshot")
 MARKER = "frozen"
+#: What fsfreeze says (untranslated) of a filesystem that is not frozen (EINVAL).
+NOT_FROZEN = "unfreeze failed: Invalid argument"
 
 
 def mounted_filesystems(doc: dict[str, Any]) -> list[str]:
@@ -66,13 +69,28 @@ def mounted_filesystems(doc: dict[str, Any]) -> list[str]:
     return targets
 
 
+def thaw(target: str) -> None:
+    """Thaw the filesystem mounted on `target`. A failure is logged, not raised: the
+    other filesystems must be thawed still, and the error being handled is the one to
+    report. One the guard has thawed already (at max_freeze, or when the agent died) is
+    no failure."""
+    try:
+        runcmd.run(["fsfreeze", "--unfreeze", target], env=runcmd.untranslated())
+    except CommandFailed as exc:
+        if NOT_FROZEN in exc.stderr:
+            log.debug("%s was thawed already", target)
+        else:
+            log.warning("could not thaw %s: its writers wait until it is thawed (%s)",
+                        target, exc)
+
+
 def thaw_leftover(state_dir: Path) -> None:
     marker = state_dir / MARKER
     if marker.exists():
         for target in marker.read_text().split("\n"):
             if target:
                 log.warning("thawing %s, left frozen by an interrupted run", target)
-                runcmd.run(["fsfreeze", "--unfreeze", target], check=False)
+                thaw(target)
         marker.unlink()
 
 
@@ -109,7 +127,7 @@ def frozen(device: str, state_dir: Path, max_seconds: float = 0) -> Iterator[Non
         with contextlib.ExitStack() as stack:
             for target in targets:
                 runcmd.run(["fsfreeze", "--freeze", target])
-                stack.callback(runcmd.run, ["fsfreeze", "--unfreeze", target], check=False)
+                stack.callback(thaw, target)
             log.info("froze %s to read %s", ", ".join(targets), device)
             drop_cache(device)
             yield

@@ -1,31 +1,54 @@
 """Image files: a reflink copy gives a true point-in-time view at no cost where the
-filesystem shares extents (XFS, btrfs); elsewhere the file is read as it is."""
+filesystem shares extents (XFS, btrfs); elsewhere the file is read as it is.
+
+A copy is named `.cdpsnap-<owner tag>-<file>-<pid>` beside its file, with the agent's LVM
+owner tag (lvm.owner_tag), so that the cleanup of a killed run's leftovers removes only
+that agent's copies: another agent may be reading its own copy of another image in the
+same directory."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
 
+from .lvm import TAG_PREFIX
+
 log = logging.getLogger("cdp.agent.snapshot")
 PREFIX = ".cdpsnap-"
+#: The owner tag in a copy's name; an agent from before the tags named its copies
+#: `.cdpsnap-<file>-<pid>`.
+_OWNER = re.compile(re.escape(PREFIX) + f"({TAG_PREFIX}[0-9a-f]+)-")
 
 
-def remove_leftovers(directory: Path) -> None:
-    for leftover in directory.glob(PREFIX + "*"):
+def leftovers(directory: Path, tag: str) -> list[Path]:
+    """The copies in `directory` to remove: those of owner tag `tag`, and untagged ones.
+    Another agent's copies are left alone."""
+    out = []
+    for copy in sorted(directory.glob(PREFIX + "*")):
+        owner = _OWNER.match(copy.name)
+        if owner is None or owner[1] == tag:
+            out.append(copy)
+    return out
+
+
+def remove_leftovers(directory: Path, tag: str) -> None:
+    for leftover in leftovers(directory, tag):
         log.warning("removing leftover snapshot %s of an interrupted run", leftover)
         leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def snapshot(path: str) -> Iterator[str]:
+def snapshot(path: str, tag: str) -> Iterator[str]:
+    """A reflink copy of `path` for the agent of owner tag `tag`, or `path` itself."""
     src = Path(path)
-    copy = src.parent / f"{PREFIX}{src.name}-{os.getpid()}"
+    copy = src.parent / f"{PREFIX}{tag}-{src.name}-{os.getpid()}"
     try:
         runcmd.run(["cp", "--reflink=always", str(src), str(copy)])
     except CommandFailed:

@@ -6,6 +6,7 @@ disk, runs in the QEMU VM test tests/agent/test_vm_lvm.py)."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cdpcore import runcmd
 from hotcopy import thawguard
 from hotcopy.errors import SnapshotError
 from hotcopy.snapshot import freeze
@@ -165,9 +167,10 @@ def test_a_freeze_holds_writers_until_it_ends(mounted: tuple[str, Path], tmp_pat
 
 
 def test_a_freeze_longer_than_max_freeze_is_ended_by_the_guard_and_fails(
-        mounted: tuple[str, Path], tmp_path: Path) -> None:
+        mounted: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dev, mnt = mounted
-    with pytest.raises(SnapshotError) as err, freeze.frozen(dev, tmp_path, max_seconds=1):
+    with pytest.raises(SnapshotError) as err, freeze.frozen(dev, tmp_path, max_seconds=1), \
+            caplog.at_level(logging.WARNING, logger="cdp.agent.snapshot"):
         writer = _writer(mnt)
         writer.join(15)  # the guard thaws after 1 s, while the agent is still "reading"
         assert not writer.is_alive()
@@ -176,3 +179,30 @@ def test_a_freeze_longer_than_max_freeze_is_ended_by_the_guard_and_fails(
         "guard thawed them and the point is not committed; put the filesystem on LVM, or "
         "raise max_freeze")
     assert not (tmp_path / freeze.MARKER).exists()
+    assert "could not thaw" not in caplog.text  # the guard thawed it: no failure
+
+
+def test_a_filesystem_that_cannot_be_thawed_is_named_with_fsfreezes_error(
+        mounted: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A killed run's marker names a mountpoint that is gone and one still frozen: the
+    first failure is logged with fsfreeze's own words, and the second is still thawed."""
+    _, mnt = mounted
+    gone = tmp_path / "gone"
+    runcmd.run(["fsfreeze", "--freeze", str(mnt)])
+    (tmp_path / freeze.MARKER).write_text(f"{gone}\n{mnt}\n")
+    with caplog.at_level(logging.WARNING, logger="cdp.agent.snapshot"):
+        freeze.thaw_leftover(tmp_path)
+    writer = _writer(mnt)
+    writer.join(10)
+    assert not writer.is_alive()
+    failures = [r.getMessage() for r in caplog.records if "could not thaw" in r.getMessage()]
+    assert failures == [
+        f"could not thaw {gone}: its writers wait until it is thawed (command failed (exit 1): "
+        f"fsfreeze --unfreeze {gone}: fsfreeze: cannot open {gone}: No such file or "
+        "directory)"]
+    # Thawed already (the guard thaws when a killed agent dies): not a failure.
+    caplog.clear()
+    (tmp_path / freeze.MARKER).write_text(f"{mnt}\n")
+    with caplog.at_level(logging.WARNING, logger="cdp.agent.snapshot"):
+        freeze.thaw_leftover(tmp_path)
+    assert "could not thaw" not in caplog.text

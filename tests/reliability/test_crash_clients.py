@@ -182,10 +182,11 @@ def test_image_snapshot_uses_reflink_on_xfs(xfs: Path) -> None:
     """Regression: `cp --reflink=always --sparse=always` is refused by coreutils, so image
     files were never snapshotted (found here; fixed in hotcopy/snapshot/image.py)."""
     from hotcopy.snapshot import image as image_snapshot
+    from hotcopy.snapshot import lvm
 
     source = xfs / "disk.img"
     source.write_bytes(os.urandom(MIB))
-    with image_snapshot.snapshot(str(source)) as view:
+    with image_snapshot.snapshot(str(source), lvm.owner_tag(xfs)) as view:
         assert view != str(source)
         assert Path(view).read_bytes() == source.read_bytes()
     assert not list(xfs.glob(".cdpsnap-*"))

@@ -1,0 +1,80 @@
+"""Reflink copies of image files and their leftovers: each copy's name carries its agent's
+owner tag, and the start-up cleanup removes only its own agent's copies (and untagged
+ones of older agents), never the live copy of another agent backing up another image of
+the same directory. Real reflinks on an XFS mounted from a loop device."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdpcore.api import Role
+from cdpcore.crypto import BlobCodec, KeySet
+from cdpcore.keys import new_master_key
+from hotcopy import snapshot
+from hotcopy.backup import backup
+from hotcopy.capture import VolumeSpec
+from hotcopy.snapshot import image, lvm
+from tests.loopdev import mounted_loop
+
+from .conftest import Agent, assert_point_equals
+from .images import MiB
+
+
+def test_the_cleanup_removes_its_own_and_untagged_copies_but_not_another_agents(
+        tmp_path: Path) -> None:
+    ours, theirs = lvm.owner_tag(tmp_path / "a" / "web1"), lvm.owner_tag(tmp_path / "b" / "db1")
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("vm-a.img", f".cdpsnap-{ours}-vm-a.img-4343",
+                 f".cdpsnap-{theirs}-vm-b.img-4242",
+                 ".cdpsnap-vm-c.img-4444"):  # an agent from before the tags
+        (images / name).write_bytes(b"x")
+    snapshot.cleanup_leftovers([VolumeSpec("vm-a.img:whole", str(images / "vm-a.img"), 0, 1)],
+                               tmp_path / "a" / "web1")
+    assert sorted(p.name for p in images.iterdir()) == [f".cdpsnap-{theirs}-vm-b.img-4242",
+                                                        "vm-a.img"]
+
+
+@pytest.fixture
+def xfs(tmp_path: Path) -> Iterator[Path]:
+    """An XFS (reflink copies) mounted from a loop device."""
+    backing = tmp_path / "xfs.img"
+    with open(backing, "wb") as f:
+        f.truncate(320 * MiB)  # mkfs.xfs refuses filesystems under 300 MB
+    mnt = tmp_path / "xfs"
+    mnt.mkdir()
+    with mounted_loop(backing, mnt, mkfs=["mkfs.xfs", "-q", "-m", "reflink=1"]):
+        yield mnt
+
+
+def test_another_agent_starting_leaves_a_running_agents_copy_alone(
+        agent: Agent, cdp_server, xfs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two agents (two state directories, two hosts) protect two VM images of one
+    directory; the second starts while the first reads its copy."""
+    a_img, b_img = xfs / "vm-a.img", xfs / "vm-b.img"
+    for path in (a_img, b_img):
+        path.write_bytes(os.urandom(4 * MiB))
+    host_b = f"h{uuid.uuid4().hex[:10]}"
+    other = Agent(cdp_server.client(cdp_server.add_host(host_b)[Role.agent]), host_b,
+                  BlobCodec(KeySet.from_master(new_master_key())), tmp_path / "state-b", "")
+    seen: list[list[str]] = []
+
+    def start_b(_: int) -> None:
+        if not seen:
+            seen.append(sorted(p.name for p in xfs.glob(".cdpsnap-*")))
+            b = backup(other.remote, other.host, other.codec, [str(b_img)], other.state_dir,
+                       workers=1)
+            assert_point_equals(other, b.point_id, Path(shutil.copy(b_img, tmp_path / "b")))
+
+    a = backup(agent.remote, agent.host, agent.codec, [str(a_img)], agent.state_dir,
+               workers=1, progress=start_b)
+    tag = lvm.owner_tag(agent.state_dir / agent.host)
+    assert seen == [[f"{image.PREFIX}{tag}-vm-a.img-{os.getpid()}"]]
+    assert_point_equals(agent, a.point_id, Path(shutil.copy(a_img, tmp_path / "a")))
+    assert not list(xfs.glob(".cdpsnap-*"))
