@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cdpcore.directio import ALIGN, BufferPool, DirectFile
+from cdpcore.durable import fsync_dir
 from cdpcore.errors import NotFoundError
 
 from .errors import StorageFull
@@ -86,7 +87,7 @@ class LocalStore:
                 # The new directory's own entry must be durable too, or a power loss can
                 # take the directory and every pack in it.
                 for parent in path.relative_to(self.root).parents:
-                    _fsync_dir(self.root / parent)
+                    fsync_dir(self.root / parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 with _BUFFERS.take() as buf:
@@ -99,7 +100,7 @@ class LocalStore:
             finally:
                 os.close(fd)
             os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -128,7 +129,7 @@ class LocalStore:
             path.unlink()
         except FileNotFoundError:
             return  # never written (a crash before its put) or already deleted
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def list(self) -> Iterator[str]:
         packs = self.root / "packs"
@@ -166,10 +167,3 @@ def _read_ranges(bulk: DirectFile, ranges: list[tuple[int, int]]) -> list[bytes]
         i = j
     return out
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from cdpcore import durable
 from cdpcore import format as fmt
 from cdpcore.errors import UsageError
 
@@ -108,9 +109,4 @@ def save(config: AgentConfig, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in asdict(config).items())
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, target)
+    durable.replace_file(target, text.encode(), mode=0o600)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cdpcore import durable
 from cdpcore import format as fmt
 from cdpcore.crypto import is_zero
 
@@ -152,20 +153,10 @@ class StateDir:
         """A state that names a point records a commit the server has accepted (the
         protocol above): its failure says so."""
         doc = {"version": _STATE_VERSION, **asdict(state)}
-        tmp = self.doc_path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(doc, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.doc_path)
-            # The rename is durable only once the directory is: the dirty mark must reach
-            # the disk before any ID file is patched.
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # Durable, the directory's rename included: the dirty mark must reach the disk
+            # before any ID file is patched.
+            durable.replace_file(self.doc_path, json.dumps(doc, indent=1).encode())
         except OSError as exc:
             raise _fs_error(str(self.doc_path), exc, committed=state.point_id) from None
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdpcore import durable
+
 
 @dataclass
 class VolumeReport:
@@ -47,7 +49,5 @@ class RestoreReport:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         path = Path(directory) / f"rescue-{self.host}-{self.point_id[:12]}.report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        os.replace(tmp, path)
+        durable.replace_file(path, json.dumps(self.to_json(), indent=2).encode(), mode=0o644)
         return path

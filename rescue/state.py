@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cdpcore import durable
 from cdpcore.errors import FormatError
 
 from .plan import Plan
@@ -63,12 +64,7 @@ class StateStore:
 
     def save(self, state: RestoreState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        durable.replace_file(self.path, json.dumps(asdict(state)).encode())
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

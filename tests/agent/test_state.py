@@ -48,7 +48,7 @@ def test_every_state_save_fsyncs_the_directory_after_the_rename(
     for _ in range(2):
         backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir,
                workers=2)
-    save = [("fsync", str(host_dir / "state.tmp")), ("replace", str(host_dir / "state.json")),
+    save = [("fsync", str(host_dir / "state.json.tmp")), ("replace", str(host_dir / "state.json")),
             ("fsync", str(host_dir))]
     # Two saves a point: the dirty state before the ID files are patched, then the
     # committed one.
