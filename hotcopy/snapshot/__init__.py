@@ -8,7 +8,9 @@ to read its bytes from at one moment. What it uses per source:
   pause its writer (or put it on a reflink-capable filesystem such as XFS or btrfs);
 - loop device: read as it is (the same rule applies to its backing file);
 - LVM logical volume: an LVM snapshot (thick, sized from the VG's free extents; thin for
-  thin LVs) named with the fixed prefix `cdpsnap_` and tagged with the agent's owner tag;
+  thin LVs) named with the fixed prefix `cdpsnap_` and tagged with the agent's owner tag.
+  lvcreate freezes a filesystem mounted on the LV itself; one mounted on a device stacked
+  over it (a dm-era or dm-crypt device) is frozen by the agent while the snapshot is made;
 - any other block device (a whole disk, a partition): `fsfreeze` of every filesystem
   mounted on it or on its partitions for the read (LVM PVs excepted: their LVs are volumes
   of their own); an unused device is read as it is. A freeze blocks the filesystem's
@@ -109,7 +111,12 @@ def take(volumes: list[VolumeSpec], state_dir: Path, *, reflink: bool = True,
                 by_path[path] = (read_path, _noop)
             elif kind == "lv":
                 # The VG's free extents are shared among the snapshots still to be made.
-                by_path[path] = stack.enter_context(lvm.snapshot(path, tag, share=len(lvs)))
+                # lvcreate freezes a filesystem mounted on the LV, not one mounted on a
+                # device stacked over it (a dm-era or dm-crypt device): that one is frozen
+                # while the snapshot is made.
+                with freeze.frozen(path, state_dir, max_freeze, holders_only=True):
+                    by_path[path] = stack.enter_context(
+                        lvm.snapshot(path, tag, share=len(lvs)))
                 lvs.remove(path)
             else:
                 if kind == "device":

@@ -43,18 +43,25 @@ MARKER = "frozen"
 NOT_FROZEN = "unfreeze failed: Invalid argument"
 
 
-def mounted_filesystems(doc: dict[str, Any]) -> list[str]:
+def mounted_filesystems(doc: dict[str, Any], holders_only: bool = False) -> list[str]:
     """The mountpoints to freeze for reading a device, from `lsblk --json -o
     NAME,PATH,TYPE,MOUNTPOINTS DEVICE`: one per mounted block device in its tree (a
     filesystem is frozen once, whatever its bind mounts), LVM volumes and what they hold
     excluded. Raises SnapshotError for the root filesystem, which cannot be frozen under
-    a running system."""
+    a running system.
+
+    `holders_only` (an LV about to be snapshotted): only what is mounted on devices stacked
+    over it (a dm-era or dm-crypt device); lvcreate freezes a filesystem mounted on the LV
+    itself. The root filesystem is left out there, not refused: its snapshot is
+    crash-consistent, as any LVM snapshot of a filesystem that cannot be frozen."""
     targets: list[str] = []
 
     def walk(dev: dict[str, Any], top: bool) -> None:
         if dev.get("type") == "lvm" and not top:
             return
         mounts = [m for m in dev.get("mountpoints") or [] if m and m.startswith("/")]
+        if holders_only and (top or "/" in mounts):
+            mounts = []
         if "/" in mounts:
             raise SnapshotError(
                 f"{dev.get('path') or dev.get('name')} holds the root filesystem, which "
@@ -104,18 +111,22 @@ def _check_state_dir(device: str, targets: list[str], state_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def frozen(device: str, state_dir: Path, max_seconds: float = 0) -> Iterator[None]:
+def frozen(device: str, state_dir: Path, max_seconds: float = 0,
+           holders_only: bool = False) -> Iterator[None]:
     """Freeze what is mounted on `device` for the body. `max_seconds` (0: no limit): the
     guard thaws the filesystems once they have been frozen that long, whatever the agent
     is doing, and the freeze then ends with a SnapshotError: the read was not
-    point-in-time, and the point must not be committed."""
+    point-in-time, and the point must not be committed. `holders_only`: see
+    mounted_filesystems; the body then only makes a snapshot of `device`."""
     doc = runcmd.run_json(["lsblk", "--json", "-o", "NAME,PATH,TYPE,MOUNTPOINTS", device])
-    targets = mounted_filesystems(doc)
+    targets = mounted_filesystems(doc, holders_only)
     if not targets:
-        drop_cache(device)
+        if not holders_only:
+            drop_cache(device)
         yield  # nothing mounted: nothing writes to it
         return
-    _check_state_dir(device, targets, state_dir)
+    if not holders_only:  # the agent writes no state while a snapshot is made
+        _check_state_dir(device, targets, state_dir)
     marker = state_dir / MARKER
     marker.write_text("".join(t + "\n" for t in targets))
     guard = runcmd.start([sys.executable, "-m", "hotcopy.thawguard", str(os.getpid()),
@@ -128,8 +139,10 @@ def frozen(device: str, state_dir: Path, max_seconds: float = 0) -> Iterator[Non
             for target in targets:
                 runcmd.run(["fsfreeze", "--freeze", target])
                 stack.callback(thaw, target)
-            log.info("froze %s to read %s", ", ".join(targets), device)
-            drop_cache(device)
+            log.info("froze %s to %s %s", ", ".join(targets),
+                     "snapshot" if holders_only else "read", device)
+            if not holders_only:
+                drop_cache(device)
             yield
         # How long the applications' writes were held: what a sysadmin weighs against
         # putting the filesystem on LVM.

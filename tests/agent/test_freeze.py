@@ -68,6 +68,23 @@ def test_a_partition_or_an_unused_disk() -> None:
     assert freeze.mounted_filesystems({"blockdevices": [_dev("vdb", "disk")]}) == []
 
 
+def test_an_lv_about_to_be_snapshotted_freezes_only_what_its_holders_mount() -> None:
+    """lvcreate freezes a filesystem mounted on the LV itself, not one mounted on a device
+    stacked over it (dm-era, dm-crypt): that one the agent freezes. The root filesystem is
+    left out (its snapshot is crash-consistent), not refused."""
+    def lv(*children: dict[str, Any], mount: str | None = None) -> dict[str, Any]:
+        return {"blockdevices": [_dev("vg0-data", "lvm", *([mount] if mount else []),
+                                      children=list(children))]}
+
+    assert freeze.mounted_filesystems(lv(_dev("cdpera-data", "dm", "/data")),
+                                      holders_only=True) == ["/data"]
+    assert freeze.mounted_filesystems(lv(mount="/srv"), holders_only=True) == []
+    assert freeze.mounted_filesystems(lv(_dev("luks-root", "crypt", "/")),
+                                      holders_only=True) == []
+    assert freeze.mounted_filesystems(lv(_dev("luks-srv", "crypt", "/srv", "/var/www")),
+                                      holders_only=True) == ["/srv"]
+
+
 def test_the_root_filesystem_on_a_partition_is_refused() -> None:
     doc = _disk(_dev("vda1", "part", "/boot"), _dev("vda2", "part", "/"))
     with pytest.raises(SnapshotError, match="/dev/vda2 holds the root filesystem"):

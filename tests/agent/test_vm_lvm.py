@@ -38,6 +38,14 @@ mkfs.ext4 -q -U 5e1f7c2a-3b4d-4e6f-8a9b-0c1d2e3f4a5b -L datafs /dev/vg0/data
 dd if=/dev/urandom of=/dev/vg0/tracked bs=1M count=40 status=none
 dd if=/dev/urandom of=/dev/vg0/thin bs=1M count=8 status=none
 cdp-agent era attach /dev/vg0/tracked --metadata /dev/vg0/erameta
+# A filesystem mounted on an era device over an LV: lvcreate's own freeze cannot reach it.
+lvcreate -q -y -L 24M -n mounted vg0
+lvcreate -q -y -L 4M -n mountedmeta vg0
+cdp-agent era attach /dev/vg0/mounted --metadata /dev/vg0/mountedmeta
+mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 -L erafs /dev/mapper/cdpera-mounted
+mkdir -p /mnt/era
+mount /dev/mapper/cdpera-mounted /mnt/era
+echo first > /mnt/era/era0.bin
 sgdisk -n1:1MiB:0 /dev/vdb >/dev/null
 partprobe /dev/vdb; udevadm settle
 # No lazy initialisation: nothing may write to the mounted filesystem behind the test's back.
@@ -50,6 +58,8 @@ echo first > /mnt/part/step0.bin
 FOREIGN_TAG = "cdp_agent_0123456789abcdef"
 #: The mounted filesystem on the whole-disk source /dev/vdb, written by the workload.
 PART_FILES = "/mnt/part"
+#: The filesystem mounted on the era device over vg0/mounted, written by the workload.
+ERA_FILES = "/mnt/era"
 
 
 def _workload(step: int) -> str:
@@ -61,6 +71,7 @@ def _workload(step: int) -> str:
     cmds.append(f"dd if=/dev/urandom of=/dev/vg0/thin bs=64k seek={200 + step * 8} count=8 "
                 "conv=notrunc oflag=direct status=none")
     cmds.append(f"head -c {128 * step}K /dev/urandom > {PART_FILES}/step{step}.bin")
+    cmds.append(f"head -c {64 * step}K /dev/urandom > {ERA_FILES}/era{step}.bin")
     return "set -e\n" + "\n".join(cmds) + "\nsync\n"
 
 
@@ -70,7 +81,7 @@ def _hashes(vm) -> dict[str, str]:  # type: ignore[no-untyped-def]
     # stale: drop it before reading.
     devs = " ".join(f"/dev/vg0/{lv}" for lv in LVS)
     out = vm.check(f"sync; blockdev --flushbufs {devs}; echo 3 > /proc/sys/vm/drop_caches; "
-                   f"sha256sum {devs} {PART_FILES}/*.bin")
+                   f"sha256sum {devs} {PART_FILES}/*.bin {ERA_FILES}/*.bin")
     return {line.split()[1].rsplit("/", 1)[1]: line.split()[0] for line in out.splitlines()}
 
 
@@ -81,8 +92,12 @@ def _frozen(vm, mountpoint: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _partition_files(image: Path) -> dict[str, str]:
-    """The filesystem of a restored partition must be clean (it was frozen when read);
-    returns the SHA-256 of its files."""
+    """The filesystem of a restored volume must be clean: frozen when read (or when its
+    snapshot was made), its journal holds nothing to recover. Returns the SHA-256 of its
+    files."""
+    header = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True,
+                            check=True).stdout
+    assert "needs_recovery" not in header, header
     fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True,
                           check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -113,7 +128,8 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
     with VM(cfg) as vm:
         vm.check(SETUP, timeout=300)
         eras = json.loads(vm.check("cdp-agent era status --json"))
-        assert [(e["name"], e["block_bytes"]) for e in eras] == [("cdpera-tracked", 65536)]
+        assert sorted((e["name"], e["block_bytes"]) for e in eras) == [
+            ("cdpera-mounted", 65536), ("cdpera-tracked", 65536)]
         # Attaching again keeps the device (a restarted boot unit must not fail).
         assert vm.check("cdp-agent era attach /dev/vg0/tracked --metadata /dev/vg0/erameta"
                         ).strip() == "/dev/mapper/cdpera-tracked"
@@ -136,12 +152,13 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
         assert "cdpsnap_" not in vm.check("lvs -a --noheadings -o lv_name vg0")
         log = vm.check("cat /root/agent.log")
         assert "froze /mnt/part to read /dev/vdb" in log
+        assert "froze /mnt/era to snapshot /dev/vg0/mounted" in log
         assert re.search(r"thawed /mnt/part after \d+\.\d\d s", log)
         assert not _frozen(vm, "/mnt/part")
         # A killed agent leaves nothing frozen: its guard thaws at once, and `thaw` clears
         # the marker it left.
         vm.check("cdp-agent backup --config /root/agent.toml 2>/root/killed.log & "
-                 "until grep -q froze /root/killed.log; do sleep 0.2; done; kill -9 $!",
+                 "until grep -q 'froze /mnt/part' /root/killed.log; do sleep 0.2; done; kill -9 $!",
                  timeout=600)
         vm.check("for i in $(seq 50); do fsfreeze -f /mnt/part 2>/dev/null && "
                  "fsfreeze -u /mnt/part && exit 0; sleep 0.2; done; exit 1")
@@ -180,7 +197,13 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
             for block in iter_volume(remote, host, codec, by_name["vdb:p1"]):
                 f.write(block)
         assert _partition_files(image) == {k: v for k, v in hashes.items()
-                                           if k.endswith(".bin")}, f"vdb1 differs in point {n}"
+                                           if k.startswith("step")}, f"vdb1 differs in point {n}"
+        image = tmp_path / f"era{n}.img"
+        with image.open("wb") as f:
+            for block in iter_volume(remote, host, codec, by_name["lvm:vg0/mounted"]):
+                f.write(block)
+        assert _partition_files(image) == {k: v for k, v in hashes.items()
+                                           if k.startswith("era")}, f"the era fs differs in {n}"
         assert manifest.tracking["mode"] == "era"
         assert manifest.tracking["full_scan"] is (n == 0)
         assert verify_point(remote, host, codec, point_id).ok
