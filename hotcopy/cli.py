@@ -210,6 +210,8 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
             _one_point(conf, True, False)
         except CdpError as exc:
             log.error("point failed: %s", exc)
+        except Exception:  # a bug, or a worker killed: the next tick still comes
+            log.exception("point failed with an unexpected error (please report it)")
         while not stop and time.monotonic() - tick < conf.interval:
             time.sleep(1)
 

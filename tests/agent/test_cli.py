@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
 
 from cdpcore.errors import WrongKeyError
+from hotcopy import cli
+from hotcopy.config import AgentConfig
+from hotcopy.errors import SourceError
 from hotcopy.state import StateDir
 
 from .conftest import Agent
@@ -91,3 +101,42 @@ def test_thaw_leaves_the_freeze_of_a_running_point_alone(tmp_path: Path) -> None
     out = _agent("thaw", config=config)
     assert out.returncode == 0, out.stderr
     assert not marker.exists()  # no run holds the lock: a killed run's leftover
+
+
+def test_run_goes_on_after_a_failed_point_whatever_it_raised(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cdp-agent run` is the service: a point failing with anything (a bug, a worker the
+    OOM killer took) is logged, and the next tick still comes."""
+    conf = AgentConfig(server="https://127.0.0.1:1", token="t", host="h", recovery_key="k")
+    outcomes: list[BaseException | None] = [RuntimeError("boom"), SourceError("gone"), None]
+    calls = []
+
+    def one_point(*args: Any) -> None:
+        calls.append(args)
+        outcome = outcomes.pop(0)
+        if outcome is None:
+            os.kill(os.getpid(), signal.SIGTERM)  # what systemd sends to stop the service
+            return
+        raise outcome
+
+    clock = iter(range(0, 10**6, 1000))  # every look at the clock: the interval is over
+    monkeypatch.setattr(cli, "_load", lambda path: conf)
+    monkeypatch.setattr(cli, "_one_point", one_point)
+    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=lambda: next(clock),
+                                                     sleep=lambda s: None))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    cli.log.addHandler(handler)  # the CLI's own log setup does not propagate to pytest's
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        cli.log.removeHandler(handler)
+    assert result.exit_code == 0
+    assert len(calls) == 3
+    failed = [r for r in records if r.getMessage().startswith("point failed")]
+    assert [r.getMessage() for r in failed] == [
+        "point failed with an unexpected error (please report it)", "point failed: gone"]
+    assert failed[0].exc_info is not None and failed[0].exc_info[0] is RuntimeError
