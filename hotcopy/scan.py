@@ -35,6 +35,9 @@ MAX_TRACKED_CHANGES = 1 << 18
 
 #: A sequential scan releases the ID file's pages it is done with every this many blocks.
 RELEASE_BLOCKS = 1 << 16
+#: A sparse source with more data extents than this is read whole (its holes are read as
+#: zeros): the list would cost more memory than the agent's bound, as a free-space map.
+MAX_DATA_RANGES = fsmap.MAX_FREE_RUNS
 
 Progress = Callable[[int], None]
 
@@ -57,8 +60,9 @@ def _segments(runs: Iterable[Run], per_segment: int) -> Iterator[Run]:
 
 def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     """(offset, length) of the data of a regular file in [start, end): what is not a
-    hole. A file system without hole support reports all of it as data."""
-    out = []
+    hole. A file system without hole support reports all of it as data, and so does a
+    file of more than MAX_DATA_RANGES extents."""
+    out: list[tuple[int, int]] = []
     pos = start
     while pos < end:
         try:
@@ -69,6 +73,8 @@ def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
             raise SourceError(f"cannot map the holes of the source: {exc.strerror}") from None
         if data >= end:
             break
+        if len(out) == MAX_DATA_RANGES:
+            return [(start, end - start)]
         hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
         out.append((data, hole - data))
         pos = hole

@@ -19,6 +19,7 @@ from cdpcore.api import ObjectKind, PointInfo
 from cdpcore.errors import ServerError
 from hotcopy import backup as backup_module
 from hotcopy import scan
+from hotcopy import verify as verify_module
 from hotcopy.backup import BackupOptions, backup, default_workers
 from hotcopy.errors import SourceError, StateBusy
 from hotcopy.remote import Remote
@@ -62,6 +63,20 @@ def test_workload_points_are_byte_for_byte_and_incrementals_send_only_changed_bl
         assert manifest.layout.disk("disk.img").table == "gpt"
     result = verify_point(agent.remote, agent.host, agent.codec, copies[-1][0])
     assert result.ok and result.chunks_checked > 0
+
+
+def test_verify_checks_every_chunk_also_past_its_memory_bound(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks A B C A: with room for two checked IDs the set is emptied at C, and the
+    second A is checked again; every chunk is checked at least once either way."""
+    image = tmp_path / "dup.img"
+    a, b, c = (os.urandom(BS) for _ in range(3))
+    image.write_bytes(a + b + c + a)
+    info = _point(agent, [str(image)])
+    assert verify_point(agent.remote, agent.host, agent.codec, info.point_id).chunks_checked == 3
+    monkeypatch.setattr(verify_module, "MAX_SEEN", 2)
+    result = verify_point(agent.remote, agent.host, agent.codec, info.point_id)
+    assert result.ok and (result.blocks, result.chunks_checked) == (4, 4)
 
 
 def test_default_workers_are_one_more_than_the_cpus_but_at_most_three() -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from cdpcore import format as fmt
 from cdpcore.index import Geometry, decode_page
+from hotcopy import scan
 from hotcopy.scan import data_ranges
 from hotcopy.verify import open_point, verify_point
 from tests.server.stored import object_counts
@@ -55,6 +58,24 @@ def test_data_ranges_skip_holes(tmp_path: Path) -> None:
         assert data_ranges(fd, 0, GiB) == [(64 << 20, 8192)]
         assert data_ranges(fd, (64 << 20) + 4096, GiB) == [((64 << 20) + 4096, 4096)]
         assert data_ranges(fd, 0, 64 << 20) == []
+    finally:
+        os.close(fd)
+
+
+def test_a_file_of_too_many_extents_is_all_data(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_DATA_RANGES extents the list would outgrow the agent's memory bound: the
+    file is read whole (holes read as zeros), as on a filesystem without holes."""
+    path = tmp_path / "sparse.img"
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)
+    for n in range(4):
+        write_at(path, n * (8 << 20), b"x" * 4096)
+    monkeypatch.setattr(scan, "MAX_DATA_RANGES", 3)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert data_ranges(fd, 0, 64 << 20) == [(0, 64 << 20)]
+        assert data_ranges(fd, 0, 20 << 20) == [(0, 4096), (8 << 20, 4096), (16 << 20, 4096)]
     finally:
         os.close(fd)
 
