@@ -57,12 +57,15 @@ def recreate_vg(vg: VolumeGroup, pv_devices: dict[str, str]) -> list[str]:
         try:
             _lvm("vgcfgrestore", devices, *(["--force"] if thin else []), "-f", backup.name,
                  vg.name)
-            notes: list[str] = _recreate_thin(vg, devices) if thin else []
         except CommandFailed as exc:
             log.warning("vgcfgrestore failed, recreating %s with new UUIDs: %s", vg.name, exc)
             notes = [f"volume group {vg.name}: vgcfgrestore failed ({exc}); recreated with "
                      "vgcreate/lvcreate: VG and LV UUIDs are new"]
             _create(vg, devices)
+        else:
+            # Outside the try: a failure here is its own (the VG exists by now, and a
+            # vgcreate of its name would only fail again and hide it).
+            notes = _recreate_thin(vg, devices) if thin else []
     notes += _grow_pvs(vg, pv_devices)
     _lvm("vgchange", devices, "--activate", "y", vg.name)
     _check_nodes(vg, devices)
