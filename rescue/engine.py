@@ -246,7 +246,8 @@ class _Execution:
             self.store.save(self.state)
 
         try:
-            with target.Target(action.target) as tgt:
+            with target.Target(action.target,
+                               reads_zero=bool(action.params.get("unprovisioned"))) as tgt:
                 result = stream_volume(self.repo.client, self.repo.host, self.codec, vol,
                                        tgt, action.offset, start_block=start,
                                        options=self.opts.stream, on_progress=progress,

@@ -200,10 +200,13 @@ def _lvm_actions(layout: Layout, plans: dict[str, DiskPlan],
         for lv in vg.lvs:
             if lv.volume:
                 vol = vols[lv.volume]
+                # A thin LV is made afresh: its zero blocks are left unprovisioned.
                 acts.append(Action(f"stream:{vol.name}", "stream", f"/dev/{vg.name}/{lv.name}",
                                    f"write {vol.name} ({human(vol.size)}) to "
                                    f"/dev/{vg.name}/{lv.name}", volume=vol.name,
-                                   size=vol.size))
+                                   size=vol.size,
+                                   params={"unprovisioned": True} if lv.segtype == "thin"
+                                   else {}))
             elif lv.filesystem and lv.filesystem.type == "swap":
                 acts.append(Action(f"swap:{lv.volume or vg.name + '/' + lv.name}", "swap",
                                    f"/dev/{vg.name}/{lv.name}",

@@ -29,10 +29,13 @@ class Target:
     """An open target. Use as a context manager; every write is positioned.
 
     `direct_buffer`: size of the aligned buffer for write_run's direct I/O (0: every write
-    goes through the page cache)."""
+    goes through the page cache). `reads_zero`: whatever was not written reads as zeros,
+    so zeroing is nothing to do: a thin LV just made, whose unprovisioned blocks read as
+    zeros (zeroing them would provision them all and could fill an overcommitted pool)."""
 
-    def __init__(self, path: str, direct_buffer: int = 0) -> None:
+    def __init__(self, path: str, direct_buffer: int = 0, reads_zero: bool = False) -> None:
         self.path = path
+        self.reads_zero = reads_zero
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
         self._bulk: DirectFile | None = None
@@ -75,7 +78,7 @@ class Target:
 
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, without writing them when possible."""
-        if length <= 0:
+        if length <= 0 or self.reads_zero:
             return
         if self.is_device:
             # BLKZEROOUT goes past the page cache: only whole pages, which no other

@@ -167,3 +167,16 @@ def test_zeroing_a_device_off_page_boundaries_keeps_the_neighbours(
     assert after[offset:offset + length] == bytes(length)
     assert after[:offset] == before[:offset]
     assert after[offset + length:] == before[offset + length:]
+
+
+def test_a_target_that_reads_zero_is_not_zeroed(loop: tuple[str, Path]) -> None:
+    """A thin LV just made reads as zeros where nothing was written: zeroing it would
+    provision every block (this device's stale bytes show that nothing was written)."""
+    dev, _ = loop
+    with open(dev, "rb") as f:
+        before = f.read(1 * MIB)
+    with Target(dev, reads_zero=True) as target:
+        target.zero(0, MIB)
+        target.sync()
+    with open(dev, "rb") as f:
+        assert f.read(1 * MIB) == before

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import pytest
 
 from cdpcore.errors import NotFoundError, SafetyError, UsageError
-from cdpcore.layout import Disk, Filesystem, Layout, Partition
+from cdpcore.layout import (
+    Disk,
+    Filesystem,
+    Layout,
+    LogicalVolume,
+    Partition,
+    PhysicalVolume,
+    VolumeGroup,
+)
 from cdpcore.manifest import VolumeRecord
 from cdpcore.points import select_point
 from rescue.bootloader import boot_mounts, parse_fstab
@@ -164,6 +172,26 @@ def test_plan_actions_refusals_and_json_round_trip() -> None:
     with pytest.raises(SafetyError, match="holds the rescue medium"):
         build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
                    map_disks([disk], [], {"vda": medium}))
+
+
+def test_a_thin_lv_is_streamed_without_provisioning_its_zeros() -> None:
+    disk = gpt_disk()
+    disk.partitions[3].volume = None  # partition 4: the PV
+    vg = VolumeGroup("vg0", "VGUUID", 4 * MIB, pvs=[PhysicalVolume("PVUUID", "vda4", MIB, MIB)],
+                     lvs=[LogicalVolume("root", "L1", 4 * MIB, volume="lvm:vg0/root"),
+                          LogicalVolume("pool", "L2", 8 * MIB, segtype="thin-pool"),
+                          LogicalVolume("thin", "L3", 4 * MIB, segtype="thin", pool="pool",
+                                        volume="lvm:vg0/thin")])
+    layout = Layout(hostname="h", disks=[disk], volume_groups=[vg])
+    vols = volumes(disk) + [VolumeRecord(n, 4 * MIB, 16384, ZERO_ROOT, 0)
+                            for n in ("lvm:vg0/root", "lvm:vg0/thin")]
+    target = local("/dev/sdz", 64 * MIB)
+    plan = build_plan("h", "f" * 32, 1.0, layout, vols, map_disks([disk], [], {"vda": target}))
+    streams = {a.target: a.params for a in plan.actions if a.type == "stream"}
+    assert streams["/dev/vg0/thin"] == {"unprovisioned": True}
+    assert streams["/dev/vg0/root"] == {}
+    lvm = next(a for a in plan.actions if a.type == "lvm")
+    assert lvm.params == {"vg": "vg0", "pv_devices": {"PVUUID": "/dev/sdz4"}}
 
 
 def test_partitioned_4096_byte_sector_disk_is_refused_for_an_image_file() -> None:
