@@ -224,7 +224,7 @@ _worker: _Worker | None = None
 
 
 def _init_worker(parent: int, src: ChunkSource, host: str, codec: BlobCodec,
-                 vol: VolumeRecord, path: str, base: int, opts: StreamOptions) -> None:
+                 vol: VolumeRecord, target: Target, base: int, opts: StreamOptions) -> None:
     """Runs in each forked worker: the arguments are inherited, never pickled (a codec
     holds key objects). The parent's open connections are dropped, not shared."""
     global _worker
@@ -235,8 +235,9 @@ def _init_worker(parent: int, src: ChunkSource, host: str, codec: BlobCodec,
     close = getattr(src, "close", None)
     if callable(close):
         close()
-    _worker = _Worker(src, host, codec, vol, Target(path, direct_buffer=opts.batch_bytes),
-                      base, opts)
+    # Its own descriptor and direct I/O buffer, the parent's target's properties.
+    own = Target(target.path, direct_buffer=opts.batch_bytes, reads_zero=target.reads_zero)
+    _worker = _Worker(src, host, codec, vol, own, base, opts)
 
 
 def _run_batch(batch: Batch) -> _BatchDone:
@@ -292,7 +293,7 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
     pool = ProcessPoolExecutor(max_workers=max(1, opts.workers),
                                mp_context=multiprocessing.get_context("fork"),
                                initializer=_init_worker,
-                               initargs=(os.getpid(), src, host, codec, vol, target.path, base, opts))
+                               initargs=(os.getpid(), src, host, codec, vol, target, base, opts))
     pending: deque[Future[_BatchDone]] = deque()
     batches = _batches(ids, per_batch)
     failing = False
