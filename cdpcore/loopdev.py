@@ -48,13 +48,12 @@ def range_loop(path: str, offset: int, size: int, *, read_only: bool = False,
     dev = runcmd.run_text([*argv, path]).strip()
     try:
         held = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            set_autoclear(held)
+        except OSError:
+            os.close(held)
+            raise
     except OSError:
-        runcmd.run(["losetup", "--detach", dev])
-        raise
-    try:
-        set_autoclear(held)
-    except OSError:
-        os.close(held)
         runcmd.run(["losetup", "--detach", dev])
         raise
     try:

@@ -66,18 +66,14 @@ class HostState:
 def _fs_error(what: str, exc: OSError, committed: str | None = None) -> StateError:
     """`committed`: the point the server accepted before the state naming it could not be
     saved; the state last saved is then the dirty one of before the commit."""
-    if exc.errno == errno.ENOSPC:
-        reason = (f"local state disk is full while writing {what}: free space in the state "
-                  "directory")
-    else:
-        reason = f"cannot write {what}: {exc.strerror}"
+    full = exc.errno == errno.ENOSPC
+    reason = (f"local state disk is full while writing {what}: free space in the state "
+              "directory" if full else f"cannot write {what}: {exc.strerror}")
     if committed is not None:
         return StateError(f"point {committed} was committed, but the local state was not "
                           f"saved ({reason}): the next point reads every volume in full "
                           "(a full scan)")
-    if exc.errno == errno.ENOSPC:
-        return StateError(f"{reason} (the point was not committed)")
-    return StateError(reason)
+    return StateError(f"{reason} (the point was not committed)" if full else reason)
 
 
 class StateDir:

@@ -25,8 +25,13 @@ from .discover import whole_disk
 log = logging.getLogger("cdp.rescue.lvm")
 
 
+def _scoped(tool: str, devices: list[str], *args: str) -> list[str]:
+    """An LVM command that sees only `devices`."""
+    return [tool, "--devices", ",".join(devices), *args]
+
+
 def _lvm(tool: str, devices: list[str], *args: str) -> None:
-    runcmd.run([tool, "--devices", ",".join(devices), *args])
+    runcmd.run(_scoped(tool, devices, *args))
 
 
 def foreign_pvs(vgs: dict[str, set[str]], target_disks: set[str]) -> list[str]:
@@ -81,9 +86,8 @@ def _grow_pvs(vg: VolumeGroup, pv_devices: dict[str, str]) -> list[str]:
     for pv in vg.pvs:
         device = pv_devices[pv.uuid]
         _lvm("pvresize", devices, device)
-        report = runcmd.run_json(["pvs", "--devices", ",".join(devices), "--reportformat",
-                                  "json", "--units", "b", "--nosuffix", "-o", "pv_size",
-                                  device])
+        report = runcmd.run_json(_scoped("pvs", devices, "--reportformat", "json", "--units",
+                                         "b", "--nosuffix", "-o", "pv_size", device))
         size = int(report["report"][0]["pv"][0]["pv_size"])
         if size > pv.size:
             notes.append(f"volume group {vg.name}: physical volume {device} grown to "
@@ -98,7 +102,7 @@ def _check_nodes(vg: VolumeGroup, devices: list[str]) -> None:
     pool LV has no public node) even after making the others: its status is no verdict,
     the nodes are."""
     runcmd.run(["udevadm", "settle"], check=False)
-    runcmd.run(["vgmknodes", "--devices", ",".join(devices), vg.name], check=False)
+    runcmd.run(_scoped("vgmknodes", devices, vg.name), check=False)
     missing = [f"/dev/{vg.name}/{lv.name}" for lv in vg.lvs
                if (lv.volume or lv.filesystem) and not os.path.exists(f"/dev/{vg.name}/{lv.name}")]
     if missing:

@@ -106,7 +106,8 @@ def _renumber(path: str, layout: Disk) -> None:
         lines.append(line)
     if moved:
         # --no-reread: udev may still be probing the partitions libparted just announced.
-        runcmd.run(["sfdisk", "--quiet", "--wipe", "never", "--no-reread", path], input=("\n".join(lines) + "\n").encode())
+        runcmd.run(["sfdisk", "--quiet", "--wipe", "never", "--no-reread", path],
+                   input=("\n".join(lines) + "\n").encode())
 
 
 def check_table(path: str, layout: Disk) -> None:

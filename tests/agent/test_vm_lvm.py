@@ -192,18 +192,13 @@ def test_lvm_points_with_era_tracking_are_byte_for_byte(cdp_server, tmp_path: Pa
             for block in iter_volume(remote, host, codec, vol):
                 digest.update(block)
             assert digest.hexdigest() == hashes[lv], f"{lv} differs in point {n}"
-        image = tmp_path / f"part{n}.img"
-        with image.open("wb") as f:
-            for block in iter_volume(remote, host, codec, by_name["vdb:p1"]):
-                f.write(block)
-        assert _partition_files(image) == {k: v for k, v in hashes.items()
-                                           if k.startswith("step")}, f"vdb1 differs in point {n}"
-        image = tmp_path / f"era{n}.img"
-        with image.open("wb") as f:
-            for block in iter_volume(remote, host, codec, by_name["lvm:vg0/mounted"]):
-                f.write(block)
-        assert _partition_files(image) == {k: v for k, v in hashes.items()
-                                           if k.startswith("era")}, f"the era fs differs in {n}"
+        for volume, prefix in (("vdb:p1", "step"), ("lvm:vg0/mounted", "era")):
+            image = tmp_path / f"{prefix}{n}.img"
+            with image.open("wb") as f:
+                for block in iter_volume(remote, host, codec, by_name[volume]):
+                    f.write(block)
+            assert _partition_files(image) == {k: v for k, v in hashes.items()
+                                               if k.startswith(prefix)}, f"{volume}, point {n}"
         assert manifest.tracking["mode"] == "era"
         assert manifest.tracking["full_scan"] is (n == 0)
         assert verify_point(remote, host, codec, point_id).ok
