@@ -4,11 +4,13 @@ filesystem shares extents (XFS, btrfs); elsewhere the file is read as it is.
 A copy is named `.cdpsnap-<owner tag>-<file>-<pid>` beside its file, with the agent's LVM
 owner tag (lvm.owner_tag), so that the cleanup of a killed run's leftovers removes only
 that agent's copies: another agent may be reading its own copy of another image in the
-same directory."""
+same directory. A name that would pass the 255-byte limit of a file name keeps the start
+of the file's name and a hash of all of it instead."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -25,6 +27,21 @@ PREFIX = ".cdpsnap-"
 #: The owner tag in a copy's name; an agent from before the tags named its copies
 #: `.cdpsnap-<file>-<pid>`.
 _OWNER = re.compile(re.escape(PREFIX) + f"({TAG_PREFIX}[0-9a-f]+)-")
+#: Longest file name in bytes (NAME_MAX of ext4, XFS, btrfs).
+NAME_MAX = 255
+
+
+def copy_name(name: str, tag: str, pid: int) -> str:
+    """The copy's file name: `.cdpsnap-<tag>-<name>-<pid>`, or, when that is too long for a
+    file name, `.cdpsnap-<tag>-<start of name>~<hash of name>-<pid>`."""
+    full = f"{PREFIX}{tag}-{name}-{pid}"
+    if len(os.fsencode(full)) <= NAME_MAX:
+        return full
+    raw = os.fsencode(name)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    room = NAME_MAX - len(os.fsencode(f"{PREFIX}{tag}-~{digest}-{pid}"))
+    # fsdecode of a cut multi-byte character gives surrogate escapes of the same bytes
+    return f"{PREFIX}{tag}-{os.fsdecode(raw[:room])}~{digest}-{pid}"
 
 
 def leftovers(directory: Path, tag: str) -> list[Path]:
@@ -48,7 +65,7 @@ def remove_leftovers(directory: Path, tag: str) -> None:
 def snapshot(path: str, tag: str) -> Iterator[str]:
     """A reflink copy of `path` for the agent of owner tag `tag`, or `path` itself."""
     src = Path(path)
-    copy = src.parent / f"{PREFIX}{tag}-{src.name}-{os.getpid()}"
+    copy = src.parent / copy_name(src.name, tag, os.getpid())
     try:
         runcmd.run(["cp", "--reflink=always", str(src), str(copy)])
     except CommandFailed:

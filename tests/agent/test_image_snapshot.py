@@ -78,3 +78,20 @@ def test_another_agent_starting_leaves_a_running_agents_copy_alone(
     assert seen == [[f"{image.PREFIX}{tag}-vm-a.img-{os.getpid()}"]]
     assert_point_equals(agent, a.point_id, Path(shutil.copy(a_img, tmp_path / "a")))
     assert not list(xfs.glob(".cdpsnap-*"))
+
+
+def test_an_image_with_a_long_name_gets_a_copy_named_within_the_limit(xfs: Path) -> None:
+    """A file name of 250 bytes (the limit is 255) still gets its reflink copy: the copy's
+    name keeps the name's start and a hash of all of it, and the cleanup finds it."""
+    tag = lvm.owner_tag(xfs / "state" / "web1")
+    source = xfs / ("vm-" + "é" * 119 + "-disk.img")  # é is 2 bytes: 250 bytes in all
+    assert len(os.fsencode(source.name)) == 250
+    source.write_bytes(os.urandom(MiB))
+    with image.snapshot(str(source), tag) as view:
+        copy = Path(view)
+        assert copy != source and copy.read_bytes() == source.read_bytes()
+        assert len(os.fsencode(copy.name)) == image.NAME_MAX
+        assert copy.name.startswith(f"{image.PREFIX}{tag}-vm-é")
+        assert copy.name.endswith(f"-{os.getpid()}")
+        assert image.leftovers(xfs, tag) == [copy]
+    assert not list(xfs.glob(".cdpsnap-*"))
