@@ -43,11 +43,16 @@ class PointRow:
     digest: str  # hash of the commit request: tells a retry from a conflict
 
     def head(self) -> str:
-        """PointInfo's JSON without its closing brace and its mutable fields."""
-        return json.dumps({"point_id": self.point_id, "host": self.host,
-                           "created": self.created, "committed": self.committed,
-                           "parent": self.parent, "size": self.size,
-                           "stats": json.loads(self.stats)}, separators=(",", ":"))[:-1]
+        return point_head(self.host, self.point_id, self.created, self.committed,
+                          self.parent, self.size, self.stats)
+
+
+def point_head(host: str, point_id: str, created: float, committed: float,
+               parent: str | None, size: int, stats: str) -> str:
+    """PointInfo's JSON without its closing brace and its mutable fields."""
+    return json.dumps({"point_id": point_id, "host": host, "created": created,
+                       "committed": committed, "parent": parent, "size": size,
+                       "stats": json.loads(stats)}, separators=(",", ":"))[:-1]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from cdpcore.api import ObjectKind, Retention, Role
 from cdpcore.errors import NotFoundError, ServerError, UsageError
 
-from .catalog import Location, PackRow, PointRow
+from .catalog import Location, PackRow, PointRow, point_head
 from .errors import Conflict, StorageFull
 
 log = logging.getLogger("cdp.server")
@@ -85,6 +85,8 @@ _SCHEMA = (
     # grows with the host, a 1 TiB volume has up to 64 million).
     "CREATE INDEX IF NOT EXISTS objects_damaged ON objects(host, kind, id) WHERE damaged",
     _POINTS_TABLE,
+    # data repairs already made (`_repair_once`)
+    "CREATE TABLE IF NOT EXISTS repairs(name TEXT PRIMARY KEY, done REAL NOT NULL)",
     "CREATE TRIGGER IF NOT EXISTS points_ins AFTER INSERT ON points BEGIN "
     "UPDATE hosts SET points_gen = points_gen + 1 WHERE name = NEW.host; END",
     "CREATE TRIGGER IF NOT EXISTS points_upd AFTER UPDATE ON points BEGIN "
@@ -114,6 +116,35 @@ _DOC_SCHEMA = (
     f"BEGIN UPDATE points SET doc = {_POINT_JSON} "
     "WHERE host = NEW.host AND point_id = NEW.point_id; END",
 )
+
+
+def _repair_once(db: sqlite3.Connection, name: str,
+                 repair: Callable[[sqlite3.Connection], None]) -> None:
+    """Run a data repair the first time this catalog is opened by a server that knows it,
+    in the opening transaction. Recorded in the `repairs` table rather than by a new
+    version: a repair changes no schema, and an older server may still open the catalog."""
+    if not db.execute("SELECT 1 FROM repairs WHERE name = ?", (name,)).fetchone():
+        repair(db)
+        db.execute("INSERT INTO repairs VALUES (?, ?)", (name, time.time()))
+
+
+def _repair_durations(db: sqlite3.Connection) -> None:
+    """Servers before PointStats checked `duration` stored a NaN or infinite one as null,
+    and a negative one as sent: every client refuses such a point, and with it the host's
+    whole listing. The duration only informs, so such points get 0."""
+    rows = db.execute(
+        "SELECT host, point_id, created, committed, parent, size, stats FROM points "
+        "WHERE json_type(stats, '$.duration') NOT IN ('integer', 'real') "
+        "OR json_extract(stats, '$.duration') < 0").fetchall()
+    for host, point_id, created, committed, parent, size, stats in rows:
+        fixed = json.dumps({**json.loads(stats), "duration": 0.0}, separators=(",", ":"))
+        head = point_head(host, point_id, created, committed, parent, size, fixed)
+        db.execute("UPDATE points SET stats = ?, head = ? WHERE host = ? AND point_id = ?",
+                   (fixed, head, host, point_id))
+        db.execute(f"UPDATE points SET doc = {_POINT_JSON} WHERE host = ? AND point_id = ?",
+                   (host, point_id))
+        log.warning("point %s of %s had no valid duration (%s); it is now 0", point_id,
+                    host, json.loads(stats).get("duration"))
 
 
 class SqliteCatalog:
@@ -160,6 +191,7 @@ class SqliteCatalog:
                 db.execute(f"UPDATE points SET doc = {_POINT_JSON}")
             for statement in _DOC_SCHEMA:
                 db.execute(statement)
+            _repair_once(db, "durations", _repair_durations)
             db.execute(f"PRAGMA user_version = {CATALOG_VERSION}")
         return migrated
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import time
@@ -291,6 +292,52 @@ def test_a_non_finite_or_negative_duration_is_refused_and_stores_nothing(
             reader.point("web1", built.point_id)
     assert agent.commit("web1", built.request).point_id == built.point_id
     assert [p.point_id for p in reader.points("web1")] == [built.point_id]
+
+
+def test_a_point_stored_with_an_invalid_duration_is_repaired_when_the_server_opens(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Servers before the check stored a NaN duration as null (and a negative one as sent),
+    and then no client could parse the host's listing. Opening the datastore sets such a
+    duration to 0 in the stored stats and in the rendered listing; other points and the
+    rest of the stats stay as they were."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    ids = []
+    for n in range(3):
+        built = build_point(codec, "web1", {"vda": _disk(4)})
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        request = built.request.model_copy(
+            update={"stats": PointStats(new_chunks=n + 1, duration=1.5)})
+        commit(ds, "web1", request)
+        ids.append(built.point_id)
+    before = json.loads(ds.catalog.points_json("web1", None, None, None))
+    db = ds.catalog.read()  # what the old servers stored: in stats, head and doc alike
+    db.execute("DELETE FROM repairs")  # a catalog of a server before the repair
+    for point_id, value in ((ids[0], "null"), (ids[2], "-2.0")):
+        db.execute("UPDATE points SET stats = replace(stats, '\"duration\":1.5', ?), "
+                   "head = replace(head, '\"duration\":1.5', ?), "
+                   "doc = replace(doc, '\"duration\":1.5', ?) WHERE point_id = ?",
+                   (f'"duration":{value}',) * 3 + (point_id,))
+    with pytest.raises(ValidationError):
+        POINT_LIST.validate_json(ds.catalog.points_json("web1", None, None, None))
+
+    reopened = Datastore.open(tmp_path / "ds")
+    listing = POINT_LIST.validate_json(reopened.catalog.points_json("web1", None, None, None))
+    assert [(p.point_id, p.stats.new_chunks, p.stats.duration) for p in listing] == \
+        [(ids[0], 1, 0.0), (ids[1], 2, 1.5), (ids[2], 3, 0.0)]
+    after = json.loads(reopened.catalog.points_json("web1", None, None, None))
+    for entry in (*before, *after):
+        entry["stats"].pop("duration")
+    assert after == before
+    row = reopened.catalog.point("web1", ids[0])
+    assert row is not None and PointStats.model_validate_json(row.stats).duration == 0.0
+    # once only: a later open leaves the points alone
+    db.execute("UPDATE points SET stats = replace(stats, '\"duration\":0.0', "
+               "'\"duration\":null') WHERE point_id = ?", (ids[0],))
+    row = Datastore.open(tmp_path / "ds").catalog.point("web1", ids[0])
+    assert row is not None and '"duration":null' in row.stats
 
 
 def test_a_point_whose_answer_cannot_be_made_is_not_stored(tmp_path) -> None:  # type: ignore[no-untyped-def]
