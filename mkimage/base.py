@@ -149,9 +149,17 @@ def _install_wheels(root: Path, cache: Path, reqs: list[str]) -> None:
          *[f"--platform=manylinux_2_{n}_x86_64" for n in range(GLIBC_MINOR, 16, -1)],
          "--platform=manylinux2014_x86_64", *reqs], timeout=1800)
     modules.remove_tree(site / "bin")
-    # Hash-checked bytecode: valid whatever the files' mtimes, so the cpio stays reproducible.
-    run([sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode",
-         "unchecked-hash", str(site)])
+    compile_pyc(site)
+
+
+def compile_pyc(site: Path, *trees: Path) -> None:
+    """Byte-compile trees (default: all of site, the image's SITE_DIR built elsewhere) into
+    hash-based .pyc files: valid whatever the files' mtimes, so the cpio stays reproducible.
+    -f replaces pip's timestamp-based ones; each file is named by its path in the image, not
+    by the build's temporary directory."""
+    run([sys.executable, "-m", "compileall", "-q", "-f", "-j0", "--invalidation-mode",
+         "unchecked-hash", "-s", str(site), "-p", "/" + config.SITE_DIR,
+         *[str(t) for t in trees or (site,)]])
 
 
 def _configure(root: Path) -> None:
@@ -163,6 +171,10 @@ def _configure(root: Path) -> None:
     (root / "etc/hostname").write_text("cdp-rescue\n")
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 cdp-rescue\n")
     (root / "etc/fstab").write_text("")
+    # Not the build host's name servers: DHCP or ip=...:DNS0:DNS1 write the rescue system's.
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)  # may be a symlink into the build host's /run
+    resolv.write_text("")
 
 
 def _measure(root: Path) -> dict[str, int]:

@@ -67,10 +67,11 @@ def build(req: BuildRequest, say: Callable[[str], None]) -> dict[str, int]:
             sizes["rescue.iso"] = _make_iso(tmp, req.src, base, req.epoch)
         if req.pxe:
             _make_pxe(tmp, req.src)
+        # Before anything is installed: an initrd over the limit fails the build (_report).
+        _report(base, sizes, say)
         for name in ("vmlinuz", "initrd.img", "rescue.iso", "pxe"):
             if (tmp / name).exists():
                 _replace(tmp / name, req.out / name)
-    _report(base, sizes, say)
     return sizes
 
 

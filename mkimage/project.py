@@ -5,16 +5,17 @@ unpacked over the base layer (later cpio archives win)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import sys
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cdpcore.errors import UsageError
-from cdpcore.runcmd import run
 
 from . import config
+from .base import compile_pyc
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ def populate(tree: Path, src: Path, bake: Bake) -> None:
             raise UsageError(f"{src / pkg} is not a Python package: is --src the working tree?")
         shutil.copytree(src / pkg, site / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-    run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-         *[str(site / p) for p in config.PROJECT_PACKAGES]])
+    compile_pyc(site, *[site / p for p in config.PROJECT_PACKAGES])
     bindir = tree / "usr/local/bin"
     bindir.mkdir(parents=True)
     for name, target in _scripts(src / "pyproject.toml").items():
@@ -70,6 +70,23 @@ def populate(tree: Path, src: Path, bake: Bake) -> None:
                           f"sys.exit({func}())\n")
         script.chmod(0o755)
     _bake(tree, bake)
+    _normalize_modes(tree)
+    if bake.token:  # the image then holds a secret
+        (tree / "etc/cdp/defaults.json").chmod(0o600)
+
+
+def _normalize_modes(tree: Path) -> None:
+    """0755 for directories and executables, 0644 for other files, whatever the builder's
+    umask and the checkout's modes: the archive stays reproducible, and its directory
+    entries (/usr, /etc, ...) set the modes of the base layer's directories at unpacking."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, 0o755 if mode & 0o100 else 0o644)
 
 
 def _bake(tree: Path, bake: Bake) -> None:
@@ -86,5 +103,3 @@ def _bake(tree: Path, bake: Bake) -> None:
             raise UsageError(f"{path}: no such file to bake into the image")
         shutil.copyfile(path, etc / dest)
     (etc / "defaults.json").write_text(json.dumps(defaults, indent=1, sort_keys=True) + "\n")
-    if bake.token:
-        (etc / "defaults.json").chmod(0o600)

@@ -6,7 +6,7 @@ One parser for the init (initramfs/init evaluates `--shell`), the TUI and the re
 Product options: cdp.server=URL cdp.token=T cdp.host=NAME cdp.point=ID
 cdp.answers=URL|path cdp.ca=path cdp.medium=/dev/DISK (the boot medium, never a target)
 cdp.auto=1 (unattended restore by `rescue auto`; nothing destructive happens without it) cdp.test=1 (root shell on the serial console for mkimage.qemu).
-Network: ip=dhcp | ip=addr::gw:mask:hostname:iface:none (the kernel's nfsroot form),
+Network: ip=dhcp | ip=addr::gw:mask:hostname:iface:none[:dns0[:dns1]] (the kernel's form),
 vlan=NAME:PARENT (dracut form, e.g. vlan=eth0.100:eth0). Console: console=ttyS0,115200.
 Defaults baked into a site's image (/etc/cdp/defaults.json) apply unless the command line
 says otherwise.
@@ -41,6 +41,7 @@ class NetConfig:
     prefix: int | None = None
     gateway: str | None = None
     hostname: str | None = None
+    dns: tuple[str, ...] = ()  # static only: the kernel form's dns0 and dns1 fields
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,14 @@ def _flag(key: str, value: str) -> bool:
 
 
 def parse_ip(value: str) -> NetConfig:
-    """ip= in the kernel's form: dhcp/on/any, or client:server:gw:netmask:hostname:iface:autoconf."""
+    """ip= in the kernel's form: dhcp/on/any, or
+    client:server:gw:netmask:hostname:iface:autoconf[:dns0[:dns1]]."""
     if value in ("dhcp", "on", "any"):
         return NetConfig(mode="dhcp")
     if value in ("off", "none"):
         return NetConfig()
-    fields = value.split(":") + [""] * 7
-    client, _server, gw, mask, hostname, iface, autoconf = fields[:7]
+    fields = value.split(":") + [""] * 9
+    client, _server, gw, mask, hostname, iface, autoconf, dns0, dns1 = fields[:9]
     if autoconf in ("dhcp", "on", "any"):
         return NetConfig(mode="dhcp", iface=iface or None, hostname=hostname or None)
     if autoconf not in ("", "off", "none"):
@@ -95,12 +97,14 @@ def parse_ip(value: str) -> NetConfig:
     try:
         net = ipaddress.IPv4Network(f"{client}/{mask or 24}", strict=False)
         ipaddress.IPv4Address(client)
-        if gw:
-            ipaddress.IPv4Address(gw)
+        for given in (gw, dns0, dns1):
+            if given:
+                ipaddress.IPv4Address(given)
     except ValueError as exc:
         raise UsageError(f"ip={value}: {exc}") from None
     return NetConfig(mode="static", iface=iface, address=client, prefix=net.prefixlen,
-                     gateway=gw or None, hostname=hostname or None)
+                     gateway=gw or None, hostname=hostname or None,
+                     dns=tuple(d for d in (dns0, dns1) if d))
 
 
 def parse_vlan(value: str) -> Vlan:
@@ -111,34 +115,57 @@ def parse_vlan(value: str) -> Vlan:
     return Vlan(name=name, parent=parent, id=int(match.group(1)))
 
 
+def _kernel_words(cmdline: str) -> list[str]:
+    """The command line split as the kernel splits it: at blanks outside double quotes; the
+    quotes are removed; a single quote or a backslash is an ordinary character; an unclosed
+    quote runs to the end of the line."""
+    def split(text: str) -> list[str]:
+        lex = shlex.shlex(text, posix=True)
+        lex.whitespace_split, lex.commenters, lex.quotes, lex.escape = True, "", '"', ""
+        return list(lex)
+    try:
+        return split(cmdline)
+    except ValueError:  # no closing quotation
+        return split(cmdline.rstrip() + '"')
+
+
 def parse_cmdline(cmdline: str, defaults: dict[str, str] | None = None) -> BootOptions:
     """Boot options from a kernel command line; `defaults` (baked into the image: keys
     server, token, host, point, answers, ca) apply where the command line is silent.
-    Malformed network options raise UsageError; unknown cdp.* options are warnings, so a
-    typo does not stop a rescue boot."""
+    Nothing here stops a rescue boot: a malformed ip= or vlan= is a warning and leaves the
+    network unconfigured, a malformed cdp.auto/cdp.test a warning and off, unknown cdp.*
+    options a warning; every other option still applies."""
     values: dict[str, Any] = {k: v for k, v in (defaults or {}).items()
                               if k in ("server", "token", "host", "point", "answers", "ca")}
     warnings: list[str] = []
-    try:
-        words = shlex.split(cmdline)
-    except ValueError as exc:
-        raise UsageError(f"kernel command line: {exc}") from None
-    for word in words:
+    net_errors: list[str] = []
+    for word in _kernel_words(cmdline):
         key, has_value, value = word.partition("=")
-        if key == "ip" and has_value:
-            values["net"] = parse_ip(value)
-        elif key == "vlan" and has_value:
-            values["vlan"] = parse_vlan(value)
-        elif key == "console" and has_value:
-            tty = value.split(",")[0]
-            if re.fullmatch(r"ttyS\d+|ttyAMA\d+|hvc\d+|ttyUSB\d+", tty):
-                values["serial_console"] = tty
-        elif key in ("cdp.auto", "cdp.test"):
-            values[key[4:]] = _flag(key, value)
-        elif key in _KNOWN:
-            values[key[4:]] = value or None
-        elif key.startswith("cdp."):
-            warnings.append(f"unknown boot option {key} (ignored)")
+        try:
+            if key == "ip" and has_value:
+                values["net"] = parse_ip(value)
+            elif key == "vlan" and has_value:
+                values["vlan"] = parse_vlan(value)
+            elif key == "console" and has_value:
+                tty = value.split(",")[0]
+                if re.fullmatch(r"ttyS\d+|ttyAMA\d+|hvc\d+|ttyUSB\d+", tty):
+                    values["serial_console"] = tty
+            elif key in ("cdp.auto", "cdp.test"):
+                values[key[4:]] = _flag(key, value)
+            elif key in _KNOWN:
+                values[key[4:]] = value or None
+            elif key.startswith("cdp."):
+                warnings.append(f"unknown boot option {key} (ignored)")
+        except UsageError as exc:
+            if key in ("ip", "vlan"):
+                net_errors.append(f"{exc} (network left unconfigured)")
+            else:
+                values[key[4:]] = False
+                warnings.append(f"{exc} (taken as 0)")
+    if net_errors:
+        warnings += net_errors
+        values["net"] = NetConfig()
+        values.pop("vlan", None)
     if values.get("auto") and not (values.get("server") or values.get("answers")):
         warnings.append("cdp.auto=1 without cdp.server or cdp.answers: nothing to restore from")
     return BootOptions(**values, warnings=tuple(warnings))
@@ -150,7 +177,7 @@ def shell_vars(opts: BootOptions) -> str:
     values = {
         "CDP_IP_MODE": net.mode, "CDP_IP_IFACE": net.iface or "",
         "CDP_IP_ADDR": net.address or "", "CDP_IP_PREFIX": str(net.prefix or ""),
-        "CDP_IP_GATEWAY": net.gateway or "",
+        "CDP_IP_GATEWAY": net.gateway or "", "CDP_IP_DNS": " ".join(net.dns),
         "CDP_VLAN_IFACE": vlan.name if vlan else "", "CDP_VLAN_PARENT": vlan.parent if vlan else "",
         "CDP_VLAN_ID": str(vlan.id) if vlan else "",
         "CDP_SERIAL": opts.serial_console or "", "CDP_AUTO": "1" if opts.auto else "0",

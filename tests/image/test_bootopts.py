@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cdpcore.errors import UsageError
-from rescue.bootopts import NetConfig, Vlan, main, parse_cmdline, shell_vars
+from rescue.bootopts import NetConfig, Vlan, main, parse_cmdline, parse_ip, parse_vlan, shell_vars
 
 
 def test_product_options_and_console() -> None:
@@ -42,9 +42,11 @@ def test_unknown_cdp_option_is_a_warning_not_a_failure() -> None:
     assert parse_cmdline("cdp.sever=x").warnings == ("unknown boot option cdp.sever (ignored)",)
 
 
-def test_bad_flag() -> None:
-    with pytest.raises(UsageError, match=r"cdp.auto=maybe: expected 1 or 0"):
-        parse_cmdline("cdp.auto=maybe")
+def test_bad_flag_is_a_warning_and_off() -> None:
+    opts = parse_cmdline("cdp.auto=1 cdp.auto=maybe cdp.server=https://s console=ttyS0")
+    assert opts.auto is False
+    assert (opts.server, opts.serial_console) == ("https://s", "ttyS0")
+    assert opts.warnings == ("cdp.auto=maybe: expected 1 or 0 (taken as 0)",)
 
 
 @pytest.mark.parametrize("value", ["dhcp", "on", "any"])
@@ -62,7 +64,17 @@ def test_ip_static() -> None:
                             gateway="192.0.2.1", hostname="rescue")
 
 
+def test_ip_static_with_name_servers() -> None:
+    opts = parse_cmdline("ip=192.0.2.10::192.0.2.1:255.255.255.0::eth0:none:192.0.2.53:192.0.2.54")
+    assert opts.net.dns == ("192.0.2.53", "192.0.2.54")
+    env = dict(line.split("=", 1) for line in shell_vars(opts).splitlines())
+    assert env["CDP_IP_DNS"] == "'192.0.2.53 192.0.2.54'"
+    assert parse_cmdline("ip=192.0.2.10:::255.255.255.0::eth0:none::192.0.2.54").net.dns == \
+        ("192.0.2.54",)
+
+
 @pytest.mark.parametrize(("value", "message"), [
+    ("192.0.2.10::192.0.2.1:255.255.255.0::eth0:none:dns.example", "dns.example"),
     ("192.0.2.10::192.0.2.1:255.255.255.0::eth0:bootp", "autoconf must be dhcp or none"),
     ("192.0.2.10::192.0.2.1:255.255.255.0", "a static address needs"),
     ("192.0.2.300:::255.255.255.0::eth0:none", "192.0.2.300"),
@@ -70,7 +82,7 @@ def test_ip_static() -> None:
 ])
 def test_ip_errors(value: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        parse_cmdline(f"ip={value}")
+        parse_ip(value)
 
 
 def test_vlan_moves_the_address_to_the_vlan_interface() -> None:
@@ -84,7 +96,39 @@ def test_vlan_moves_the_address_to_the_vlan_interface() -> None:
 @pytest.mark.parametrize("value", ["eth0", "eth0.5000:eth0", "vlan7"])
 def test_vlan_errors(value: str) -> None:
     with pytest.raises(UsageError, match="expected NAME:PARENT"):
-        parse_cmdline(f"vlan={value}")
+        parse_vlan(value)
+
+
+@pytest.mark.parametrize("net", ["ip=10.0.0.5 vlan=eth0.100:eth0", "ip=dhcp vlan=eth0"])
+def test_bad_network_option_leaves_the_network_off_and_keeps_the_rest(net: str) -> None:
+    """docs/IMAGE.md: a malformed ip=/vlan= is reported and the network left unconfigured;
+    the serial console, test mode, boot medium, server and baked defaults still apply."""
+    opts = parse_cmdline(f"console=tty0 console=ttyS0,115200n8 {net} cdp.test=1 "
+                         "cdp.medium=/dev/sdb cdp.server=https://s", {"token": "t0"})
+    assert opts.net == NetConfig() and opts.vlan is None
+    assert (opts.serial_console, opts.test, opts.medium, opts.server, opts.token) == (
+        "ttyS0", True, "/dev/sdb", "https://s", "t0")
+    assert len(opts.warnings) == 1 and "network left unconfigured" in opts.warnings[0]
+
+
+def test_bad_network_option_in_the_init_output(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0,115200n8 ip=10.0.0.5 cdp.test=1\n")
+    assert main([str(cmdline), "--shell"]) == 0
+    captured = capsys.readouterr()
+    assert "CDP_IP_MODE=none\n" in captured.out
+    assert "CDP_SERIAL=ttyS0\n" in captured.out and "CDP_TEST=1\n" in captured.out
+    assert captured.err.count("ip=10.0.0.5") == 1
+
+
+def test_quoting_is_the_kernels() -> None:
+    """Only double quotes group words (and are removed); a single quote or a backslash is
+    an ordinary character, as in the kernel's own parser."""
+    opts = parse_cmdline('cdp.answers="http://h/a b.json" cdp.host=o\'brien '
+                         'cdp.ca=/media/a\\b.pem console=ttyS0')
+    assert (opts.answers, opts.host, opts.ca, opts.serial_console) == (
+        "http://h/a b.json", "o'brien", "/media/a\\b.pem", "ttyS0")
+    assert parse_cmdline('console=ttyS1 cdp.host="web 1').host == "web 1"
 
 
 def test_baked_defaults_yield_to_the_command_line() -> None:

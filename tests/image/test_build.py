@@ -1,0 +1,101 @@
+"""mkimage.build without mmdebstrap: a fake base layer, the real project layer and cpio."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import marshal
+import os
+import py_compile
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cdpcore.errors import CdpError
+from mkimage import base, config
+from mkimage import build as build_mod
+from mkimage.base import Base, compile_pyc
+from mkimage.build import BuildRequest, build
+from mkimage.cpio import make_cpio
+from mkimage.project import Bake, populate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _fake_base(tmp_path: Path) -> Base:
+    base = tmp_path / "base-fake"
+    base.mkdir()
+    (base / "vmlinuz").write_bytes(b"new kernel")
+    (base / "base.cpio.zst").write_bytes(subprocess.run(
+        ["zstd", "-q", "-c"], input=b"", capture_output=True, check=True).stdout)
+    (base / "sizes.json").write_text(json.dumps({"root": 1}))
+    return Base(base, "6.1.0-test")
+
+
+def test_initrd_over_the_limit_leaves_the_old_image_in_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/IMAGE.md: the build fails if the initrd reaches 200 MiB; out/ must then still
+    hold the previous image, not the over-limit one."""
+    base = _fake_base(tmp_path)
+    monkeypatch.setattr(build_mod, "ensure_base", lambda *a, **k: base)
+    monkeypatch.setattr(build_mod, "MAX_INITRD", 64)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vmlinuz").write_bytes(b"old kernel")
+    (out / "initrd.img").write_bytes(b"old initrd")
+    with pytest.raises(CdpError, match="over the 0 MiB limit"):
+        build(BuildRequest(cache=tmp_path / "cache", out=out, src=REPO, epoch=1704067200),
+              lambda msg: None)
+    assert (out / "initrd.img").read_bytes() == b"old initrd"
+    assert (out / "vmlinuz").read_bytes() == b"old kernel"
+    assert sorted(p.name for p in out.iterdir()) == ["initrd.img", "vmlinuz"]
+
+
+def _project_cpio(tmp_path: Path, name: str, umask: int) -> bytes:
+    tree = tmp_path / name / "project"
+    tree.mkdir(parents=True)
+    old = os.umask(umask)
+    try:
+        populate(tree, REPO, Bake(server="https://s", token="t0"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tree / "etc/cdp/defaults.json").stat().st_mode) == 0o600  # a secret
+    make_cpio(tree, tmp_path / name / "project.cpio.zst", 1704067200)
+    return (tmp_path / name / "project.cpio.zst").read_bytes()
+
+
+def test_project_layer_is_reproducible(tmp_path: Path) -> None:
+    """The same sources give the same project.cpio.zst, whatever temporary directory the
+    build used (the .pyc files name their source by its path in the image) and whatever
+    the builder's umask (a later archive's directory modes apply to /usr, /etc, ...)."""
+    assert _project_cpio(tmp_path, "one", 0o022) == _project_cpio(tmp_path, "two-long", 0o077)
+
+
+def test_wheel_bytecode_is_rebuilt_hash_based_with_image_paths(tmp_path: Path) -> None:
+    """pip leaves timestamp-based .pyc naming its own temporary directory; those would be
+    stale in the image (every mtime is SOURCE_DATE_EPOCH) and differ between builds."""
+    pycs = []
+    for name in ("a", "bb"):
+        site = tmp_path / name / config.SITE_DIR
+        (site / "pkg").mkdir(parents=True)
+        (site / "pkg/mod.py").write_text("X = 1\n")
+        py_compile.compile(str(site / "pkg/mod.py"), dfile=f"/tmp/pip-target-{name}/pkg/mod.py")
+        compile_pyc(site)
+        pycs.append((site / "pkg" / importlib.util.cache_from_source("mod.py")).read_bytes())
+    assert pycs[0] == pycs[1]
+    assert int.from_bytes(pycs[0][4:8], "little") == 1  # hash-based, unchecked
+    assert marshal.loads(pycs[0][16:]).co_filename == f"/{config.SITE_DIR}/pkg/mod.py"
+
+
+def test_the_base_carries_no_name_servers_of_the_build_host(tmp_path: Path) -> None:
+    """mmdebstrap copies the build host's /etc/resolv.conf into the root (or a symlink to
+    its /run): the rescue system would ask the build site's name servers."""
+    root = tmp_path / "root"
+    (root / "etc/lvm").mkdir(parents=True)
+    (root / "etc/lvm/lvm.conf").write_text("devices {\n\t# obtain_device_list_from_udev = 0\n}\n")
+    (root / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    base._configure(root)
+    resolv = root / "etc/resolv.conf"
+    assert not resolv.is_symlink() and resolv.read_text() == ""
