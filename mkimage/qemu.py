@@ -135,7 +135,9 @@ class NetBoot:
 class VMConfig:
     disks: Sequence[Disk] = ()
     memory_mib: int = 2048  # the root is unpacked into RAM (tmpfs, at most half of it)
-    cpus: int = 1
+    #: Two vCPUs where the host has two cores: QEMU's multi-threaded TCG runs each on its
+    #: own host thread, and the guest's restore and agent points are CPU-bound.
+    cpus: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     boot: KernelBoot | IsoBoot | NetBoot = field(default_factory=KernelBoot)
     firmware: Literal["bios", "uefi"] = "bios"
     network: bool = True
