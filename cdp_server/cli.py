@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sqlite3
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,7 @@ def cert(out: Path, name: str, as_json: bool) -> None:
 @click.option("--cert", "cert_file", help="TLS certificate (PEM).")
 @click.option("--key", "key_file", help="TLS private key (PEM).")
 @click.option("--grace", type=_Seconds(), help="GC grace period in seconds [default: 86400].")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", type=click.Choice(cfgmod.LOG_LEVELS))
 def serve(config_path: Path | None, data: Path | None, listen: str | None,
           cert_file: str | None, key_file: str | None, grace: float | None,
           log_level: str | None) -> None:
@@ -124,6 +125,7 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
                              "cert --out DIR`)")
         logs.setup(getattr(logging, conf.log_level.upper()))
         host, port = conf.address()
+        _check_tls_pair(conf.cert, conf.key)
         ds = Datastore.open(Path(conf.data))
         with ds.serving():
             rec = ds.recover()
@@ -141,6 +143,16 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
         # may exit; every transaction is committed by now, so leave at once.
         os._exit(0)
     _run(go)
+
+
+def _check_tls_pair(cert_file: str, key_file: str) -> None:
+    """A missing, unreadable or mismatched certificate or key, refused before serving (in
+    uvicorn it is a traceback)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot use the TLS certificate {cert_file} with the key "
+                         f"{key_file}: {exc}") from None
 
 
 @main.group()
@@ -362,7 +374,10 @@ def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> Non
 def prune(host_name: str | None, data: Path, as_json: bool) -> None:
     """Remove points the retention rules do not keep (pinned points always stay)."""
     def go() -> None:
-        report = jobs.prune(Datastore.open(data), host_name)
+        ds = Datastore.open(data)
+        if host_name is not None and not ds.catalog.host_exists(host_name):
+            raise NotFoundError(f"no host {host_name!r}")
+        report = jobs.prune(ds, host_name)
         _emit(as_json, report.model_dump(),
               f"kept {len(report.kept)} points, removed {len(report.removed)}")
     _run(go)

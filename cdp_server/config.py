@@ -13,6 +13,8 @@ from cdpcore.errors import UsageError
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_GRACE = 24 * 3600.0
+#: The levels `serve --log-level` takes; the configuration file's `log_level` likewise.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,9 @@ class ServerConfig:
 
     def address(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise UsageError(f"listen address {self.listen!r} must be HOST:PORT")
+        if not sep or not port.isdigit() or not host or int(port) > 65535:
+            raise UsageError(f"listen address {self.listen!r} must be HOST:PORT (port 0 "
+                             "to 65535)")
         return host.strip("[]"), int(port)
 
     def merged(self, **flags: Any) -> ServerConfig:
@@ -47,10 +50,16 @@ def load(path: Path | None) -> ServerConfig:
         if path.suffix == ".toml":
             parsed = tomllib.loads(text)
             doc = parsed.get("server", parsed)
+            if doc is not parsed and len(parsed) > 1:  # keys beside [server] would be lost
+                outside = sorted(set(parsed) - {"server"})
+                raise UsageError(f"configuration file {path}: settings outside [server]: "
+                                 f"{', '.join(outside)}")
         else:
             parser = configparser.ConfigParser()
             parser.read_string(text)
-            doc = dict(parser["server"]) if parser.has_section("server") else {}
+            if not parser.has_section("server"):
+                raise UsageError(f"configuration file {path} has no [server] section")
+            doc = dict(parser["server"])
     except (tomllib.TOMLDecodeError, configparser.Error) as exc:
         raise UsageError(f"configuration file {path} is malformed: {exc}") from None
     known = {f.name for f in fields(ServerConfig)}
@@ -64,4 +73,8 @@ def load(path: Path | None) -> ServerConfig:
     if not grace >= 0:  # NaN too: it compares false
         raise UsageError(f"configuration file {path}: grace must be 0 or more seconds, not "
                          f"{grace}: a negative grace leaves uploads in flight unprotected")
+    level = str(doc.get("log_level", "info"))
+    if level.lower() not in LOG_LEVELS:
+        raise UsageError(f"configuration file {path}: log_level must be one of "
+                         f"{', '.join(LOG_LEVELS)}, not {level!r}")
     return ServerConfig(grace=grace, **{k: str(v) for k, v in doc.items()})

@@ -17,6 +17,8 @@ log = logging.getLogger("cdp.server")
 
 #: JSON bodies (ID lists, commits) are far smaller than uploads; one bound for all.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 1024 * 1024
+#: Methods with a label of their own in the request duration metric.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class _TooLarge(Exception):
@@ -44,19 +46,27 @@ class BodyLimit:
             await _answer(send, 413, too_large)
             return
         seen = 0
-        started = False
+        started = exceeded = False
 
         async def counting_receive() -> Any:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > MAX_BODY_BYTES:
+                    exceeded = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Any) -> None:
             nonlocal started
+            if exceeded and not started:
+                # The app caught _TooLarge and answers something else (FastAPI: 400
+                # "There was an error parsing the body" for a JSON body): 413 instead.
+                started = True
+                await _answer(send, 413, too_large)
+            if exceeded:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -104,8 +114,11 @@ class Observe:
                 await _answer(send, 500, "internal server error (see the server log)")
         elapsed = time.perf_counter() - start
         route = getattr(scope.get("route"), "path", "other")
+        # Known methods only: any token is a method to HTTP/1.1, and each new label value
+        # would be a series kept for good, for anyone without a token to add.
+        method = scope["method"] if scope["method"] in _METHODS else "other"
         m = self.metrics
-        m.duration.labels(scope["method"], route).observe(elapsed)
+        m.duration.labels(method, route).observe(elapsed)
         m.bytes_in.inc(received)
         if status >= 400:
             m.errors.labels(str(status)).inc()

@@ -24,10 +24,12 @@ def make_self_signed(out: Path, name: str = "localhost", days: int = 3650,
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    names: list[x509.GeneralName] = [x509.DNSName(name)]
+    names: list[x509.GeneralName] = [_san(name)]
     if name != "localhost":
         names.append(x509.DNSName("localhost"))
-    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    if loopback not in names:
+        names.append(loopback)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -44,6 +46,14 @@ def make_self_signed(out: Path, name: str = "localhost", days: int = 3650,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     return cert_path, key_path, cert_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _san(name: str) -> x509.GeneralName:
+    """An IP address goes in as one: TLS clients match an IP only against IP entries."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def fingerprint_of(cert_path: Path) -> str:

@@ -77,6 +77,12 @@ class _PinningAdapter(HTTPAdapter):
         kwargs["assert_fingerprint"] = self._fingerprint
         super().init_poolmanager(*args, **kwargs)
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Through a proxy (HTTPS_PROXY), connections come from this manager instead: without
+        # the fingerprint they would not be checked at all (verify is off when pinning).
+        proxy_kwargs["assert_fingerprint"] = self._fingerprint
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
 
 def cert_fingerprint(der: bytes) -> str:
     """The fingerprint format used everywhere: lower-case hex SHA-256 of the DER certificate."""

@@ -25,7 +25,7 @@ _POINT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def check_name(kind: str, name: str) -> str:
     """Host and volume names: short, printable, no path tricks (no '..', no leading '/')."""
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:  # match's $ passes a final newline
         raise FormatError(f"invalid {kind} name {name!r}: use letters, digits and ._:+/- "
                           "(at most 128, no '..')")
     return name

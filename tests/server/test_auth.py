@@ -215,3 +215,48 @@ def test_unreachable_server_is_connection_failed(cdp_server) -> None:  # type: i
     with pytest.raises(ConnectionFailed) as exc:
         client.hosts()
     assert "cannot reach the CDP server" in str(exc.value)
+
+
+def test_fingerprint_pinning_holds_through_a_proxy(cdp_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Through HTTPS_PROXY, requests takes its connections from a proxy manager: the pin
+    must be checked there too, else (verify off when pinning) nothing is checked."""
+    import select
+    import socket
+    import socketserver
+    import threading
+
+    class Tunnel(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += self.request.recv(4096)
+            target, port = head.split()[1].decode().rsplit(":", 1)
+            with socket.create_connection((target, int(port))) as up:
+                self.request.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+                while True:
+                    ready, _, _ = select.select([self.request, up], [], [], 5)
+                    if not ready:
+                        return
+                    for s in ready:
+                        data = s.recv(65536)
+                        if not data:
+                            return
+                        (up if s is self.request else self.request).sendall(data)
+
+    class Proxy(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+    with Proxy(("127.0.0.1", 0), Tunnel) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        pinned = CdpClient(cdp_server.url, cdp_server.admin_token,
+                           fingerprint=cdp_server.fingerprint, retries=0)
+        assert pinned.health().status == "ok"
+        wrong = CdpClient(cdp_server.url, cdp_server.admin_token, fingerprint="00" * 32,
+                          retries=0)
+        with pytest.raises(ConnectionFailed) as exc:
+            wrong.hosts()
+        assert "Fingerprints did not match" in str(exc.value)
+        proxy.shutdown()

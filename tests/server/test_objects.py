@@ -264,3 +264,20 @@ def test_upload_error_message_reaches_the_client(host) -> None:  # type: ignore[
         agent.upload("web1", ObjectKind.pages, [(hashlib.sha256(b"a" * 40).digest(), b"a" * 40)])
     assert exc.value.status == 400
     assert "not an index page" in str(exc.value)
+
+
+def test_a_chunked_json_body_over_the_limit_is_413(cdp_server, host) -> None:  # type: ignore[no-untyped-def]
+    """FastAPI turns any error while reading a JSON body into 400 "There was an error
+    parsing the body": the body limit's 413 must still be what the client sees."""
+    _, tokens = host
+
+    def chunked():  # type: ignore[no-untyped-def]
+        yield b'{"ids": ["'
+        for _ in range(70):
+            yield b"a" * (1024 * 1024)
+        yield b'"]}'
+
+    resp = _post(cdp_server, tokens[Role.agent], "/hosts/web1/chunks/missing",
+                 chunked(), ctype="application/json")  # type: ignore[arg-type]
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["detail"] == f"request body larger than {MAX_UPLOAD_BYTES + 2**20} bytes"

@@ -251,3 +251,111 @@ def test_full_disk_is_507_and_leaves_nothing_half_done(
     second = build_point(codec, "web1", {"vda": os.urandom(16 * BS)})
     push(agent, "web1", second)
     assert len(agent.points("web1")) == 2
+
+
+def test_configuration_mistakes_are_named_not_ignored(tmp_path: Path, server_cert) -> None:  # type: ignore[no-untyped-def]
+    """A log level the server has no name for was a traceback at start; settings beside
+    the [server] table of a TOML file, or an INI file without a [server] section, were
+    silently ignored."""
+    from cdp_server import config
+
+    data = str(tmp_path / "ds")
+    _cli("init", "--data", data)
+    path = tmp_path / "server.toml"
+    path.write_text(f'[server]\ndata = "{data}"\nlisten = "127.0.0.1:9"\n'
+                    f'cert = "{server_cert["cert"]}"\nkey = "{server_cert["key"]}"\n'
+                    'log_level = "verbose"\n')
+    bad = _cli("serve", "--config", str(path), check=False)
+    assert (bad.returncode, bad.stderr) == (
+        2, f"cdp-server: error: configuration file {path}: log_level must be one of debug, "
+        "info, warning, error, not 'verbose'\n")
+    beside = tmp_path / "beside.toml"
+    beside.write_text('grace = 60\nlog_level = "debug"\n[server]\ndata = "/x"\n')
+    with pytest.raises(UsageError, match=r"settings outside \[server\]: grace, log_level$"):
+        config.load(beside)
+    ini = tmp_path / "server.ini"
+    ini.write_text("[Server]\ngrace = 60\n")
+    with pytest.raises(UsageError, match=rf"^configuration file {ini} has no \[server\] "
+                       "section$"):
+        config.load(ini)
+
+
+def test_serve_refuses_a_bad_port_or_tls_pair_by_name(tmp_path: Path, server_cert) -> None:  # type: ignore[no-untyped-def]
+    data = str(tmp_path / "ds")
+    _cli("init", "--data", data)
+    tls = ("--cert", server_cert["cert"], "--key", server_cert["key"])
+    bad = _cli("serve", "--data", data, "--listen", "127.0.0.1:99999", *tls, check=False)
+    assert (bad.returncode, bad.stderr) == (
+        2, "cdp-server: error: listen address '127.0.0.1:99999' must be HOST:PORT (port 0 "
+        "to 65535)\n")
+    missing = str(tmp_path / "nothing.pem")
+    bad = _cli("serve", "--data", data, "--listen", "127.0.0.1:9", "--cert", missing,
+               "--key", server_cert["key"], check=False)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.startswith(f"cdp-server: error: cannot use the TLS certificate "
+                                 f"{missing} with the key {server_cert['key']}: ")
+    other = json.loads(_cli("cert", "--out", str(tmp_path / "other"), "--json").stdout)
+    bad = _cli("serve", "--data", data, "--listen", "127.0.0.1:9", "--cert",
+               server_cert["cert"], "--key", other["key"], check=False)
+    assert bad.returncode == 2, bad.stderr
+    assert "cannot use the TLS certificate" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_prune_of_an_unknown_or_empty_host_name_prunes_nothing(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """`prune --host ""` (say `--host "$HOST"` with HOST unset) pruned every host, and a
+    mistyped name pruned nothing without a word; the API answers 404 for both."""
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    codec = new_codec()
+    for _ in range(2):
+        push(agent, "web1", build_point(codec, "web1", {"vda": os.urandom(4 * BS)}))
+    data = str(cdp_server.data_dir)
+    _cli("retention", "set", "web1", "--keep-last", "1", "--data", data)
+    for name in ("", "web2"):
+        bad = _cli("prune", "--host", name, "--data", data, "--json", check=False)
+        assert (bad.returncode, bad.stdout, bad.stderr) == (
+            7, "", f"cdp-server: error: no host {name!r}\n")
+    assert len(agent.points("web1")) == 2
+    pruned = json.loads(_cli("prune", "--host", "web1", "--data", data, "--json").stdout)
+    assert len(pruned["removed"]) == 1
+
+
+def test_cert_for_an_ip_address_names_it_as_one(tmp_path: Path) -> None:
+    """Clients match an address only against the IP entries of a certificate: a DNS
+    entry "192.0.2.7" made the certificate useless for https://192.0.2.7 with a CA file."""
+    import ipaddress
+
+    from cryptography import x509
+
+    doc = json.loads(_cli("cert", "--out", str(tmp_path), "--name", "192.0.2.7",
+                          "--json").stdout)
+    cert = x509.load_pem_x509_certificate(Path(doc["cert"]).read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("192.0.2.7"), ipaddress.ip_address("127.0.0.1")]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+
+
+def test_unknown_methods_add_no_metric_series(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """Any token is a method to HTTP/1.1: one label value per method would let anyone,
+    without a token, add series to the metrics for good."""
+    base = cdp_server.url + API_PREFIX
+    for method in ("XA1", "XA2"):
+        resp = requests.request(method, base + "/health", verify=str(cdp_server.ca_path),
+                                timeout=30)
+        assert resp.status_code == 405
+    text = requests.get(base + "/metrics", verify=str(cdp_server.ca_path), timeout=30).text
+    assert 'method="XA1"' not in text
+    assert 'cdp_request_duration_seconds_count{method="other",route="/health"} 2.0' in text
+
+
+def test_a_host_name_ending_in_a_newline_is_refused(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """re's `$` matches before a final newline: "web3\\n" passed the name check."""
+    resp = requests.post(cdp_server.url + API_PREFIX + "/hosts", json={"name": "web3\n"},
+                         headers={"Authorization": f"Bearer {cdp_server.admin_token}"},
+                         verify=str(cdp_server.ca_path), timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"] == ("invalid host name 'web3\\n': use letters, digits and "
+                                     "._:+/- (at most 128, no '..')")
+    assert [h.name for h in cdp_server.admin().hosts()] == []
