@@ -206,7 +206,8 @@ def commit(request: Request, who: Who, host: str, req: CommitRequest) -> JSONRes
 @router.get("/hosts/{host}/points", response_model=list[PointInfo])
 def list_points(request: Request, who: Who, host: str,
                 limit: Annotated[int | None, Query(ge=0, le=10**9)] = None,
-                before: float | None = None, after: float | None = None) -> Response:
+                before: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+                after: Annotated[float | None, Query(allow_inf_nan=False)] = None) -> Response:
     ds = _ds(request)
     require_host(ds, who, host, READ)
     gzip = compress.accepts_gzip(request.headers.get("accept-encoding", ""))

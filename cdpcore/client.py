@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import requests.auth
 from requests.adapters import HTTPAdapter
 
 from . import records
@@ -82,6 +83,18 @@ class _PinningAdapter(HTTPAdapter):
         # the fingerprint they would not be checked at all (verify is off when pinning).
         proxy_kwargs["assert_fingerprint"] = self._fingerprint
         return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+
+class _Bearer(requests.auth.AuthBase):
+    """The token as the session's auth, not a plain header: requests replaces the
+    Authorization header of a session without auth by a ~/.netrc entry for the host."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
 
 
 def cert_fingerprint(der: bytes) -> str:
@@ -163,7 +176,7 @@ class CdpClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            session.headers["Authorization"] = f"Bearer {self._token}"
+            session.auth = _Bearer(self._token)
             session.headers["User-Agent"] = "cdp-client/1"
             if self._fingerprint is not None:
                 session.mount("https://", _PinningAdapter(self._fingerprint))

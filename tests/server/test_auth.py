@@ -34,6 +34,18 @@ def test_no_token_and_bad_token_are_401(cdp_server) -> None:  # type: ignore[no-
     assert exc.value.status == 401
 
 
+def test_a_netrc_entry_for_the_server_does_not_replace_the_token(
+        cdp_server, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """requests puts a ~/.netrc entry for the host in place of a plain Authorization
+    header: an admin's workstation with one would send Basic auth and get 401."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login admin password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    tokens = cdp_server.add_host("web1")
+    assert [h.name for h in cdp_server.client(tokens[Role.restore]).hosts()] == ["web1"]
+
+
 def test_health_needs_no_token(cdp_server) -> None:  # type: ignore[no-untyped-def]
     assert _raw(cdp_server, "GET", "/health").json()["status"] == "ok"
 

@@ -206,6 +206,12 @@ def test_listing_filters(web1) -> None:  # type: ignore[no-untyped-def]
     assert [p.point_id for p in reader.points("web1", before=base + 15)] == ids[:2]
     assert [p.point_id for p in reader.points("web1", after=base, before=base + 40)] == ids[1:4]
     assert reader.host("web1").latest == base + 40
+    # a time that is no time is refused, not answered with an empty list
+    for bound in ("before", "after"):
+        for value in ("nan", "inf"):
+            with pytest.raises(ServerError) as exc:
+                reader.points("web1", **{bound: float(value)})
+            assert exc.value.status == 422 and bound in str(exc.value)
 
 
 def test_incremental_commit_reuses_checked_subtrees(web1) -> None:  # type: ignore[no-untyped-def]
