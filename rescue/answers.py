@@ -12,9 +12,16 @@ from typing import Any
 
 from cdpcore.errors import UsageError
 
+from .resize import RESIZE_POLICIES
+
 _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
          "point", "map", "resize", "verify", "grow_fs", "reinstall_bootloader", "yes",
          "state_dir", "workers", "after"}
+_STRINGS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
+            "state_dir"}
+_BOOLS = {"grow_fs", "reinstall_bootloader", "yes"}
+_CHOICES: dict[str, tuple[str, ...]] = {"resize": RESIZE_POLICIES, "verify": ("blocks", "read-back"),
+                                        "after": ("shell", "reboot", "poweroff")}
 _ENV = {"server": "CDP_SERVER", "token": "CDP_TOKEN", "host": "CDP_HOST", "ca": "CDP_CA",
         "fingerprint": "CDP_FINGERPRINT", "passphrase": "CDP_PASSPHRASE",
         "passphrase_file": "CDP_PASSPHRASE_FILE"}
@@ -75,7 +82,28 @@ def load_answers(path: str | None) -> Answers:
     if unknown:
         raise UsageError(f"answers file {path} has unknown keys {', '.join(unknown)}; known: "
                          + ", ".join(sorted(_KEYS)))
+    for key, value in doc.items():
+        problem = _bad_value(key, value)
+        if problem:
+            raise UsageError(f"answers file {path}: {key!r} must be {problem}, not {value!r}")
     return Answers(doc)
+
+
+def _bad_value(key: str, value: Any) -> str | None:
+    """What `value` should have been for `key` (None: fine). A value of the wrong type is
+    an error, never read some other way: "yes": "false" must not confirm a restore."""
+    if value is None:
+        return None
+    if key in _BOOLS and not isinstance(value, bool):
+        return "true or false (JSON booleans, unquoted)"
+    if key in _STRINGS and not isinstance(value, str):
+        return "a string"
+    if key in _CHOICES and value not in _CHOICES[key]:
+        return "one of " + ", ".join(_CHOICES[key])
+    if key == "workers" and (isinstance(value, bool) or not isinstance(value, int)
+                             or value < 1):
+        return "a whole number of at least 1"
+    return None
 
 
 def read_passphrase(answers: Answers, passphrase_file: str | None, prompt: bool) -> str:

@@ -4,12 +4,14 @@ rescue.engine, like the TUI). Exit codes are those of cdpcore.errors."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -91,8 +93,16 @@ def _client(a: Answers, server: str | None, token: str | None, ca: str | None,
     if not url or not tok:
         raise UsageError("the server URL and a token are required: --server/--token, "
                          "CDP_SERVER/CDP_TOKEN, or the answers file")
-    return CdpClient(url, tok, ca_path=a.get("ca", ca), fingerprint=a.get("fingerprint",
-                                                                          fingerprint))
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise UsageError(f"server URL {url!r}: expected https://HOST[:PORT]")
+    ca_path, pin = a.get("ca", ca), a.get("fingerprint", fingerprint)
+    if ca_path and not Path(ca_path).is_file():
+        raise UsageError(f"CA certificate file {ca_path} does not exist or is not a file")
+    if pin and not re.fullmatch(r"[0-9a-fA-F]{64}", pin.replace(":", "")):
+        raise UsageError(f"fingerprint {pin!r}: expected the server certificate's SHA-256, "
+                         "64 hex digits (colons allowed), as `cdp-server cert` prints it")
+    return CdpClient(url, tok, ca_path=ca_path, fingerprint=pin)
 
 
 def _host(a: Answers, host: str | None) -> str:
@@ -176,6 +186,12 @@ def _saved_plan(a: Answers, kw: dict[str, Any], path: str, prompt: bool
                if kw[k] is not None] + (["--map"] if kw["maps"] else [])
     if shaping:
         raise UsageError(f"--plan {path} already decides {', '.join(shaping)}: drop them")
+    in_answers = [k for k in ("point", "map", "resize", "verify", "grow_fs",
+                              "reinstall_bootloader") if a.values.get(k) is not None]
+    if in_answers:
+        raise UsageError(f"--plan {path} already decides what the answers file's "
+                         f"{', '.join(in_answers)} would: drop them from it, or do not use "
+                         "--plan")
     try:
         doc = json.loads(Path(path).read_text())
     except OSError as exc:
@@ -189,16 +205,20 @@ def _saved_plan(a: Answers, kw: dict[str, Any], path: str, prompt: bool
     return _engine(a, kw, prompt, saved.host), saved
 
 
-def print_plan(plan: Plan) -> None:
-    click.echo(f"Restore host {plan.host}, point {plan.point_id} ({local_time(plan.created)})")
+def print_plan(plan: Plan, err: bool = False) -> None:
+    """On stdout, or with `err` on stderr (beside --json output)."""
+    def echo(text: str) -> None:
+        click.echo(text, err=err)
+
+    echo(f"Restore host {plan.host}, point {plan.point_id} ({local_time(plan.created)})")
     for dp in plan.disks:
-        click.echo(f"  source disk {dp.source} -> {dp.target.path} ({human(dp.target.size)}, "
-                   f"chosen by {dp.reason})")
-    click.echo("Steps (destructive):")
+        echo(f"  source disk {dp.source} -> {dp.target.path} ({human(dp.target.size)}, "
+             f"chosen by {dp.reason})")
+    echo("Steps (destructive):")
     for i, action in enumerate(plan.actions, 1):
-        click.echo(f"  {i:3}. {action.description}")
+        echo(f"  {i:3}. {action.description}")
     for note in plan.notes:
-        click.echo(f"  note: {note}")
+        echo(f"  note: {note}")
 
 
 @main.command()
@@ -212,7 +232,10 @@ def plan(as_json: bool, save: str | None, answers_file: str | None, **kw: Any) -
     a = load_answers(answers_file)
     _, the_plan = _engine_and_plan(a, kw, prompt=sys.stdin.isatty())
     if save:
-        Path(save).write_text(json.dumps(the_plan.to_json(), indent=2))
+        try:
+            Path(save).write_text(json.dumps(the_plan.to_json(), indent=2))
+        except OSError as exc:
+            raise UsageError(f"cannot write plan file {save}: {exc.strerror}") from None
     if as_json:
         click.echo(json.dumps(the_plan.to_json(), indent=2))
     else:
@@ -295,9 +318,12 @@ def run_restore(a: Answers, kw: dict[str, Any], *, interactive: bool,
         if not interactive:
             raise UsageError("refusing to write without confirmation: add --yes (or "
                              '"yes": true in the answers file), or use --dry-run')
+        if not show_plan:  # --json: what is confirmed is shown, on stderr
+            print_plan(the_plan, err=True)
         targets = ", ".join(d.target.path for d in the_plan.disks)
-        if click.prompt(f"Everything on {targets} will be destroyed. Type YES to go on") \
-                != "YES":
+        # On stderr, like the passphrase's: stdout may be the --json report.
+        if click.prompt(f"Everything on {targets} will be destroyed. Type YES to go on",
+                        err=True) != "YES":
             raise UsageError("not confirmed: nothing was written")
     opts = ExecuteOptions(dry_run=dry_run, state_dir=a.get("state_dir", state_dir),
                           stream=StreamOptions(checkpoint_bytes=checkpoint_mib << 20))

@@ -148,6 +148,10 @@ class _Execution:
             self.state = saved
             self.emit(Event("note", message=f"resuming from {self.store.path}: "
                             f"{len(saved.done_actions)} actions already done"))
+        elif any(a.type != "verify" for a in self.plan.actions):  # it writes the targets
+            for stale in self.store.forget_others():
+                self.emit(Event("note", message=f"removed {stale}: that restore's targets "
+                                "are overwritten now, it cannot be resumed"))
         handlers: dict[str, Callable[[Action], None]] = {
             "wipe": lambda a: target.wipe(a.target),
             "partition_table": self._table, "stream": self._stream, "swap": self._swap,

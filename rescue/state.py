@@ -29,6 +29,9 @@ class RestoreState:
     done_actions: list[str] = field(default_factory=list)
     #: volume name -> number of leading blocks written, verified and synced
     volume_blocks: dict[str, int] = field(default_factory=dict)
+    #: the target paths this restore writes: a fresh restore onto any of them makes this
+    #: state stale (its finished steps were overwritten)
+    targets: list[str] = field(default_factory=list)
 
 
 def default_state_dir(plan: Plan) -> str:
@@ -43,6 +46,7 @@ class StateStore:
         self.path = Path(directory) / f"rescue-{plan.host}-{plan.point_id[:12]}.state.json"
         self.fingerprint = plan.fingerprint()
         self.point_id = plan.point_id
+        self.targets = [d.target.path for d in plan.disks]
 
     def load(self) -> RestoreState | None:
         """The saved state of this very plan, or None (absent, or of another plan)."""
@@ -57,10 +61,30 @@ class StateStore:
             return None
         return RestoreState(fingerprint=doc["fingerprint"], point_id=doc["point_id"],
                             done_actions=list(doc["done_actions"]),
-                            volume_blocks={k: int(v) for k, v in doc["volume_blocks"].items()})
+                            volume_blocks={k: int(v) for k, v in doc["volume_blocks"].items()},
+                            targets=list(self.targets))
 
     def fresh(self) -> RestoreState:
-        return RestoreState(fingerprint=self.fingerprint, point_id=self.point_id)
+        return RestoreState(fingerprint=self.fingerprint, point_id=self.point_id,
+                            targets=list(self.targets))
+
+    def forget_others(self) -> list[Path]:
+        """Before a fresh restore writes its targets: remove the resume states of other
+        restores in this directory onto any of them. Resuming one of those later would
+        skip its wipe, table and finished volumes, whose bytes this restore replaced."""
+        gone: list[Path] = []
+        for path in sorted(self.path.parent.glob("rescue-*.state.json")):
+            if path == self.path:
+                continue
+            try:
+                doc = json.loads(path.read_text())
+                theirs = set(doc.get("targets", []))
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+            if theirs & set(self.targets):
+                path.unlink(missing_ok=True)
+                gone.append(path)
+        return gone
 
     def save(self, state: RestoreState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

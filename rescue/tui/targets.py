@@ -40,4 +40,14 @@ def automatic(sources: list[Disk], local: list[LocalDisk]) -> tuple[dict[str, Ma
             found[src.name] = map_disks([src], local, {})[0]
         except CdpError as exc:
             why.append(str(exc))
+    # Source by source, two sources may match the same disk: neither gets it (no guess).
+    claims: dict[str, list[str]] = {}
+    for name, match in found.items():
+        claims.setdefault(match.target.path, []).append(name)
+    for path, names in claims.items():
+        if len(names) > 1:
+            why.append(f"source disks {', '.join(names)} all match {path} "
+                       f"({found[names[0]].reason}): choose their targets")
+            for name in names:
+                del found[name]
     return found, why

@@ -10,7 +10,7 @@ from cdpcore.layout import Disk, Partition
 from rescue.discover import LocalDisk
 from rescue.tui.session import TlsMismatch, explain
 from rescue.tui.settings import is_basic_terminal
-from rescue.tui.targets import problems
+from rescue.tui.targets import automatic, problems
 from rescue.tui.widgets.progress import Rate, bar_text, eta_text
 
 MIB = 1024 * 1024
@@ -60,3 +60,14 @@ def test_target_problems_name_every_reason() -> None:
     assert problems(src, bad) == ["/dev/sdc1 is mounted on /", "read-only",
                                   "too small: 32.0 MiB, needs 59.6 MiB",
                                   "4096-byte sectors, the source had 512"]
+
+
+def test_automatic_mapping_never_gives_one_disk_to_two_sources() -> None:
+    """Two source disks of the same size, one local disk of that size: the engine refuses
+    the automatic mapping; the map screen must not propose that disk for both."""
+    sources = [Disk(name="vda", size=64 * MIB), Disk(name="vdb", size=64 * MIB)]
+    local = [LocalDisk(path="/dev/sdb", name="sdb", size=64 * MIB)]
+    found, why = automatic(sources, local)
+    assert found == {}
+    assert why == ["source disks vda, vdb all match /dev/sdb (same size and model): choose "
+                   "their targets"]
