@@ -14,7 +14,6 @@ from textual.binding import Binding, BindingType
 from cdpcore.api import PointInfo
 
 from ..engine import Engine
-from ..plan import Plan
 from .session import Login
 from .settings import Settings
 from .widgets.ascii import use_ascii_scrollbars
@@ -29,7 +28,6 @@ class State:
     host: str = ""
     engine: Engine | None = None
     point: PointInfo | None = None
-    plan: Plan | None = None
 
 
 class RescueApp(App[None]):

@@ -150,3 +150,32 @@ def test_basic_look_on_the_linux_console(env: Env) -> None:
             inp = app.screen.query_one("#confirm")
             assert inp.styles.border.top[0] == "ascii"
     asyncio.run(scenario())
+
+
+def test_the_restore_runs_the_plan_its_review_showed(env: Env) -> None:
+    """Two plannings can finish in either order (ctrl+n twice, options changed between:
+    the planning threads are not stopped): a review screen left below a later one must
+    still start the plan it shows, not whichever planning finished last."""
+    async def scenario() -> None:
+        app = env.app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            map_screen = await to_map_screen(pilot)
+            await pilot.press("enter", "enter", "ctrl+n")
+            await settle(pilot)
+            first = app.screen
+            assert isinstance(first, ReviewScreen)
+            shown = first.plan
+            assert "verify: read-back" not in text(pilot, "#plan-text")
+            map_screen.verify = "read-back"  # a later planning, with another option
+            map_screen._plan({"vda.img": str(env.target)})
+            await settle(pilot)
+            assert isinstance(app.screen, ReviewScreen) and app.screen is not first
+            await pilot.press("escape")
+            assert app.screen is first
+            await type_text(pilot, "web1")
+            await pilot.press("enter")
+            await settle(pilot)
+            restore = app.screen
+            assert isinstance(restore, RestoreScreen) and restore.outcome == "done"
+            assert restore.plan is shown and restore.plan.verify == "blocks"
+    asyncio.run(scenario())

@@ -180,6 +180,5 @@ class MapScreen(RescueScreen):
         except Exception as exc:  # shown as a dialog
             self.app.call_from_thread(self.show_error, exc)
             return
-        state.plan = plan
         from .review import ReviewScreen
-        self.app.call_from_thread(self.app.push_screen, ReviewScreen(dict(self.reasons)))
+        self.app.call_from_thread(self.app.push_screen, ReviewScreen(plan, dict(self.reasons)))

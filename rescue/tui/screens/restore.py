@@ -28,18 +28,13 @@ PROGRESS_INTERVAL = 0.1  # seconds
 
 class RestoreScreen(RescueScreen):
 
-    def __init__(self) -> None:
+    def __init__(self, plan: Plan) -> None:
         super().__init__()
+        self.plan = plan  # the one its review screen showed
         self.running = False
         self.outcome: str = ""  # "", "done", "failed"
         self.report: RestoreReport | None = None
         self.finished: dict[str, int] = {}  # action id -> bytes counted
-
-    @property
-    def plan(self) -> Plan:
-        plan = self.rescue.state.plan
-        assert plan is not None
-        return plan
 
     def compose(self) -> ComposeResult:
         yield Static("6/6 Restore", classes="title")

@@ -39,8 +39,11 @@ def describe(plan: Plan, reasons: dict[str, str] | None = None) -> str:
 
 
 class ReviewScreen(RescueScreen):
-    def __init__(self, reasons: dict[str, str] | None = None) -> None:
+    def __init__(self, plan: Plan, reasons: dict[str, str] | None = None) -> None:
         super().__init__()
+        # Its own plan, not a shared one: a later planning (ctrl+n again, its thread not
+        # stopped) must not change what confirming this screen starts.
+        self.plan = plan
         self.reasons = reasons or {}
 
     def compose(self) -> ComposeResult:
@@ -56,12 +59,6 @@ class ReviewScreen(RescueScreen):
         yield Static("", id="confirm-error", classes="error")
         yield Footer()
 
-    @property
-    def plan(self) -> Plan:
-        plan = self.rescue.state.plan
-        assert plan is not None
-        return plan
-
     def on_mount(self) -> None:
         self.query_one("#confirm", Input).focus()
 
@@ -71,4 +68,4 @@ class ReviewScreen(RescueScreen):
                 f"{event.value.strip()!r} does not name the target: nothing was written")
             return
         from .restore import RestoreScreen
-        self.app.push_screen(RestoreScreen())
+        self.app.push_screen(RestoreScreen(self.plan))
