@@ -148,7 +148,7 @@ class _Execution:
             self.state = saved
             self.emit(Event("note", message=f"resuming from {self.store.path}: "
                             f"{len(saved.done_actions)} actions already done"))
-        elif any(a.type != "verify" for a in self.plan.actions):  # it writes the targets
+        elif not self.plan.verify_only:  # it writes the targets
             for stale in self.store.forget_others():
                 self.emit(Event("note", message=f"removed {stale}: that restore's targets "
                                 "are overwritten now, it cannot be resumed"))
@@ -169,7 +169,7 @@ class _Execution:
             # Not just "no errors recorded": whatever stopped the run unrecorded (an
             # interrupt) must not leave a report that says the restore succeeded.
             self.report.ok = completed and not self.report.errors
-            self.report.save(self.store.path.parent)
+            self.report.save(self.store.path.parent, self.plan.files_stem())
         if self.report.errors:
             raise IntegrityError("; ".join(self.report.errors))
         self.store.remove()

@@ -68,6 +68,17 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def verify_only(self) -> bool:
+        """A plan of read-back checks alone (`rescue verify`): it writes nothing."""
+        return bool(self.actions) and all(a.type == "verify" for a in self.actions)
+
+    def files_stem(self) -> str:
+        """The name its state and report files start with; a check's differ from a
+        restore's, whose report and resume state it must not replace."""
+        return (f"rescue-{self.host}-{self.point_id[:12]}"
+                + (".verify" if self.verify_only else ""))
+
     def fingerprint(self) -> str:
         """Identity of what this plan writes where: a resume state is only reused for the
         same fingerprint."""

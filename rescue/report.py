@@ -46,8 +46,8 @@ class RestoreReport:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "bytes_restored": self.bytes_restored}
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        path = Path(directory) / f"rescue-{self.host}-{self.point_id[:12]}.report.json"
+    def save(self, directory: str | os.PathLike[str], stem: str) -> Path:
+        path = Path(directory) / f"{stem}.report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         durable.replace_file(path, json.dumps(self.to_json(), indent=2).encode(), mode=0o644)
         return path

@@ -43,7 +43,7 @@ def default_state_dir(plan: Plan) -> str:
 
 class StateStore:
     def __init__(self, directory: str | os.PathLike[str], plan: Plan) -> None:
-        self.path = Path(directory) / f"rescue-{plan.host}-{plan.point_id[:12]}.state.json"
+        self.path = Path(directory) / f"{plan.files_stem()}.state.json"
         self.fingerprint = plan.fingerprint()
         self.point_id = plan.point_id
         self.targets = [d.target.path for d in plan.disks]

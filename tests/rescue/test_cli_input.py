@@ -187,3 +187,21 @@ def test_a_saved_plan_refuses_answers_that_would_shape_another(scene: dict[str, 
     assert digest(target) == before
     no_shape = {k: v for k, v in doc.items() if k not in ("map", "point")}
     assert invoke(tmp, no_shape, "restore", "--plan", str(saved), "--dry-run").exit_code == 0
+
+
+def test_a_check_keeps_the_restores_report_and_files_its_own(scene: dict[str, Any]) -> None:
+    """`rescue verify` after a restore: the restore's report stays what the restore did,
+    and the check's report is a file of its own."""
+    state = scene["tmp"] / "state"
+    answers = {**scene["answers"], "state_dir": str(state), "yes": True}
+    assert invoke(scene["tmp"], answers, "restore").exit_code == 0
+    (restored,) = state.glob("rescue-web1-*.report.json")
+    before = restored.read_text()
+    assert json.loads(before)["volumes"]  # the restore's record
+    result = invoke(scene["tmp"], {k: v for k, v in answers.items() if k != "yes"}, "verify")
+    assert result.exit_code == 0, result.output
+    assert restored.read_text() == before
+    (checked,) = state.glob("rescue-web1-*.verify.report.json")
+    assert json.loads(checked.read_text())["ok"] is True
+    assert [a["type"] for a in json.loads(checked.read_text())["actions"]] == \
+        ["verify"] * len(json.loads(checked.read_text())["actions"])
