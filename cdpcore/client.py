@@ -216,8 +216,11 @@ class CdpClient:
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
                 if last:
+                    unsure = "" if retry else (
+                        f" ({method} {path} is not retried: it may have been carried out "
+                        "before its answer was lost; check before repeating it)")
                     raise ConnectionFailed(f"cannot reach the CDP server at {self.url}: "
-                                           f"{exc}") from None
+                                           f"{exc}{unsure}") from None
                 self.close()
                 time.sleep(self.backoff * 2 ** attempt)
                 continue
@@ -419,19 +422,24 @@ class CdpClient:
 
     def remove_host(self, host: str) -> int:
         """Decommission `host` (tokens, points, key); returns how many points went."""
-        return int(self._request("DELETE", f"/hosts/{host}").json()["points_deleted"])
+        # Not retried, nor are the deletions and jobs below: after a lost answer a retry
+        # would report 404 for what was done, or start a second run of a long job.
+        return int(self._request("DELETE", f"/hosts/{host}", retry=False)
+                   .json()["points_deleted"])
 
     def delete_point(self, host: str, point_id: str) -> None:
-        self._request("DELETE", f"/hosts/{host}/points/{point_id}")
+        self._request("DELETE", f"/hosts/{host}/points/{point_id}", retry=False)
 
     def prune(self, host: str | None = None) -> PruneReport:
         params = {"host": host} if host else {}
         return PruneReport.model_validate(
-            self._request("POST", "/admin/prune", params=params).json())
+            self._request("POST", "/admin/prune", params=params, retry=False).json())
 
     def gc(self, grace: float | None = None) -> GcReport:
         params = {"grace": grace} if grace is not None else {}
-        return GcReport.model_validate(self._request("POST", "/admin/gc", params=params).json())
+        return GcReport.model_validate(
+            self._request("POST", "/admin/gc", params=params, retry=False).json())
 
     def verify(self) -> VerifyReport:
-        return VerifyReport.model_validate(self._request("POST", "/admin/verify").json())
+        return VerifyReport.model_validate(
+            self._request("POST", "/admin/verify", retry=False).json())
