@@ -14,7 +14,7 @@ from pathlib import Path
 from cdpcore.errors import CdpError
 from cdpcore.runcmd import run
 
-from . import cpio
+from . import cachedir, cpio
 from .base import Base, ensure_base
 from .project import Bake, populate
 
@@ -48,6 +48,10 @@ def _replace(tmp: Path, final: Path) -> None:
 def build(req: BuildRequest, say: Callable[[str], None]) -> dict[str, int]:
     """Build what req asks for; returns the sizes (bytes) of the outputs."""
     base = ensure_base(req.cache, req.src / "pyproject.toml", req.mirror, req.epoch, say)
+    cachedir.use(base.dir)
+    for gone in [*cachedir.evict(req.cache, "base", base.dir),
+                 *cachedir.forget_stale(req.cache, "base-build-")]:
+        say(f"removed {gone} from the cache")
     req.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".mkimage-", dir=req.out) as tmpdir:
         tmp = Path(tmpdir)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mkimage import cpio
+from mkimage import cachedir, cpio
 from mkimage.qemu import VM, Disk, KernelBoot, VMConfig, image_dir, qemu_argv
 
 HERE = Path(__file__).resolve().parent
@@ -176,17 +176,20 @@ def ensure_protected_disk(say: Callable[[str], None] = print) -> ProtectedDisk:
     """The cached protected disk for the current rescue image, built first if needed."""
     folder = cache_root() / f"drill-{cache_key()}"
     disk = folder / "protected.raw"
-    if disk.is_file():
-        return ProtectedDisk(disk)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".drill-", dir=folder.parent))
-    try:
-        build(tmp / "protected.raw", say)
-        # A complete disk appears under its key at once, or not at all.
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if not disk.is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".drill-", dir=folder.parent))
+        try:
+            build(tmp / "protected.raw", say)
+            # A complete disk appears under its key at once, or not at all.
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    cachedir.use(folder)
+    for gone in [*cachedir.evict(cache_root(), "drill", folder),
+                 *cachedir.forget_stale(cache_root(), ".drill-")]:
+        say(f"removed {gone} from the cache")
     return ProtectedDisk(disk)
 
 

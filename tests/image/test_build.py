@@ -46,7 +46,7 @@ def test_initrd_over_the_limit_leaves_the_old_image_in_out(
     (out / "vmlinuz").write_bytes(b"old kernel")
     (out / "initrd.img").write_bytes(b"old initrd")
     with pytest.raises(CdpError, match="over the 0 MiB limit"):
-        build(BuildRequest(cache=tmp_path / "cache", out=out, src=REPO, epoch=1704067200),
+        build(BuildRequest(cache=tmp_path, out=out, src=REPO, epoch=1704067200),
               lambda msg: None)
     assert (out / "initrd.img").read_bytes() == b"old initrd"
     assert (out / "vmlinuz").read_bytes() == b"old kernel"
