@@ -66,7 +66,12 @@ def probe(url: str, ca: str | None) -> ServerCert:
 
 
 def _ca_trusts(host: str, port: int, ca: str | None) -> bool:
-    ctx = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    try:
+        ctx = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:  # the operator's file, not the server's answer
+        raise UsageError(f"CA certificate {ca}: {getattr(exc, 'strerror', None) or exc}: "
+                         "correct the CA file, or clear it to be shown the server's "
+                         "fingerprint") from None
     try:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as sock, \
                 ctx.wrap_socket(sock, server_hostname=host):

@@ -34,7 +34,8 @@ async def connect(pilot: Any, passphrase: str) -> None:
     await settle(pilot)
 
 
-@pytest.mark.parametrize("case", ["unreachable", "tls-mismatch", "bad-token", "wrong-passphrase"])
+@pytest.mark.parametrize("case", ["unreachable", "tls-mismatch", "bad-token", "wrong-passphrase",
+                                  "missing-ca"])
 def test_each_bad_input_has_its_own_error(env: Env, case: str) -> None:
     boot = BootOptions(server=env.url, token=env.token, ca=env.ca)
     kw: dict[str, Any] = {}
@@ -44,12 +45,15 @@ def test_each_bad_input_has_its_own_error(env: Env, case: str) -> None:
     elif case == "tls-mismatch":
         boot = BootOptions(server=env.url, token=env.token)
         kw["fingerprint"] = "ab" * 32
+    elif case == "missing-ca":
+        boot = BootOptions(server=env.url, token=env.token, ca=str(env.tmp / "no-ca.pem"))
     elif case == "bad-token":
         boot = BootOptions(server=env.url, token="not-a-token", ca=env.ca)
     else:
         passphrase = "not the passphrase"
     expected = {"unreachable": "Server unreachable", "tls-mismatch": "TLS mismatch",
-                "bad-token": "Bad token", "wrong-passphrase": "Wrong passphrase"}[case]
+                "bad-token": "Bad token", "wrong-passphrase": "Wrong passphrase",
+                "missing-ca": "Usage error"}[case]
 
     async def scenario() -> None:
         app = env.app(boot=boot, **kw)
@@ -62,6 +66,9 @@ def test_each_bad_input_has_its_own_error(env: Env, case: str) -> None:
                 assert f"has fingerprint {env.fingerprint}, but {'ab' * 32} was expected" in body
             if case == "unreachable":
                 assert "cannot reach 127.0.0.1:" in body
+            if case == "missing-ca":
+                assert body.startswith(f"CA certificate {env.tmp / 'no-ca.pem'}: No such file "
+                                       "or directory: correct the CA file")
             await pilot.press("enter")  # closes the dialog, back on the form
             assert isinstance(app.screen, ConnectScreen)
             assert text(pilot, "#status") == "not connected"
