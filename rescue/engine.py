@@ -143,6 +143,7 @@ class _Execution:
             self.report.finished = time.time()
             return self.report
         recheck_targets(self.plan)
+        self.store.prepare()
         saved = self.store.load()
         if saved is not None:
             self.state = saved

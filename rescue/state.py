@@ -9,13 +9,14 @@ system's RAM disk (/run) for block devices.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cdpcore import durable
-from cdpcore.errors import FormatError
+from cdpcore.errors import FormatError, UsageError
 
 from .plan import Plan
 
@@ -85,6 +86,20 @@ class StateStore:
                 path.unlink(missing_ok=True)
                 gone.append(path)
         return gone
+
+    def prepare(self) -> None:
+        """Before anything is written: the directory exists (made if need be) and takes
+        files. Else a UsageError, not an error at the first step's save (a file's I/O
+        error there reads as the target's)."""
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        except OSError as exc:
+            raise UsageError(f"state directory {directory}: {exc.strerror or exc}: choose "
+                             "another with --state-dir (or \"state_dir\" in the answers "
+                             "file)") from None
 
     def save(self, state: RestoreState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -205,3 +205,17 @@ def test_a_check_keeps_the_restores_report_and_files_its_own(scene: dict[str, An
     assert json.loads(checked.read_text())["ok"] is True
     assert [a["type"] for a in json.loads(checked.read_text())["actions"]] == \
         ["verify"] * len(json.loads(checked.read_text())["actions"])
+
+
+def test_a_state_directory_that_is_a_file_is_named_before_anything_is_written(
+        scene: dict[str, Any]) -> None:
+    taken = scene["tmp"] / "not-a-dir"
+    taken.write_text("x")
+    before = digest(scene["target"])
+    result = invoke(scene["tmp"], {**scene["answers"], "state_dir": str(taken), "yes": True},
+                    "restore")
+    assert result.exit_code == 2, result.output
+    assert result.output.endswith(
+        f"rescue: error: state directory {taken}: File exists: choose another with "
+        '--state-dir (or "state_dir" in the answers file)\n')
+    assert digest(scene["target"]) == before
