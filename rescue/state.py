@@ -88,9 +88,8 @@ class StateStore:
         return gone
 
     def prepare(self) -> None:
-        """Before anything is written: the directory exists (made if need be) and takes
-        files. Else a UsageError, not an error at the first step's save (a file's I/O
-        error there reads as the target's)."""
+        """Before anything is read or written: the directory exists (made if need be) and
+        takes files; else a UsageError naming it."""
         directory = self.path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
