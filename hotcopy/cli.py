@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -73,15 +74,20 @@ def cli(verbose: bool) -> None:
 @click.option("--interval", default=300, show_default=True, help="Seconds between points in `run`.")
 @click.option("--print-recovery-key", is_flag=True,
               help="Print the printable recovery key (store it offline).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing configuration file (its other settings are lost).")
 @config_option
 def init(server: str, token: str, host: str, passphrase: str, ca: str, fingerprint: str,
-         sources: tuple[str, ...],
-         state_dir: str, interval: int, print_recovery_key: bool, config_path: str) -> None:
+         sources: tuple[str, ...], state_dir: str, interval: int, print_recovery_key: bool,
+         force: bool, config_path: str) -> None:
     """Connect this machine to a server: create the repository key (or fetch and unwrap the
     existing one) and write the configuration file (mode 0600)."""
     conf = cfgmod.AgentConfig(server=server, token=token, host=host, recovery_key="", ca=ca,
                               fingerprint=fingerprint, state_dir=state_dir, sources=list(sources), interval=interval)
     conf.check()
+    if not force and os.path.lexists(config_path):
+        raise UsageError(f"{config_path} exists: edit it, or pass --force to replace it (its "
+                         "other settings are then lost)")
     master, created = establish_key(make_client(server, token, ca, fingerprint), host,
                                     passphrase)
     conf.recovery_key = keys.recovery_key(master)

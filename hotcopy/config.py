@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -49,6 +49,15 @@ class AgentConfig:
         priority.check(self.nice, self.io_class)
         if self.interval < MIN_INTERVAL:
             raise UsageError(f"interval must be at least {MIN_INTERVAL} s, not {self.interval}")
+        for key, floor in (("full_scan_every", "0 (never) or more points"),
+                           ("bandwidth", "0 (no cap) or more bytes per second"),
+                           ("workers", "0 (one per CPU plus one, at most 3) or more")):
+            if getattr(self, key) < 0:
+                raise UsageError(f"{key} must be {floor}, not {getattr(self, key)}")
+        bs = self.block_size
+        if not fmt.MIN_BLOCK_SIZE <= bs <= fmt.MAX_BLOCK_SIZE or bs & (bs - 1):
+            raise UsageError(f"block_size must be a power of two from {fmt.MIN_BLOCK_SIZE} "
+                             f"to {fmt.MAX_BLOCK_SIZE}, not {bs}")
         if self.max_freeze < 0:
             raise UsageError(f"max_freeze must be 0 (no limit) or more seconds, not "
                              f"{self.max_freeze}")
@@ -64,12 +73,18 @@ def load(path: str | os.PathLike[str]) -> AgentConfig:
         doc = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"no configuration at {path}: run `cdp-agent init` first") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read configuration {path}: not UTF-8 text ({exc})") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read configuration {path}: {exc}") from None
     known = {f.name for f in fields(AgentConfig)}
     unknown = set(doc) - known
     if unknown:
         raise UsageError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    missing = {f.name for f in fields(AgentConfig)
+               if f.default is MISSING and f.default_factory is MISSING} - set(doc)
+    if missing:
+        raise UsageError(f"{path}: missing settings {', '.join(sorted(missing))}")
     _check_types(doc, path)
     try:
         return AgentConfig(**doc).check()
@@ -107,6 +122,9 @@ def _toml_value(value: Any) -> str:
 def save(config: AgentConfig, path: str | os.PathLike[str]) -> None:
     """Write atomically with mode 0600: the file holds the token and the key."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in asdict(config).items())
-    durable.replace_file(target, text.encode(), mode=0o600)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        durable.replace_file(target, text.encode(), mode=0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot write configuration {path}: {exc}") from None

@@ -27,6 +27,8 @@ def check(nice: int, io_class: str) -> None:
 def lower(nice: int, io_class: str) -> None:
     if os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if io_class == "best-effort" and _io_class_now() == "idle":
+        return  # already lower (systemd's IOSchedulingClass=idle): never raised
     if IO_CLASSES[io_class]:
         # best-effort level 7 is that class's lowest; idle has no levels
         level = ["-n", "7"] if io_class == "best-effort" else []
@@ -35,3 +37,9 @@ def lower(nice: int, io_class: str) -> None:
         if done.returncode:
             log.warning("cannot set the I/O class %s: %s", io_class,
                         done.stderr.decode(errors="replace").strip())
+
+
+def _io_class_now() -> str:
+    """This process's I/O class as ionice names it ("idle", "best-effort", ...)."""
+    done = runcmd.run(["ionice", "-p", str(os.getpid())], check=False)
+    return done.stdout.decode(errors="replace").split(":")[0].strip()

@@ -140,3 +140,76 @@ def test_run_goes_on_after_a_failed_point_whatever_it_raised(
     assert [r.getMessage() for r in failed] == [
         "point failed with an unexpected error (please report it)", "point failed: gone"]
     assert failed[0].exc_info is not None and failed[0].exc_info[0] is RuntimeError
+
+
+_BASE = 'server = "https://127.0.0.1:1"\ntoken = "t"\nhost = "h"\nrecovery_key = "k"\n'
+
+
+def test_a_config_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    """A stray Latin-1 byte in the file gave a UnicodeDecodeError traceback (exit 1)."""
+    config = tmp_path / "a.toml"
+    config.write_bytes(_BASE.encode() + b'state_dir = "/var/lib/caf\xe9"\n')
+    out = _agent("status", config=config)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"cannot read configuration {config}: not UTF-8 text" in out.stderr
+
+
+def test_missing_settings_are_named(tmp_path: Path) -> None:
+    config = tmp_path / "a.toml"
+    config.write_text('server = "https://127.0.0.1:1"\nhost = "h"\n')
+    out = _agent("status", config=config)
+    assert out.returncode == 2, out.stderr
+    assert f"{config}: missing settings recovery_key, token" in out.stderr
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    # -1 read as "never" made every point a full scan (`points_since_full + 1 >= -1`)
+    ("full_scan_every = -1", "full_scan_every must be 0 (never) or more points, not -1"),
+    ("bandwidth = -5", "bandwidth must be 0 (no cap) or more bytes per second, not -5"),
+    ("workers = -2", "workers must be 0 (one per CPU plus one, at most 3) or more, not -2"),
+    ("block_size = 1000", "block_size must be a power of two from 4096 to 4194304, not 1000"),
+])
+def test_out_of_range_settings_are_refused(tmp_path: Path, line: str, message: str) -> None:
+    config = tmp_path / "a.toml"
+    config.write_text(_BASE + line + "\n")
+    out = _agent("status", config=config)
+    assert out.returncode == 2, out.stderr
+    assert f"{config}: {message}" in out.stderr
+
+
+def test_a_negative_bandwidth_flag_is_refused(tmp_path: Path) -> None:
+    """`--bandwidth -1` meant no cap at all, silently."""
+    config = tmp_path / "a.toml"
+    config.write_text(_BASE)
+    out = _agent("backup", "--bandwidth", "-1", config=config)
+    assert out.returncode == 2, out.stderr
+    assert "bandwidth must be 0 (no cap) or more bytes per second, not -1" in out.stderr
+
+
+def test_init_does_not_overwrite_an_existing_config(tmp_path: Path) -> None:
+    """A second `init` (a new token, say) replaced the file silently, dropping the settings
+    written by hand (`tracking = "era"`, `sources`, ...)."""
+    config = tmp_path / "a.toml"
+    config.write_text(_BASE + 'tracking = "era"\n')
+    args = ("init", "--server", "https://127.0.0.1:1", "--token", "t2", "--host", "h",
+            "--passphrase", "p")
+    out = _agent(*args, config=config)
+    assert out.returncode == 2, out.stderr
+    assert (f"{config} exists: edit it, or pass --force to replace it (its other "
+            "settings are then lost)") in out.stderr
+    assert config.read_text() == _BASE + 'tracking = "era"\n'
+    forced = _agent(*args, "--force", config=config)
+    assert forced.returncode == 9, forced.stderr  # past the check: the server is unreachable
+
+
+def test_init_names_a_config_path_it_cannot_write(agent: Agent, cdp_server,  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "etc").write_text("a file, not a directory")
+    config = tmp_path / "etc" / "agent.toml"
+    out = _agent("init", "--server", cdp_server.url, "--token", agent.token, "--host",
+                 agent.host, "--passphrase", "s3cret", "--ca", str(cdp_server.ca_path),
+                 "--state-dir", str(agent.state_dir), config=config)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"cannot write configuration {config}: " in out.stderr

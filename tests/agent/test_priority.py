@@ -31,3 +31,18 @@ def test_lower_sets_nice_and_the_idle_io_class_and_never_raises_priority() -> No
                          check=True).stdout.split("\n")
     assert out[0] == "15"  # already lower than asked: left as it was
     assert out[1] == "idle"
+
+
+def test_best_effort_does_not_lift_an_idle_class_set_by_systemd() -> None:
+    """The unit's IOSchedulingClass=idle with `io_class = "best-effort"` in the config: the
+    agent moved itself up to best-effort."""
+    code = ("import os, subprocess; from hotcopy import priority; "
+            "priority.lower(10, 'best-effort'); "
+            "print(subprocess.run(['ionice', '-p', str(os.getpid())], capture_output=True, "
+            "text=True).stdout.strip())")
+    out = subprocess.run(["ionice", "-c", "3", sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "idle"
+    out = subprocess.run(["ionice", "-c", "2", "-n", "0", sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "best-effort: prio 7"  # a higher class is still lowered
