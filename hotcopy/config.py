@@ -12,7 +12,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from cdpcore import durable
 from cdpcore import format as fmt
-from cdpcore.errors import UsageError
+from cdpcore.errors import FormatError, UsageError
+from cdpcore.index import Geometry
 
 from . import priority
 
@@ -54,10 +55,10 @@ class AgentConfig:
                            ("workers", "0 (one per CPU plus one, at most 3) or more")):
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must be {floor}, not {getattr(self, key)}")
-        bs = self.block_size
-        if not fmt.MIN_BLOCK_SIZE <= bs <= fmt.MAX_BLOCK_SIZE or bs & (bs - 1):
-            raise UsageError(f"block_size must be a power of two from {fmt.MIN_BLOCK_SIZE} "
-                             f"to {fmt.MAX_BLOCK_SIZE}, not {bs}")
+        try:
+            Geometry(size=0, block_size=self.block_size)  # the format's own check
+        except FormatError as exc:
+            raise UsageError(f"block_size: {exc}") from None
         if self.max_freeze < 0:
             raise UsageError(f"max_freeze must be 0 (no limit) or more seconds, not "
                              f"{self.max_freeze}")

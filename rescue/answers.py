@@ -8,10 +8,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from cdpcore.errors import UsageError
 
+from .plan import VerifyMode
 from .resize import RESIZE_POLICIES
 
 _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
@@ -20,8 +21,11 @@ _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphra
 _STRINGS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
             "state_dir"}
 _BOOLS = {"grow_fs", "reinstall_bootloader", "yes"}
-_CHOICES: dict[str, tuple[str, ...]] = {"resize": RESIZE_POLICIES, "verify": ("blocks", "read-back"),
-                                        "after": ("shell", "reboot", "poweroff")}
+#: What follows a successful unattended restore (`rescue auto`).
+After = Literal["shell", "reboot", "poweroff"]
+AFTER: tuple[After, ...] = get_args(After)
+_CHOICES: dict[str, tuple[str, ...]] = {"resize": RESIZE_POLICIES, "verify": get_args(VerifyMode),
+                                        "after": AFTER}
 _ENV = {"server": "CDP_SERVER", "token": "CDP_TOKEN", "host": "CDP_HOST", "ca": "CDP_CA",
         "fingerprint": "CDP_FINGERPRINT", "passphrase": "CDP_PASSPHRASE",
         "passphrase_file": "CDP_PASSPHRASE_FILE"}

@@ -17,18 +17,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from cdpcore.errors import CdpError, ConnectionFailed, UsageError
 
-from .answers import Answers
+from .answers import AFTER, After, Answers
 from .bootopts import BootOptions
 from .report import RestoreReport
 
 RESULT = "CDP-RESTORE-DONE"
-After = Literal["shell", "reboot", "poweroff"]
-AFTER: tuple[After, ...] = ("shell", "reboot", "poweroff")
 #: Where a fetched answers file is kept (the rescue system's RAM disk; it holds a token).
 FETCHED = Path("/run/cdp/answers")
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import click
@@ -25,7 +25,7 @@ from .auto import after_restore, decide, done_line, failed_line, fetch, given_op
 from .discover import discover_disks
 from .engine import Engine, Event, EventSink, ExecuteOptions
 from .mapping import parse_maps
-from .plan import Plan
+from .plan import Plan, VerifyMode
 from .repo import Repository
 from .report import RestoreReport
 from .resize import RESIZE_POLICIES
@@ -71,7 +71,7 @@ def _plan_options(fn: F) -> F:
         click.option("--resize", type=click.Choice(RESIZE_POLICIES),
                      help="partitions on a larger target: same (default), grow-last, "
                      "proportional (ESP, BIOS-boot, /boot, swap keep their size)"),
-        click.option("--verify", "verify_mode", type=click.Choice(["blocks", "read-back"]),
+        click.option("--verify", "verify_mode", type=click.Choice(get_args(VerifyMode)),
                      help="trust per-block checks (default) or also read everything back"),
         click.option("--grow-fs/--no-grow-fs", default=None, help="grow ext2/3/4 and XFS "
                      "filesystems of partitions a resize enlarged (default: on)"),

@@ -168,7 +168,7 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
     ("full_scan_every = -1", "full_scan_every must be 0 (never) or more points, not -1"),
     ("bandwidth = -5", "bandwidth must be 0 (no cap) or more bytes per second, not -5"),
     ("workers = -2", "workers must be 0 (one per CPU plus one, at most 3) or more, not -2"),
-    ("block_size = 1000", "block_size must be a power of two from 4096 to 4194304, not 1000"),
+    ("block_size = 1000", "block_size: block size 1000 is not a power of two in [4096, 4194304]"),
 ])
 def test_out_of_range_settings_are_refused(tmp_path: Path, line: str, message: str) -> None:
     config = tmp_path / "a.toml"
