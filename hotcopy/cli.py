@@ -64,8 +64,8 @@ def cli(verbose: bool) -> None:
 @click.option("--server", required=True, help="CDP server URL (https://host:port).")
 @click.option("--token", required=True, envvar="CDP_AGENT_TOKEN", help="Agent token of this host.")
 @click.option("--host", required=True, help="Host name on the server.")
-@click.option("--passphrase", prompt=True, hide_input=True, confirmation_prompt=False,
-              envvar="CDP_PASSPHRASE", help="Key passphrase (prompted when not given).")
+@click.option("--passphrase", envvar="CDP_PASSPHRASE",
+              help="Key passphrase (prompted when not given, twice for a new key).")
 @click.option("--ca", default="", help="CA certificate (PEM) that signed the server's certificate.")
 @click.option("--fingerprint", default="",
               help="SHA-256 fingerprint of the server certificate, to pin a self-signed one.")
@@ -77,21 +77,32 @@ def cli(verbose: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Replace an existing configuration file (its other settings are lost).")
 @config_option
-def init(server: str, token: str, host: str, passphrase: str, ca: str, fingerprint: str,
+def init(server: str, token: str, host: str, passphrase: str | None, ca: str, fingerprint: str,
          sources: tuple[str, ...], state_dir: str, interval: int, print_recovery_key: bool,
          force: bool, config_path: str) -> None:
     """Connect this machine to a server: create the repository key (or fetch and unwrap the
     existing one) and write the configuration file (mode 0600)."""
+    # Paths as the service will see them: it does not run in this directory.
     conf = cfgmod.AgentConfig(server=server, token=token, host=host, recovery_key="", ca=ca,
-                              fingerprint=fingerprint, state_dir=state_dir, sources=list(sources), interval=interval)
+                              fingerprint=fingerprint, state_dir=os.path.abspath(state_dir),
+                              sources=[os.path.abspath(s) for s in sources], interval=interval)
     conf.check()
     if not force and os.path.lexists(config_path):
         raise UsageError(f"{config_path} exists: edit it, or pass --force to replace it (its "
                          "other settings are then lost)")
-    master, created = establish_key(make_client(server, token, ca, fingerprint), host,
-                                    passphrase)
+
+    def ask(new: bool) -> str:
+        """The passphrase; typed twice when it is to wrap a new key (a typo would lock
+        every point away behind a passphrase nobody knows)."""
+        if passphrase is not None:
+            return passphrase
+        answer: str = click.prompt("Passphrase for the new key" if new else "Passphrase",
+                                   hide_input=True, confirmation_prompt=new)
+        return answer
+
+    master, created = establish_key(make_client(server, token, ca, fingerprint), host, ask)
     conf.recovery_key = keys.recovery_key(master)
-    StateDir(state_dir, host)
+    StateDir(conf.state_dir, host)
     cfgmod.save(conf, config_path)
     click.echo(f"{'created a new' if created else 'unwrapped the existing'} key for host "
                f"{host}; configuration written to {config_path}")
@@ -198,8 +209,9 @@ def backup_cmd(config_path: str, sources: tuple[str, ...], tracking: str | None,
 @click.option("--interval", type=int, default=None, help="Seconds between points (>= 60).")
 def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
         bandwidth: int | None, interval: int | None) -> None:
-    """Take a recovery point every INTERVAL seconds until stopped (SIGTERM/SIGINT).
-    A failed point is logged and retried at the next tick; it never half-commits."""
+    """Take a recovery point every INTERVAL seconds until stopped: SIGTERM lets the point
+    in progress finish, SIGINT (Ctrl-C) abandons it (exit 130). A failed or abandoned
+    point is never half-committed; a failed one is logged and retried at the next tick."""
     conf = _overrides(_load(config_path), sources, tracking, bandwidth)
     if interval is not None:
         conf = replace(conf, interval=interval).check()

@@ -64,6 +64,11 @@ class AgentConfig:
                              f"{self.max_freeze}")
         if self.tracking not in ("scan", "era"):
             raise UsageError(f"unknown tracking mode {self.tracking!r}: use scan or era")
+        for key, paths in (("state_dir", [self.state_dir]), ("sources", self.sources)):
+            for path in paths:
+                if not os.path.isabs(path):
+                    raise UsageError(f"{key}: {path!r} is not an absolute path (the service "
+                                     "does not run in the directory it was written from)")
         if not self.server.startswith("https://"):
             raise UsageError(f"server URL must start with https:// ({self.server!r})")
         return self

@@ -3,6 +3,8 @@ passphrase, or fetched from there and unwrapped (a re-installed host)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cdpcore import keys
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.errors import ServerError
@@ -10,13 +12,16 @@ from cdpcore.errors import ServerError
 from .remote import Remote
 
 
-def establish_key(remote: Remote, host: str, passphrase: str) -> tuple[bytes, bool]:
-    """Returns (master key, created). Raises WrongKeyError for a wrong passphrase."""
+def establish_key(remote: Remote, host: str, passphrase: Callable[[bool], str]
+                  ) -> tuple[bytes, bool]:
+    """Returns (master key, created). `passphrase(new)` gives the passphrase, `new` when it
+    is to wrap a key made now. Raises WrongKeyError for a wrong passphrase."""
     doc = remote.get_key(host)
     if doc is not None:
-        return keys.WrappedKey.from_json(doc).unwrap(passphrase), False
+        return keys.WrappedKey.from_json(doc).unwrap(passphrase(False)), False
+    secret = passphrase(True)
     master = keys.new_master_key()
-    wrapped = keys.WrappedKey.create(master, passphrase)
+    wrapped = keys.WrappedKey.create(master, secret)
     try:
         remote.put_key(host, wrapped.to_json())
     except ServerError as exc:
@@ -28,7 +33,7 @@ def establish_key(remote: Remote, host: str, passphrase: str) -> tuple[bytes, bo
         if doc is None:
             raise ServerError(f"the server neither stored nor returned the key of {host}") \
                 from None
-        return keys.WrappedKey.from_json(doc).unwrap(passphrase), False
+        return keys.WrappedKey.from_json(doc).unwrap(secret), False
     return master, True
 
 

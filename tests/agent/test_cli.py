@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -9,6 +10,8 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -169,6 +172,10 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
     ("bandwidth = -5", "bandwidth must be 0 (no cap) or more bytes per second, not -5"),
     ("workers = -2", "workers must be 0 (one per CPU plus one, at most 3) or more, not -2"),
     ("block_size = 1000", "block_size: block size 1000 is not a power of two in [4096, 4194304]"),
+    # read from the service's working directory (/), not from where the file was written
+    ('state_dir = "state"', "state_dir: 'state' is not an absolute path (the service does "
+                            "not run in the directory it was written from)"),
+    ('sources = ["/dev/sda", "disk.img"]', "sources: 'disk.img' is not an absolute path"),
 ])
 def test_out_of_range_settings_are_refused(tmp_path: Path, line: str, message: str) -> None:
     config = tmp_path / "a.toml"
@@ -213,3 +220,83 @@ def test_init_names_a_config_path_it_cannot_write(agent: Agent, cdp_server,  # t
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert f"cannot write configuration {config}: " in out.stderr
+
+
+def test_init_asks_twice_for_a_new_keys_passphrase_once_for_an_existing(
+        agent: Agent, cdp_server, gpt_image: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in a new key's passphrase, asked once, locked the points away behind a
+    passphrase nobody knew. Relative paths are stored as absolute ones: the service does
+    not run in the directory init ran in."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CDP_PASSPHRASE", raising=False)
+    server = ("--server", cdp_server.url, "--token", agent.token, "--host", agent.host,
+              "--ca", str(cdp_server.ca_path))
+    config = tmp_path / "agent.toml"
+    runner = CliRunner()
+    new = runner.invoke(cli.cli, ["init", *server, "--state-dir", "state", "--source",
+                                  gpt_image.name], input="s3cret\ntypo\ns3cret\ns3cret\n",
+                        env={"CDP_AGENT_CONFIG": str(config)})
+    assert new.exit_code == 0, new.output
+    assert new.output.count("Passphrase for the new key: ") == 2
+    assert new.output.count("Repeat for confirmation: ") == 2
+    assert "Error: The two entered values do not match." in new.output
+    saved = tomllib.loads(config.read_text())
+    assert (saved["state_dir"], saved["sources"]) == (str(tmp_path / "state"), [str(gpt_image)])
+
+    again = runner.invoke(cli.cli, ["init", *server], input="s3cret\n",
+                          env={"CDP_AGENT_CONFIG": str(tmp_path / "second.toml")})
+    assert again.exit_code == 0, again.output
+    assert again.output.count("Passphrase: ") == 1 and "Repeat" not in again.output
+    assert "unwrapped the existing key" in again.output
+    assert tomllib.loads((tmp_path / "second.toml").read_text())["recovery_key"] == \
+        saved["recovery_key"]
+
+
+def _wait_for_point(lock: Path, proc: subprocess.Popen[str]) -> None:
+    """Until `proc` holds the host's lock: a point is being taken."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            finally:
+                os.close(fd)
+        time.sleep(0.05)
+    raise AssertionError("no point started")
+
+
+def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
+        agent: Agent, cdp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C stops at once: exit 130, nothing committed, no copy of the image left. The
+    service's SIGTERM lets the point finish (the unit allows it 120 s) and exits 0. A
+    bandwidth cap stretches the point (4 MiB of random data at 512 KiB/s: 8 s)."""
+    image = tmp_path / "images" / "disk.img"
+    image.parent.mkdir()
+    image.write_bytes(os.urandom(4 * 1024 * 1024))
+    config = tmp_path / "agent.toml"
+    init = _agent("init", "--server", cdp_server.url, "--token", agent.token, "--host",
+                  agent.host, "--passphrase", "s3cret", "--ca", str(cdp_server.ca_path),
+                  "--source", str(image), "--state-dir", str(agent.state_dir), config=config)
+    assert init.returncode == 0, init.stderr
+    lock = agent.state_dir / agent.host / "lock"
+    env = {**os.environ, "CDP_AGENT_CONFIG": str(config)}
+    run = [sys.executable, "-m", "hotcopy", "run", "--bandwidth", str(512 * 1024)]
+
+    interrupted = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for_point(lock, interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=30) == 130, interrupted.communicate()[1]
+    assert agent.remote.points(agent.host) == []
+    assert os.listdir(image.parent) == ["disk.img"]
+
+    stopped = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for_point(lock, stopped)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 0, stopped.communicate()[1]
+    assert len(agent.remote.points(agent.host)) == 1
+    assert os.listdir(image.parent) == ["disk.img"]

@@ -24,12 +24,18 @@ BS = 16 * 1024
 
 
 def test_key_is_created_once_and_a_wrong_passphrase_is_refused(agent: Agent) -> None:
-    master, created = establish_key(agent.remote, agent.host, "correct horse")
-    assert created
-    again, created_again = establish_key(agent.remote, agent.host, "correct horse")
-    assert (again, created_again) == (master, False)
+    asked: list[bool] = []
+
+    def passphrase(new: bool) -> str:
+        asked.append(new)
+        return "correct horse"
+
+    master, created = establish_key(agent.remote, agent.host, passphrase)
+    assert created and asked == [True]  # asked as for a new key: the CLI confirms it
+    again, created_again = establish_key(agent.remote, agent.host, passphrase)
+    assert (again, created_again) == (master, False) and asked == [True, False]
     with pytest.raises(WrongKeyError, match="wrong passphrase"):
-        establish_key(agent.remote, agent.host, "wrong horse")
+        establish_key(agent.remote, agent.host, lambda new: "wrong horse")
 
 
 def test_server_down_at_the_start_commits_nothing_and_keeps_the_chain(
