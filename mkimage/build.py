@@ -1,9 +1,12 @@
 """Assembling the outputs from the cached base layer and a fresh project layer:
 out/vmlinuz, out/initrd.img (base.cpio.zst || project.cpio.zst), out/rescue.iso (--iso),
-out/pxe/ (--pxe). Every output is written to a temporary name and renamed into place."""
+out/pxe/ (--pxe). Every output is written to a temporary name and renamed into place, and
+out/SHA256SUMS, naming this build's set, is written last: a build killed while renaming
+leaves no SHA256SUMS, so a mixed set of two builds never passes `sha256sum -c`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdpcore import durable
 from cdpcore.errors import CdpError
 from cdpcore.runcmd import run
 
@@ -20,6 +24,8 @@ from .project import Bake, populate
 
 MAX_ISO = 250 * 1024 * 1024
 MAX_INITRD = 200 * 1024 * 1024
+#: The checksums of the set the last complete build installed (`sha256sum -c` format).
+SUMS = "SHA256SUMS"
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,34 @@ def build(req: BuildRequest, say: Callable[[str], None]) -> dict[str, int]:
             _make_pxe(tmp, req.src)
         # Before anything is installed: an initrd over the limit fails the build (_report).
         _report(base, sizes, say)
-        for name in ("vmlinuz", "initrd.img", "rescue.iso", "pxe"):
-            if (tmp / name).exists():
-                _replace(tmp / name, req.out / name)
+        _install(tmp, req.out, [n for n in ("vmlinuz", "initrd.img", "rescue.iso", "pxe")
+                                if (tmp / n).exists()])
     return sizes
+
+
+def _sums(tmp: Path, names: list[str]) -> str:
+    """`sha256sum` lines of the outputs `names` in `tmp` (a directory's files, sorted), by
+    their paths under out/."""
+    files = []
+    for name in names:
+        path = tmp / name
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    lines = []
+    for path in files:
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        lines.append(f"{digest}  {path.relative_to(tmp)}\n")
+    return "".join(lines)
+
+
+def _install(tmp: Path, out: Path, names: list[str]) -> None:
+    """Rename the outputs into out/ one after the other, between removing SHA256SUMS and
+    writing the new one: the set is whole only once its SHA256SUMS is there."""
+    sums = _sums(tmp, names)
+    (out / SUMS).unlink(missing_ok=True)
+    for name in names:
+        _replace(tmp / name, out / name)
+    durable.replace_file(out / SUMS, sums.encode(), mode=0o644)
 
 
 def _make_iso(tmp: Path, src: Path, base: Base, epoch: int) -> int:

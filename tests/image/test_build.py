@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import marshal
@@ -51,6 +52,47 @@ def test_initrd_over_the_limit_leaves_the_old_image_in_out(
     assert (out / "initrd.img").read_bytes() == b"old initrd"
     assert (out / "vmlinuz").read_bytes() == b"old kernel"
     assert sorted(p.name for p in out.iterdir()) == ["initrd.img", "vmlinuz"]
+
+
+def test_sha256sums_names_the_whole_set_and_only_a_whole_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """out/SHA256SUMS checks with `sha256sum -c`; a build that stops between its renames
+    (killed, disk full) leaves none, so a mixed set of two builds does not pass."""
+    base = _fake_base(tmp_path)
+    monkeypatch.setattr(build_mod, "ensure_base", lambda *a, **k: base)
+    out = tmp_path / "out"
+    req = BuildRequest(cache=tmp_path, out=out, src=REPO, epoch=1704067200)
+    build(req, lambda msg: None)
+    sums = (out / "SHA256SUMS").read_text()
+    assert [line.split("  ")[1] for line in sums.splitlines()] == ["vmlinuz", "initrd.img"]
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0 and check.stdout == "vmlinuz: OK\ninitrd.img: OK\n"
+
+    (base.dir / "vmlinuz").write_bytes(b"newer kernel")
+    real_replace = build_mod._replace
+
+    def stop_at_initrd(tmp: Path, final: Path) -> None:
+        if final.name == "initrd.img":
+            raise OSError(28, "No space left on device")
+        real_replace(tmp, final)
+
+    monkeypatch.setattr(build_mod, "_replace", stop_at_initrd)
+    with pytest.raises(OSError, match="No space left"):
+        build(req, lambda msg: None)
+    assert (out / "vmlinuz").read_bytes() == b"newer kernel"  # the new kernel, old initrd
+    assert not (out / "SHA256SUMS").exists()
+
+
+def test_sha256sums_lists_a_directorys_files_by_their_paths(tmp_path: Path) -> None:
+    (tmp_path / "pxe/boot/grub").mkdir(parents=True)
+    (tmp_path / "pxe/boot/grub/grub.cfg").write_bytes(b"menu")
+    (tmp_path / "pxe/boot/vmlinuz").write_bytes(b"k")
+    (tmp_path / "initrd.img").write_bytes(b"")
+    assert build_mod._sums(tmp_path, ["initrd.img", "pxe"]) == (
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  initrd.img\n"
+        f"{hashlib.sha256(b'menu').hexdigest()}  pxe/boot/grub/grub.cfg\n"
+        f"{hashlib.sha256(b'k').hexdigest()}  pxe/boot/vmlinuz\n")
 
 
 def _project_cpio(tmp_path: Path, name: str, umask: int) -> bytes:
