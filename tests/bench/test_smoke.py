@@ -5,6 +5,7 @@ No timing assertions: speed is what bench/ measures, not what tests check."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,17 @@ def test_the_resident_incrementals_are_judged_against_restics_incremental() -> N
     assert got["incremental, change tracking, resident agent"] == (0.04, True)
     assert got["incremental, scan"] == (0.3, False)
     assert got["incremental, scan, resident agent"] == (0.24, True)
+
+
+def test_cpu_split_of_a_point_runs(tmp_path: Path) -> None:
+    """bench.cpusplit (perf) on a tiny image: the point is taken and the split printed."""
+    out = subprocess.run([sys.executable, "-m", "bench.cpusplit", "--size", "64M", "--work",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.fullmatch(r"tracked point: \d+\.\d\d s wall; CPU sampled at 1999 Hz \(seconds\):",
+                        lines[0])
+    assert lines[-1] == f"perf data: {tmp_path}/cpusplit/*.perf (perf report -i FILE)"
+    assert (tmp_path / "cpusplit/server.perf").stat().st_size > 0
+    assert (tmp_path / "cpusplit/agent.perf").stat().st_size > 0
