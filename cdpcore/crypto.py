@@ -131,9 +131,17 @@ class BlobCodec:
                 "truncated, stored under another ID, or sealed with another key") from None
         if compression == fmt.COMPRESSION_NONE:
             return body
+        limit = fmt.MAX_PLAINTEXT_SIZE if kind == fmt.BLOB_KIND_CHUNK else fmt.MAX_MANIFEST_SIZE
         try:
-            return self._zstd.decompressor.decompress(
-                body, max_output_size=fmt.MAX_PLAINTEXT_SIZE)
+            # zstandard honours max_output_size only for frames that do not state their
+            # size; one that does gets a buffer of the size it states (a zip bomb, or a
+            # MemoryError for a forged header), so that size is checked first.
+            stated = zstandard.frame_content_size(body)
+            if stated > limit:
+                raise FormatError(f"blob {object_id.hex()[:16]}… does not decompress: it "
+                                  f"states {stated} bytes, more than the {limit}-byte "
+                                  "maximum")
+            return self._zstd.decompressor.decompress(body, max_output_size=limit)
         except zstandard.ZstdError as exc:
             # Authenticated but undecodable: written by a broken or hostile client.
             raise FormatError(f"blob {object_id.hex()[:16]}… does not decompress: {exc}") from None

@@ -33,8 +33,11 @@ BLOB_HEADER_SIZE = 4 + 1 + 1 + 1 + 1 + NONCE_SIZE  # 20
 BLOB_OVERHEAD = BLOB_HEADER_SIZE + TAG_SIZE  # 36
 #: zstd level: level 1 compresses at several hundred MB/s per core (bench/pipeline.py).
 ZSTD_LEVEL = 1
-#: Refuse to decompress anything claiming to be larger than this (zip-bomb guard).
+#: Refuse to decompress a chunk claiming to be larger than this (zip-bomb guard).
 MAX_PLAINTEXT_SIZE = MAX_BLOCK_SIZE
+#: The same for a manifest: writers set no bound on it and the server takes sealed
+#: manifests of up to 16 MiB, so a point whose layout outgrew 4 MiB stays readable.
+MAX_MANIFEST_SIZE = 64 * 1024 * 1024
 
 # --- index pages: magic || version || level || count || entries
 PAGE_MAGIC = b"CDPI"
@@ -49,4 +52,7 @@ KEY_FILE_VERSION = 1
 SCRYPT_N = 2**15
 SCRYPT_R = 8
 SCRYPT_P = 1
+#: Most memory a key file's scrypt parameters may make a reader spend (128 x n x r
+#: bytes): every key file a writer makes (r = 8, n at most 2^20) stays within it.
+MAX_SCRYPT_MEMORY = 1 << 30
 MASTER_KEY_SIZE = 64  # 32 bytes AES-256-GCM key || 32 bytes chunk-ID key

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from .errors import FormatError, WrongKeyError
 _WRAP_AAD = b"cdp-master-key-v1"
 _CHECK_LABEL = b"cdp-key-check-v1"
 _RECOVERY_PREFIX = "CDP1"
+_SALT_SIZE = 16
+_CHECK = re.compile(r"[0-9a-f]{32}")
 
 
 def new_master_key() -> bytes:
@@ -60,7 +63,7 @@ class WrappedKey:
     def create(cls, master: bytes, passphrase: str, *, n: int = fmt.SCRYPT_N) -> WrappedKey:
         if not passphrase:
             raise WrongKeyError("the key passphrase must not be empty")
-        salt, nonce = os.urandom(16), os.urandom(fmt.NONCE_SIZE)
+        salt, nonce = os.urandom(_SALT_SIZE), os.urandom(fmt.NONCE_SIZE)
         kek = _kek(passphrase, salt, n, fmt.SCRYPT_R, fmt.SCRYPT_P)
         wrapped = AESGCM(kek).encrypt(nonce, master, _WRAP_AAD)
         return cls(salt=salt, nonce=nonce, wrapped=wrapped, check=key_check(master), n=n)
@@ -96,17 +99,24 @@ class WrappedKey:
             if kdf["name"] != "scrypt" or doc["cipher"] != "aes-256-gcm":
                 raise FormatError(f"key file uses unknown kdf/cipher {kdf['name']}/{doc['cipher']}")
             n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-            # Bounds keep a hostile key file from making us allocate gigabytes.
-            if not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16) or n & (n - 1):
+            # Bounds keep a hostile key file from making us allocate gigabytes: each
+            # parameter's alone still let n = 2^20, r = 32 take 4 GiB (128 x n x r).
+            if not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16) or n & (n - 1) \
+                    or 128 * n * r > fmt.MAX_SCRYPT_MEMORY:
                 raise FormatError(f"key file has out-of-range scrypt parameters n={n} r={r} p={p}")
             wrapped = base64.b64decode(doc["wrapped"], validate=True)
             nonce = base64.b64decode(doc["nonce"], validate=True)
             salt = base64.b64decode(kdf["salt"], validate=True)
-            check = str(doc["check"])
+            check = doc["check"]
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed key file: {exc!r}") from None
+        # Compared with hmac.compare_digest, which raises TypeError on non-ASCII text.
+        if not isinstance(check, str) or not _CHECK.fullmatch(check):
+            raise FormatError("malformed key file: check is not 32 lower-case hex digits")
         if len(nonce) != fmt.NONCE_SIZE or len(wrapped) != fmt.MASTER_KEY_SIZE + fmt.TAG_SIZE:
             raise FormatError("malformed key file: wrong nonce or wrapped-key length")
+        if len(salt) != _SALT_SIZE:
+            raise FormatError(f"malformed key file: the salt is not {_SALT_SIZE} bytes")
         return cls(salt=salt, nonce=nonce, wrapped=wrapped, check=check, n=n, r=r, p=p)
 
     def dumps(self) -> str:
@@ -118,6 +128,8 @@ class WrappedKey:
             doc = json.loads(text)
         except ValueError as exc:
             raise FormatError(f"key file is not JSON: {exc}") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise FormatError("key file is not JSON: nested too deeply") from None
         return cls.from_json(doc)
 
 

@@ -36,7 +36,7 @@ def new_point_id() -> str:
 
 
 def check_point_id(point_id: str) -> str:
-    if not _POINT_ID.match(point_id):
+    if not _POINT_ID.fullmatch(point_id):  # match's $ passes a final newline
         raise FormatError(f"invalid point ID {point_id!r}: 32 lower-case hex digits expected")
     return point_id
 
@@ -140,6 +140,8 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed manifest: {exc!r}") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise FormatError("malformed manifest: nested too deeply") from None
         if manifest.host != host or manifest.point_id != point_id:
             raise IntegrityError("manifest belongs to another host or point")
         if volumes is not None and sorted(volumes, key=lambda v: v.name) != sorted(

@@ -177,3 +177,54 @@ def test_round_trip_property(data: bytes) -> None:
         assert chunk_id == fmt.ZERO_ID and not any(data)
     else:
         assert codec.open_block(chunk_id, blob) == data
+
+
+
+def _sealed_zstd(codec: BlobCodec, kind: int, object_id: bytes, frame: bytes) -> bytes:
+    """A blob whose authenticated body is the zstd frame given, as a holder of the key (a
+    broken or hostile client) can seal it."""
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    header = struct.pack(">4sBBBB12s", fmt.BLOB_MAGIC, fmt.HEADER_VERSION, kind,
+                         fmt.COMPRESSION_ZSTD, 0, os.urandom(12))
+    body = AESGCM(codec.keys.enc_key).encrypt(header[-12:], frame, header + object_id)
+    return header + body
+
+
+@pytest.mark.parametrize("kind, limit", [(fmt.BLOB_KIND_CHUNK, fmt.MAX_PLAINTEXT_SIZE),
+                                         (fmt.BLOB_KIND_MANIFEST, fmt.MAX_MANIFEST_SIZE)])
+def test_zstd_frame_stating_a_large_size_is_refused_before_decompressing(
+        codec: BlobCodec, kind: int, limit: int) -> None:
+    """zstandard ignores max_output_size for a frame whose header states its content
+    size and allocates that size: 8 KiB of blob opened to 256 MiB, and a forged header
+    claiming 1 TiB raised MemoryError instead of FormatError."""
+    import zstandard
+    oid = b"m" * 32
+    bomb = zstandard.ZstdCompressor(level=1).compress(bytes(256 * 1024 * 1024))
+    with pytest.raises(FormatError, match=rf"^blob 6d6d6d6d6d6d6d6d… does not decompress: "
+                                          rf"it states 268435456 bytes, more than the "
+                                          rf"{limit}-byte maximum$"):
+        codec.open(kind, oid, _sealed_zstd(codec, kind, oid, bomb))
+    small = zstandard.ZstdCompressor(level=1).compress(b"x" * 100)
+    forged = small[:4] + bytes([0xE0]) + (1 << 40).to_bytes(8, "little") + small[6:]
+    with pytest.raises(FormatError, match=rf"states 1099511627776 bytes, more than the "
+                                          rf"{limit}-byte maximum$"):
+        codec.open(kind, oid, _sealed_zstd(codec, kind, oid, forged))
+    # The largest plaintext still opens, with or without a stated size; one byte more not.
+    for writer in (zstandard.ZstdCompressor(level=1),
+                   zstandard.ZstdCompressor(level=1, write_content_size=False)):
+        frame = writer.compress(b"\x01" * limit)
+        assert codec.open(kind, oid, _sealed_zstd(codec, kind, oid, frame)) == b"\x01" * limit
+        frame = writer.compress(b"\x01" * (limit + 1))
+        with pytest.raises(FormatError, match="does not decompress"):
+            codec.open(kind, oid, _sealed_zstd(codec, kind, oid, frame))
+
+
+def test_manifest_larger_than_a_block_still_opens(codec: BlobCodec) -> None:
+    """Writers set no bound on a manifest and sealed ones of 4 MiB+ opened before the
+    zip-bomb check: that check must not make such a point unreadable."""
+    body = b'{"layout": "' + b"lvm metadata " * 500_000 + b'"}'
+    blob = codec.seal(fmt.BLOB_KIND_MANIFEST, b"cdp-manifest/h/p", body)
+    assert len(body) > fmt.MAX_PLAINTEXT_SIZE and blob[6] == fmt.COMPRESSION_ZSTD
+    assert codec.open(fmt.BLOB_KIND_MANIFEST, b"cdp-manifest/h/p", blob) == body

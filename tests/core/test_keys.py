@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -90,3 +91,41 @@ def test_recovery_key_is_checked_against_the_host_key_file() -> None:
     assert master_from_recovery_key(recovery_key(master), None) == master  # no key file
     with pytest.raises(WrongKeyError, match="belongs to another repository"):
         master_from_recovery_key(recovery_key(new_master_key()), key_file)
+
+
+@pytest.mark.parametrize("check", ["é" * 32, "0" * 31, "A" * 32, None, 12345])
+def test_key_file_check_must_be_32_hex_digits(check: object) -> None:
+    """`check` was taken as str(anything): a non-ASCII one made the recovery-key path
+    raise TypeError (hmac.compare_digest) instead of FormatError."""
+    master = new_master_key()
+    doc = WrappedKey.create(master, "pw", n=2**10).to_json() | {"check": check}
+    with pytest.raises(FormatError, match=r"^malformed key file: check is not 32 lower-case "
+                                          r"hex digits$"):
+        master_from_recovery_key(recovery_key(master), doc)
+
+
+@pytest.mark.parametrize("salt", [b"", b"s" * 15, b"s" * 17])
+def test_key_file_salt_must_be_16_bytes(salt: bytes) -> None:
+    doc = WrappedKey.create(new_master_key(), "pw", n=2**10).to_json()
+    doc["kdf"]["salt"] = base64.b64encode(salt).decode()
+    with pytest.raises(FormatError, match=r"^malformed key file: the salt is not 16 bytes$"):
+        WrappedKey.from_json(doc)
+
+
+def test_key_file_scrypt_memory_is_bounded() -> None:
+    """Each parameter within its bounds, n = 2^20 and r = 32 together made scrypt take
+    4 GiB (128 x n x r): unwrapping raised MemoryError on a small machine instead of the
+    key file being refused."""
+    doc = WrappedKey.create(new_master_key(), "pw", n=2**10).to_json()
+    doc["kdf"].update(n=2**20, r=32)
+    with pytest.raises(FormatError, match=r"^key file has out-of-range scrypt parameters "
+                                          r"n=1048576 r=32 p=1$"):
+        WrappedKey.from_json(doc)
+    # Every key file a writer makes (r = 8) within the n bound is still read.
+    doc["kdf"].update(n=2**20, r=8)
+    assert WrappedKey.from_json(doc).n == 2**20
+
+
+def test_deeply_nested_key_file_is_a_format_error() -> None:
+    with pytest.raises(FormatError, match=r"^key file is not JSON: nested too deeply$"):
+        WrappedKey.loads("[" * 100_000 + "]" * 100_000)

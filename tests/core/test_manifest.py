@@ -50,3 +50,23 @@ def test_a_manifest_cannot_declare_another_scheme_than_its_codec_makes() -> None
         manifest().seal(HMAC_CODEC)
     with pytest.raises(ValueError, match="declares hmac-sha256"):
         manifest(1).seal(CODEC)
+
+
+@pytest.mark.parametrize("point_id", ["a" * 32 + "\n", "A" * 32, "a" * 31, "a" * 33])
+def test_point_ids_are_exactly_32_lower_case_hex_digits(point_id: str) -> None:
+    """re.match's $ also matches before a final newline: "<32 hex>\\n" was accepted (as a
+    commit's parent, by the server)."""
+    from cdpcore.manifest import check_point_id
+    with pytest.raises(FormatError, match=r"^invalid point ID .*: 32 lower-case hex "
+                                          r"digits expected$"):
+        check_point_id(point_id)
+    assert check_point_id("a" * 32) == "a" * 32
+
+
+def test_deeply_nested_manifest_is_a_format_error() -> None:
+    """A holder of the key (a compromised agent) could seal a manifest that made every
+    reader raise RecursionError instead of FormatError."""
+    body = b'{"version":2,"layout":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    blob = CODEC.seal(fmt.BLOB_KIND_MANIFEST, manifest().aad(), body)
+    with pytest.raises(FormatError, match=r"^malformed manifest: nested too deeply$"):
+        Manifest.open(CODEC, "h", "0" * 32, blob)
