@@ -14,6 +14,7 @@ from textual.binding import Binding, BindingType
 from cdpcore.api import PointInfo
 
 from ..engine import Engine
+from .screens.dialogs import ConfirmDialog
 from .session import Login
 from .settings import Settings
 from .widgets.ascii import use_ascii_scrollbars
@@ -54,6 +55,28 @@ class RescueApp(App[None]):
             use_ascii_scrollbars()
         from .screens.network import NetworkScreen
         self.push_screen(NetworkScreen())
+
+    async def action_quit(self) -> None:
+        """ctrl+q (and what ctrl+c suggests). While a restore runs only after a yes: one
+        key would otherwise leave the targets half-written, the engine still writing."""
+        from .screens.restore import RestoreScreen
+        running = next((s for s in self.screen_stack
+                        if isinstance(s, RestoreScreen) and s.running), None)
+        if running is None:
+            self.exit()
+            return
+        if isinstance(self.screen, ConfirmDialog):
+            return  # already asking
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                running.stop()
+                self.exit()
+        self.push_screen(ConfirmDialog(
+            "Stop the restore?", "A restore is running. Quitting stops it now: the target "
+            "disks are left half-written, neither what was on them nor the recovery point. "
+            "The resume state is kept: the same restore started again continues where it "
+            "stopped.\nStop the restore and quit?"), answer)
 
     def action_shell(self) -> None:
         """Suspend the UI and give the terminal to a shell; the UI comes back after it."""

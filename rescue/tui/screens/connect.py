@@ -30,6 +30,12 @@ FIELDS = (("url", "Server URL", "https://cdp.example.net:8443", False),
 class ConnectScreen(RescueScreen):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+n", "connect", "Connect")]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # A connection under way: an impatient second Enter must not start another one
+        # (its threads are not stopped: two trust dialogs, two points screens).
+        self.connecting = False
+
     def compose(self) -> ComposeResult:
         yield Static("2/6 Connect to the CDP server", classes="title")
         with VerticalScroll():
@@ -70,9 +76,12 @@ class ConnectScreen(RescueScreen):
         self.query_one("#status", Static).update(text)
 
     def action_connect(self) -> None:
+        if self.connecting:
+            return
         if not self.value("url"):
             self.show_error(UsageError("enter the server URL, e.g. https://cdp.example.net:8443"))
             return
+        self.connecting = True
         self._status("connecting ...")
         self._probe(self.value("url"), self.value("ca") or None)
 
@@ -101,6 +110,7 @@ class ConnectScreen(RescueScreen):
             if yes:
                 self._login(fp)
             else:
+                self.connecting = False
                 self._status("not connected: the certificate was not trusted")
         self.app.push_screen(ConfirmDialog(
             "Trust this server?", f"No CA vouches for {cert.url}.\nIts certificate's SHA-256 "
@@ -130,11 +140,13 @@ class ConnectScreen(RescueScreen):
         self.app.call_from_thread(self._connected, login, host, passphrase, engine)
 
     def _failed(self, exc: BaseException) -> None:
+        self.connecting = False
         self._status("not connected")
         self.show_error(exc)
 
     def _connected(self, login: Login, host: str, passphrase: str,
                    engine: Engine | None) -> None:
+        self.connecting = False
         state = self.rescue.state
         state.login, state.passphrase = login, passphrase
         state.host, state.engine = host, engine

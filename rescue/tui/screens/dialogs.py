@@ -34,6 +34,9 @@ class MessageDialog(ModalScreen[None]):
 
 class ConfirmDialog(ModalScreen[bool]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+    # An Enter typed ahead (or twice) must not answer yes: trusting a server or stopping a
+    # restore takes the y key.
+    AUTO_FOCUS = "#no"
 
     def __init__(self, title: str, text: str) -> None:
         super().__init__()

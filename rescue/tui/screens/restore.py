@@ -6,10 +6,13 @@ of reboot, power off or shell."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, Footer, RichLog, Static
 
 from cdpcore.errors import CdpError
@@ -26,7 +29,19 @@ _COUNTED = ("stream", "verify")
 PROGRESS_INTERVAL = 0.1  # seconds
 
 
+class Stopped(CdpError):
+    """The operator quit while the restore ran: the engine stops at its next event."""
+
+
 class RestoreScreen(RescueScreen):
+
+    class Shown(Message):
+        """An engine event or the outcome, queued for the screen from the restore thread:
+        queueing never waits for the UI, which a shell (F2) suspends while it is open."""
+
+        def __init__(self, show: Callable[[], None]) -> None:
+            super().__init__()
+            self.show = show
 
     def __init__(self, plan: Plan) -> None:
         super().__init__()
@@ -35,6 +50,7 @@ class RestoreScreen(RescueScreen):
         self.outcome: str = ""  # "", "done", "failed"
         self.report: RestoreReport | None = None
         self.finished: dict[str, int] = {}  # action id -> bytes counted
+        self.stop_requested = False  # set by a confirmed quit (the app is going away)
 
     def compose(self) -> ComposeResult:
         yield Static("6/6 Restore", classes="title")
@@ -68,6 +84,10 @@ class RestoreScreen(RescueScreen):
         if not self.running and self.outcome != "done":
             self.app.pop_screen()
 
+    def stop(self) -> None:
+        """Stop the engine at its next event; its report and resume state are kept."""
+        self.stop_requested = True
+
     def log_line(self, text: str) -> None:
         self.query_one("#log", RichLog).write(text)
 
@@ -79,21 +99,29 @@ class RestoreScreen(RescueScreen):
         last = 0.0
 
         def post(ev: Event) -> None:
-            # call_from_thread waits for the UI: progress is shown ten times a second at
-            # most, so the screen never slows the restore down.
+            # Queued, not waited for: the restore goes on while the UI is suspended; and
+            # progress is shown ten times a second at most, so the queue stays short.
             nonlocal last
+            if self.stop_requested:  # raised inside the engine: it stops as on an error
+                raise Stopped("stopped by the operator (quit)")
             now = time.monotonic()
             if ev.kind == "progress" and now - last < PROGRESS_INTERVAL and ev.done < ev.total:
                 return
             last = now
-            self.app.call_from_thread(self.show_event, ev)
+            self.post_message(self.Shown(partial(self.show_event, ev)))
 
+        # The outcome goes through the same queue: after the events that came before it.
         try:
             report = state.engine.execute(plan, opts, post)
         except Exception as exc:  # every failure is shown with what can be done next
-            self.app.call_from_thread(self._failed, exc)
+            if not self.stop_requested:  # after a quit there is no screen to show it on
+                self.post_message(self.Shown(partial(self._failed, exc)))
             return
-        self.app.call_from_thread(self._done, report)
+        if not self.stop_requested:
+            self.post_message(self.Shown(partial(self._done, report)))
+
+    def on_restore_screen_shown(self, message: Shown) -> None:
+        message.show()
 
     def show_event(self, ev: Event) -> None:
         action = ev.action
