@@ -193,5 +193,8 @@ def describe_target(path: str) -> LocalDisk:
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
     busy = [f"{path} is attached to {loop}" for loop in _attached_loops(path)]
-    return LocalDisk(path=os.path.abspath(path), name=Path(path).name, size=size,
+    # The real path, as a block device's is its /dev/NAME: a symlink to a file planned as
+    # well as the file itself is the same target, and must be seen as one.
+    real = os.path.realpath(path)
+    return LocalDisk(path=real, name=Path(real).name, size=size,
                      is_file=True, transport="file", busy=busy)

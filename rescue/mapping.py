@@ -75,7 +75,7 @@ def map_disks(sources: list[Disk], local: list[LocalDisk],
             raise UsageError(f"--map names source disk {name!r}, but the point has only "
                              + ", ".join(sorted(known)))
     matches: list[Match] = []
-    taken: set[str] = set()
+    taken: dict[str, str] = {}  # target path -> the source disk it holds
     for src in sources:
         if src.name in explicit:
             match = Match(src.name, explicit[src.name], "--map")
@@ -89,7 +89,9 @@ def map_disks(sources: list[Disk], local: list[LocalDisk],
                                  " name a target with --map " + src.name + "=TARGET")
             match = found
         if match.target.path in taken:
-            raise SafetyError(f"target {match.target.path} is chosen for two source disks")
-        taken.add(match.target.path)
+            raise SafetyError(f"target {match.target.path} is chosen for two source disks, "
+                              f"{taken[match.target.path]} and {src.name}: map each source "
+                              "disk to a disk of its own")
+        taken[match.target.path] = src.name
         matches.append(match)
     return matches

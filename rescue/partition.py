@@ -1,8 +1,8 @@
 """Recreating a partition table (GPT or MBR) with pyparted, then setting what pyparted
 cannot (partition numbers with gaps, disk GUID or MBR identifier, type and unique
-partition GUIDs) with sfdisk, putting back the restored boot area that these tools
-clear, and reading the result back: a table that does not match the plan is an error,
-not a warning.
+partition GUIDs, GPT attribute bits) with sfdisk, putting back the restored boot area
+that these tools clear (with a protective MBR's boot flag), and reading the result back:
+a table that does not match the plan is an error, not a warning.
 
 On a fresh table libparted writes the GPT backup header at the end of the target, so a
 larger disk gets a correct backup GPT at its new end.
@@ -19,13 +19,18 @@ from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
 from cdpcore.layout import Disk, Partition
 
-from .tables import outside, rewritten_by_table
+from .tables import gpt_attributes, outside, rewritten_by_table
 from .target import Target
 
 #: Most of a boot area kept across the table's writing. libparted clears other labels'
 #: signatures (for an MBR: the GPT header and entries, sectors 1-18 at 512 bytes, where
 #: GRUB embeds its core image) and sfdisk may too; both write only in the first sectors.
 KEEP_BOOT_BYTES = 4 * 1024 * 1024
+#: A protective MBR's boot indicator (its one entry's first byte): parted's `pmbr_boot`,
+#: which some BIOSes need to boot from a GPT disk (Anaconda sets it on BIOS machines).
+#: It lies in the sector the new table rewrites, and sfdisk clears it on every write.
+PMBR_BOOT_OFFSET = 446
+PMBR_BOOT = b"\x80"
 _DUMP_LINE = re.compile(r"^(?P<node>.*?)(?P<number>\d+) : start=\s*(?P<start>\d+),")
 _FLAG_IDS = {name: num for num, name in parted.partitionFlag.items()}
 _KINDS = {"primary": parted.PARTITION_NORMAL, "extended": parted.PARTITION_EXTENDED,
@@ -72,7 +77,11 @@ def write_table(path: str, layout: Disk) -> None:
     if layout.disk_guid:
         runcmd.run(["sfdisk", "--disk-id", path, layout.disk_guid])
     # Types after flags (parted flags such as esp or lvm change the type as a side
-    # effect), and by sfdisk: Debian 12's libparted 3.5 cannot set type GUIDs.
+    # effect), and by sfdisk: Debian 12's libparted 3.5 cannot set type GUIDs. Attribute
+    # bits 48-63 have no parted flag: they come from the source's own entries, which the
+    # restored boot area holds.
+    attrs = gpt_attributes(boot_area, layout.logical_sector_size) \
+        if layout.table == "gpt" else {}
     for part in layout.partitions:
         num = str(part.number)
         if layout.table == "gpt":
@@ -80,13 +89,18 @@ def write_table(path: str, layout: Disk) -> None:
                 runcmd.run(["sfdisk", "--part-type", path, num, part.type_guid])
             if part.guid:
                 runcmd.run(["sfdisk", "--part-uuid", path, num, part.guid])
+            if part.guid in attrs:
+                runcmd.run(["sfdisk", "--part-attrs", path, num, attrs[part.guid]])
         elif part.mbr_type is not None:  # extended too: libparted writes 0x05, not 0x0f
             runcmd.run(["sfdisk", "--part-type", path, num, f"{part.mbr_type:x}"])
     with Target(path) as target:
         for start, end in outside(0, len(boot_area), rewritten_by_table(layout)):
             target.write(start, boot_area[start:end])
+        if layout.table == "gpt" and boot_area[PMBR_BOOT_OFFSET:PMBR_BOOT_OFFSET + 1] \
+                == PMBR_BOOT:  # the source's protective MBR, restored with the boot area
+            target.write(PMBR_BOOT_OFFSET, PMBR_BOOT)
         target.sync()
-    check_table(path, layout)
+    check_table(path, layout, attrs)
 
 
 def _renumber(path: str, layout: Disk) -> None:
@@ -110,8 +124,9 @@ def _renumber(path: str, layout: Disk) -> None:
                    input=("\n".join(lines) + "\n").encode())
 
 
-def check_table(path: str, layout: Disk) -> None:
-    """Read the table back with sfdisk and compare it with the plan, field by field."""
+def check_table(path: str, layout: Disk, attrs: dict[str, str] | None = None) -> None:
+    """Read the table back with sfdisk and compare it with the plan, field by field (and
+    the GPT attributes `attrs`, by unique partition GUID)."""
     doc = runcmd.run_json(["sfdisk", "--json", path])["partitiontable"]
     problems: list[str] = []
     if doc.get("label") != ("gpt" if layout.table == "gpt" else "dos"):
@@ -126,7 +141,8 @@ def check_table(path: str, layout: Disk) -> None:
             continue
         want: dict[str, Any] = {"start": part.start, "size": part.length}
         if layout.table == "gpt":
-            want.update(type=part.type_guid, uuid=part.guid, name=part.name)
+            want.update(type=part.type_guid, uuid=part.guid, name=part.name,
+                        attrs=(attrs or {}).get(part.guid or ""))
         elif part.mbr_type is not None:
             want["type"] = f"{part.mbr_type:x}"
         for key, value in want.items():

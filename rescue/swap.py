@@ -8,7 +8,7 @@ import tempfile
 
 from cdpcore import runcmd
 
-from .target import Target
+from .target import WIPE_BYTES, Target
 
 #: The swap header lives in the first page; 64 KiB covers every page size Linux uses.
 _HEADER_BYTES = 64 * 1024
@@ -18,7 +18,10 @@ def make_swap(path: str, offset: int, size: int, uuid: str | None, label: str | 
               scratch_dir: str | None = None) -> None:
     """Write a swap header for an area of `size` bytes at `offset` of `path`. mkswap runs
     on a sparse scratch file of the same size, so this works at any offset of an image
-    file or disk, with no partition device node needed."""
+    file or disk, with no partition device node needed. As mkswap would wipe the old
+    signatures of a device it formats, both ends of the area are zeroed first: a reused
+    disk's MD superblock (at the end), btrfs (64 KiB) or ZFS labels left there would make
+    blkid report them instead of the swap, and its UUID would name no device."""
     argv = ["mkswap", "--force"]
     if uuid:
         argv += ["-U", uuid]
@@ -29,5 +32,9 @@ def make_swap(path: str, offset: int, size: int, uuid: str | None, label: str | 
         runcmd.run([*argv, scratch.name])
         header = os.pread(scratch.fileno(), _HEADER_BYTES, 0)
     with Target(path) as target:
+        head = min(WIPE_BYTES, size)
+        tail = max(head, size - WIPE_BYTES)
+        target.zero(offset, head)
+        target.zero(offset + tail, size - tail)
         target.write(offset, header[: min(len(header), size)])
         target.sync()

@@ -1,8 +1,12 @@
 """Where a partition table lives on a disk (pure): the sectors a new GPT or MBR written by
-libparted occupies, and the MBR's size limit. Sector sizes vary (512 or 4096 bytes), the
+libparted occupies, the MBR's size limit, and a GPT's attribute bits read from the entries
+themselves (no parted flag carries them all). Sector sizes vary (512 or 4096 bytes), the
 GPT entry array does not: 128 entries of 128 bytes."""
 
 from __future__ import annotations
+
+import struct
+import uuid
 
 from cdpcore.layout import Disk
 
@@ -12,6 +16,10 @@ GPT_ENTRY_ARRAY_BYTES = 128 * 128
 MBR_MAX_SECTORS = 2**32 - 1
 #: Bytes of sector 0 before the MBR disk signature and partition table: boot code.
 BOOT_CODE_BYTES = 440
+#: GPT attribute bits by the names sfdisk gives them; bits 48-63 are the partition
+#: type's own ("GUID:48,63"), bits 3-47 are reserved.
+_GPT_ATTR_NAMES = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIOSBootable"}
+_GPT_TYPE_BITS = range(48, 64)
 
 
 def gpt_entry_sectors(sector_size: int) -> int:
@@ -46,3 +54,28 @@ def outside(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[i
     if start < end:
         out.append((start, end))
     return [(a, b) for a, b in out if b > a]
+
+
+def gpt_attributes(boot_area: bytes, sector: int) -> dict[str, str]:
+    """Unique partition GUID -> its GPT attribute bits as sfdisk writes them
+    ("RequiredPartition GUID:60,63"), read from the primary GPT header and entry array at
+    the start of a disk (the boot area a restore copies); empty if there is no GPT."""
+    header = boot_area[sector:sector + 92]
+    if len(header) < 92 or header[:8] != b"EFI PART":
+        return {}
+    lba, count, size = struct.unpack_from("<QII", header, 72)
+    out: dict[str, str] = {}
+    for i in range(count if size >= 128 else 0):
+        entry = boot_area[lba * sector + i * size:lba * sector + (i + 1) * size]
+        if len(entry) < 128:
+            break
+        (bits,) = struct.unpack_from("<Q", entry, 48)
+        if entry[:16] == bytes(16) or not bits:
+            continue
+        words = [name for bit, name in _GPT_ATTR_NAMES.items() if bits >> bit & 1]
+        own = [str(bit) for bit in _GPT_TYPE_BITS if bits >> bit & 1]
+        if own:
+            words.append("GUID:" + ",".join(own))
+        if words:  # reserved bits alone: nothing sfdisk can set
+            out[str(uuid.UUID(bytes_le=entry[16:32]))] = " ".join(words)
+    return out

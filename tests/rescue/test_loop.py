@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +26,10 @@ from rescue.tui.targets import problems
 from tests.loopdev import attached_loop
 
 from .conftest import MIB, PASS
-from .test_restore import check_equal, make_source, point_of, sh
+from .test_restore import check_equal, make_source, partitions, point_of, sh
 
 pytest.importorskip("parted")
+SWAP_UUID = "5ba1e5a0-0000-4000-8000-00000000c0de"
 
 
 @pytest.fixture
@@ -180,3 +182,44 @@ def test_a_target_that_reads_zero_is_not_zeroed(loop: tuple[str, Path]) -> None:
         target.sync()
     with open(dev, "rb") as f:
         assert f.read(1 * MIB) == before
+
+
+def test_a_restored_swap_partition_hides_no_old_signature(repo_host: dict[str, Any],
+                                                         tmp_path: Path,
+                                                         loop: tuple[str, Path]) -> None:
+    """A reused disk may hold an old signature inside the new swap partition, past the
+    swap header: here an MD RAID 0.90 superblock, 64 KiB-aligned at its end. blkid then
+    reported a RAID member and no swap UUID (no /dev/disk/by-uuid link: `swapon UUID=`
+    fails at boot). mkswap on the partition would have wiped it; the restore must too."""
+    dev, backing = loop
+    source = tmp_path / "vda.img"
+    make_source(source, "gpt")
+    swap = next(p for p in partitions(source) if p["name"] == "swap")
+    offset, size = swap["start"] * 512, swap["size"] * 512
+    area = tmp_path / "swap.area"
+    sh("truncate", "-s", str(size), str(area))
+    sh("mkswap", "-U", SWAP_UUID, "-L", "oldswap", str(area))
+    with open(source, "r+b") as f:
+        f.seek(offset)
+        f.write(area.read_bytes())
+    point_of(repo_host, source)
+    with open(backing, "r+b") as f:  # the disk's previous life: an MD member there
+        f.seek(offset + (size & ~0xFFFF) - 0x10000)
+        f.write(struct.pack("<4I", 0xA92B4EFC, 0, 90, 0).ljust(4096, b"\0"))
+    assert probe_range(backing, offset, size)["TYPE"] == "linux_raid_member"
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": dev})
+    assert engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "state"))).ok
+    os.sync()
+    found = probe_range(backing, offset, size)
+    assert (found.get("TYPE"), found.get("UUID"), found.get("LABEL")) == \
+        ("swap", SWAP_UUID, "oldswap")
+
+
+def probe_range(image: Path, offset: int, size: int) -> dict[str, str]:
+    """blkid's probe of a partition as udev makes it: a block device of its own (a loop
+    device over its byte range)."""
+    with attached_loop(image, "-r", "-o", str(offset), "--sizelimit", str(size)) as part:
+        out = subprocess.run(["blkid", "-p", "-o", "export", part], capture_output=True,
+                             text=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)

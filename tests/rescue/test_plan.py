@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -23,7 +25,7 @@ from rescue.discover import LocalDisk
 from rescue.mapping import map_disks, parse_maps
 from rescue.plan import Plan, build_plan
 from rescue.resize import fit, required_size
-from rescue.tables import rewritten_by_table
+from rescue.tables import gpt_attributes, rewritten_by_table
 
 ZERO_ROOT = "0" * 64
 MIB = 1024 * 1024
@@ -261,3 +263,19 @@ def test_fstab_boot_mounts() -> None:
     assert [e.mountpoint for e in entries] == ["/", "/boot/efi", "/boot/", "none"]
     assert [(e.spec, e.mountpoint) for e in boot_mounts(entries)] == [
         ("LABEL=boot", "/boot/"), ("UUID=bbbb", "/boot/efi")]
+
+
+def test_gpt_attributes_are_read_from_the_entry_array() -> None:
+    """Bits sfdisk can set come back named as it names them; reserved bits alone (3-47)
+    and unused entries give nothing; no GPT header, no attributes."""
+    area = bytearray(34 * 512)
+    area[512:520] = b"EFI PART"
+    struct.pack_into("<QII", area, 512 + 72, 2, 128, 128)
+    for i, bits in enumerate([1 << 5, 1 | 1 << 48 | 1 << 63, 0]):
+        entry = 1024 + i * 128
+        area[entry:entry + 16] = b"\x01" * 16
+        area[entry + 16:entry + 32] = uuid.UUID(int=i + 1).bytes_le
+        struct.pack_into("<Q", area, entry + 48, bits)
+    assert gpt_attributes(bytes(area), 512) == {
+        str(uuid.UUID(int=2)): "RequiredPartition GUID:48,63"}
+    assert gpt_attributes(bytes(512 * 34), 512) == {}

@@ -311,3 +311,67 @@ def test_a_failure_outside_the_known_errors_leaves_a_failed_report(
     assert report["errors"] == [want]
     assert {"id": table.id, "status": "failed", "error": want}.items() <= \
         next(a for a in report["actions"] if a["id"] == table.id).items()
+
+
+@pytest.mark.parametrize("pmbr_boot", [True, False], ids=["pmbr_boot", "no-pmbr_boot"])
+def test_the_protective_mbr_boot_flag_is_kept(repo_host: dict[str, Any], tmp_path: Path,
+                                              pmbr_boot: bool) -> None:
+    """parted's `pmbr_boot` (the protective MBR's entry marked active: some BIOSes boot a
+    GPT disk only with it, and Anaconda sets it on BIOS machines) lives in the bytes the
+    new table rewrites, and sfdisk clears it on every write: it used to be lost."""
+    source, target = tmp_path / "vda.img", tmp_path / "big.img"
+    make_source(source, "gpt")
+    if pmbr_boot:
+        sh("parted", "-s", str(source), "disk_set", "pmbr_boot", "on")
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(96 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, resize="grow-last",
+                       verify="read-back")
+    assert engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st"))).ok
+    check_equal(source, target)
+    assert region(target, 446, 1) == region(source, 446, 1) == \
+        (b"\x80" if pmbr_boot else b"\x00")
+    flags = [line for line in sh("parted", "-s", str(target), "print").splitlines()
+             if line.startswith("Disk Flags:")]
+    assert flags == ["Disk Flags: pmbr_boot" if pmbr_boot else "Disk Flags: "]
+    assert "No problems found" in sh("sgdisk", "-v", str(target))
+
+
+def test_two_source_disks_onto_one_file_through_a_symlink_are_refused(
+        repo_host: dict[str, Any], tmp_path: Path) -> None:
+    """A symlink (or another spelling of the path) to an image file is the same target: two
+    source disks planned onto it would overwrite each other."""
+    vda, vdb, target = tmp_path / "vda", tmp_path / "vdb", tmp_path / "t.img"
+    for path in (vda, vdb):
+        path.write_bytes(os.urandom(4 * MIB))
+    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(vda), str(vdb)])
+    sh("truncate", "-s", str(4 * MIB), str(target))
+    (tmp_path / "link.img").symlink_to(target)
+    before = digest(target)
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    with pytest.raises(SafetyError) as err:
+        engine.plan("latest", {"vda": str(target), "vdb": str(tmp_path / "link.img")})
+    assert str(err.value) == (f"target {target} is chosen for two source disks, vda and "
+                              "vdb: map each source disk to a disk of its own")
+    assert digest(target) == before
+
+
+def test_gpt_attribute_bits_are_kept(repo_host: dict[str, Any], tmp_path: Path) -> None:
+    """A GPT entry's attribute bits 48-63 belong to its type (systemd's no-auto, read-only
+    and grow-fs; Microsoft's hidden and no-drive-letter); no parted flag carries them, and
+    they used to come back cleared. The source's entries are in its restored boot area."""
+    source, target = tmp_path / "vda.img", tmp_path / "big.img"
+    make_source(source, "gpt")
+    sh("sfdisk", "--part-attrs", str(source), "1", "RequiredPartition,LegacyBIOSBootable")
+    sh("sfdisk", "--part-attrs", str(source), "3", "NoBlockIOProtocol,GUID:59,60,63")
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(96 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, resize="grow-last",
+                       verify="read-back")
+    assert engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st"))).ok
+    check_equal(source, target)
+    assert [p.get("attrs") for p in partitions(target)] == [
+        "RequiredPartition LegacyBIOSBootable", None,
+        "NoBlockIOProtocol GUID:59,60,63"]
