@@ -45,6 +45,8 @@ log = logging.getLogger("cdp.agent.capture")
 ESP_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
 SWAP_GUID = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
+#: The Discoverable Partitions Specification's "Linux extended boot" (XBOOTLDR): a /boot.
+XBOOTLDR_GUID = "bc13c2ff-59e6-4262-a352-b275fd6f7172"
 LVM_GUID = "e6d6d379-f507-44c2-a23c-238f2a3df928"
 MBR_SWAP, MBR_LVM, MBR_ESP = 0x82, 0x8E, 0xEF
 MBR_EXTENDED = (0x05, 0x0F, 0x85)
@@ -113,7 +115,9 @@ def _identity(path: str, disk: Disk) -> None:
 
 
 def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
-          flags: list[str], kind: str) -> PartitionRole:
+          flags: list[str], kind: str, boot_uuid: str | None = None) -> PartitionRole:
+    """What the partition is for. `boot_uuid`: the filesystem UUID of the running system's
+    separate /boot, which a restore onto a larger disk leaves at its size (rescue.resize)."""
     if kind == "extended":
         return "extended"
     fstype = fs.type if fs else None
@@ -125,7 +129,20 @@ def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
         return "esp"
     if type_guid == BIOS_BOOT_GUID or "bios_grub" in flags:
         return "bios_boot"
+    if type_guid == XBOOTLDR_GUID or (fs is not None and fs.uuid is not None
+                                      and fs.uuid.lower() == boot_uuid):
+        return "boot"
     return "data"
+
+
+def boot_uuid() -> str | None:
+    """The filesystem UUID of a separate /boot of the running system, or None (/boot is
+    part of the root filesystem: findmnt finds no mount there)."""
+    out = runcmd.run(["findmnt", "--noheadings", "--output", "UUID", "--mountpoint", "/boot"],
+                     check=False)
+    if out.returncode != 0:
+        return None
+    return out.stdout.decode(errors="replace").strip().lower() or None
 
 
 def drop_cache(device: str) -> None:
@@ -227,8 +244,9 @@ def read_table(path: str, size: int, logical_sector: int,
     return parted_partitions(path)
 
 
-def capture_disk(path: str) -> DiskCapture:
-    """Read one disk (block device or image file): its layout and its volumes."""
+def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
+    """Read one disk (block device or image file): its layout and its volumes. `boot_fs`:
+    the UUID of the running system's /boot filesystem (`boot_uuid`), if separate."""
     size = source_size(path)
     name = disk_name(path)
     block = is_block_device(path)
@@ -275,7 +293,7 @@ def capture_disk(path: str) -> DiskCapture:
         if ppart.kind != "extended":
             part.filesystem = probe_fs(path, start * sector, length * sector)
         part.role = _role(part.filesystem, part.type_guid, part.mbr_type, part.flags,
-                          ppart.kind)
+                          ppart.kind, boot_fs)
         if part.role in ("data", "esp", "bios_boot", "boot", "other"):
             part.volume = f"{name}:p{part.number}"
             volumes.append(VolumeSpec(part.volume, path, start * sector, length * sector))
@@ -297,8 +315,9 @@ def capture(paths: list[str], hostname: str | None = None) -> tuple[Layout, list
                     boot_mode=boot_mode())  # type: ignore[arg-type]
     volumes: list[VolumeSpec] = []
     seen: set[str] = set()
+    boot_fs = boot_uuid()
     for path in paths:
-        cap = capture_disk(path)
+        cap = capture_disk(path, boot_fs)
         if cap.disk.name in seen:
             raise SourceError(f"two sources are named {cap.disk.name!r}: volume names "
                               "would collide")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cdpcore import runcmd
-from cdpcore.layout import Layout
+from cdpcore.layout import Filesystem, Layout
+from hotcopy import capture as capture_mod
 from hotcopy.capture import capture, parted_partitions
 from hotcopy.errors import SourceError
 from tests.loopdev import attached_loop
@@ -215,3 +216,30 @@ def test_sfdisk_without_backup_pt_sectors_falls_back_to_pyparted_with_a_warning(
     assert capture([str(img)], "web1") == expected
     assert f"{img}: this sfdisk has no --backup-pt-sectors (older util-linux): pyparted " \
         "reads the disk itself, which opens it read-write" in caplog.text
+
+
+def test_a_boot_partition_is_recorded_as_boot(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """/boot keeps its size when a restore grows the rest (rescue.resize), so capture must
+    say which partition it is: the filesystem mounted at /boot on the running system, or
+    a partition typed XBOOTLDR. It is copied like any data partition."""
+    path = make_image(tmp_path / "b.img", "gpt")
+    monkeypatch.setattr(capture_mod, "boot_uuid", lambda: images.FS_UUID)
+    layout, volumes = capture([str(path)])
+    assert [(p.number, p.role, p.volume) for p in layout.disks[0].partitions] == [
+        (1, "esp", "b.img:p1"), (2, "boot", "b.img:p2"), (3, "swap", None)]
+    assert "b.img:p2" in [v.name for v in volumes]
+
+    monkeypatch.setattr(capture_mod, "boot_uuid", lambda: None)
+    assert capture([str(path)])[0].disks[0].partitions[1].role == "data"
+    runcmd.run(["sfdisk", "-q", "--part-type", str(path), "2", capture_mod.XBOOTLDR_GUID])
+    assert capture([str(path)])[0].disks[0].partitions[1].role == "boot"
+
+
+def test_an_esp_mounted_at_boot_stays_an_esp() -> None:
+    """systemd-boot setups mount the ESP at /boot: it is still restored as the ESP."""
+    fs = Filesystem(type="vfat", uuid="abcd-1234")
+    assert capture_mod._role(fs, capture_mod.ESP_GUID, None, [], "primary",
+                             "abcd-1234") == "esp"
+    assert capture_mod._role(fs, None, 0x83, [], "primary", "abcd-1234") == "boot"
+    assert capture_mod._role(fs, None, 0x83, [], "primary", "other") == "data"
