@@ -18,7 +18,7 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libparted-dev
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu mmdebstrap xorriso mtools \
 	grub-pc-bin grub-efi-amd64-bin grub-common tmux openssl ca-certificates \
 	restic borgbackup time thin-provisioning-tools lvm2 systemd \
-	linux-perf
+	linux-perf faketime
 
 .PHONY: all demo test test-fast test-vm lint sysdeps deps iso pxe image drill drill-full bench torture clean
 

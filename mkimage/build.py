@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +118,16 @@ def _make_iso(tmp: Path, src: Path, base: Base, epoch: int) -> int:
     shutil.copyfile(src / "iso/grub.cfg", stage / "boot/grub/grub.cfg")
     cpio.clamp_mtimes(stage, epoch)
     iso = tmp / "rescue.iso"
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+    # grub-mkrescue makes the ISO's volume UUID (which GRUB's embedded config searches
+    # for) from the clock, whatever SOURCE_DATE_EPOCH says: two builds of the same input
+    # differed in 5408 bytes. Under a clock frozen at the epoch (libfaketime) they are
+    # the same byte for byte.
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC"}
+    frozen = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
     # The volume label is how the rescue system recognises its own boot medium
     # (rescue.discover.MEDIUM_LABEL; tests/rescue/test_loop.py checks the two agree).
-    run(["grub-mkrescue", "-o", str(iso), str(stage), "--", "-volid", "CDP_RESCUE"],
+    run(["faketime", "-f", frozen, "grub-mkrescue", "-o", str(iso), str(stage), "--",
+         "-volid", "CDP_RESCUE"],
         env=env, timeout=1800)
     size = iso.stat().st_size
     if size >= MAX_ISO:
