@@ -171,8 +171,8 @@ def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> No
 
 def _overrides(conf: cfgmod.AgentConfig, sources: tuple[str, ...], tracking: str | None,
                bandwidth: int | None) -> cfgmod.AgentConfig:
-    if sources:
-        conf = replace(conf, sources=list(sources))
+    if sources:  # relative to where the command runs (the config file's must be absolute)
+        conf = replace(conf, sources=[os.path.abspath(s) for s in sources])
     if tracking:
         conf = replace(conf, tracking=tracking)
     if bandwidth is not None:

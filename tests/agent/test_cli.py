@@ -252,6 +252,13 @@ def test_init_asks_twice_for_a_new_keys_passphrase_once_for_an_existing(
     assert tomllib.loads((tmp_path / "second.toml").read_text())["recovery_key"] == \
         saved["recovery_key"]
 
+    # A relative --source on the command line is where the command runs, as with any tool.
+    point = runner.invoke(cli.cli, ["backup", "--json", "--source", gpt_image.name],
+                          env={"CDP_AGENT_CONFIG": str(config)})
+    assert point.exit_code == 0, point.output
+    assert [p.point_id for p in agent.remote.points(agent.host)] == \
+        [json.loads(point.stdout)["point_id"]]
+
 
 def _wait_for_point(lock: Path, proc: subprocess.Popen[str]) -> None:
     """Until `proc` holds the host's lock: a point is being taken."""
