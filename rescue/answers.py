@@ -1,6 +1,7 @@
 """Settings of a restore from three sources, in order of precedence: the command line, an
 answers file (JSON, or YAML when PyYAML is installed) for unattended runs, and CDP_*
-environment variables. The answers file may hold every option of `rescue restore`."""
+environment variables. The answers file holds the keys in _KEYS (docs/RESCUE.md lists
+them): the connection, the point, the mapping and resize, verification, confirmation."""
 
 from __future__ import annotations
 

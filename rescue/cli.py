@@ -55,8 +55,9 @@ def _server_options(fn: F) -> F:
         click.option("--ca", help="CA certificate file of the server [env CDP_CA]"),
         click.option("--fingerprint", help="pin the server certificate's SHA-256 fingerprint "
                      "(self-signed servers) [env CDP_FINGERPRINT]"),
-        click.option("--answers", "answers_file", help="answers file (JSON or YAML) with any "
-                     "of these options, for unattended runs"),
+        click.option("--answers", "answers_file", help="answers file (JSON or YAML) for "
+                     "unattended runs: the keys docs/RESCUE.md lists (server, token, host, "
+                     "point, map, resize, verify, yes, ...)"),
     ]):
         fn = opt(fn)
     return fn
@@ -280,9 +281,9 @@ class _Progress:
 @click.option("--yes", is_flag=True, help="do not ask for confirmation (unattended)")
 @click.option("--json", "as_json", is_flag=True, help="print the restore report as JSON")
 @click.option("--state-dir", help="where the resume state and report go (default: next to "
-              "image-file targets, else /run/cdp-rescue)")
+              "the targets when all are image files, else /run/cdp-rescue)")
 @click.option("--workers", type=click.IntRange(1), help="worker processes that fetch, "
-              "decrypt, verify and write (default: two per core)")
+              "decrypt, verify and write (default: two per core, at most 16)")
 @click.option("--checkpoint-mib", type=click.IntRange(1), default=64, show_default=True,
               help="sync the target and save the resume state every N MiB")
 @_errors

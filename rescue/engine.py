@@ -50,7 +50,7 @@ EventSink = Callable[[Event], None]
 @dataclass
 class ExecuteOptions:
     dry_run: bool = False
-    state_dir: str | None = None  # default: next to image-file targets, or /run
+    state_dir: str | None = None  # default: next to the targets if all are files, or /run
     stream: StreamOptions = field(default_factory=StreamOptions)
 
 
