@@ -9,7 +9,7 @@ appear together; reads see only committed state."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,12 +93,16 @@ class Catalog(Protocol):
                ) -> dict[bytes, Location]: ...
     def present(self, host: str, kind: ObjectKind, ids: Iterable[bytes]) -> set[bytes]:
         """Which of `ids` are stored and not damaged (cheaper than locate)."""
-    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None: ...
+    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> int:
+        """Refresh "last seen" of these objects; returns how many rows it refreshed."""
     def begin_pack(self, name: str, size: int) -> None: ...
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
                     rows: list[tuple[bytes, int, int, bytes]], now: float,
                     touched: Sequence[bytes] = ...) -> int: ...
-    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None: ...
+    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes], *,
+                     found: Mapping[bytes, Location] | None = None) -> None:
+        """Mark these objects damaged; with `found` (where each was read corrupted) only
+        the rows that still point there: a copy uploaded or moved since may be intact."""
     def damaged(self, host: str) -> list[bytes]: ...
 
     # points

@@ -127,7 +127,7 @@ class _Walk:
                     corrupted.append(pid)
                     self.missing_pages.add(pid)
         if corrupted:
-            catalog.mark_damaged(self.host, ObjectKind.pages, corrupted)
+            catalog.mark_damaged(self.host, ObjectKind.pages, corrupted, found=locs)
         # The parent's pages beside the new pages being walked, where complete.
         old_pages: dict[bytes, index.Page] = {}
         for pid, _, _, old in batch:

@@ -176,7 +176,10 @@ class Datastore:
 
     def missing(self, host: str, kind: ObjectKind, ids: list[bytes]) -> list[bytes]:
         present = self.catalog.present(host, kind, ids)
-        self.catalog.touch(host, kind, list(present), time.time())
+        if self.catalog.touch(host, kind, list(present), time.time()) < len(present):
+            # gc deleted some between the lookup and the refresh: those are to be sent.
+            # Once refreshed, an object is in grace, so this second look is final.
+            present = self.catalog.present(host, kind, present)
         return [i for i in dict.fromkeys(ids) if i not in present]
 
     def upload(self, host: str, kind: ObjectKind, body: bytes,
@@ -286,8 +289,8 @@ class Datastore:
                     out.append((oid, blob, loc.checksum))
                 except (IntegrityError, NotFoundError):
                     corrupted.append(oid)
-        if corrupted:
-            self.catalog.mark_damaged(host, kind, corrupted)
+        if corrupted:  # only the copies read: an upload may have healed one meanwhile
+            self.catalog.mark_damaged(host, kind, corrupted, found=locs)
         if absent or corrupted:
             names = ", ".join(i.hex() for i in (absent + corrupted)[:20])
             raise NotFoundError(f"{len(absent)} {kind.value} missing and {len(corrupted)} "

@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -407,14 +407,16 @@ class SqliteCatalog:
                     (hid, code, *part)))
         return found
 
-    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> None:
-        """Refresh "last seen": GC's grace period then protects these objects."""
+    def touch(self, host: str, kind: ObjectKind, ids: list[bytes], now: float) -> int:
+        """Refresh "last seen": GC's grace period then protects these objects. Returns how
+        many rows it refreshed (fewer than `ids`: some were gone)."""
         if not ids:
-            return
+            return 0
         hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
-            db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
-                           [(now, hid, code, i) for i in ids])
+            return max(db.executemany(
+                "UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
+                [(now, hid, code, i) for i in ids]).rowcount, 0)
 
     def begin_pack(self, name: str, size: int) -> None:
         # Not fsynced (one fsync less per upload): the row tells GC and recovery that the
@@ -451,14 +453,27 @@ class SqliteCatalog:
             db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (pid,))
         return added
 
-    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes]) -> None:
-        hid = self._known_hid(host)
+    def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes], *,
+                     found: Mapping[bytes, Location] | None = None) -> None:
+        """Mark these objects damaged. `found`: where each was read corrupted; a row that
+        no longer points there holds another copy (an upload healed it, or gc moved it
+        since), which may well be intact, and is left alone."""
+        hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
-            db.executemany("UPDATE objects SET damaged = 1 WHERE host = ? AND kind = ? "
-                           "AND id = ?", [(hid, KIND_CODE[kind], i) for i in ids])
-            # A subtree holding damage is no longer complete: later commits walk it again.
-            db.execute(f"UPDATE objects SET complete = 0 WHERE host = ? AND kind = {_PAGES} "
-                       "AND complete", (hid,))
+            if found is None:
+                marked = db.executemany("UPDATE objects SET damaged = 1 WHERE host = ? AND "
+                                        "kind = ? AND id = ?",
+                                        [(hid, code, i) for i in ids]).rowcount
+            else:
+                marked = db.executemany(
+                    "UPDATE objects SET damaged = 1 WHERE host = ? AND kind = ? AND id = ? "
+                    "AND pack = (SELECT pid FROM packs WHERE name = ?) AND offset = ?",
+                    [(hid, code, i, found[i].pack, found[i].offset) for i in ids]).rowcount
+            if marked:
+                # A subtree holding damage is no longer complete: later commits walk it
+                # again.
+                db.execute(f"UPDATE objects SET complete = 0 WHERE host = ? AND "
+                           f"kind = {_PAGES} AND complete", (hid,))
 
     def mark_complete(self, host: str, page_ids: list[bytes]) -> None:
         hid = self._known_hid(host)

@@ -13,6 +13,7 @@ from cdpcore import index
 from cdpcore.api import DamagedRange, ObjectKind, VerifyReport, VerifyStatus
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError
 
+from .catalog import Location
 from .datastore import Datastore
 from .errors import CatalogDamaged
 
@@ -28,6 +29,10 @@ class _HostCheck:
     missing: set[bytes] = field(default_factory=set)
     damaged_pages: set[bytes] = field(default_factory=set)
     memo: dict[tuple[bytes, int], Bad] = field(default_factory=dict)
+    #: where each damaged object was read: only that copy is marked, not one uploaded
+    #: (healing) or moved by gc since, which may be intact
+    found: dict[ObjectKind, dict[bytes, Location]] = field(
+        default_factory=lambda: {ObjectKind.chunks: {}, ObjectKind.pages: {}})
 
     def _read_page(self, pid: bytes) -> index.Page | None:
         loc = self.ds.catalog.locate(self.host, ObjectKind.pages, [pid]).get(pid)
@@ -39,6 +44,7 @@ class _HostCheck:
                 self.ds.read_current(self.host, ObjectKind.pages, pid, loc), pid)
         except (IntegrityError, FormatError, NotFoundError):
             self.damaged_pages.add(pid)
+            self.found[ObjectKind.pages][pid] = loc
             return None
 
     def _check_chunks(self, ids: list[bytes]) -> None:
@@ -56,6 +62,7 @@ class _HostCheck:
                 self.chunk_ok[cid] = True
             except (IntegrityError, NotFoundError):
                 self.chunk_ok[cid] = False
+                self.found[ObjectKind.chunks][cid] = loc
 
     def bad(self, pid: bytes, level: int, geometry: index.Geometry) -> Bad:
         """Damage below page `pid`, memoised: subtrees shared by many points are read once."""
@@ -113,9 +120,11 @@ def verify(ds: Datastore) -> VerifyReport:
                                                   else VerifyStatus.ok).value))
         bad_chunks = {c for c, ok in check.chunk_ok.items() if not ok} - check.missing
         if bad_chunks:
-            ds.catalog.mark_damaged(host, ObjectKind.chunks, sorted(bad_chunks))
+            ds.catalog.mark_damaged(host, ObjectKind.chunks, sorted(bad_chunks),
+                                    found=check.found[ObjectKind.chunks])
         if check.damaged_pages:
-            ds.catalog.mark_damaged(host, ObjectKind.pages, sorted(check.damaged_pages))
+            ds.catalog.mark_damaged(host, ObjectKind.pages, sorted(check.damaged_pages),
+                                    found=check.found[ObjectKind.pages])
         damaged_chunks |= bad_chunks
         missing |= {m for m in check.missing if m in check.chunk_ok}
         checked_chunks += len(check.chunk_ok)

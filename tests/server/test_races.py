@@ -1,0 +1,146 @@
+"""Operations that overlap: verify, fetch, uploads, gc and commits running at once. Each
+race is forced by a hook that blocks one side on an event, never by sleeps."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+from cdp_server.commit import commit
+from cdp_server.datastore import Datastore
+from cdp_server.gc import gc
+from cdp_server.verify import verify
+from cdpcore import records
+from cdpcore.api import ObjectKind, VerifyStatus
+
+from .points import BS, build_point, flip_stored_byte, new_codec
+
+
+def _age_everything(data_dir, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    db = sqlite3.connect(data_dir / "catalog.sqlite")
+    with db:
+        db.execute("UPDATE objects SET seen = ?", (time.time() - seconds,))
+    db.close()
+
+
+def _stored_point(tmp_path, blocks: int = 8):  # type: ignore[no-untyped-def]
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    built = build_point(new_codec(), "web1", {"vda": os.urandom(blocks * BS)})
+    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+    ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    commit(ds, "web1", built.request)
+    return ds, built
+
+
+def test_verify_does_not_mark_a_copy_uploaded_while_it_ran(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A chunk found damaged earlier is uploaded again (healing) while verify runs; verify
+    read the old, corrupted copy before. It must not mark the new, intact copy damaged:
+    fetch would refuse it, and the point would stay unrestorable."""
+    ds, built = _stored_point(tmp_path)
+    bad = built.block_ids["vda"][3]
+    flip_stored_byte(tmp_path / "ds", "chunks", bad)
+    ds.catalog.mark_damaged("web1", ObjectKind.chunks, [bad])  # by an earlier fetch
+    read_bad, healed = threading.Event(), threading.Event()
+    read_current = ds.read_current
+
+    def slow_read(host: str, kind: ObjectKind, oid: bytes, loc):  # type: ignore[no-untyped-def]
+        try:
+            return read_current(host, kind, oid, loc)
+        except Exception:
+            if oid == bad:  # verify has read the corrupted copy: the agent heals it now
+                read_bad.set()
+                assert healed.wait(10)
+            raise
+
+    ds.read_current = slow_read  # type: ignore[method-assign]
+    reports = []
+    verifier = threading.Thread(target=lambda: reports.append(verify(ds)))
+    verifier.start()
+    assert read_bad.wait(10)
+    result = ds.upload("web1", ObjectKind.chunks,
+                       records.encode_records([(bad, built.chunks[bad])]))
+    assert (result.stored, result.duplicates) == (1, 0)
+    healed.set()
+    verifier.join(10)
+    ds.read_current = read_current  # type: ignore[method-assign]
+    [report] = reports
+    assert report.damaged_chunks == [bad.hex()]  # what verify read, when it read it
+    # The healed copy stays intact and served.
+    assert ds.catalog.damaged("web1") == []
+    assert ds.catalog.present("web1", ObjectKind.chunks, [bad]) == {bad}
+    [(oid, blob, _)] = ds.fetch("web1", ObjectKind.chunks, [bad])
+    assert (oid, blob) == (bad, built.chunks[bad])
+    assert verify(ds).damaged_points == []
+    assert [r.verify for r in ds.catalog.point_rows("web1")] == [VerifyStatus.ok.value]
+
+
+def test_a_missing_query_that_says_present_keeps_the_object_through_a_concurrent_gc(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """"missing" answers which objects the agent need not send, and refreshes their last
+    seen so that gc's grace period keeps them until the commit. A gc sweeping between the
+    lookup and the refresh must not delete an object the answer calls present."""
+    ds, built = _stored_point(tmp_path)
+    ds.catalog.delete_points("web1", [built.point_id])  # pruned: only grace keeps them
+    _age_everything(tmp_path / "ds", 7200)
+    ids = list(built.chunks)
+    touch = ds.catalog.touch
+
+    def gc_first(host: str, kind: ObjectKind, oids: list[bytes], now: float):  # type: ignore[no-untyped-def]
+        # gc runs between the lookup and the refresh (from another thread it would wait
+        # for nothing: uploads and "missing" take no lock)
+        worker = threading.Thread(target=lambda: gc(ds, grace=3600))
+        worker.start()
+        worker.join(10)
+        return touch(host, kind, oids, now)
+
+    ds.catalog.touch = gc_first  # type: ignore[method-assign]
+    absent = ds.missing("web1", ObjectKind.chunks, ids)
+    ds.catalog.touch = touch  # type: ignore[method-assign]
+    # Whatever the answer calls present is still stored (and stays, in grace).
+    present = set(ids) - set(absent)
+    assert ds.catalog.present("web1", ObjectKind.chunks, ids) >= present
+    assert gc(ds, grace=3600).removed_chunks == 0
+    assert ds.catalog.present("web1", ObjectKind.chunks, ids) >= present
+    assert set(absent) == set(ids)  # gc took them all before the refresh: all to send
+
+
+def test_a_fetch_reading_a_pack_that_gc_rewrites_meanwhile_gets_every_object(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A restore located its chunks in a pack, then gc rewrote that pack (its live objects
+    moved to a new one, the old file deleted) before the read: the fetch looks again, reads
+    the new copies, and marks nothing damaged."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    data = os.urandom(10 * BS)
+    first = build_point(codec, "web1", {"vda": data})
+    second = build_point(codec, "web1", {"vda": data[:3 * BS] + os.urandom(7 * BS)})
+    for built in (first, second):
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        commit(ds, "web1", built.request)
+    ds.catalog.delete_points("web1", [first.point_id])
+    _age_everything(tmp_path / "ds", 7200)
+    shared = first.block_ids["vda"][:3]
+    get_ranges = ds.store.get_ranges
+    rewritten: list[object] = []
+    reads = 0
+
+    def gc_before_read(name: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # the fetch's first read (gc's own reads come through here too)
+            worker = threading.Thread(target=lambda: rewritten.append(gc(ds, grace=3600)))
+            worker.start()
+            worker.join(10)
+        return get_ranges(name, ranges)
+
+    ds.store.get_ranges = gc_before_read  # type: ignore[method-assign]
+    got = ds.fetch("web1", ObjectKind.chunks, shared)
+    ds.store.get_ranges = get_ranges  # type: ignore[method-assign]
+    [report] = rewritten
+    assert report.removed_chunks == 7 and report.freed_bytes > 0  # type: ignore[attr-defined]
+    assert {oid: blob for oid, blob, _ in got} == {c: first.chunks[c] for c in shared}
+    assert ds.catalog.damaged("web1") == []
