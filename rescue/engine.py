@@ -70,6 +70,7 @@ class Engine:
         opened = self.repo.open_point(info.point_id)
         layout: Layout = opened.manifest.layout
         explicit = {src: describe_target(path) for src, path in (maps or {}).items()}
+        refuse_hard_links(explicit)
         disks = local if local is not None or len(explicit) == len(layout.disks) \
             else self.discover()
         matches = map_disks(layout.disks, disks or [], explicit)
@@ -81,6 +82,22 @@ class Engine:
                 on_event: EventSink | None = None) -> RestoreReport:
         return _Execution(self.repo, plan, options or ExecuteOptions(),
                           on_event or (lambda e: None)).run()
+
+
+def refuse_hard_links(explicit: dict[str, LocalDisk]) -> None:
+    """Refuse two source disks mapped onto one image file through a hard link: its real
+    path is its own (a symlink resolves to the file, a hard link does not), so only the
+    file's device and inode tell that they would overwrite each other."""
+    seen: dict[tuple[int, int], tuple[str, str]] = {}  # (st_dev, st_ino) -> (source, path)
+    for src, disk in explicit.items():
+        if not disk.is_file:
+            continue  # a block device's path is its kernel name already
+        st = os.stat(disk.path)
+        other = seen.setdefault((st.st_dev, st.st_ino), (src, disk.path))
+        if other[1] != disk.path:  # the same path twice is map_disks' to refuse
+            raise SafetyError(f"targets {other[1]} and {disk.path} are one file (hard "
+                              f"links): it is chosen for two source disks, {other[0]} and "
+                              f"{src}: map each source disk to a disk of its own")
 
 
 def recheck_targets(plan: Plan) -> None:

@@ -63,10 +63,18 @@ def fit(disk: Disk, target_size: int, policy: ResizePolicy, target_name: str) ->
     return out
 
 
+def _end(part: Partition) -> int:
+    return part.start + part.length
+
+
 def _grow_last(parts: list[Partition], last: int) -> None:
-    # Not the extended container: it ends where its last logical partition does, and
-    # grows with it.
-    tail = max((p for p in parts if p.kind != "extended"), key=lambda p: p.start + p.length)
+    # The partition that ends last; on a tie, the logical one rather than its container.
+    tail = max(parts, key=lambda p: (_end(p), p.kind != "extended"))
+    if tail.kind == "extended":
+        # A container with room after its last logical partition: that one grows with it.
+        # An empty container grows alone: a primary before it would grow into it (a table
+        # libparted refuses to write), and it may be all the disk has.
+        tail = max((p for p in parts if p.kind == "logical"), key=_end, default=tail)
     if tail.role in _FIXED_ROLES:
         return  # a swap or boot partition at the end keeps its size
     tail.length = last - tail.start + 1

@@ -279,3 +279,33 @@ def test_gpt_attributes_are_read_from_the_entry_array() -> None:
     assert gpt_attributes(bytes(area), 512) == {
         str(uuid.UUID(int=2)): "RequiredPartition GUID:48,63"}
     assert gpt_attributes(bytes(512 * 34), 512) == {}
+
+
+def test_grow_last_grows_an_empty_extended_container_that_ends_last() -> None:
+    """An MBR extended container that holds no logical partition and ends last is the
+    partition that grows: alone on the disk, max() of no other partition used to fail;
+    after a primary, that primary grew into it, a table libparted cannot write (after the
+    wipe). A container with free space after its last logical grows with that logical."""
+    def msdos(*parts: Partition) -> Disk:
+        return Disk(name="sda", size=64 * MIB, table="msdos", partitions=list(parts))
+
+    def geometry(disk: Disk, policy: str = "grow-last") -> list[tuple[int, int, int]]:
+        out = fit(disk, 128 * MIB, policy, "t")  # type: ignore[arg-type]
+        return [(p.number, p.start, p.length) for p in out.partitions]
+
+    alone = msdos(Partition(1, 2048, 129024, role="extended", kind="extended", mbr_type=0x05))
+    assert geometry(alone) == [(1, 2048, 260096)]  # to sector 262143, the new last one
+    after = msdos(Partition(1, 2048, 16384, mbr_type=0x83, volume="sda:p1"),
+                  Partition(2, 18432, 112640, role="extended", kind="extended",
+                            mbr_type=0x05))
+    assert geometry(after) == [(1, 2048, 16384), (2, 18432, 243712)]
+    spare = msdos(Partition(1, 2048, 8192, mbr_type=0x83),
+                  Partition(2, 10240, 120832, role="extended", kind="extended",
+                            mbr_type=0x05),
+                  Partition(5, 12288, 8192, kind="logical", mbr_type=0x83))
+    assert geometry(spare) == [(1, 2048, 8192), (2, 10240, 251904), (5, 12288, 249856)]
+    with pytest.raises(UsageError) as err:
+        geometry(alone, "proportional")
+    assert str(err.value) == ("disk sda has an extended partition: proportional resize "
+                              "supports primary partitions only (use --resize grow-last or "
+                              "same)")

@@ -18,6 +18,7 @@ import pytest
 
 from cdpcore.errors import NotFoundError, SafetyError, TargetError, WrongKeyError
 from cdpcore.keys import new_master_key, recovery_key
+from hotcopy import capture
 from rescue import partition
 from rescue.engine import Engine, ExecuteOptions
 from rescue.repo import Repository
@@ -375,3 +376,72 @@ def test_gpt_attribute_bits_are_kept(repo_host: dict[str, Any], tmp_path: Path) 
     assert [p.get("attrs") for p in partitions(target)] == [
         "RequiredPartition LegacyBIOSBootable", None,
         "NoBlockIOProtocol GUID:59,60,63"]
+
+
+EMPTY_EXTENDED = {
+    # the extended container is the disk's only partition
+    "extended-only": "label: dos\n1 : start=2048, size=129024, type=5\n",
+    # an empty extended container after the last primary partition
+    "primary-then-extended": "label: dos\n"
+                             "1 : start=2048, size=16384, type=83\n"
+                             "2 : start=18432, size=112640, type=5\n",
+}
+
+
+@pytest.mark.parametrize("layout", sorted(EMPTY_EXTENDED))
+def test_grow_last_grows_an_empty_extended_container(repo_host: dict[str, Any],
+                                                     tmp_path: Path, layout: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extended container without logical partitions that ends last is what grow-last
+    grows: the plan used to fail (max() of nothing) or grow the primary into the
+    container, which libparted refused only after the target was wiped."""
+    # The layout as captured where pyparted reads the disk itself (4Kn disks, an sfdisk
+    # without --backup-pt-sectors): the table copy holds no EBR for an empty container.
+    monkeypatch.setattr(capture, "read_table",
+                        lambda path, size, sector: capture.parted_partitions(path))
+    source, target = tmp_path / "vda.img", tmp_path / "big.img"
+    sh("truncate", "-s", str(64 * MIB), str(source))
+    script = "".join(f"{source}{line}\n" if line[0].isdigit() else f"{line}\n"
+                     for line in EMPTY_EXTENDED[layout].splitlines())
+    subprocess.run(["sfdisk", "--quiet", str(source)], input=script, text=True, check=True)
+    with open(source, "r+b") as f:
+        f.seek(100)
+        f.write(b"GRUB boot code stand-in bytes")
+        f.seek(2048 * 512 + 4096)
+        f.write(os.urandom(MIB))
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(96 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, resize="grow-last",
+                       verify="read-back")
+    assert engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st"))).ok
+    got = [(p["start"], p["size"], p["type"]) for p in partitions(target)]
+    # 96 MiB: sectors 0-196607; the container ends at the last one
+    assert got == ([(2048, 194560, "5")] if layout == "extended-only"
+                   else [(2048, 16384, "83"), (18432, 178176, "5")])
+    assert region(source, 0, 440) == region(target, 0, 440)
+    assert region(source, 512, 2047 * 512) == region(target, 512, 2047 * 512)
+    if layout != "extended-only":
+        assert region(source, 2048 * 512, 16384 * 512) == region(target, 2048 * 512,
+                                                                 16384 * 512)
+
+
+def test_two_source_disks_onto_one_file_through_a_hard_link_are_refused(
+        repo_host: dict[str, Any], tmp_path: Path) -> None:
+    """A hard link to an image file is the same file under a path of its own (its real
+    path is not the file's): two source disks planned onto it would overwrite each other."""
+    vda, vdb, target = tmp_path / "vda", tmp_path / "vdb", tmp_path / "t.img"
+    link = tmp_path / "link.img"
+    for path in (vda, vdb):
+        path.write_bytes(os.urandom(4 * MIB))
+    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(vda), str(vdb)])
+    sh("truncate", "-s", str(4 * MIB), str(target))
+    os.link(target, link)
+    before = digest(target)
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    with pytest.raises(SafetyError) as err:
+        engine.plan("latest", {"vda": str(target), "vdb": str(link)})
+    assert str(err.value) == (f"targets {target} and {link} are one file (hard links): it "
+                              "is chosen for two source disks, vda and vdb: map each source "
+                              "disk to a disk of its own")
+    assert digest(target) == before
