@@ -28,6 +28,17 @@ REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 
 
+@pytest.fixture(autouse=True)
+def _priority_kept() -> Iterator[None]:
+    """A point taken in the test process (the agent's CLI through CliRunner) lowers that
+    process's own CPU and I/O priority, and every later test then ran at nice 10 and in
+    the idle I/O class: slower, and failing the priority tests far away from the cause."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    yield
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before, (
+        "this test lowered the test process's priority: run the agent in a subprocess")
+
+
 def _cli(*args: str) -> dict[str, str]:
     out = subprocess.run([sys.executable, "-m", "cdp_server", *args, "--json"], cwd=REPO,
                          capture_output=True, text=True, check=True, timeout=60)

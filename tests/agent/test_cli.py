@@ -28,10 +28,12 @@ from hotcopy.state import StateDir
 from .conftest import Agent
 
 
-def _agent(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+def _agent(*args: str, config: Path, cwd: Path | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """A point runs as a process of its own: it lowers its own CPU and I/O priority."""
     env = {**os.environ, "CDP_AGENT_CONFIG": str(config)}
     return subprocess.run([sys.executable, "-m", "hotcopy", *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+                          text=True, env=env, timeout=300, check=False, cwd=cwd)
 
 
 def test_init_backup_points_verify_status(agent: Agent, cdp_server, gpt_image: Path,  # type: ignore[no-untyped-def]
@@ -253,9 +255,9 @@ def test_init_asks_twice_for_a_new_keys_passphrase_once_for_an_existing(
         saved["recovery_key"]
 
     # A relative --source on the command line is where the command runs, as with any tool.
-    point = runner.invoke(cli.cli, ["backup", "--json", "--source", gpt_image.name],
-                          env={"CDP_AGENT_CONFIG": str(config)})
-    assert point.exit_code == 0, point.output
+    point = _agent("backup", "--json", "--source", gpt_image.name, config=config,
+                   cwd=gpt_image.parent)
+    assert point.returncode == 0, point.stderr
     assert [p.point_id for p in agent.remote.points(agent.host)] == \
         [json.loads(point.stdout)["point_id"]]
 
