@@ -28,7 +28,7 @@ import click
 from . import workload
 from .measure import cold
 from .ours import CdpTool
-from .run import fresh_disk, prepare
+from .run import fresh_work, prepare
 from .workload import parse_size
 
 #: Sampling rate: 1999 Hz (not a multiple of the kernel's timer) samples every ~0.5 ms.
@@ -101,11 +101,7 @@ def main(mode: str, size: str, work: str, top: int) -> None:
         raise click.ClickException("perf is missing: apt-get install linux-perf")
     base = Path(work)
     prep = prepare(base, parse_size(size), 9)
-    scratch = base / "cpusplit"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    disk = scratch / "disk.img"
-    fresh_disk(prep.base, disk)
+    scratch, disk = fresh_work(base, "cpusplit", prep, disk_name="cpusplit/disk.img")
     tool = CdpTool("cdp-cpusplit", tracking=mode == "tracked")
     try:
         tool.setup(scratch / "tool")

@@ -9,7 +9,6 @@ landed (self time, all threads) and keeps the collapsed stacks for flame graphs.
 from __future__ import annotations
 
 import collections
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import click
 
 from . import workload
 from .ours import CdpTool, repo_root
-from .run import fresh_disk, prepare
+from .run import fresh_work, prepare
 from .workload import parse_size
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
@@ -67,11 +66,7 @@ def main(size: str, work: str, top: int) -> None:
         raise click.ClickException(f"{PY_SPY} missing: pip install py-spy (dev extra)")
     base = Path(work)
     prep = prepare(base, parse_size(size), 9)
-    scratch = base / "profile"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    disk = scratch / "disk.img"
-    fresh_disk(prep.base, disk)
+    scratch, disk = fresh_work(base, "profile", prep, disk_name="profile/disk.img")
     tool = CdpTool("cdp-profile", tracking=False)
     try:
         tool.setup(scratch / "tool")

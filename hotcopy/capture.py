@@ -115,8 +115,8 @@ def _identity(path: str, disk: Disk) -> None:
 
 
 def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
-          flags: list[str], kind: str, boot_uuid: str | None = None) -> PartitionRole:
-    """What the partition is for. `boot_uuid`: the filesystem UUID of the running system's
+          flags: list[str], kind: str, boot_fs: str | None = None) -> PartitionRole:
+    """What the partition is for. `boot_fs`: the filesystem UUID of the running system's
     separate /boot, which a restore onto a larger disk leaves at its size (rescue.resize)."""
     if kind == "extended":
         return "extended"
@@ -130,7 +130,7 @@ def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
     if type_guid == BIOS_BOOT_GUID or "bios_grub" in flags:
         return "bios_boot"
     if type_guid == XBOOTLDR_GUID or (fs is not None and fs.uuid is not None
-                                      and fs.uuid.lower() == boot_uuid):
+                                      and fs.uuid.lower() == boot_fs):
         return "boot"
     return "data"
 

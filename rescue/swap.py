@@ -8,7 +8,7 @@ import tempfile
 
 from cdpcore import runcmd
 
-from .target import WIPE_BYTES, Target
+from .target import Target
 
 #: The swap header lives in the first page; 64 KiB covers every page size Linux uses.
 _HEADER_BYTES = 64 * 1024
@@ -32,9 +32,6 @@ def make_swap(path: str, offset: int, size: int, uuid: str | None, label: str | 
         runcmd.run([*argv, scratch.name])
         header = os.pread(scratch.fileno(), _HEADER_BYTES, 0)
     with Target(path) as target:
-        head = min(WIPE_BYTES, size)
-        tail = max(head, size - WIPE_BYTES)
-        target.zero(offset, head)
-        target.zero(offset + tail, size - tail)
+        target.zero_ends(offset, size)
         target.write(offset, header[: min(len(header), size)])
         target.sync()

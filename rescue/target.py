@@ -76,6 +76,15 @@ class Target:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         write_fully(self.fd, memoryview(data), offset)
 
+    def zero_ends(self, offset: int, size: int) -> None:
+        """Zero the first and last WIPE_BYTES of the area [offset, offset + size), where
+        old signatures live (GPT, LVM labels and btrfs at the start; the backup GPT, MD
+        superblocks and ZFS labels at the end)."""
+        head = min(WIPE_BYTES, size)
+        tail = max(head, size - WIPE_BYTES)
+        self.zero(offset, head)
+        self.zero(offset + tail, size - tail)
+
     def zero(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros, without writing them when possible."""
         if length <= 0 or self.reads_zero:
@@ -127,7 +136,5 @@ def wipe(path: str) -> None:
             return
     runcmd.run(["wipefs", "--all", "--force", path])
     with Target(path) as target:
-        head = min(WIPE_BYTES, size)
-        target.zero(0, head)
-        target.zero(max(head, size - WIPE_BYTES), size - max(head, size - WIPE_BYTES))
+        target.zero_ends(0, size)
         target.sync()

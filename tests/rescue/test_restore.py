@@ -56,6 +56,18 @@ def make_source(path: Path, table: str, size: int = 64 * MIB) -> None:
         f.write(rnd[:3 * MIB])
 
 
+def scripted_source(path: Path, table: str) -> None:
+    """A 64 MiB disk image with the sfdisk script `table` (partition lines start with
+    their number, which names the partition of this image) and boot code stand-in bytes."""
+    sh("truncate", "-s", str(64 * MIB), str(path))
+    script = "".join(f"{path}{line}\n" if line[0].isdigit() else f"{line}\n"
+                     for line in table.splitlines())
+    subprocess.run(["sfdisk", "--quiet", str(path)], input=script, text=True, check=True)
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"GRUB boot code stand-in bytes")
+
+
 def table_end(table: str) -> int:
     """Where a 512-byte-sector disk's partition table ends: the MBR, or the protective MBR,
     the GPT header and its 128-entry array."""
@@ -140,13 +152,8 @@ def test_partition_numbers_with_gaps_are_restored(repo_host: dict[str, Any], tmp
     """libparted numbers partitions in the order it adds them; the captured numbers (and
     the extended container's type) come back."""
     source, target = tmp_path / "vda.img", tmp_path / "new.img"
-    sh("truncate", "-s", str(64 * MIB), str(source))
-    script = "".join(f"{source}{line}\n" if line[0].isdigit() else f"{line}\n"
-                     for line in GAPPED_TABLES[table].splitlines())
-    subprocess.run(["sfdisk", "--quiet", str(source)], input=script, text=True, check=True)
+    scripted_source(source, GAPPED_TABLES[table])
     with open(source, "r+b") as f:
-        f.seek(100)
-        f.write(b"GRUB boot code stand-in bytes")
         f.seek(table_end(table))
         f.write(os.urandom(2048 * 512 - table_end(table)))
         for part in partitions(source):
@@ -400,13 +407,8 @@ def test_grow_last_grows_an_empty_extended_container(repo_host: dict[str, Any],
     monkeypatch.setattr(capture, "read_table",
                         lambda path, size, sector: capture.parted_partitions(path))
     source, target = tmp_path / "vda.img", tmp_path / "big.img"
-    sh("truncate", "-s", str(64 * MIB), str(source))
-    script = "".join(f"{source}{line}\n" if line[0].isdigit() else f"{line}\n"
-                     for line in EMPTY_EXTENDED[layout].splitlines())
-    subprocess.run(["sfdisk", "--quiet", str(source)], input=script, text=True, check=True)
+    scripted_source(source, EMPTY_EXTENDED[layout])
     with open(source, "r+b") as f:
-        f.seek(100)
-        f.write(b"GRUB boot code stand-in bytes")
         f.seek(2048 * 512 + 4096)
         f.write(os.urandom(MIB))
     point_of(repo_host, source)

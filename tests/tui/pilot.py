@@ -7,6 +7,8 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from rescue.tui.screens.connect import ConnectScreen
+
 
 async def settle(pilot: Pilot[Any], rounds: int = 3000) -> None:
     """Let every worker (and the workers their results start) finish."""
@@ -25,3 +27,18 @@ def text(pilot: Pilot[Any], selector: str) -> str:
 
 async def type_text(pilot: Pilot[Any], value: str) -> None:
     await pilot.press(*["space" if c == " " else c for c in value])
+
+
+async def enter_passphrase(pilot: Pilot[Any], passphrase: str) -> None:
+    """From the network screen to the connect screen, the passphrase typed (not sent)."""
+    await pilot.press("ctrl+n")
+    assert isinstance(pilot.app.screen, ConnectScreen)
+    pilot.app.screen.query_one("#passphrase").focus()
+    await type_text(pilot, passphrase)
+
+
+async def connect(pilot: Pilot[Any], passphrase: str) -> None:
+    """From the network screen: connect with the screen's defaults and `passphrase`."""
+    await enter_passphrase(pilot, passphrase)
+    await pilot.press("enter")
+    await settle(pilot)

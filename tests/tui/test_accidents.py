@@ -18,7 +18,7 @@ from rescue.tui.screens.dialogs import ConfirmDialog
 from rescue.tui.screens.restore import RestoreScreen
 
 from .conftest import MIB, PASS, Env
-from .pilot import settle, text, type_text
+from .pilot import connect, enter_passphrase, settle, text, type_text
 from .test_map_restore import to_map_screen
 
 
@@ -90,11 +90,7 @@ def test_enter_on_the_trust_dialog_does_not_trust(env: Env) -> None:
     async def scenario() -> None:
         app = env.app(boot=BootOptions(server=env.url, token=env.token))
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("ctrl+n")
-            app.screen.query_one("#passphrase").focus()
-            await type_text(pilot, PASS)
-            await pilot.press("enter")
-            await settle(pilot)
+            await connect(pilot, PASS)
             assert isinstance(app.screen, ConfirmDialog)
             await pilot.press("enter")  # a second Enter, typed ahead: the answer is No
             await settle(pilot)
@@ -114,9 +110,7 @@ def test_second_enter_while_connecting_connects_once(env: Env, monkeypatch: Any)
     async def scenario() -> None:
         app = env.app()
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("ctrl+n")
-            app.screen.query_one("#passphrase").focus()
-            await type_text(pilot, PASS)
+            await enter_passphrase(pilot, PASS)
             await pilot.press("enter")
             await pilot.pause(0.1)
             await pilot.press("enter")  # nothing seems to happen: Enter again

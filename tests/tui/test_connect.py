@@ -15,7 +15,7 @@ from rescue.tui.screens.dialogs import ConfirmDialog, MessageDialog
 from rescue.tui.screens.points import PointsScreen
 
 from .conftest import PASS, Env
-from .pilot import settle, text, type_text
+from .pilot import connect, settle, text, type_text
 
 
 def closed_port() -> int:
@@ -23,15 +23,6 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-async def connect(pilot: Any, passphrase: str) -> None:
-    await pilot.press("ctrl+n")
-    assert isinstance(pilot.app.screen, ConnectScreen)
-    pilot.app.screen.query_one("#passphrase").focus()
-    await type_text(pilot, passphrase)
-    await pilot.press("enter")
-    await settle(pilot)
 
 
 @pytest.mark.parametrize("case", ["unreachable", "tls-mismatch", "bad-token", "wrong-passphrase",

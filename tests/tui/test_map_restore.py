@@ -19,7 +19,7 @@ from rescue.tui.screens.restore import RestoreScreen
 from rescue.tui.screens.review import ReviewScreen
 
 from .conftest import MIB, PASS, Env
-from .pilot import settle, text, type_text
+from .pilot import connect, settle, text, type_text
 
 
 @pytest.fixture
@@ -43,11 +43,7 @@ def loop_of() -> Iterator[Any]:
 
 
 async def to_map_screen(pilot: Any) -> MapScreen:
-    await pilot.press("ctrl+n")
-    pilot.app.screen.query_one("#passphrase").focus()
-    await type_text(pilot, PASS)
-    await pilot.press("enter")
-    await settle(pilot)
+    await connect(pilot, PASS)
     assert isinstance(pilot.app.screen, PointsScreen)
     await pilot.press("enter")
     await settle(pilot)

@@ -17,7 +17,7 @@ from rescue.tui.screens.dialogs import AskDialog, MessageDialog
 from rescue.tui.screens.points import PointsScreen
 
 from .conftest import PASS, Env, make_point
-from .pilot import settle, text, type_text
+from .pilot import connect, settle, text, type_text
 
 
 def cursor_point(screen: Any) -> str:
@@ -47,11 +47,7 @@ def test_timeline_jumps_filter_and_layout(env: Env) -> None:
     async def scenario() -> None:
         app = env.app()
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("ctrl+n")
-            app.screen.query_one("#passphrase").focus()
-            await type_text(pilot, PASS)
-            await pilot.press("enter")
-            await settle(pilot)
+            await connect(pilot, PASS)
             screen = app.screen
             assert isinstance(screen, PointsScreen)
             table = screen.query_one("#points", DataTable)
@@ -100,11 +96,7 @@ def test_admin_token_lists_hosts_and_opens_the_chosen_one(env: Env, cdp_server: 
     async def scenario(passphrase: str) -> Any:
         app = env.app(boot=BootOptions(server=env.url, token=env.admin_token, ca=env.ca))
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("ctrl+n")
-            app.screen.query_one("#passphrase").focus()
-            await type_text(pilot, passphrase)
-            await pilot.press("enter")
-            await settle(pilot)
+            await connect(pilot, passphrase)
             screen = app.screen
             assert isinstance(screen, PointsScreen)
             hosts = screen.query_one("#hosts", DataTable)
