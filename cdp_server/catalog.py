@@ -98,7 +98,10 @@ class Catalog(Protocol):
     def begin_pack(self, name: str, size: int) -> None: ...
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
                     rows: list[tuple[bytes, int, int, bytes]], now: float,
-                    touched: Sequence[bytes] = ...) -> int: ...
+                    touched: Sequence[bytes] = ...) -> tuple[int, list[bytes]]:
+        """Make a written pack's objects visible, refreshing `touched` (found present) in
+        the same transaction; returns how many became visible and which of `touched`
+        were gone (gc deleted them after the caller's lookup)."""
     def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes], *,
                      found: Mapping[bytes, Location] | None = None) -> None:
         """Mark these objects damaged; with `found` (where each was read corrupted) only

@@ -205,28 +205,46 @@ class Datastore:
         present = self.catalog.present(host, kind, items)
         new = [oid for oid in items if oid not in present]
         touched = [o for o in items if o in present]
-        stored = offset = 0
+        stored, size, gone = self._store(host, kind, items, new, touched)
+        if gone:
+            # gc deleted these between the lookup and their refresh: the answer would call
+            # them duplicates, and the agent would not send them again. Their bytes are in
+            # this request: store them now, as new objects. This round touches nothing,
+            # so gc can take nothing from under it: it is final.
+            more, more_size, _ = self._store(host, kind, items, gone, [])
+            stored, size = stored + more, size + more_size
+        # stored_bytes is the size of the packs written. In the rare race where a
+        # concurrent upload of the same host stored some of these objects first, their
+        # copies here are referenced by no row (GC rewrites or deletes such packs).
+        return UploadResult(stored=stored, duplicates=len(items) - stored, stored_bytes=size)
+
+    def _store(self, host: str, kind: ObjectKind,
+               items: dict[bytes, tuple[bytes, memoryview]], new: list[bytes],
+               touched: list[bytes]) -> tuple[int, int, list[bytes]]:
+        """Write the `new` objects of `items` in one pack and make them visible, refreshing
+        the `touched` ones (found present) in the same transaction. Returns how many
+        became visible, the pack's size, and those of `touched` that were gone."""
         if not new:
-            self.catalog.touch(host, kind, touched, time.time())
-        else:
-            pack, rows, parts, offset = new_pack_name(), [], [], 0
-            for oid in new:
-                checksum, blob = items[oid]
-                rows.append((oid, offset, len(blob), checksum))
-                parts.append(blob)
-                offset += len(blob)
-            self.catalog.begin_pack(pack, offset)
-            try:
-                self.store.put(pack, parts)
-                stored = self.catalog.add_objects(host, kind, pack, rows, time.time(),
-                                                  touched)
-            except BaseException:
-                self._abandon(pack)
-                raise
-        # stored_bytes is the pack's size. In the rare race where a concurrent upload of the
-        # same host stored some of these objects first, their copies in this pack are
-        # referenced by no row (GC rewrites or deletes such packs).
-        return UploadResult(stored=stored, duplicates=len(items) - stored, stored_bytes=offset)
+            if self.catalog.touch(host, kind, touched, time.time()) == len(touched):
+                return 0, 0, []
+            # Refreshed objects are in grace now, so this second look is final.
+            again = self.catalog.present(host, kind, touched)
+            return 0, 0, [o for o in touched if o not in again]
+        pack, rows, parts, offset = new_pack_name(), [], [], 0
+        for oid in new:
+            checksum, blob = items[oid]
+            rows.append((oid, offset, len(blob), checksum))
+            parts.append(blob)
+            offset += len(blob)
+        self.catalog.begin_pack(pack, offset)
+        try:
+            self.store.put(pack, parts)
+            stored, gone = self.catalog.add_objects(host, kind, pack, rows, time.time(),
+                                                    touched)
+        except BaseException:
+            self._abandon(pack)
+            raise
+        return stored, offset, gone
 
     def _abandon(self, pack: str) -> None:
         """Undo a failed upload's pack: its row, then its file, unless gc forgot the row

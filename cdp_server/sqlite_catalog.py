@@ -430,17 +430,23 @@ class SqliteCatalog:
 
     def add_objects(self, host: str, kind: ObjectKind, pack: str,
                     rows: list[tuple[bytes, int, int, bytes]], now: float,
-                    touched: Sequence[bytes] = ()) -> int:
+                    touched: Sequence[bytes] = ()) -> tuple[int, list[bytes]]:
         """Make a written pack's objects visible: rows are (id, offset, length, checksum).
         An object already present and intact is not replaced (a concurrent upload won);
         a damaged one is (healing). `touched` objects (already present) get "last seen"
         refreshed in the same transaction: one commit, one fsync. Returns how many
-        became visible."""
+        became visible, and those of `touched` that were gone (a gc sweep deleted them
+        after the caller looked them up: the caller must store them)."""
         hid, code = self._known_hid(host), KIND_CODE[kind]
         with self.write() as db:
             pid = _registered_pack(db, pack)
-            db.executemany("UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
-                           [(now, hid, code, i) for i in touched])
+            refreshed = db.executemany(
+                "UPDATE objects SET seen = ? WHERE host = ? AND kind = ? AND id = ?",
+                [(now, hid, code, i) for i in touched]).rowcount
+            gone = [] if max(refreshed, 0) == len(touched) else [
+                i for i in touched if db.execute(
+                    "SELECT 1 FROM objects WHERE host = ? AND kind = ? AND id = ?",
+                    (hid, code, i)).fetchone() is None]
             cur = db.executemany(
                 "INSERT INTO objects(host, kind, id, pack, offset, length, checksum, seen) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(host, kind, id) DO UPDATE SET "
@@ -451,7 +457,7 @@ class SqliteCatalog:
                  for oid, offset, length, digest in rows])
             added = cur.rowcount
             db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (pid,))
-        return added
+        return added, gone
 
     def mark_damaged(self, host: str, kind: ObjectKind, ids: list[bytes], *,
                      found: Mapping[bytes, Location] | None = None) -> None:

@@ -1,8 +1,9 @@
 """LVM restore inside QEMU VMs (this machine has no device-mapper): a source machine with
 GPT, an ext4 partition and an LVM PV (VG with a data LV and a swap LV) is backed up by
 `cdp-agent` to the real server fixture; a second machine with a blank, larger disk boots
-the rescue image and runs `rescue restore`; inside it the PV, VG and LV UUIDs, the swap
-UUID and label, and every byte of the data LV must be as they were.
+the rescue image and runs `rescue restore` (proportional or grow-last: the PV grows);
+inside it the PV, VG and LV UUIDs, the swap UUID and label, and every byte of the data LV
+must be as they were.
 
 The guests reach the server on this machine's loopback only through the harness's forward.
 """
@@ -86,9 +87,16 @@ def pv_size(vm: VM) -> int:
     return int(pvs["report"][0]["pv"][0]["pv_size"])
 
 
-@pytest.mark.parametrize("thin", [False, True], ids=["linear", "thin-pool"])
+def part_size(vm: VM, device: str) -> int:
+    return int(vm.check(f"blockdev --getsize64 {device}"))
+
+
+# The linear case restores proportionally (both partitions grow, the PV's moves), the thin
+# one with grow-last (only the PV's partition grows): both grow a PV, by pvresize.
+@pytest.mark.parametrize(("thin", "resize"), [(False, "proportional"), (True, "grow-last")],
+                         ids=["linear", "thin-pool"])
 def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path, image: KernelBoot,
-                                     thin: bool) -> None:
+                                     thin: bool, resize: str) -> None:
     tokens = cdp_server.add_host(HOST)
     url = f"https://{GUEST_SERVER_IP}:{GUEST_PORT}"
     fwd = Forward(GUEST_PORT, cdp_server.port)
@@ -107,11 +115,12 @@ def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path, image: Ker
         point = json.loads(vm.check(quiet("cdp-agent backup --json"), timeout=1800))
         original = identity(vm)
         old_pv = pv_size(vm)
+        old_boot = part_size(vm, "/dev/vda1")
     assert len(original["pv"]) == 1 and len(original["lvs"]) == (4 if thin else 2)
 
     answers = {"server": url, "token": tokens[Role.restore], "host": HOST,
                "fingerprint": cdp_server.fingerprint, "passphrase": PASSPHRASE,
-               "point": "latest", "map": {"vda": "/dev/vda"}, "resize": "grow-last",
+               "point": "latest", "map": {"vda": "/dev/vda"}, "resize": resize,
                "verify": "read-back"}
     with VM(VMConfig(disks=[Disk(target)], forwards=[fwd], boot=image,
                      name="rescue-lvm-target")) as vm:
@@ -124,12 +133,24 @@ def test_lvm_restore_preserves_uuids(cdp_server: Any, tmp_path: Path, image: Ker
         vm.check(f"lvm vgchange -ay {VG} >/dev/null && udevadm settle")
         restored = identity(vm)
         grown_pv = pv_size(vm)
+        grown_boot = part_size(vm, "/dev/vda1")
+        boot_fs_bytes = int(vm.check("dumpe2fs -h /dev/vda1 2>/dev/null | awk -F: "
+                                     "'/^Block count/ {n=$2} /^Block size/ {s=$2} "
+                                     "END {print n*s}'"))
         thin_used = vm.check(f"if [ -e /dev/{VG}/thin ]; then lvm lvs --noheadings -o "
                              f"data_percent {VG}/thin; fi").strip()
         vm.check("e2fsck -fn /dev/vda1")
-    # grow-last gave the PV's partition the target's 32 MiB more: pvresize hands them to
-    # the VG (less the GPT's backup and alignment), and the report says so.
-    assert 31 * MIB < grown_pv - old_pv <= 32 * MIB
+    if resize == "grow-last":
+        # The PV's partition got the target's 32 MiB more: pvresize hands them to the VG
+        # (less the GPT's backup and alignment), and the report says so.
+        assert 31 * MIB < grown_pv - old_pv <= 32 * MIB
+        assert grown_boot == old_boot
+    else:
+        # The 32 MiB are shared by size (16 MiB ext4 and the ~111 MiB PV, in whole MiB):
+        # the ext4 partition and its filesystem grow by 4 MiB, the PV's moves 4 MiB on
+        # and gives the VG the rest.
+        assert grown_boot == old_boot + 4 * MIB == boot_fs_bytes
+        assert 27 * MIB < grown_pv - old_pv <= 28 * MIB
     assert any(f"volume group {VG}: physical volume /dev/vda2 grown to " in note
                for note in report["notes"])
     if not thin:

@@ -23,9 +23,10 @@ def test_damaged_chunks_come_from_their_index_and_healing_removes_them(tmp_path:
 
     def add(host: str, kind: ObjectKind, pack: str, objects: list[bytes]) -> int:
         catalog.begin_pack(pack, 10 * len(objects))
-        return catalog.add_objects(host, kind, pack,
-                                   [(oid, 10 * n, 10, bytes(32)) for n, oid in enumerate(objects)],
-                                   time.time())
+        added, _ = catalog.add_objects(
+            host, kind, pack, [(oid, 10 * n, 10, bytes(32)) for n, oid in enumerate(objects)],
+            time.time())
+        return added
 
     add("web1", ObjectKind.chunks, "packs/a.pack", ids)
     add("web1", ObjectKind.pages, "packs/b.pack", ids[:5])

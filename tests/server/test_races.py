@@ -8,6 +8,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from cdp_server.commit import commit
 from cdp_server.datastore import Datastore
 from cdp_server.gc import gc
@@ -105,6 +107,46 @@ def test_a_missing_query_that_says_present_keeps_the_object_through_a_concurrent
     assert gc(ds, grace=3600).removed_chunks == 0
     assert ds.catalog.present("web1", ObjectKind.chunks, ids) >= present
     assert set(absent) == set(ids)  # gc took them all before the refresh: all to send
+
+
+@pytest.mark.parametrize("with_new", [True, False], ids=["with-new", "duplicates-only"])
+def test_an_upload_that_says_duplicate_keeps_the_object_through_a_concurrent_gc(
+        tmp_path, with_new: bool) -> None:  # type: ignore[no-untyped-def]
+    """An upload looks up which of its objects are stored (answered as duplicates, which
+    the agent will not send again), then refreshes their last seen: with its new objects'
+    pack (add_objects), or alone when nothing is new (touch). A gc sweeping between the
+    lookup and the refresh must not leave the answer calling stored what gc deleted."""
+    ds, built = _stored_point(tmp_path)
+    ds.catalog.delete_points("web1", [built.point_id])  # pruned: only grace keeps them
+    _age_everything(tmp_path / "ds", 7200)
+    objects = dict(built.chunks)
+    if with_new:
+        objects.update((os.urandom(32), os.urandom(100)) for _ in range(3))
+    hooked = "add_objects" if with_new else "touch"
+    refresh = getattr(ds.catalog, hooked)
+    ran = []
+
+    def gc_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # gc runs between the lookup and the refresh (from another thread it would wait
+        # for nothing: uploads take no lock)
+        if not ran:
+            worker = threading.Thread(target=lambda: ran.append(gc(ds, grace=3600)))
+            worker.start()
+            worker.join(10)
+        return refresh(*args, **kwargs)
+
+    setattr(ds.catalog, hooked, gc_first)
+    result = ds.upload("web1", ObjectKind.chunks, records.encode_records(list(objects.items())))
+    setattr(ds.catalog, hooked, refresh)
+    [report] = ran
+    assert report.removed_chunks == len(built.chunks)  # type: ignore[attr-defined]
+    # gc took every old chunk before the refresh: this upload stored them all again.
+    assert (result.stored, result.duplicates) == (len(objects), 0)
+    assert result.stored_bytes == sum(len(b) for b in objects.values())
+    assert ds.catalog.present("web1", ObjectKind.chunks, objects) == set(objects)
+    assert gc(ds, grace=3600).removed_chunks == 0  # in grace
+    got = ds.fetch("web1", ObjectKind.chunks, list(objects))
+    assert {oid: blob for oid, blob, _ in got} == objects
 
 
 def test_a_fetch_reading_a_pack_that_gc_rewrites_meanwhile_gets_every_object(tmp_path) -> None:  # type: ignore[no-untyped-def]
