@@ -119,3 +119,18 @@ def test_cpu_split_of_a_point_runs(tmp_path: Path) -> None:
     assert lines[-1] == f"perf data: {tmp_path}/cpusplit/*.perf (perf report -i FILE)"
     assert (tmp_path / "cpusplit/server.perf").stat().st_size > 0
     assert (tmp_path / "cpusplit/agent.perf").stat().st_size > 0
+
+
+def test_timeline_of_a_full_and_a_tracked_point_runs(tmp_path: Path) -> None:
+    """bench.timeline on a tiny image: both points are taken and their rows printed."""
+    out = subprocess.run([sys.executable, "-m", "bench.timeline", "--size", "64M", "--work",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    heads = [line for line in out.stdout.splitlines() if not line.startswith(" ")]
+    assert [h.split(":")[0] for h in heads] == ["full backup", "tracked incremental"]
+    for head in heads:
+        assert re.fullmatch(r"[a-z ]+: \d+\.\d\d s wall, CPU \d+\.\d\d s agent and "
+                            r"\d+\.\d\d s server \(\d+ CPUs; disk \S+\)", head)
+    row = re.compile(r"  +\d+\.\d\d +\d\.\d\d +\d+\.\d\d +\d+ +\d+")
+    assert any(row.fullmatch(line) for line in out.stdout.splitlines())
