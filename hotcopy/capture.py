@@ -15,6 +15,12 @@ them read-only, EBRs and the GPT backup included) placed at their offsets in a s
 in-memory file of the disk's size. libparted takes a file's sectors to be 512 bytes, so a
 disk of other logical sectors (4Kn) is still read by pyparted itself, as it is where
 sfdisk predates that option (older util-linux).
+
+One sector the copy does not hold: the EBR of an MBR extended container with no logical
+partitions. libfdisk drops an EBR that lists nothing from its table, so sfdisk backs up
+the MBR alone, while libparted reads each container's first sector and refuses one
+without the boot signature ("wrong signature 0"). The copy gets an empty EBR there, which
+is what sfdisk read (whether the disk holds one, as sfdisk and parted write it, or zeros).
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ XBOOTLDR_GUID = "bc13c2ff-59e6-4262-a352-b275fd6f7172"
 LVM_GUID = "e6d6d379-f507-44c2-a23c-238f2a3df928"
 MBR_SWAP, MBR_LVM, MBR_ESP = 0x82, 0x8E, 0xEF
 MBR_EXTENDED = (0x05, 0x0F, 0x85)
+#: An EBR that lists no partition: zeros and the boot signature.
+EMPTY_EBR = bytes(510) + b"\x55\xaa"
 #: <linux/fs.h>: logical and physical sector size of a block device
 _BLKSSZGET, _BLKPBSZGET = 0x1268, 0x127B
 
@@ -178,9 +186,11 @@ def sector_sizes(device: str) -> tuple[int, int]:
 
 
 @contextmanager
-def table_copy(path: str, size: int) -> Iterator[str]:
+def table_copy(path: str, size: int, containers: tuple[int, ...] = ()) -> Iterator[str]:
     """A path to a sparse in-memory file of `size` bytes that holds the disk's partition
-    table sectors at their offsets and zeros elsewhere (see the module's docstring)."""
+    table sectors at their offsets and zeros elsewhere, and an empty EBR at each byte
+    offset of `containers` (MBR extended containers) where sfdisk backed up no EBR (see
+    the module's docstring)."""
     with tempfile.TemporaryDirectory(prefix="cdp-table-") as tmp:
         runcmd.run(["sfdisk", "--backup-pt-sectors", path, "-O", f"{tmp}/pt"],
                    env=runcmd.untranslated())
@@ -188,9 +198,13 @@ def table_copy(path: str, size: int) -> Iterator[str]:
         try:
             os.ftruncate(fd, size)
             # Named PREFIX-DEVICE-0xOFFSET.bak (the device's name may hold dashes).
+            offsets = set()
             for backup in Path(tmp).iterdir():
                 offset = int(backup.name.rsplit("-", 1)[1].removesuffix(".bak"), 16)
                 os.pwrite(fd, backup.read_bytes(), offset)
+                offsets.add(offset)
+            for offset in set(containers) - offsets:
+                os.pwrite(fd, EMPTY_EBR, offset)
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
@@ -226,15 +240,24 @@ def parted_partitions(path: str) -> tuple[str, list[PartedPartition]] | None:
         device.removeFromCache()
 
 
-def read_table(path: str, size: int, logical_sector: int,
+def extended_containers(table: dict[str, Any]) -> tuple[int, ...]:
+    """The start sectors of the MBR extended containers of an `sfdisk --json` table."""
+    if table.get("label") != "dos":
+        return ()
+    return tuple(int(p["start"]) for p in table.get("partitions", [])
+                 if int(str(p["type"]), 16) in MBR_EXTENDED)
+
+
+def read_table(path: str, size: int, logical_sector: int, containers: tuple[int, ...] = (),
                ) -> tuple[str, list[PartedPartition]] | None:
     """pyparted's view of the disk's table, read from a copy of its sectors where
-    libparted can (see the module's docstring)."""
+    libparted can (see the module's docstring). `containers`: the start sectors of the
+    MBR extended containers sfdisk reads (`extended_containers`)."""
     if logical_sector != FILE_SECTOR:
         log.info("%s: %d-byte sectors: pyparted reads the disk itself", path, logical_sector)
         return parted_partitions(path)
     try:
-        with table_copy(path, size) as copy:
+        with table_copy(path, size, tuple(s * FILE_SECTOR for s in containers)) as copy:
             return parted_partitions(copy)
     except CommandFailed as exc:
         if "unrecognized option" not in exc.stderr:
@@ -259,7 +282,7 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
     table = _sfdisk(path)
     parted_table = None
     if table is not None and table.get("label") in ("gpt", "dos"):
-        parted_table = read_table(path, size, sector)
+        parted_table = read_table(path, size, sector, extended_containers(table))
         if parted_table is None:
             # A damaged backup GPT, MBR logicals past sfdisk's 60: nothing is lost when
             # the disk is copied whole, but its partitions are not volumes of their own.

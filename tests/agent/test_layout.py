@@ -171,6 +171,46 @@ def test_table_pyparted_cannot_read_is_copied_whole_with_a_warning(
         "copied whole, table included" in caplog.text
 
 
+@pytest.mark.parametrize(("container", "ebr"), [("5", "written"), ("f", "zeroed")])
+def test_an_empty_extended_container_is_captured_with_the_partitions(
+        tmp_path: Path, container: str, ebr: str) -> None:
+    """An MBR extended container without logical partitions: sfdisk leaves its EBR, which
+    lists nothing, out of --backup-pt-sectors, and libparted refused the table copy for the
+    zeros there ("wrong signature 0"), so the disk used to be copied whole. sfdisk writes
+    that EBR (the boot signature alone); other tools may not, and sfdisk reads an empty
+    container either way. Its partitions are volumes of their own, the container recorded
+    for the rescue to rebuild."""
+    img = tmp_path / "e.img"
+    with open(img, "wb") as f:
+        f.truncate(64 * MiB)
+    runcmd.run(["sfdisk", "-q", str(img)], input=(
+        f"label: dos\nlabel-id: {images.MBR_ID}\nstart=2048, size=20480, type=83\n"
+        f"start=22528, size=40960, type={container}\n").encode())
+    with open(img, "r+b") as f:
+        f.seek(22528 * 512)
+        assert f.read(512) == bytes(510) + b"\x55\xaa"  # sfdisk wrote an empty EBR
+        if ebr == "zeroed":
+            f.seek(22528 * 512)
+            f.write(bytes(512))
+    images.mkfs_ext4(img, 1 * MiB, 10 * MiB)
+    layout, volumes = capture([str(img)], "web1")
+    disk = layout.disk("e.img")
+    assert (disk.table, disk.disk_guid, disk.volume) == ("msdos", images.MBR_ID, None)
+    assert [(p.number, p.start, p.length, p.kind, p.mbr_type, p.role, p.volume)
+            for p in disk.partitions] == [
+        (1, 2048, 20480, "primary", 0x83, "data", "e.img:p1"),
+        (2, 22528, 40960, "extended", int(container, 16), "extended", None)]
+    fs = disk.partition(1).filesystem
+    assert fs is not None and fs.uuid == images.FS_UUID
+    assert [(v.name, v.offset, v.size) for v in volumes] == [
+        ("e.img:boot", 0, 1 * MiB), ("e.img:p1", 1 * MiB, 10 * MiB)]
+    if ebr == "written":  # what pyparted reads on the disk itself
+        direct = parted_partitions(str(img))
+        assert direct is not None
+        assert [(p.number, p.start, p.length, p.kind, p.flags) for p in disk.partitions] \
+            == [(p.number, p.start, p.length, p.kind, p.flags) for p in direct[1]]
+
+
 def test_disk_of_4096_byte_sectors_records_its_sectors(tmp_path: Path) -> None:
     """libparted reads a file as 512-byte sectors, so a 4Kn disk is read by pyparted
     itself: partitions in 4096-byte sectors, as sfdisk sees them."""
