@@ -106,6 +106,10 @@ class Catalog(Protocol):
                      found: Mapping[bytes, Location] | None = None) -> None:
         """Mark these objects damaged; with `found` (where each was read corrupted) only
         the rows that still point there: a copy uploaded or moved since may be intact."""
+    def clear_damaged(self, host: str, kind: ObjectKind,
+                      found: Mapping[bytes, Location]) -> None:
+        """Clear the damage mark of these objects where each row still points at the
+        location given, which was just read intact (`found`: id -> that location)."""
     def damaged(self, host: str) -> list[bytes]: ...
 
     # points

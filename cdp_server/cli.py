@@ -353,7 +353,9 @@ def retention() -> None:
 @json_option
 def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> None:
     """Set HOST_NAME's rules. All zero keeps every point. Points count by the time the
-    server committed them, not the time the agent says it made them."""
+    server committed them, not the time the agent says it made them. Days, weeks (from
+    Monday), months, hours and minutes are cut in UTC, not local time, although `point
+    list` shows local times."""
     def go() -> None:
         ds = Datastore.open(data)
         if not ds.catalog.host_exists(host_name):
@@ -384,17 +386,39 @@ def prune(host_name: str | None, data: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--grace", type=_Seconds(), default=cfgmod.DEFAULT_GRACE, show_default=True,
-              help="Spare objects uploaded or seen within this many seconds.")
-@data_option
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="The server's configuration file: its `grace` and `data` apply unless "
+              "given here.")
+@click.option("--grace", type=_Seconds(),
+              help="Spare objects uploaded or seen within this many seconds [default: "
+              f"the configuration file's, else {cfgmod.DEFAULT_GRACE:.0f}].")
+@click.option("--data", "data", type=click.Path(path_type=Path), envvar="CDP_SERVER_DATA",
+              help="Datastore directory.")
 @json_option
-def gc(grace: float, data: Path, as_json: bool) -> None:
-    """Free objects no point references (mark and sweep)."""
+def gc(config_path: Path | None, grace: float | None, data: Path | None,
+       as_json: bool) -> None:
+    """Free objects no point references (mark and sweep). Exits 4 if it had to skip a
+    host, naming the index page it could not read: nothing of that host is freed until
+    the page is readable again or the points that use it are deleted."""
     def go() -> None:
-        report = jobs.gc(Datastore.open(data), grace)
-        _emit(as_json, report.model_dump(),
-              f"removed {report.removed_chunks} chunks and {report.removed_pages} pages, "
-              f"freed {report.freed_bytes} bytes; {report.kept_in_grace} kept in grace")
+        # The scheduled gc (cdp-server-maintenance.service) is the only gc that runs: it
+        # reads the server's configuration file, so that a `grace` set there (longer
+        # than 24 h for uploads that take longer) protects uploads in flight here too.
+        conf = cfgmod.load(config_path).merged(data=str(data) if data else None,
+                                               grace=grace)
+        if not conf.data:
+            raise UsageError("no datastore: give --data or `data` in the configuration file")
+        report = jobs.gc(Datastore.open(Path(conf.data)), conf.grace)
+        lines = [f"removed {report.removed_chunks} chunks and {report.removed_pages} pages, "
+                 f"freed {report.freed_bytes} bytes; {report.kept_in_grace} kept in grace"]
+        lines += [f"skipped host {s.host}: {s.reason}" for s in report.skipped_hosts]
+        if report.skipped_hosts:
+            lines.append("nothing of a skipped host is freed until its page is readable "
+                         "again or the points that use it are deleted; `cdp-server verify` "
+                         "names the damaged points")
+        _emit(as_json, report.model_dump(), "\n".join(lines))
+        if report.skipped_hosts:
+            sys.exit(4)
     _run(go)
 
 

@@ -14,7 +14,7 @@ import time
 
 from cdpcore import format as fmt
 from cdpcore import index
-from cdpcore.api import GcReport, ObjectKind
+from cdpcore.api import GcReport, ObjectKind, SkippedHost
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError
 
 from .datastore import Datastore
@@ -33,28 +33,38 @@ class _Unreadable(Exception):
 
 
 def mark(ds: Datastore, host: str) -> tuple[set[bytes], set[bytes]]:
-    """(live pages, live chunks) of a host. Raises _Unreadable if a referenced page cannot
-    be read: its children are then unknown, so nothing of the host may be swept."""
+    """(live pages, live chunks) of a host. Raises _Unreadable, naming the page and a
+    point and volume that reference it, if a referenced page cannot be read: its children
+    are then unknown, so nothing of the host may be swept."""
     pages: set[bytes] = set()
     chunks: set[bytes] = set()
     todo: list[bytes] = []
+    #: a (point, volume) whose tree holds the page, first found (pages are shared)
+    owner: dict[bytes, tuple[str, str]] = {}
     for row in ds.catalog.point_rows(host):
-        todo += [bytes.fromhex(v["root"]) for v in json.loads(row.volumes)]
+        for v in json.loads(row.volumes):
+            root = bytes.fromhex(v["root"])
+            owner.setdefault(root, (row.point_id, v["name"]))
+            todo.append(root)
     while todo:
         batch = [p for p in dict.fromkeys(todo) if p != fmt.ZERO_ID and p not in pages]
         todo = []
         locs = ds.catalog.locate(host, ObjectKind.pages, batch)
         for pid in batch:
+            point_id, volume = owner[pid]
+            where = f"index page {pid.hex()} (point {point_id}, volume {volume})"
             loc = locs.get(pid)
             if loc is None:
-                raise _Unreadable(f"index page {pid.hex()} of host {host!r} is missing")
+                raise _Unreadable(f"{where} is missing from the catalog")
             try:
                 page = index.decode_page(ds.read_object(pid, loc), pid)
             except (IntegrityError, FormatError, NotFoundError) as exc:
-                raise _Unreadable(f"index page {pid.hex()} of host {host!r}: {exc}") from None
+                raise _Unreadable(f"{where} is unreadable: {exc}") from None
             pages.add(pid)
             ids = [i for i in page.ids() if i != fmt.ZERO_ID]
             if page.level:
+                for child in ids:
+                    owner.setdefault(child, (point_id, volume))
                 todo += ids
             else:
                 chunks.update(ids)
@@ -64,13 +74,17 @@ def mark(ds: Datastore, host: str) -> tuple[set[bytes], set[bytes]]:
 def gc(ds: Datastore, grace: float) -> GcReport:
     removed = {ObjectKind.chunks: 0, ObjectKind.pages: 0}
     live_total = kept = 0
+    skipped: list[SkippedHost] = []
     with ds.commit_lock():
         cutoff = time.time() - grace
         for host in ds.catalog.host_names():
             try:
                 live_pages, live_chunks = mark(ds, host)
             except _Unreadable as exc:
-                log.warning("gc skips host: %s", exc, extra={"host": host})
+                # Reported, not just logged: until the page is back, gc frees nothing of
+                # this host, run after run (the CLI exits 4, failing its systemd unit).
+                log.warning("gc skips host %s: %s", host, exc, extra={"host": host})
+                skipped.append(SkippedHost(host=host, reason=str(exc)))
                 continue
             live_total += len(live_chunks)
             # Only pages of a point may keep "complete": a subtree outside every point may
@@ -91,7 +105,7 @@ def gc(ds: Datastore, grace: float) -> GcReport:
         freed = _sweep_packs(ds, cutoff)
     return GcReport(live_chunks=live_total, removed_chunks=removed[ObjectKind.chunks],
                     removed_pages=removed[ObjectKind.pages], freed_bytes=freed,
-                    kept_in_grace=kept)
+                    kept_in_grace=kept, skipped_hosts=skipped)
 
 
 def _sweep_packs(ds: Datastore, cutoff: float) -> int:

@@ -481,6 +481,17 @@ class SqliteCatalog:
                 db.execute(f"UPDATE objects SET complete = 0 WHERE host = ? AND "
                            f"kind = {_PAGES} AND complete", (hid,))
 
+    def clear_damaged(self, host: str, kind: ObjectKind,
+                      found: Mapping[bytes, Location]) -> None:
+        """Clear the damage mark where the row still points at the location in `found`,
+        which verify has just read matching its checksum."""
+        hid, code = self._known_hid(host), KIND_CODE[kind]
+        with self.write() as db:
+            db.executemany(
+                "UPDATE objects SET damaged = 0 WHERE host = ? AND kind = ? AND id = ? "
+                "AND pack = (SELECT pid FROM packs WHERE name = ?) AND offset = ? AND damaged",
+                [(hid, code, i, loc.pack, loc.offset) for i, loc in found.items()])
+
     def mark_complete(self, host: str, page_ids: list[bytes]) -> None:
         hid = self._known_hid(host)
         with self.write() as db:

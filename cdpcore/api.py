@@ -180,9 +180,19 @@ class PruneReport(BaseModel):
     removed: list[str]
 
 
+class SkippedHost(BaseModel):
+    """A host gc collected nothing of, because it could not read an index page one of
+    its points references (the page's children are unknown, so none may be swept)."""
+
+    host: str
+    reason: str  # which page of which point, and what is wrong with it
+
+
 class GcReport(BaseModel):
     live_chunks: int
     removed_chunks: int
     removed_pages: int
     freed_bytes: int
     kept_in_grace: int
+    #: Servers from before 2026-12 omit it (they skipped such hosts silently).
+    skipped_hosts: list[SkippedHost] = Field(default_factory=list)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from cdpcore import records
 from cdpcore.api import API_PREFIX, ObjectKind, Retention, Role
 from cdpcore.errors import ServerError, UsageError
 
@@ -203,6 +206,41 @@ def test_a_negative_gc_grace_is_refused_everywhere(tmp_path: Path) -> None:
                            "or more seconds"):
             config.load(path)
     assert _cli("gc", "--grace", "0", "--data", data).returncode == 0
+
+
+def test_the_scheduled_gc_keeps_the_grace_of_the_configuration_file(tmp_path: Path) -> None:
+    """The server never collects by itself: the maintenance unit's `gc` is the gc that
+    runs. It must spare what the configured `grace` spares (an operator whose uploads take
+    longer than a day sets it longer), not the built-in 24 h of `gc --grace`."""
+    from cdp_server.datastore import Datastore
+
+    data = tmp_path / "ds"
+    ds, _ = Datastore.init(data)
+    ds.add_host("web1")
+    codec = new_codec()
+    fresh = [codec.seal_block(os.urandom(BS)) for _ in range(3)]
+    ds.upload("web1", ObjectKind.chunks, records.encode_records(fresh))  # type: ignore[arg-type]
+    db = sqlite3.connect(data / "catalog.sqlite")
+    with db:  # asked about by a backup 30 hours ago that is still uploading
+        db.execute("UPDATE objects SET seen = ?", (time.time() - 30 * 3600,))
+    db.close()
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[server]\ndata = "{data}"\ngrace = 172800\n')
+    unit = (REPO / "cdp_server" / "cdp-server-maintenance.service").read_text()
+    runs = [line.split("=", 1)[1] for line in unit.splitlines()
+            if line.startswith("ExecStart=")]
+    assert [r.split()[1] for r in runs] == ["prune", "gc"]
+    for run in runs:
+        argv = run.replace("/var/lib/cdp-server", str(data)).replace(
+            "/etc/cdp-server/server.toml", str(conf)).split()
+        assert argv[0] == "/usr/local/bin/cdp-server"
+        _cli(*argv[1:])
+    assert ds.catalog.present("web1", ObjectKind.chunks, [c for c, _ in fresh]) == {
+        c for c, _ in fresh}
+    # `--grace` still wins over the file, and without a file the default holds.
+    gone = json.loads(_cli("gc", "--config", str(conf), "--grace", "3600", "--data",
+                           str(data), "--json").stdout)
+    assert gone["removed_chunks"] == 3
 
 
 def test_metrics_openapi_and_logs(cdp_server) -> None:  # type: ignore[no-untyped-def]

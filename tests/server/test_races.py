@@ -186,3 +186,36 @@ def test_a_fetch_reading_a_pack_that_gc_rewrites_meanwhile_gets_every_object(tmp
     assert report.removed_chunks == 7 and report.freed_bytes > 0  # type: ignore[attr-defined]
     assert {oid: blob for oid, blob, _ in got} == {c: first.chunks[c] for c in shared}
     assert ds.catalog.damaged("web1") == []
+
+
+def test_verify_reports_no_damage_in_a_point_pruned_and_collected_while_it_ran(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The weekly verify can run for hours, and the hourly maintenance (prune, then gc)
+    runs beside it: a point verify listed may be pruned and its objects freed before
+    verify reads them. That is retention at work, not damage: verify must not report it
+    (exit 4 fails the verify unit: a false alarm), nor list the freed chunks."""
+    ds, old = _stored_point(tmp_path)
+    new = build_point(new_codec(), "web1", {"vda": os.urandom(8 * BS)})
+    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(new.chunks.items())))
+    ds.upload("web1", ObjectKind.pages, records.encode_records(list(new.pages.items())))
+    commit(ds, "web1", new.request)
+    point_rows = ds.catalog.point_rows
+    maintained: list[object] = []
+
+    def listed_then_maintained(host: str | None = None):  # type: ignore[no-untyped-def]
+        rows = point_rows(host)
+        if not maintained:  # verify has listed the points: prune and gc run now
+            maintained.append(ds.catalog.delete_points("web1", [old.point_id]))
+            maintained.append(gc(ds, grace=0))
+        return rows
+
+    ds.catalog.point_rows = listed_then_maintained  # type: ignore[method-assign]
+    report = verify(ds)
+    ds.catalog.point_rows = point_rows  # type: ignore[method-assign]
+    assert maintained[0] == [old.point_id]
+    assert maintained[1].removed_chunks == len(old.chunks)  # type: ignore[attr-defined]
+    assert (report.damaged_points, report.ranges, report.damaged_chunks,
+            report.missing_chunks) == ([], [], [], [])
+    assert [(r.point_id, r.verify) for r in point_rows("web1")] == [
+        (new.point_id, VerifyStatus.ok.value)]
+    assert ds.catalog.damaged("web1") == []

@@ -87,3 +87,28 @@ def test_verify_maps_a_damaged_page_to_its_whole_span(cdp_server) -> None:  # ty
     agent.upload("web1", ObjectKind.pages, [(leaf, built.pages[leaf])])
     agent.commit("web1", again)
     assert admin.verify().damaged_points == []
+
+
+def test_verify_clears_a_damage_mark_when_the_copy_reads_intact_again(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """A mark left by a read that failed once (the pack put back from a copy, a transient
+    fault of the storage) on a copy that now matches its checksum: verify calls the point
+    ok, so fetch must serve the chunk, and the point must restore, not stay refused as
+    "damaged" until some backup happens to upload that block again."""
+    tokens = cdp_server.add_host("web1")
+    agent = cdp_server.client(tokens[Role.agent])
+    reader = cdp_server.client(tokens[Role.restore])
+    admin = cdp_server.admin()
+    codec = new_codec()
+    vda = os.urandom(20 * BS)
+    built = build_point(codec, "web1", {"vda": vda})
+    push(agent, "web1", built)
+    bad = built.block_ids["vda"][7]
+    flip_stored_byte(cdp_server.data_dir, "chunks", bad)
+    assert admin.verify().damaged_chunks == [bad.hex()]
+    assert agent.damaged("web1") == [bad]
+    flip_stored_byte(cdp_server.data_dir, "chunks", bad)  # the same byte: intact again
+    report = admin.verify()
+    assert (report.damaged_points, report.damaged_chunks) == ([], [])
+    assert [p.verify for p in reader.points("web1")] == [VerifyStatus.ok]
+    assert agent.damaged("web1") == []
+    assert restore(reader, codec, "web1", built.point_id) == {"vda": vda}
