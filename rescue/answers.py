@@ -22,6 +22,7 @@ _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphra
 _STRINGS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
             "state_dir"}
 _BOOLS = {"grow_fs", "reinstall_bootloader", "yes"}
+_SECRETS = {"token", "passphrase"}
 #: What follows a successful unattended restore (`rescue auto`).
 After = Literal["shell", "reboot", "poweroff"]
 AFTER: tuple[After, ...] = get_args(After)
@@ -90,7 +91,10 @@ def load_answers(path: str | None) -> Answers:
     for key, value in doc.items():
         problem = _bad_value(key, value)
         if problem:
-            raise UsageError(f"answers file {path}: {key!r} must be {problem}, not {value!r}")
+            # A secret's value is never shown: `rescue auto` prints this on every console
+            # and into /run/cdp/auto.log.
+            shown = f"a value of type {type(value).__name__}" if key in _SECRETS else repr(value)
+            raise UsageError(f"answers file {path}: {key!r} must be {problem}, not {shown}")
     return Answers(doc)
 
 

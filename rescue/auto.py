@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from cdpcore.errors import CdpError, ConnectionFailed, UsageError
 
@@ -37,6 +37,27 @@ class AutoRun:
     is_url: bool
 
 
+def shown(answers: str) -> str:
+    """cdp.answers= as messages show it: a URL's user:password@ and ?query (where a token
+    may be) as ***. Those messages reach every console and /run/cdp/auto.log."""
+    parts = urlsplit(answers)
+    if not parts.scheme:
+        return answers  # a local path
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "",
+                       parts.fragment))
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """`text` (a requests error, which quotes the URL's path and query) without the
+    secrets `shown` hides."""
+    parts = urlsplit(url)
+    for secret in (parts.netloc.rpartition("@")[0], parts.query):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def decide(boot: BootOptions) -> AutoRun | None:
     """What the boot options ask for: None (no `cdp.auto=1`: do nothing at all), or where
     the answers come from. UsageError if `cdp.auto=1` cannot be acted on."""
@@ -47,7 +68,8 @@ def decide(boot: BootOptions) -> AutoRun | None:
                          'target map and "yes": true')
     scheme = urlsplit(boot.answers).scheme
     if scheme and scheme not in ("http", "https"):
-        raise UsageError(f"cdp.answers={boot.answers}: only http, https or a local path")
+        raise UsageError(f"cdp.answers={shown(boot.answers)}: only http, https or a local "
+                         "path")
     return AutoRun(boot.answers, is_url=bool(scheme))
 
 
@@ -74,6 +96,10 @@ def fetch(run: AutoRun, ca: str | None, dest: Path | None = None, tries: int = 5
     .yaml suffix), retried while the network may still be coming up."""
     if not run.is_url:
         return run.answers
+    if ca and not Path(ca).is_file():
+        # requests would raise a bare OSError: exit 1, not a usage error naming the option.
+        raise UsageError(f"cdp.ca={ca}: the CA certificate file does not exist or is not "
+                         "a file")
     import requests
 
     suffix = PurePosixPath(urlsplit(run.answers).path).suffix
@@ -82,7 +108,7 @@ def fetch(run: AutoRun, ca: str | None, dest: Path | None = None, tries: int = 5
         try:
             resp = requests.get(run.answers, timeout=30, verify=ca or True)
         except requests.RequestException as exc:
-            last = str(exc)
+            last = _scrubbed(str(exc), run.answers)
         else:
             if resp.ok:
                 path = (dest or FETCHED).with_suffix(suffix or ".json")
@@ -96,7 +122,7 @@ def fetch(run: AutoRun, ca: str | None, dest: Path | None = None, tries: int = 5
                 break  # 404, 403: asking again will not help
         if attempt + 1 < tries:
             time.sleep(pause)
-    raise ConnectionFailed(f"cannot fetch the answers file {run.answers}: {last}")
+    raise ConnectionFailed(f"cannot fetch the answers file {shown(run.answers)}: {last}")
 
 
 def done_line(report: RestoreReport) -> str:

@@ -4,11 +4,12 @@ lacks the old boot entry. GRUB is installed again from inside the restored syste
 GRUB and kernel versions, in a chroot), its configuration and initramfs regenerated.
 
 The root filesystem is found by mounting each candidate (restored partitions and LVs with
-a Linux filesystem) and looking for /etc/fstab; /boot and /boot/efi are mounted as its
-fstab says, found among the restored devices only. UEFI: `grub-install
---target=x86_64-efi`, which writes the NVRAM entry through efibootmgr; when the rescue
-system itself was not booted by UEFI there are no EFI variables to write, so GRUB also
-goes to the removable path (EFI/BOOT/BOOTX64.EFI) that firmware finds without an entry.
+a Linux filesystem) and looking for /etc/fstab; /boot, /boot/efi and /efi are mounted as
+its fstab says, found among the restored devices only. UEFI: `grub-install
+--target=x86_64-efi --efi-directory=ESP` (the FAT filesystem the fstab mounts), which
+writes the NVRAM entry through efibootmgr; when the rescue system itself was not booted
+by UEFI there are no EFI variables to write, so GRUB also goes to the removable path
+(EFI/BOOT/BOOTX64.EFI) that firmware finds without an entry.
 BIOS: `grub-install --target=i386-pc DISK`.
 """
 
@@ -55,9 +56,18 @@ def parse_fstab(text: str) -> list[FstabEntry]:
 
 
 def boot_mounts(entries: list[FstabEntry]) -> list[FstabEntry]:
-    """/boot then /boot/efi (whichever exist), in mount order."""
+    """/boot, /boot/efi and /efi (whichever exist), in mount order."""
     by_mount = {e.mountpoint.rstrip("/") or "/": e for e in entries}
-    return [by_mount[m] for m in ("/boot", "/boot/efi") if m in by_mount]
+    return [by_mount[m] for m in ("/boot", "/boot/efi", "/efi") if m in by_mount]
+
+
+def esp_directory(entries: list[FstabEntry]) -> str | None:
+    """Where the restored system mounts its EFI system partition (a FAT filesystem at
+    /boot/efi, /efi or /boot), for grub-install's --efi-directory; None if nowhere."""
+    for entry in boot_mounts(entries):
+        if entry.fstype in ("vfat", "msdos", "fat"):
+            return entry.mountpoint.rstrip("/")
+    return None
 
 
 def resolve(spec: str, devices: list[str]) -> str:
@@ -87,6 +97,22 @@ def resolve(spec: str, devices: list[str]) -> str:
 
 
 @contextlib.contextmanager
+def _mountpoint(prefix: str) -> Iterator[str]:
+    """An empty directory to mount on, removed afterwards with rmdir only. Never a
+    tempfile.TemporaryDirectory: its cleanup deletes recursively, and after an umount that
+    failed ("target is busy": a process GRUB's tools left in the chroot, an open file)
+    that deleted everything on the restored filesystem still mounted there. A directory
+    still mounted on is left (rmdir refuses it), as is the mount: the umount's error says
+    so."""
+    where = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield where
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(where)
+
+
+@contextlib.contextmanager
 def _mounted(device: str, where: str, *options: str) -> Iterator[str]:
     runcmd.run(["mount", *options, device, where])
     try:
@@ -98,13 +124,20 @@ def _mounted(device: str, where: str, *options: str) -> Iterator[str]:
 def find_root(candidates: list[str]) -> str:
     """The candidate device holding a root filesystem (it has /etc/fstab)."""
     for device in candidates:
-        with tempfile.TemporaryDirectory(prefix="cdp-root-") as mnt:
+        with _mountpoint("cdp-root-") as mnt:
             try:
-                with _mounted(device, mnt, "-o", "ro"):
-                    if (Path(mnt) / "etc/fstab").is_file():
-                        return device
+                runcmd.run(["mount", "-o", "ro", device, mnt])
             except CommandFailed:
                 continue  # not mountable here (another filesystem): not the root
+            # Only the mount's failure means "not the root": a failed umount (once also
+            # caught above) left the mount behind, silently, and could even turn the
+            # root found into "no root"; it is an error of its own.
+            try:
+                found = (Path(mnt) / "etc/fstab").is_file()
+            finally:
+                runcmd.run(["umount", mnt])
+            if found:
+                return device
     raise UsageError("no restored filesystem holds /etc/fstab: cannot find the root "
                      "filesystem to reinstall the boot loader from (checked "
                      + ", ".join(candidates) + ")")
@@ -126,13 +159,22 @@ def reinstall(disk: str, boot_mode: str, candidates: list[str], devices: list[st
     notes: list[str] = []
     root_dev = find_root(candidates)
     with contextlib.ExitStack() as stack:
-        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cdp-chroot-")))
+        root = Path(stack.enter_context(_mountpoint("cdp-chroot-")))
         stack.enter_context(_mounted(root_dev, str(root)))
         grub = _first(root, "grub-install", "grub2-install")
         if grub is None:
             raise UsageError(f"the restored system on {root_dev} has no grub-install: "
                              "reinstall its boot loader by hand")
-        for entry in boot_mounts(parse_fstab((root / "etc/fstab").read_text())):
+        fstab = parse_fstab((root / "etc/fstab").read_text())
+        # The ESP where the fstab puts it (/efi too, not only /boot/efi); without one,
+        # grub-install would be pointed at a plain directory of the root and fail in
+        # GRUB's words.
+        esp = esp_directory(fstab)
+        if boot_mode == "uefi" and esp is None:
+            raise UsageError(f"the restored system on {root_dev} mounts no EFI system "
+                             "partition (no FAT filesystem at /boot/efi, /efi or /boot in "
+                             "its /etc/fstab): reinstall its boot loader by hand")
+        for entry in boot_mounts(fstab):
             stack.enter_context(_mounted(resolve(entry.spec, devices),
                                          str(root / entry.mountpoint[1:])))
         for fs in ("/dev", "/proc", "/sys", "/run"):
@@ -145,7 +187,7 @@ def reinstall(disk: str, boot_mode: str, candidates: list[str], devices: list[st
             stack.enter_context(_mounted(efivars, str(root / efivars[1:]), "--bind"))
         chroot = ["chroot", str(root)]
         if boot_mode == "uefi":
-            argv = [*chroot, grub, "--target=x86_64-efi", "--efi-directory=/boot/efi",
+            argv = [*chroot, grub, "--target=x86_64-efi", f"--efi-directory={esp}",
                     "--recheck"]
             if not os.path.isdir(efivars):
                 argv += ["--removable", "--no-nvram"]

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cdpcore import durable
 from cdpcore.errors import UsageError
 
 DEFAULTS_FILE = Path("/etc/cdp/defaults.json")
@@ -115,7 +116,7 @@ def parse_vlan(value: str) -> Vlan:
     return Vlan(name=name, parent=parent, id=int(match.group(1)))
 
 
-def _kernel_words(cmdline: str) -> list[str]:
+def kernel_words(cmdline: str) -> list[str]:
     """The command line split as the kernel splits it: at blanks outside double quotes; the
     quotes are removed; a single quote or a backslash is an ordinary character; an unclosed
     quote runs to the end of the line."""
@@ -139,7 +140,7 @@ def parse_cmdline(cmdline: str, defaults: dict[str, str] | None = None) -> BootO
                               if k in ("server", "token", "host", "point", "answers", "ca")}
     warnings: list[str] = []
     net_errors: list[str] = []
-    for word in _kernel_words(cmdline):
+    for word in kernel_words(cmdline):
         key, has_value, value = word.partition("=")
         try:
             if key == "ip" and has_value:
@@ -189,10 +190,21 @@ def shell_vars(opts: BootOptions) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
-def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, str]:
+def load_defaults(path: Path | None = None) -> dict[str, str]:
+    """The image's baked defaults (DEFAULTS_FILE); {} without the file. A file that is
+    not a JSON object is a UsageError naming it: a bare JSONDecodeError was a traceback
+    in `rescue auto` (no CDP-RESTORE-DONE line) and in the init's boot options call."""
+    path = path or DEFAULTS_FILE
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise UsageError(f"{path} (the image's baked boot defaults) is unreadable or not "
+                         f"valid JSON: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} (the image's baked boot defaults) must hold a JSON "
+                         "object, such as {\"server\": \"https://...\"}")
     return {k: str(v) for k, v in data.items()}
 
 
@@ -205,12 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-json", metavar="FILE", help="also write the options as JSON to FILE")
     args = ap.parse_args(argv)
     try:
-        opts = parse_cmdline(Path(args.cmdline).read_text(), load_defaults())
+        defaults = load_defaults()
+    except UsageError as exc:
+        # The command line still applies (network, consoles, cdp.auto=1, whose
+        # `rescue auto` then fails with this error on its CDP-RESTORE-DONE line): a
+        # traceback here left every boot variable of the init unset.
+        print(f"cdp-rescue: error: {exc} (ignored)", file=sys.stderr)
+        defaults = {}
+    try:
+        opts = parse_cmdline(Path(args.cmdline).read_text(), defaults)
     except UsageError as exc:
         print(f"cdp-rescue: bad boot option: {exc}", file=sys.stderr)
         opts = BootOptions(warnings=(str(exc),))
     if args.save_json:
-        Path(args.save_json).write_text(opts.to_json() + "\n")
+        # Private: it holds cdp.token= (or a baked token), like the fetched answers file.
+        durable.replace_file(args.save_json, (opts.to_json() + "\n").encode(), mode=0o600)
     for w in opts.warnings:
         print(f"cdp-rescue: warning: {w}", file=sys.stderr)
     print(shell_vars(opts) if args.shell else opts.to_json(), end="" if args.shell else "\n")

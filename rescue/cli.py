@@ -21,7 +21,7 @@ from cdpcore.points import local_time, point_line
 from cdpcore.units import human
 
 from .answers import Answers, load_answers, read_passphrase
-from .auto import after_restore, decide, done_line, failed_line, fetch, given_options
+from .auto import after_restore, decide, done_line, failed_line, fetch, given_options, shown
 from .discover import discover_disks
 from .engine import Engine, Event, EventSink, ExecuteOptions
 from .mapping import parse_maps
@@ -355,22 +355,37 @@ def auto(cmdline: str) -> None:
     """Unattended restore as the boot options say (cdp.auto=1 cdp.answers=URL|path): run by
     the rescue init. Prints a CDP-RESTORE-DONE line, then does the answers file's "after"
     (shell, reboot, poweroff). Without cdp.auto=1 it does nothing."""
-    boot = boot_options_from(cmdline)
     try:
+        # In the try: a malformed /etc/cdp/defaults.json, read here, was a traceback and
+        # no CDP-RESTORE-DONE line for the init and the tests that wait for it.
+        boot = boot_options_from(cmdline)
         run = decide(boot)
         if run is None:
             click.echo("rescue auto: no cdp.auto=1 on the kernel command line: nothing to do")
             return
-        click.echo(f"rescue auto: unattended restore, answers from {run.answers}", err=True)
+        click.echo(f"rescue auto: unattended restore, answers from {shown(run.answers)}",
+                   err=True)
         a = load_answers(fetch(run, boot.ca))
         after = after_restore(a)
         report = run_restore(a, given_options(boot), interactive=False, on_event=_Progress())
     except Exception as exc:
         click.echo(failed_line(exc))
         sys.exit(exc.exit_code if isinstance(exc, CdpError) else 1)
+    if report.saved_to:
+        # The report is in RAM (/run) unless "state_dir" says otherwise: a reboot or
+        # power-off loses it, so say where it is before the result line.
+        click.echo(f"rescue auto: restore report in {report.saved_to}"
+                   + (" (RAM: lost at reboot or power-off)"
+                      if report.saved_to.startswith("/run/") else ""), err=True)
     click.echo(done_line(report))
     if after != "shell":
-        power(after)
+        try:
+            power(after)
+        except CdpError as exc:
+            # After the "ok" line: a failed reboot/poweroff was an uncaught traceback.
+            click.echo(f"rescue auto: error: the restore succeeded, but {after} failed: "
+                       f"{exc}", err=True)
+            sys.exit(exc.exit_code)
 
 
 main.add_command(tui)

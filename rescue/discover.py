@@ -14,6 +14,8 @@ from typing import Any
 from cdpcore import runcmd
 from cdpcore.errors import UsageError
 
+from .bootopts import kernel_words
+
 #: Kernel device names that are never restore targets by discovery (RAM disks, CD-ROMs,
 #: zram swap, device-mapper and MD nodes: these are rebuilt, not targeted).
 _SKIP_PREFIXES = ("ram", "zram", "sr", "fd", "dm-", "md")
@@ -75,7 +77,9 @@ def rescue_medium_names() -> set[str]:
         if len(fields) >= 2 and fields[1] in medium_mounts and fields[0].startswith("/dev/"):
             names.add(whole_disk(Path(os.path.realpath(fields[0])).name))
     for fields in _proc_lines("/proc/cmdline"):
-        for arg in fields:
+        # Split as the kernel (and rescue.bootopts) does: /proc/cmdline keeps the quotes
+        # the kernel removes, and a quoted cdp.medium="/dev/sdb" must protect /dev/sdb.
+        for arg in kernel_words(" ".join(fields)):
             key, _, value = arg.partition("=")
             if key in ("root", "cdp.medium") and value.startswith("/dev/"):
                 names.add(whole_disk(Path(os.path.realpath(value)).name))

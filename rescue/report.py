@@ -38,16 +38,22 @@ class RestoreReport:
     volumes: list[VolumeReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Where save() wrote it (not in the JSON): `rescue auto` names it before its
+    #: CDP-RESTORE-DONE line, as /run is lost at the reboot the answers may ask for.
+    saved_to: str | None = field(default=None, compare=False)
 
     @property
     def bytes_restored(self) -> int:
         return sum(v.written + v.zeroed for v in self.volumes)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "bytes_restored": self.bytes_restored}
+        doc = {**asdict(self), "bytes_restored": self.bytes_restored}
+        del doc["saved_to"]
+        return doc
 
     def save(self, directory: str | os.PathLike[str], stem: str) -> Path:
         path = Path(directory) / f"{stem}.report.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         durable.replace_file(path, json.dumps(self.to_json(), indent=2).encode(), mode=0o644)
+        self.saved_to = str(path)
         return path

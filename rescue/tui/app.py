@@ -55,6 +55,10 @@ class RescueApp(App[None]):
             use_ascii_scrollbars()
         from .screens.network import NetworkScreen
         self.push_screen(NetworkScreen())
+        # A bad ip= or unreadable baked defaults: said here, or the operator never learns
+        # why the server field is empty or the network down.
+        for warning in self.settings.boot.warnings:
+            self.notify(f"boot options: {warning}", severity="warning", timeout=60)
 
     async def action_quit(self) -> None:
         """ctrl+q (and what ctrl+c suggests). While a restore runs only after a yes: one

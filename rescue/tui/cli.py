@@ -33,7 +33,7 @@ def tui(server: str | None, token: str | None, host_name: str | None, ca: str | 
         dry_run_network: bool, basic: bool | None, cmdline: str, state_dir: str | None) -> None:
     """Full-screen restore console: network, connect, pick a point, map disks, review,
     restore. F2 or ctrl+z opens a shell; ctrl+q quits."""
-    boot = boot_options_from(cmdline)
+    boot = boot_options_from(cmdline, lenient=True)
     boot = replace(boot, server=server or boot.server, token=token or boot.token,
                    host=host_name or boot.host, ca=ca or boot.ca)
     settings = Settings(boot=boot, fingerprint=fingerprint, targets=list(targets),

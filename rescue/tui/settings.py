@@ -7,10 +7,11 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cdpcore import runcmd
+from cdpcore.errors import UsageError
 
 from ..bootopts import BootOptions, load_defaults, parse_cmdline
 
@@ -42,12 +43,24 @@ def is_basic_terminal(term: str, tty: str | None) -> bool:
     return term.split("-")[0] in BASIC_TERMS
 
 
-def boot_options_from(cmdline_path: str = "/proc/cmdline") -> BootOptions:
+def boot_options_from(cmdline_path: str = "/proc/cmdline", *,
+                      lenient: bool = False) -> BootOptions:
+    """The boot options of the kernel command line and the image's baked defaults.
+    `lenient` (the TUI): unreadable defaults are a warning among the options' warnings,
+    not a UsageError: the operator can still type the server in, and a console that
+    stopped there was restarted by the init in a loop."""
     try:
         text = Path(cmdline_path).read_text()
     except OSError:
         text = ""
-    return parse_cmdline(text, load_defaults())
+    try:
+        defaults = load_defaults()
+    except UsageError as exc:
+        if not lenient:
+            raise
+        opts = parse_cmdline(text)
+        return replace(opts, warnings=(f"{exc} (ignored)", *opts.warnings))
+    return parse_cmdline(text, defaults)
 
 
 @dataclass

@@ -7,7 +7,17 @@ import json
 import pytest
 
 from cdpcore.errors import UsageError
-from rescue.bootopts import NetConfig, Vlan, main, parse_cmdline, parse_ip, parse_vlan, shell_vars
+from rescue import bootopts
+from rescue.bootopts import (
+    NetConfig,
+    Vlan,
+    load_defaults,
+    main,
+    parse_cmdline,
+    parse_ip,
+    parse_vlan,
+    shell_vars,
+)
 
 
 def test_product_options_and_console() -> None:
@@ -149,3 +159,42 @@ def test_shell_output_is_quoted(tmp_path, capsys) -> None:  # type: ignore[no-un
     data = json.loads(capsys.readouterr().out)
     assert json.loads(saved.read_text()) == data
     assert data["net"]["gateway"] == "10.1.2.1" and data["test"] is True
+
+
+def test_saved_options_holding_a_token_are_private(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The init saves the boot options to /run/cdp/bootopts.json: with cdp.token= (or a
+    baked token) that file holds a secret, and was created world-readable (0644 under
+    the init's umask), unlike the fetched answers file (0600). Rewriting an older,
+    readable file makes it private too."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("cdp.server=https://s cdp.token=s3cr3t-t0ken\n")
+    saved = tmp_path / "bootopts.json"
+    saved.write_text("{}")
+    saved.chmod(0o644)
+    assert main([str(cmdline), "--shell", "--save-json", str(saved)]) == 0
+    assert "s3cr3t-t0ken" not in capsys.readouterr().out
+    assert json.loads(saved.read_text())["token"] == "s3cr3t-t0ken"
+    assert saved.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"server": "https://s",}', "is unreadable or not valid JSON: Expecting"),
+    ('["https://s"]', "must hold a JSON object"),
+])
+def test_malformed_baked_defaults_are_named_and_the_command_line_still_applies(
+        text, message, tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A malformed /etc/cdp/defaults.json was a bare JSONDecodeError (AttributeError for a
+    list): a traceback in the init's `eval "$(python3 -m rescue.bootopts --shell)"`, which
+    left every boot variable unset (no network, no cdp.auto=1)."""
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text(text)
+    with pytest.raises(UsageError, match=rf"^{defaults} \(the image's baked boot defaults\)"):
+        load_defaults(defaults)
+    monkeypatch.setattr(bootopts, "DEFAULTS_FILE", defaults)
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("ip=dhcp cdp.auto=1 cdp.answers=/a.json\n")
+    assert main([str(cmdline), "--shell"]) == 0
+    out, err = capsys.readouterr()
+    assert "CDP_AUTO=1\n" in out and "CDP_IP_MODE=dhcp\n" in out
+    assert f"cdp-rescue: error: {defaults} (the image's baked boot defaults)" in err
+    assert message in err and "Traceback" not in err

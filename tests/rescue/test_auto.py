@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cdpcore.errors import ConnectionFailed, SafetyError, UsageError
-from rescue import auto, cli
+from cdpcore.errors import CommandFailed, ConnectionFailed, SafetyError, UsageError
+from rescue import auto, bootopts, cli, discover
 from rescue.answers import Answers
 from rescue.auto import AutoRun, after_restore, decide, failed_line, given_options
 from rescue.bootopts import parse_cmdline
@@ -156,3 +156,122 @@ def test_kernel_point_wins_and_unknown_point_fails(scene: dict[str, Any]) -> Non
     assert result.output.splitlines()[-1] == (
         "CDP-RESTORE-DONE failed exit=2 reason=cdp.auto=1 needs cdp.answers=URL|path: an "
         'answers file with the target map and "yes": true')
+
+
+# --- review of the rescue's unattended path (2026-12-06) -------------------------------
+
+@pytest.mark.parametrize("cmdline", ['cdp.medium="/dev/sdq"', '"cdp.medium=/dev/sdq"',
+                                     'quiet root="/dev/sdq"'])
+def test_a_quoted_boot_medium_is_still_off_limits(cmdline: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc/cmdline keeps the quotes the kernel removes when it parses: discovery split
+    it at blanks and took `"/dev/sdq"` for no device, so the stick named by a quoted
+    cdp.medium= (as bootopts reads it: /dev/sdq) was a restore target like any disk."""
+    assert parse_cmdline(cmdline).medium in ("/dev/sdq", None)
+    monkeypatch.setattr(discover, "_proc_lines", lambda path: (
+        [cmdline.split()] if path == "/proc/cmdline" else []))
+    assert discover.rescue_medium_names() == {"sdq"}
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("a.yaml", "passphrase: 73917246\ntoken: t\n"),  # YAML reads an unquoted number as one
+    ("a.json", '{"token": 55501234567, "host": "web1"}'),
+    ("a.json", '{"passphrase": ["horse", "73917246"]}'),
+])
+def test_a_secret_of_the_wrong_type_is_not_printed(name: str, text: str,
+                                                    scene: dict[str, Any]) -> None:
+    """A passphrase or token of the wrong type was refused (good) with its value in the
+    message, which `rescue auto` prints on every console and into /run/cdp/auto.log."""
+    answers = scene["tmp"] / name
+    answers.write_text(text)
+    result = run_auto(scene["tmp"], f"cdp.auto=1 cdp.answers={answers}")
+    assert result.exit_code == 2
+    last = result.output.splitlines()[-1]
+    assert last.startswith("CDP-RESTORE-DONE failed exit=2 reason=answers file")
+    assert "must be a string" in last
+    for secret in ("73917246", "55501234567"):
+        assert secret not in result.output
+
+
+def test_a_missing_boot_ca_is_a_usage_error(tmp_path: Path) -> None:
+    """cdp.ca= naming no file: requests raised a bare OSError ("Could not find a suitable
+    TLS CA certificate bundle"), so `rescue auto` failed with exit 1 ("other error")
+    instead of 2 (usage: a bad option), and without saying which option."""
+    with pytest.raises(UsageError, match=r"cdp\.ca=/nonexistent/ca\.pem"):
+        auto.fetch(AutoRun("https://127.0.0.1:9/a.json", True), "/nonexistent/ca.pem",
+                   tmp_path / "a", tries=1, pause=0)
+
+
+def test_malformed_baked_defaults_end_in_a_result_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etc/cdp/defaults.json was read before the `try`: a malformed one was a traceback
+    (exit 1) and no CDP-RESTORE-DONE line, which the init and tests wait for."""
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text('{"server": "https://s"')
+    monkeypatch.setattr(bootopts, "DEFAULTS_FILE", defaults)
+    result = run_auto(tmp_path, f"cdp.auto=1 cdp.answers={tmp_path}/a.json")
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    last = result.output.splitlines()[-1]
+    assert last.startswith(f"CDP-RESTORE-DONE failed exit=2 reason={defaults} (the image's "
+                           "baked boot defaults) is unreadable or not valid JSON: ")
+    assert "Traceback" not in result.output
+
+
+def test_a_failed_reboot_after_the_ok_line_is_a_message(scene: dict[str, Any],
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """`"after": "reboot"` whose command fails (no reboot tool, not permitted) was an
+    uncaught CommandFailed after the ok line: a traceback on every console, exit 1."""
+    def power(action: str) -> None:
+        raise CommandFailed([action, "-f"], 1, f"{action}: Operation not permitted")
+
+    monkeypatch.setattr(cli, "power", power)
+    answers = scene["tmp"] / "answers.json"
+    answers.write_text(json.dumps({**scene["answers"], "after": "reboot"}))
+    result = run_auto(scene["tmp"], f"cdp.auto=1 cdp.answers={answers}")
+    assert result.exit_code == 10 and isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert any(line.startswith("CDP-RESTORE-DONE ok ") for line in lines)
+    assert lines[-1] == ("rescue auto: error: the restore succeeded, but reboot failed: "
+                         "command failed (exit 1): reboot -f: reboot: Operation not "
+                         "permitted")
+
+
+def test_answers_url_secrets_are_not_echoed(tmp_path: Path,
+                                            http_dir: tuple[str, Path]) -> None:
+    """cdp.answers= was echoed as given ("answers from ...", the fetch failure): its
+    user:password@ and a ?token= query reached every console and /run/cdp/auto.log."""
+    url, _ = http_dir
+    assert auto.shown("https://u:pw@h:8443/a.json?token=s3cr3t#x") == "https://***@h:8443/a.json?***#x"
+    assert auto.shown("http://h/a.json") == "http://h/a.json"
+    assert auto.shown("/etc/cdp/answers.json") == "/etc/cdp/answers.json"
+    secret_url = url.replace("://", "://operator:pw-s3cr3t@") + "/missing.json?token=t0k3n"
+    result = run_auto(tmp_path, f"cdp.auto=1 cdp.answers={secret_url}")
+    assert result.exit_code == 9, result.output
+    shown = url.replace("://", "://***@") + "/missing.json?***"
+    assert f"answers from {shown}" in result.output
+    assert result.output.splitlines()[-1] == (
+        f"CDP-RESTORE-DONE failed exit=9 reason=cannot fetch the answers file {shown}: "
+        "HTTP 404")
+    with pytest.raises(ConnectionFailed) as err:  # requests' own message quotes the URL
+        auto.fetch(AutoRun("http://operator:pw-s3cr3t@127.0.0.1:9/a.json?token=t0k3n", True),
+                   None, tmp_path / "a", tries=1, pause=0)
+    assert "127.0.0.1" in str(err.value)
+    for text in (result.output, str(err.value)):
+        assert "pw-s3cr3t" not in text and "t0k3n" not in text
+
+
+def test_the_report_path_is_named_before_the_result_line(scene: dict[str, Any]) -> None:
+    """The restore report (in RAM under /run on a real rescue system) was never named, so
+    after `"after": "reboot"` it was gone without anyone knowing it had existed."""
+    answers = scene["tmp"] / "answers.json"
+    answers.write_text(json.dumps({**scene["answers"], "after": "reboot"}))
+    result = run_auto(scene["tmp"], f"cdp.auto=1 cdp.answers={answers}")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[-1].startswith("CDP-RESTORE-DONE ok ")
+    (report,) = scene["tmp"].glob("rescue-web1-*.report.json")  # next to the image target
+    assert lines[-2] == f"rescue auto: restore report in {report}"
+    assert json.loads(report.read_text())["ok"] is True
+    assert "saved_to" not in json.loads(report.read_text())
+    assert scene["powered"] == ["reboot"]

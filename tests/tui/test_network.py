@@ -154,3 +154,35 @@ def test_invalid_settings(cfg: NetSettings, message: str) -> None:
 
 def test_none_mode_runs_nothing() -> None:
     assert netconf.apply(NetSettings("none"), dry_run=True) == []
+
+
+def test_unreadable_baked_defaults_are_shown_and_the_console_still_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed /etc/cdp/defaults.json stopped the TUI with a traceback (the init then
+    restarted it in a loop): the console comes up with the command line's options and
+    says what is wrong with the file."""
+    from rescue import bootopts
+    from rescue.tui.settings import boot_options_from
+
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text("{not json")
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(CMDLINE)
+    monkeypatch.setattr(bootopts, "DEFAULTS_FILE", defaults)
+    with pytest.raises(UsageError, match=r"defaults\.json \(the image's baked boot defaults\)"):
+        boot_options_from(str(cmdline))
+    boot = boot_options_from(str(cmdline), lenient=True)
+    assert boot.server == "https://cdp.example.net:8443"
+    assert boot.warnings[0].startswith(f"{defaults} (the image's baked boot defaults) is "
+                                       "unreadable or not valid JSON")
+
+    async def scenario() -> None:
+        app = RescueApp(Settings(boot=boot, dry_run_network=True, discover=False,
+                                 basic=False))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot)
+            assert isinstance(app.screen, NetworkScreen)
+            # Textual keeps the notifications it shows here (its own tests read it too).
+            shown = [n.message for n in app._notifications]
+            assert shown == [f"boot options: {boot.warnings[0]}"]
+    asyncio.run(scenario())
