@@ -24,12 +24,13 @@ import multiprocessing
 import os
 import signal
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
 from cdpcore.crypto import BlobCodec, is_zero
 from cdpcore.directio import ALIGN, AlignedBuffer, DirectFile
+from cdpcore.forkpool import fork_pool
 
 from .errors import SourceError
 from .remote import Remote
@@ -272,12 +273,9 @@ class SealPool:
                  uploads: Uploads) -> None:
         self.workers = max(1, workers)
         self._damaged = frozenset(damaged)
-        context = multiprocessing.get_context("fork")
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=context, initializer=_init,
-            initargs=(os.getpid(), codec, self._damaged, uploads,
-                      context.Barrier(self.workers)))
-        self._pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
+        self._pool = fork_pool(self.workers, _init,
+                               (os.getpid(), codec, self._damaged, uploads,
+                                multiprocessing.get_context("fork").Barrier(self.workers)))
 
     def submit(self, seg: Segment) -> Future[Stored]:
         return self._pool.submit(seal_and_keep, seg)

@@ -20,13 +20,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -42,6 +41,7 @@ from cdpcore.errors import (
     ServerError,
     TargetError,
 )
+from cdpcore.forkpool import fork_pool
 from cdpcore.index import PageSource, iter_block_ids
 from cdpcore.manifest import VolumeRecord
 
@@ -290,10 +290,8 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
     syncing: Future[None] | None = None
 
     # fork: the workers inherit the codec and client instead of receiving pickles.
-    pool = ProcessPoolExecutor(max_workers=max(1, opts.workers),
-                               mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init_worker,
-                               initargs=(os.getpid(), src, host, codec, vol, target, base, opts))
+    pool = fork_pool(max(1, opts.workers), _init_worker,
+                     (os.getpid(), src, host, codec, vol, target, base, opts))
     pending: deque[Future[_BatchDone]] = deque()
     batches = _batches(ids, per_batch)
     failing = False

@@ -73,6 +73,10 @@ def snapshot(path: str, tag: str) -> Iterator[str]:
         log.debug("no reflink on %s: reading the file as it is", src.parent)
         yield path
         return
+    except BaseException:
+        # Ctrl-C (or SIGTERM's exit) while cp ran: cp is killed, and what it created goes.
+        copy.unlink(missing_ok=True)
+        raise
     try:
         yield str(copy)
     finally:

@@ -95,3 +95,21 @@ def test_an_image_with_a_long_name_gets_a_copy_named_within_the_limit(xfs: Path)
         assert copy.name.endswith(f"-{os.getpid()}")
         assert image.leftovers(xfs, tag) == [copy]
     assert not list(xfs.glob(".cdpsnap-*"))
+
+
+def test_ctrl_c_while_the_copy_is_made_leaves_no_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C lands while cp makes the copy (seen in `cdp-agent run`'s SIGINT test): cp
+    has created the file when the KeyboardInterrupt reaches the agent. Stands in for cp:
+    creating the file and raising there, as the interrupted subprocess.run does."""
+    src = tmp_path / "disk.img"
+    src.write_bytes(b"data")
+
+    def interrupted_cp(argv: list[str], **_: object) -> None:
+        Path(argv[-1]).write_bytes(b"da")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image.runcmd, "run", interrupted_cp)
+    with pytest.raises(KeyboardInterrupt), image.snapshot(str(src), "cdp_agent_0"):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["disk.img"]

@@ -1,0 +1,47 @@
+"""Pools of forked worker processes (the agent's sealing workers, the restore's fetching
+workers) started so that a Ctrl-C cannot get lost.
+
+Forking runs Python's at-fork callbacks in the parent (logging registers one), and an
+exception raised inside one is printed as "Exception ignored" and dropped. A SIGINT that
+arrived while the workers were forked raised its KeyboardInterrupt there: the Ctrl-C was
+lost, and `cdp-agent run` committed the point it had been told to abandon. The stop
+signals are therefore held back in the forking thread while the workers start, and
+arrive (as KeyboardInterrupt, or the SIGTERM handler) once the fork is done; the workers
+take them back before their own initializer runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+#: Held back while forking.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def _start_worker(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    initializer(*initargs)
+
+
+def fork_pool(workers: int, initializer: Callable[..., object],
+              initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+    """A pool of `workers` forked processes, all running when it is returned; each runs
+    `initializer(*initargs)` first (with fork, nothing is pickled: the workers inherit
+    keys, codecs and clients)."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_start_worker, initargs=(initializer, initargs))
+    try:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal arrives here
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    return pool

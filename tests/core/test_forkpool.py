@@ -1,0 +1,48 @@
+"""A Ctrl-C that arrives while a pool forks its workers is not lost (cdpcore.forkpool)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The parent gets SIGINT from inside its own at-fork callback, as a Ctrl-C that lands
+#: while the pool forks: without the signals held back, the KeyboardInterrupt is raised in
+#: the callback, where Python ignores it, and the program goes on.
+PROGRAM = textwrap.dedent("""
+    import logging, os, signal, sys, time
+    from cdpcore.forkpool import fork_pool
+    logging.basicConfig()
+    os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
+    pool = fork_pool(2, print, ("worker started",))
+    print("went on after the Ctrl-C", flush=True)
+    pool.shutdown()
+""")
+
+
+def test_a_ctrl_c_while_the_workers_fork_stops_the_program() -> None:
+    done = subprocess.run([sys.executable, "-c", PROGRAM], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert "went on" not in done.stdout
+    assert done.returncode == -signal.SIGINT, done.stderr
+    assert "KeyboardInterrupt" in done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
+def test_the_workers_take_the_stop_signals_back() -> None:
+    program = textwrap.dedent("""
+        import signal
+        from cdpcore.forkpool import fork_pool
+        pool = fork_pool(1, lambda: None, ())
+        print(sorted(int(s) for s in pool.submit(signal.pthread_sigmask, signal.SIG_BLOCK,
+                                                 []).result()))
+        print(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        pool.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.splitlines() == ["[]", "[]"]
