@@ -90,10 +90,16 @@ def after_restore(a: Answers) -> After:
     return value
 
 
-def fetch(run: AutoRun, ca: str | None, dest: Path | None = None, tries: int = 5,
+#: HTTP answers worth asking again: a busy or starting web server, a proxy's timeout.
+_TRANSIENT = (408, 429)
+
+
+def fetch(run: AutoRun, ca: str | None, dest: Path | None = None, tries: int = 40,
           pause: float = 3.0) -> str:
     """The answers file's local path; a URL is downloaded to `dest` (keeping its .json or
-    .yaml suffix), retried while the network may still be coming up."""
+    .yaml suffix), retried for about two minutes by default while the network may still
+    be coming up: a switch port running spanning tree forwards nothing for 30-50 s after
+    the link comes up, so a few seconds of retries failed unattended restores at boot."""
     if not run.is_url:
         return run.answers
     if ca and not Path(ca).is_file():
@@ -118,7 +124,7 @@ def fetch(run: AutoRun, ca: str | None, dest: Path | None = None, tries: int = 5
                     f.write(resp.content)
                 return str(path)
             last = f"HTTP {resp.status_code}"
-            if resp.status_code < 500:
+            if resp.status_code < 500 and resp.status_code not in _TRANSIENT:
                 break  # 404, 403: asking again will not help
         if attempt + 1 < tries:
             time.sleep(pause)

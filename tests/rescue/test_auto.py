@@ -275,3 +275,36 @@ def test_the_report_path_is_named_before_the_result_line(scene: dict[str, Any]) 
     assert json.loads(report.read_text())["ok"] is True
     assert "saved_to" not in json.loads(report.read_text())
     assert scene["powered"] == ["reboot"]
+
+
+def test_fetch_waits_for_a_busy_or_starting_web_server(tmp_path: Path) -> None:
+    """429 and 503 are asked again (a web server starting, a rate limit), as is a network
+    that is not up yet; the file arrives once the server answers."""
+    import http.server
+    import threading
+
+    answers = [429, 503, 200]
+    served: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = answers[len(served)]
+            served.append(code)
+            body = b'{"yes": true}' if code == 200 else b"busy"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/a.json"
+        path = auto.fetch(AutoRun(url, True), None, tmp_path / "a", pause=0)
+    finally:
+        server.shutdown()
+    assert served == [429, 503, 200]
+    assert Path(path).read_text() == '{"yes": true}'
