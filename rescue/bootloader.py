@@ -124,19 +124,15 @@ def _mounted(device: str, where: str, *options: str) -> Iterator[str]:
 def find_root(candidates: list[str]) -> str:
     """The candidate device holding a root filesystem (it has /etc/fstab)."""
     for device in candidates:
-        with _mountpoint("cdp-root-") as mnt:
+        with _mountpoint("cdp-root-") as mnt, contextlib.ExitStack() as mounted:
+            # Only the mount's failure means "not the root": a failed umount (once caught
+            # here too) left the mount behind, silently, and could even turn the root
+            # found into "no root"; it is an error of its own, raised as the stack exits.
             try:
-                runcmd.run(["mount", "-o", "ro", device, mnt])
+                mounted.enter_context(_mounted(device, mnt, "-o", "ro"))
             except CommandFailed:
                 continue  # not mountable here (another filesystem): not the root
-            # Only the mount's failure means "not the root": a failed umount (once also
-            # caught above) left the mount behind, silently, and could even turn the
-            # root found into "no root"; it is an error of its own.
-            try:
-                found = (Path(mnt) / "etc/fstab").is_file()
-            finally:
-                runcmd.run(["umount", mnt])
-            if found:
+            if (Path(mnt) / "etc/fstab").is_file():
                 return device
     raise UsageError("no restored filesystem holds /etc/fstab: cannot find the root "
                      "filesystem to reinstall the boot loader from (checked "

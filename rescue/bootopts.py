@@ -20,7 +20,7 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -208,6 +208,23 @@ def load_defaults(path: Path | None = None) -> dict[str, str]:
     return {k: str(v) for k, v in data.items()}
 
 
+def with_defaults(cmdline: str, *, lenient: bool = False) -> BootOptions:
+    """The options of a kernel command line, with the image's baked defaults where it is
+    silent. `lenient` (the init, the TUI): unreadable defaults are a warning among the
+    options' warnings, not a UsageError, and the command line still applies (network,
+    consoles, cdp.auto=1, whose `rescue auto` then fails with the error on its
+    CDP-RESTORE-DONE line): a traceback left every boot variable of the init unset, and a
+    TUI that stopped there was restarted by the init in a loop."""
+    try:
+        defaults = load_defaults()
+    except UsageError as exc:
+        if not lenient:
+            raise
+        opts = parse_cmdline(cmdline)
+        return replace(opts, warnings=(f"{exc} (ignored)", *opts.warnings))
+    return parse_cmdline(cmdline, defaults)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m rescue.bootopts", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,15 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-json", metavar="FILE", help="also write the options as JSON to FILE")
     args = ap.parse_args(argv)
     try:
-        defaults = load_defaults()
-    except UsageError as exc:
-        # The command line still applies (network, consoles, cdp.auto=1, whose
-        # `rescue auto` then fails with this error on its CDP-RESTORE-DONE line): a
-        # traceback here left every boot variable of the init unset.
-        print(f"cdp-rescue: error: {exc} (ignored)", file=sys.stderr)
-        defaults = {}
-    try:
-        opts = parse_cmdline(Path(args.cmdline).read_text(), defaults)
+        opts = with_defaults(Path(args.cmdline).read_text(), lenient=True)
     except UsageError as exc:
         print(f"cdp-rescue: bad boot option: {exc}", file=sys.stderr)
         opts = BootOptions(warnings=(str(exc),))

@@ -7,13 +7,12 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdpcore import runcmd
-from cdpcore.errors import UsageError
 
-from ..bootopts import BootOptions, load_defaults, parse_cmdline
+from ..bootopts import BootOptions, with_defaults
 
 #: Terminals that get 16 ANSI colours and ASCII-only borders (Linux console, serial lines).
 BASIC_TERMS = ("linux", "vt100", "vt102", "vt220", "dumb", "ansi")
@@ -45,22 +44,13 @@ def is_basic_terminal(term: str, tty: str | None) -> bool:
 
 def boot_options_from(cmdline_path: str = "/proc/cmdline", *,
                       lenient: bool = False) -> BootOptions:
-    """The boot options of the kernel command line and the image's baked defaults.
-    `lenient` (the TUI): unreadable defaults are a warning among the options' warnings,
-    not a UsageError: the operator can still type the server in, and a console that
-    stopped there was restarted by the init in a loop."""
+    """The boot options of the kernel command line and the image's baked defaults
+    (`lenient`: see bootopts.with_defaults; the TUI's operator can type the server in)."""
     try:
         text = Path(cmdline_path).read_text()
     except OSError:
         text = ""
-    try:
-        defaults = load_defaults()
-    except UsageError as exc:
-        if not lenient:
-            raise
-        opts = parse_cmdline(text)
-        return replace(opts, warnings=(f"{exc} (ignored)", *opts.warnings))
-    return parse_cmdline(text, defaults)
+    return with_defaults(text, lenient=lenient)
 
 
 @dataclass

@@ -196,5 +196,5 @@ def test_malformed_baked_defaults_are_named_and_the_command_line_still_applies(
     assert main([str(cmdline), "--shell"]) == 0
     out, err = capsys.readouterr()
     assert "CDP_AUTO=1\n" in out and "CDP_IP_MODE=dhcp\n" in out
-    assert f"cdp-rescue: error: {defaults} (the image's baked boot defaults)" in err
+    assert f"cdp-rescue: warning: {defaults} (the image's baked boot defaults)" in err
     assert message in err and "Traceback" not in err
