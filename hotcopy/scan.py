@@ -9,6 +9,7 @@ volume."""
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 from collections import deque
@@ -51,11 +52,39 @@ class ScanResult:
     free_bytes: int = 0  # bytes skipped because the filesystem marks them free
 
 
-def _segments(runs: Iterable[Run], per_segment: int) -> Iterator[Run]:
-    """Block runs cut into (first, count) pieces of at most `per_segment` blocks."""
+def tasks(runs: Iterable[Run], per_task: int) -> Iterator[tuple[Run, ...]]:
+    """Sorted block runs gathered into tasks of at most `per_task` blocks each, a run cut
+    where a task is full: scattered changed blocks share one task, a long run fills many."""
+    gathered: list[Run] = []
+    room = per_task
     for first, count in runs:
-        for start in range(first, first + count, per_segment):
-            yield start, min(per_segment, first + count - start)
+        while count:
+            take = min(count, room)
+            gathered.append((first, take))
+            first, count, room = first + take, count - take, room - take
+            if not room:
+                yield tuple(gathered)
+                gathered, room = [], per_task
+    if gathered:
+        yield tuple(gathered)
+
+
+def halves(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """Sorted block runs cut in two at the block before which half of their blocks lie."""
+    left = sum(count for _, count in runs) // 2
+    for i, (first, count) in enumerate(runs):
+        if left < count:
+            front = [*runs[:i], (first, left)] if left else runs[:i]
+            return front, [(first + left, count - left), *runs[i + 1:]]
+        left -= count
+    return runs, []
+
+
+def alternate(front: Iterable[tuple[Run, ...]],
+              back: Iterable[tuple[Run, ...]]) -> Iterator[tuple[Run, ...]]:
+    """One task of each in turn, then the rest of the longer."""
+    for pair in itertools.zip_longest(front, back):
+        yield from (task for task in pair if task is not None)
 
 
 def data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
@@ -117,9 +146,6 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
     wanted = [(0, geometry.blocks)] if only is None else only
     result = ScanResult(changes={})
     inflight: deque[tuple[tuple[Run, ...], Future[Stored]]] = deque()
-    #: Runs gathered for the next task: scattered changed blocks share one task.
-    gathered: list[Run] = []
-    gathered_blocks = 0
 
     def note(index: int, new_id: bytes) -> None:
         """Record a change of the index: relative to the last point's tree when trusted,
@@ -150,11 +176,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
     except OSError as exc:
         raise SourceError(f"{view.path}: cannot open for reading: {exc.strerror}") from None
 
-    def submit() -> None:
-        nonlocal gathered_blocks
-        runs = tuple(gathered)
-        gathered.clear()
-        gathered_blocks = 0
+    def submit(runs: tuple[Run, ...]) -> None:
         olds = b"".join(ids.slice(first, count) for first, count in runs) if trusted else b""
         seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds)
         read_ahead(fd, seg)
@@ -163,22 +185,11 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
             drain_one()
         last, count = runs[-1]
         if only is None and last % RELEASE_BLOCKS < count:
-            ids.release(last)
-
-    def read_run(first: int, count: int) -> None:
-        nonlocal gathered_blocks
-        for seg_first, seg_count in _segments([(first, count)], per_segment):
-            length = min(seg_count * bs, geometry.size - seg_first * bs)
-            result.scanned_bytes += length
-            while seg_count:  # cut where the gathered task is full
-                take = min(seg_count, per_segment - gathered_blocks)
-                gathered.append((seg_first, take))
-                gathered_blocks += take
-                seg_first, seg_count = seg_first + take, seg_count - take
-                if gathered_blocks == per_segment:
-                    submit()
-            if progress is not None:
-                progress(length)
+            ids.release(last)  # behind both halves' tasks in flight when in the back half
+        length = sum(min(n * bs, geometry.size - f * bs) for f, n in runs)
+        result.scanned_bytes += length
+        if progress is not None:
+            progress(length)
 
     def hole(first: int, count: int) -> None:
         """Blocks in a hole are ZERO_ID, unread; only IDs that were not zero change."""
@@ -216,15 +227,25 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
         if free:
             result.free_bytes = sum(min(n * bs, geometry.size - f * bs) for f, n in free)
             data_runs = subtract_runs(data_runs, free)
+        reads: list[Run] = []
         for first, count, is_data in _split(wanted, data_runs):
             if is_data:
-                read_run(first, count)
+                reads.append((first, count))
             else:
                 hole(first, count)
                 if progress is not None:
                     progress(min(count * bs, geometry.size - first * bs))
-        if gathered:
-            submit()
+        if only is None:
+            # The two halves of the volume in turn: what a disk holds is mostly at its
+            # start (its free space, read as zeros, costs reading but no sealing), so the
+            # workers then read the zeros while others seal, not all of them at the end
+            # with idle cores (BENCHMARKS.md, "Reading the volume's halves in turn").
+            front, back = halves(reads)
+            order = alternate(tasks(front, per_segment), tasks(back, per_segment))
+        else:
+            order = tasks(reads, per_segment)
+        for runs in order:
+            submit(runs)
         while inflight:
             drain_one()
         if sparse:
