@@ -132,17 +132,52 @@ def find_root(candidates: list[str]) -> str:
                 mounted.enter_context(_mounted(device, mnt, "-o", "ro"))
             except CommandFailed:
                 continue  # not mountable here (another filesystem): not the root
-            if (Path(mnt) / "etc/fstab").is_file():
+            if in_root(Path(mnt), "etc/fstab").is_file():
                 return device
     raise UsageError("no restored filesystem holds /etc/fstab: cannot find the root "
                      "filesystem to reinstall the boot loader from (checked "
                      + ", ".join(candidates) + ")")
 
 
+#: Symbolic links followed in one path before giving up, as the kernel's limit.
+_MAX_LINKS = 40
+
+
+def in_root(root: Path, path: str) -> Path:
+    """`path` of the system mounted at `root`, its symbolic links resolved as that system
+    sees them: an absolute link target starts again at `root` and ".." stops there. A
+    plain `root / path` follows an absolute link (/sbin -> /usr/sbin, a grub-install
+    linked by absolute path) into the rescue system's own files, and a mount point that is
+    such a link would mount over a directory of the rescue system."""
+    resolved = root
+    parts = [p for p in Path(path).parts if p != "/"]
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = resolved.parent if resolved != root else root
+            continue
+        step = resolved / part
+        if not step.is_symlink():
+            resolved = step
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise UsageError(f"{path} in the restored system: too many levels of "
+                             "symbolic links")
+        target = os.readlink(step)
+        if target.startswith("/"):
+            resolved = root
+        parts = [p for p in Path(target).parts if p != "/"] + parts
+    return resolved
+
+
 def _first(root: Path, *names: str) -> str | None:
     for name in names:
         for base in ("usr/sbin", "sbin", "usr/bin", "bin"):
-            if (root / base / name).exists():
+            if in_root(root, f"{base}/{name}").exists():
                 return name
     return None
 
@@ -161,7 +196,7 @@ def reinstall(disk: str, boot_mode: str, candidates: list[str], devices: list[st
         if grub is None:
             raise UsageError(f"the restored system on {root_dev} has no grub-install: "
                              "reinstall its boot loader by hand")
-        fstab = parse_fstab((root / "etc/fstab").read_text())
+        fstab = parse_fstab(in_root(root, "etc/fstab").read_text())
         # The ESP where the fstab puts it (/efi too, not only /boot/efi); without one,
         # grub-install would be pointed at a plain directory of the root and fail in
         # GRUB's words.
@@ -172,15 +207,16 @@ def reinstall(disk: str, boot_mode: str, candidates: list[str], devices: list[st
                              "its /etc/fstab): reinstall its boot loader by hand")
         for entry in boot_mounts(fstab):
             stack.enter_context(_mounted(resolve(entry.spec, devices),
-                                         str(root / entry.mountpoint[1:])))
+                                         str(in_root(root, entry.mountpoint))))
         for fs in ("/dev", "/proc", "/sys", "/run"):
             # A root restored from a live system has these (empty) directories; an
             # older capture without them gets them, as a fresh install would.
-            (root / fs[1:]).mkdir(exist_ok=True)
-            stack.enter_context(_mounted(fs, str(root / fs[1:]), "--bind"))
+            inside = in_root(root, fs)
+            inside.mkdir(exist_ok=True)
+            stack.enter_context(_mounted(fs, str(inside), "--bind"))
         efivars = "/sys/firmware/efi/efivars"
         if os.path.isdir(efivars):
-            stack.enter_context(_mounted(efivars, str(root / efivars[1:]), "--bind"))
+            stack.enter_context(_mounted(efivars, str(in_root(root, efivars)), "--bind"))
         chroot = ["chroot", str(root)]
         if boot_mode == "uefi":
             argv = [*chroot, grub, "--target=x86_64-efi", f"--efi-directory={esp}",

@@ -229,3 +229,31 @@ def test_a_failed_umount_while_looking_for_the_root_is_an_error(
             subprocess.run(["umount", where], check=False)
             subprocess.run(["rmdir", where], check=False)
     assert "cdp-root" not in mounts()
+
+
+def test_paths_of_the_restored_system_resolve_its_links_inside_it(tmp_path: Path) -> None:
+    """Absolute links mean the restored system's files: followed from the rescue system's
+    /, a grub-install linked to /bin/sh was "found" in a system without one, and a /boot
+    that is a link would be mounted over."""
+    root = tmp_path / "root"
+    (root / "usr/lib/grub").mkdir(parents=True)
+    (root / "usr/sbin").mkdir()
+    (root / "etc").mkdir()
+    (root / "sbin").symlink_to("/usr/sbin")  # an absolute directory link on the way
+    (root / "usr/sbin/grub-install").symlink_to("/usr/lib/grub/grub-install")
+    (root / "usr/sbin/update-grub").symlink_to("/bin/sh")  # the rescue system has /bin/sh
+    (root / "boot").symlink_to("/../../boot-real")  # ".." stops at the root
+    (root / "etc/fstab").symlink_to("../etc/fstab.real")
+    (root / "loop").symlink_to("/loop")
+    assert bootloader.in_root(root, "/sbin/grub-install") == root / "usr/lib/grub/grub-install"
+    assert bootloader.in_root(root, "boot") == root / "boot-real"
+    assert bootloader.in_root(root, "/etc/fstab") == root / "etc/fstab.real"
+    assert bootloader.in_root(root, "/usr/sbin/../lib") == root / "usr/lib"
+    with pytest.raises(UsageError, match="^/loop/x in the restored system: too many levels "
+                                         "of symbolic links$"):
+        bootloader.in_root(root, "/loop/x")
+
+    assert bootloader._first(root, "grub-install") is None  # its target is missing
+    assert bootloader._first(root, "update-grub", "grub-mkconfig") is None
+    (root / "usr/lib/grub/grub-install").write_text("#!/bin/sh\n")
+    assert bootloader._first(root, "grub2-install", "grub-install") == "grub-install"
