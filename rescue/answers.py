@@ -22,6 +22,9 @@ _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphra
 _STRINGS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
             "state_dir"}
 _BOOLS = {"grow_fs", "reinstall_bootloader", "yes"}
+#: Read relative to the answers file's directory, as other configuration files' paths are:
+#: the file and the CA certificate it names travel together (a USB stick, a PXE share).
+_PATHS = ("ca", "passphrase_file", "state_dir")
 _SECRETS = {"token", "passphrase"}
 #: What follows a successful unattended restore (`rescue auto`).
 After = Literal["shell", "reboot", "poweroff"]
@@ -95,6 +98,10 @@ def load_answers(path: str | None) -> Answers:
             # and into /run/cdp/auto.log.
             shown = f"a value of type {type(value).__name__}" if key in _SECRETS else repr(value)
             raise UsageError(f"answers file {path}: {key!r} must be {problem}, not {shown}")
+    here = Path(path).absolute().parent
+    for key in _PATHS:
+        if isinstance(doc.get(key), str) and doc[key] and not os.path.isabs(doc[key]):
+            doc[key] = str(here / doc[key])
     return Answers(doc)
 
 

@@ -221,3 +221,15 @@ def test_a_state_directory_that_is_a_file_is_named_before_anything_is_written(
         f"rescue: error: state directory {taken}: File exists: choose another with "
         '--state-dir (or "state_dir" in the answers file)\n')
     assert digest(scene["target"]) == before
+
+
+def test_relative_paths_in_an_answers_file_are_read_from_its_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    (stick / "a.json").write_text(json.dumps({"ca": "ca.pem", "passphrase_file": "keys/pass",
+                                              "state_dir": "/var/tmp/cdp", "host": "web1"}))
+    monkeypatch.chdir(tmp_path)  # elsewhere: relative to the working directory, they missed
+    assert load_answers("stick/a.json").values == {
+        "ca": str(stick / "ca.pem"), "passphrase_file": str(stick / "keys/pass"),
+        "state_dir": "/var/tmp/cdp", "host": "web1"}
