@@ -185,7 +185,9 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
             drain_one()
         last, count = runs[-1]
         if only is None and last % RELEASE_BLOCKS < count:
-            ids.release(last)  # behind both halves' tasks in flight when in the back half
+            # In the back half this also unmaps the front half's pages: a task in flight
+            # there reads them back from the file.
+            ids.release(last)
         length = sum(min(n * bs, geometry.size - f * bs) for f, n in runs)
         result.scanned_bytes += length
         if progress is not None:
@@ -239,7 +241,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
             # The two halves of the volume in turn: what a disk holds is mostly at its
             # start (its free space, read as zeros, costs reading but no sealing), so the
             # workers then read the zeros while others seal, not all of them at the end
-            # with idle cores (BENCHMARKS.md, "Reading the volume's halves in turn").
+            # with idle cores (BENCHMARKS.md, "... the volume's halves in turn").
             front, back = halves(reads)
             order = alternate(tasks(front, per_segment), tasks(back, per_segment))
         else:
