@@ -249,9 +249,9 @@ def test_paths_of_the_restored_system_resolve_its_links_inside_it(tmp_path: Path
     assert bootloader.in_root(root, "boot") == root / "boot-real"
     assert bootloader.in_root(root, "/etc/fstab") == root / "etc/fstab.real"
     assert bootloader.in_root(root, "/usr/sbin/../lib") == root / "usr/lib"
-    with pytest.raises(UsageError, match="^/loop/x in the restored system: too many levels "
-                                         "of symbolic links$"):
+    with pytest.raises(UsageError) as err:
         bootloader.in_root(root, "/loop/x")
+    assert str(err.value) == "/loop/x in the restored system: too many levels of symbolic links"
 
     assert bootloader._first(root, "grub-install") is None  # its target is missing
     assert bootloader._first(root, "update-grub", "grub-mkconfig") is None
