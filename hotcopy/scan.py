@@ -146,6 +146,9 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
     wanted = [(0, geometry.blocks)] if only is None else only
     result = ScanResult(changes={})
     inflight: deque[tuple[tuple[Run, ...], Future[Stored]]] = deque()
+    #: A full read's tasks so far: the block past the furthest, and the blocks their
+    #: spans covered since the ID file was last released.
+    reach, spanned = 0, 0
 
     def note(index: int, new_id: bytes) -> None:
         """Record a change of the index: relative to the last point's tree when trusted,
@@ -177,17 +180,21 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
         raise SourceError(f"{view.path}: cannot open for reading: {exc.strerror}") from None
 
     def submit(runs: tuple[Run, ...]) -> None:
+        nonlocal reach, spanned
         olds = b"".join(ids.slice(first, count) for first, count in runs) if trusted else b""
         seg = Segment(view.path, view.offset, runs, geometry.size, bs, olds)
         read_ahead(fd, seg)
         inflight.append((runs, pool.submit(seg)))
         if len(inflight) >= window:
             drain_one()
-        last, count = runs[-1]
-        if only is None and last % RELEASE_BLOCKS < count:
-            # In the back half this also unmaps the front half's pages: a task in flight
-            # there reads them back from the file.
-            ids.release(last)
+        end = runs[-1][0] + runs[-1][1]
+        reach, spanned = max(reach, end), spanned + end - runs[0][0]
+        if only is None and spanned >= RELEASE_BLOCKS:
+            # Counted by span, not by blocks read: one block read between long stretches
+            # of free space still maps a page of its own. Below the furthest task, the
+            # other half's too (a task in flight reads its pages back from the file).
+            ids.release(reach)
+            spanned = 0
         length = sum(min(n * bs, geometry.size - f * bs) for f, n in runs)
         result.scanned_bytes += length
         if progress is not None:

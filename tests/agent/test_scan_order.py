@@ -10,13 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hotcopy import sealpool
+from hotcopy import scan, sealpool
 from hotcopy.scan import alternate, halves, tasks
+from hotcopy.state import IdFile
 
 from .conftest import Agent, assert_point_equals
 from .test_backup import _point
 
 MiB = 1 << 20
+GiB = 1 << 30
+BS = 16 * 1024
 
 
 def test_tasks_gather_scattered_runs_and_cut_long_ones() -> None:
@@ -74,4 +77,43 @@ def test_a_full_scan_reads_the_halves_in_turn_and_the_point_is_exact(
     # 16 KiB blocks, 1024 to a 16 MiB task: blocks 0-2047 and 2048-4095 in turn.
     assert submitted == [((0, 1024),), ((2048, 1024),), ((1024, 1024),), ((3072, 1024),)]
     assert info.stats.scanned_bytes == 64 * MiB
+    assert_point_equals(agent, info.point_id, image)
+
+
+def test_a_fragmented_full_read_keeps_releasing_the_id_file(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One block of data between long holes: the holes are handled first, so the reads
+    must release the ID file themselves (they released it only at a task starting on a
+    multiple of RELEASE_BLOCKS, which such a read never has), or a terabyte's mapping
+    stays mapped. The point is still exact with pages released under tasks in flight."""
+    monkeypatch.setattr(scan, "RELEASE_BLOCKS", 4096)
+    monkeypatch.setattr(scan, "SEGMENT_BYTES", 16 * BS)
+    image = tmp_path / "sparse.img"
+    with open(image, "wb") as f:
+        f.truncate(GiB)
+        for block in range(0, GiB // BS, 336):
+            f.seek(block * BS)
+            f.write(os.urandom(BS))
+    reading = False
+    released: list[int] = []
+    submit, release = sealpool.SealPool.submit, IdFile.release
+
+    def submitting(self: sealpool.SealPool, seg: sealpool.Segment):  # type: ignore[no-untyped-def]
+        nonlocal reading
+        reading = True
+        return submit(self, seg)
+
+    def releasing(self: IdFile, end_block: int) -> None:
+        if reading:
+            released.append(end_block)
+        release(self, end_block)
+
+    monkeypatch.setattr(sealpool.SealPool, "submit", submitting)
+    monkeypatch.setattr(IdFile, "release", releasing)
+    info = _point(agent, [str(image)])
+    assert info.stats.scanned_bytes == 196 * BS
+    # Each half's 98 blocks in tasks of 16 (six full ones spanning 15 * 336 + 1 blocks,
+    # more than 4096, then one of 2): a release after every full task, the furthest after
+    # the back half's sixth, which ends past data block 193.
+    assert len(released) == 12 and max(released) == 193 * 336 + 1
     assert_point_equals(agent, info.point_id, image)
