@@ -150,7 +150,7 @@ def in_root(root: Path, path: str) -> Path:
     linked by absolute path) into the rescue system's own files, and a mount point that is
     such a link would mount over a directory of the rescue system."""
     resolved = root
-    parts = [p for p in Path(path).parts if p != "/"]
+    parts = _relative_parts(path)
     links = 0
     while parts:
         part = parts.pop(0)
@@ -170,8 +170,14 @@ def in_root(root: Path, path: str) -> Path:
         target = os.readlink(step)
         if target.startswith("/"):
             resolved = root
-        parts = [p for p in Path(target).parts if p != "/"] + parts
+        parts = _relative_parts(target) + parts
     return resolved
+
+
+def _relative_parts(path: str) -> list[str]:
+    """The parts of `path` without its anchor ("/", and "//", which POSIX lets a system
+    give a meaning of its own and pathlib keeps as one part)."""
+    return [p for p in Path(path).parts if not p.startswith("/")]
 
 
 def _first(root: Path, *names: str) -> str | None:

@@ -245,10 +245,12 @@ def test_paths_of_the_restored_system_resolve_its_links_inside_it(tmp_path: Path
     (root / "boot").symlink_to("/../../boot-real")  # ".." stops at the root
     (root / "etc/fstab").symlink_to("../etc/fstab.real")
     (root / "loop").symlink_to("/loop")
+    (root / "lib").symlink_to("//usr/lib")  # pathlib keeps "//" as a part of its own
     assert bootloader.in_root(root, "/sbin/grub-install") == root / "usr/lib/grub/grub-install"
     assert bootloader.in_root(root, "boot") == root / "boot-real"
     assert bootloader.in_root(root, "/etc/fstab") == root / "etc/fstab.real"
     assert bootloader.in_root(root, "/usr/sbin/../lib") == root / "usr/lib"
+    assert bootloader.in_root(root, "//lib/grub") == root / "usr/lib/grub"
     with pytest.raises(UsageError) as err:
         bootloader.in_root(root, "/loop/x")
     assert str(err.value) == "/loop/x in the restored system: too many levels of symbolic links"
