@@ -135,7 +135,7 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
                                         "cleaned_temp_files": rec.temp_files})
             uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
                         ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
-                        access_log=False, timeout_keep_alive=30, http="httptools",
+                        access_log=False, timeout_keep_alive=30, http="h11",
                         loop="uvloop",
                         timeout_graceful_shutdown=3)
         log.info("stopped")
