@@ -397,3 +397,21 @@ def test_a_host_name_ending_in_a_newline_is_refused(cdp_server) -> None:  # type
     assert resp.json()["detail"] == ("invalid host name 'web3\\n': use letters, digits and "
                                      "._:+/- (at most 128, no '..')")
     assert [h.name for h in cdp_server.admin().hosts()] == []
+
+
+def test_a_request_head_over_16_kib_is_refused_before_it_is_read_whole(
+        cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """The URL and headers come before any token is checked: their size must be bounded
+    (h11 stops at 16 KiB; uvicorn sets httptools no bound, one reason it is not used)."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cdp_server.ca_path))
+    with socket.create_connection(("127.0.0.1", cdp_server.port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET " + API_PREFIX.encode() + b"/health HTTP/1.1\r\nHost: x\r\n"
+                    b"X-Padding: " + b"a" * (64 * 1024))  # the head never ends
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
