@@ -135,8 +135,10 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
                                         "cleaned_temp_files": rec.temp_files})
             uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
                         ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
-                        access_log=False, timeout_keep_alive=30, http="h11",
-                        loop="uvloop",
+                        access_log=False, timeout_keep_alive=30,
+                        # h11, also where httptools is installed: uvicorn sets httptools
+                        # no bound on a request's URL and headers, h11 16 KiB.
+                        http="h11",
                         timeout_graceful_shutdown=3)
         log.info("stopped")
         logging.shutdown()
