@@ -153,9 +153,7 @@ def in_root(root: Path, path: str) -> Path:
     parts = _relative_parts(path)
     links = 0
     while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
+        part = parts.pop(0)  # pathlib has dropped "" and "."
         if part == "..":
             resolved = resolved.parent if resolved != root else root
             continue
