@@ -149,7 +149,7 @@ class Datastore:
 
     def recover(self) -> RecoveryReport:
         """At start-up, before serving: remove what a crash left half-done (pending packs,
-        pack files the catalog does not know, temp files). Nothing of it was visible.
+        pack files the catalog does not know or has retired, temp files). Nothing of it was visible.
         Under the commit lock: a `cdp-server gc` running meanwhile writes packs (pending,
         then done) that are neither half-done nor orphans; recovery waits for it."""
         def waiting() -> None:
@@ -165,10 +165,14 @@ class Datastore:
         for name in pending:
             self.store.delete(name)
         self.catalog.forget_pending(pending)
-        known = {p.name for p in packs}
-        orphans = [name for name in self.store.list() if name not in known]
+        # A retired pack's file is an orphan too: a gc stopped before it deleted the file.
+        needed = {p.name for p in packs if p.state != "retired"}
+        orphans = [name for name in self.store.list() if name not in needed]
         for name in orphans:
             self.store.delete(name)
+        for pack in packs:
+            if pack.state == "retired":
+                self.catalog.forget_retired(pack.name)
         temps = self.store.clean_tmp() if isinstance(self.store, LocalStore) else 0
         return RecoveryReport(len(pending), len(orphans), temps)
 

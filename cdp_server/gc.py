@@ -113,6 +113,10 @@ def _sweep_packs(ds: Datastore, cutoff: float) -> int:
     freed = 0
     now = time.time()
     for pack in ds.catalog.packs():
+        if pack.state == "retired":  # a gc stopped before it deleted the file
+            _delete_retired(ds, pack.name)
+            freed += pack.size
+            continue
         if pack.state == "pending":
             # The row goes first, and only if still pending: an upload that outlasted
             # the timeout may finish meanwhile, and then its objects live in the file.
@@ -123,8 +127,8 @@ def _sweep_packs(ds: Datastore, cutoff: float) -> int:
             continue
         count, live_bytes = usage.get(pack.name, (0, 0))
         if count == 0:
-            if ds.catalog.drop_pack(pack.name):
-                ds.store.delete(pack.name)
+            if ds.catalog.retire_pack(pack.name):
+                _delete_retired(ds, pack.name)
                 freed += pack.size
         elif live_bytes < pack.size * REWRITE_BELOW and pack.created < cutoff:
             freed += _rewrite(ds, pack.name, pack.size)
@@ -146,5 +150,12 @@ def _rewrite(ds: Datastore, name: str, size: int) -> int:
     ds.catalog.begin_pack(new, offset)
     ds.store.put(new, parts)
     ds.catalog.move_objects(name, new, moves)
-    ds.store.delete(name)
+    _delete_retired(ds, name)
     return size - offset
+
+
+def _delete_retired(ds: Datastore, name: str) -> None:
+    """The file first, then the row: a gc stopped in between leaves a retired row (the
+    next gc or start-up finishes it), never a pack file the catalog has forgotten."""
+    ds.store.delete(name)
+    ds.catalog.forget_retired(name)

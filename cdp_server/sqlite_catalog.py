@@ -643,16 +643,21 @@ class SqliteCatalog:
             "SELECT p.name, u.n, u.bytes FROM (SELECT pack, count(*) AS n, sum(length) AS "
             "bytes FROM objects GROUP BY pack) AS u JOIN packs AS p ON p.pid = u.pack")}
 
-    def drop_pack(self, name: str) -> bool:
-        """Forget a pack no object row points to; False (and nothing done) if one does."""
+    def retire_pack(self, name: str) -> bool:
+        """Mark a pack no object row points to as retired: its file is to be deleted, then
+        its row (`forget_retired`). False (and nothing done) if an object points to it."""
         with self.write() as db:
             pid = _pack_id(db, name)
             if pid is None:
                 return True
             if db.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1", (pid,)).fetchone():
                 return False
-            db.execute("DELETE FROM packs WHERE pid = ?", (pid,))
+            db.execute("UPDATE packs SET state = 'retired' WHERE pid = ?", (pid,))
             return True
+
+    def forget_retired(self, name: str) -> None:
+        with self.write() as db:
+            db.execute("DELETE FROM packs WHERE name = ? AND state = 'retired'", (name,))
 
     def pack_objects(self, name: str) -> list[tuple[str, ObjectKind, bytes, Location]]:
         return [(host, _KIND_OF_CODE[kind], oid, Location(name, off, length, digest,
@@ -667,7 +672,7 @@ class SqliteCatalog:
     def move_objects(self, old: str, new: str,
                      moves: list[tuple[str, ObjectKind, bytes, int, int]]) -> None:
         """Repoint (host, kind, id, old offset, new offset) rows from pack `old` to the
-        written pack `new`, mark `new` done and forget `old`: one transaction."""
+        written pack `new`, mark `new` done and `old` retired: one transaction."""
         hids = {host: self._known_hid(host) for host, *_ in moves}
         with self.write() as db:
             old_pid, new_pid = _registered_pack(db, old), _registered_pack(db, new)
@@ -676,7 +681,7 @@ class SqliteCatalog:
                            [(new_pid, new_off, hids[h], KIND_CODE[k], oid, old_pid, old_off)
                             for h, k, oid, old_off, new_off in moves])
             db.execute("UPDATE packs SET state = 'done' WHERE pid = ?", (new_pid,))
-            db.execute("DELETE FROM packs WHERE pid = ?", (old_pid,))
+            db.execute("UPDATE packs SET state = 'retired' WHERE pid = ?", (old_pid,))
 
     def forget_pending(self, names: list[str]) -> list[str]:
         """Forget the packs of `names` that are still pending; returns those forgotten. A

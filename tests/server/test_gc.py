@@ -18,6 +18,7 @@ from cdp_server.commit import commit
 from cdp_server.datastore import Datastore, RecoveryReport
 from cdp_server.gc import PENDING_TIMEOUT, gc
 from cdp_server.store import new_pack_name
+from cdp_server.verify import verify
 from cdpcore import records
 from cdpcore.api import ObjectKind, Role
 from cdpcore.client import MissingObjectsError
@@ -190,6 +191,50 @@ def test_gc_stopped_after_deleting_leaves_no_complete_mark_above_a_hole(tmp_path
     assert db.execute("SELECT count(*) FROM objects WHERE kind = 0").fetchone()[0] == 0
     assert db.execute(complete).fetchone()[0] == 0
     db.close()
+
+
+@pytest.mark.parametrize("finish", ["next gc", "start-up"])
+def test_a_gc_stopped_before_deleting_a_pack_file_leaves_no_file_behind(
+        tmp_path, finish: str) -> None:  # type: ignore[no-untyped-def]
+    """GC lets go of a pack (all dead, or its live objects moved by a rewrite) and then
+    deletes its file. Stopped in between (killed, an I/O error), the catalog keeps the
+    pack as retired, and the next gc or the next start deletes the file: the datastore
+    does not keep a file nothing points to until some later restart."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    data = os.urandom(10 * BS)
+    first = build_point(codec, "web1", {"vda": data})
+    second = build_point(codec, "web1", {"vda": data[:3 * BS] + os.urandom(7 * BS)})
+    for built in (first, second):
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        commit(ds, "web1", built.request)
+    ds.catalog.delete_points("web1", [first.point_id])
+    _age_everything(tmp_path / "ds", 7200)
+
+    def stopped(name: str) -> None:
+        raise KeyboardInterrupt
+
+    ds.store.delete = stopped  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        gc(ds, grace=3600)
+    [retired] = [p.name for p in ds.catalog.packs() if p.state == "retired"]
+    assert retired in set(ds.store.list())  # the file is still there
+
+    ds = Datastore.open(tmp_path / "ds")
+    if finish == "next gc":
+        gc(ds, grace=3600)
+    else:
+        assert ds.recover().orphan_objects >= 1
+    packs = ds.catalog.packs()
+    assert {p.state for p in packs} == {"done"}
+    assert set(ds.store.list()) == {p.name for p in packs}
+    assert retired not in set(ds.store.list())
+    got = ds.fetch("web1", ObjectKind.chunks, list(second.chunks))
+    stored_first = {c: first.chunks.get(c, blob) for c, blob in second.chunks.items()}
+    assert {oid: blob for oid, blob, _ in got} == stored_first  # shared ones: first's seal
+    assert verify(ds).damaged_points == []
 
 
 def test_an_upload_that_outlasts_the_pending_timeout_is_refused_not_left_without_its_pack(
