@@ -209,6 +209,7 @@ def commit(ds: Datastore, host: str, req: CommitRequest) -> tuple[PointInfo, boo
                 return point_info(old), False
             raise Conflict(f"point {req.point_id} already exists on host {host!r} with "
                            "different content")
+        damage_before = ds.catalog.damage_marks(host)
         walk = _Walk(ds, host)
         before = _parent_volumes(ds, host, req.parent)
         for vol in vols:
@@ -229,5 +230,5 @@ def commit(ds: Datastore, host: str, req: CommitRequest) -> tuple[PointInfo, boo
         # The answer before the insert: if it cannot be made, no point is left stored
         # behind an error (its retry would then find the point and fail the same way).
         info = point_info(row)
-        ds.catalog.insert_point(row, sorted(walk.walked))
+        ds.catalog.insert_point(row, sorted(walk.walked), damage_before)
     return info, True

@@ -513,9 +513,20 @@ class SqliteCatalog:
             (host, point_id)).fetchone()
         return None if row is None else _row(row)
 
-    def insert_point(self, row: PointRow, complete_pages: list[bytes]) -> None:
+    def damage_marks(self, host: str) -> frozenset[tuple[int, bytes]]:
+        """(kind code, id) of the host's objects marked damaged: usually none."""
+        hid = self._known_hid(host)
+        return frozenset(self.read().execute(
+            "SELECT kind, id FROM objects INDEXED BY objects_damaged WHERE host = ? AND damaged",
+            (hid,)))
+
+    def insert_point(self, row: PointRow, complete_pages: list[bytes],
+                     damage_before: frozenset[tuple[int, bytes]] = frozenset()) -> None:
         """The point becomes visible, with the pages its commit checked marked complete,
-        in one transaction."""
+        in one transaction. `damage_before`: the host's damage marks (`damage_marks`) when
+        the check began. A mark made since (a verify or a restore's read, which take no
+        commit lock) may lie below a checked page: then none is marked complete, and the
+        next commit walks them again."""
         hid = self._known_hid(row.host)
         with self.write() as db:
             db.execute("INSERT INTO points(host, point_id, created, committed, parent, size, "
@@ -524,6 +535,12 @@ class SqliteCatalog:
                        (row.host, row.point_id, row.created, row.committed, row.parent,
                         row.size, row.stats, int(row.pinned), row.verify, row.volumes,
                         row.manifest, row.digest, row.head()))
+            if not complete_pages:
+                return
+            marks = db.execute("SELECT kind, id FROM objects INDEXED BY objects_damaged "
+                               "WHERE host = ? AND damaged", (hid,))
+            if any(mark not in damage_before for mark in marks):
+                return
             db.executemany(f"UPDATE objects SET complete = 1 WHERE host = ? AND kind = {_PAGES} "
                            "AND id = ? AND NOT damaged", [(hid, i) for i in complete_pages])
 

@@ -12,6 +12,7 @@ import pytest
 
 from cdp_server.commit import commit
 from cdp_server.datastore import Datastore
+from cdp_server.errors import Conflict
 from cdp_server.gc import gc
 from cdp_server.verify import verify
 from cdpcore import records
@@ -219,3 +220,38 @@ def test_verify_reports_no_damage_in_a_point_pruned_and_collected_while_it_ran(
     assert [(r.point_id, r.verify) for r in point_rows("web1")] == [
         (new.point_id, VerifyStatus.ok.value)]
     assert ds.catalog.damaged("web1") == []
+
+
+def test_damage_found_while_a_commit_checks_leaves_no_complete_page_above_it(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A commit checks its new pages, then marks them complete so later commits skip
+    them. A verify (which takes no commit lock) may find a chunk below them damaged in
+    between: the pages must not be marked complete, or every later point over that chunk
+    would be taken without the agent being asked for it again."""
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ds.add_host("web1")
+    codec = new_codec()
+    data = os.urandom(600 * BS)
+    parent = build_point(codec, "web1", {"vda": data})
+    changed = data[:BS] + os.urandom(BS) + data[2 * BS:]
+    child = build_point(codec, "web1", {"vda": changed}, parent=parent.point_id)
+    again = build_point(codec, "web1", {"vda": changed}, parent=child.point_id)
+    for built in (parent, child):
+        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    commit(ds, "web1", parent.request)
+    shared = parent.block_ids["vda"][0]  # in the leaf page the child's change rewrote
+    insert_point = ds.catalog.insert_point
+
+    def verify_meanwhile(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        flip_stored_byte(tmp_path / "ds", "chunks", shared)
+        assert verify(ds).damaged_chunks == [shared.hex()]
+        insert_point(*args, **kwargs)
+
+    ds.catalog.insert_point = verify_meanwhile  # type: ignore[method-assign]
+    commit(ds, "web1", child.request)
+    ds.catalog.insert_point = insert_point  # type: ignore[method-assign]
+    with pytest.raises(Conflict) as refused:
+        commit(ds, "web1", again.request)
+    assert refused.value.body["missing_chunks"] == [shared.hex()]  # type: ignore[index]
+    assert refused.value.body["missing_pages"] == []  # type: ignore[index]
