@@ -6,6 +6,8 @@ scripts driving `cdp-agent`, `cdp-server` or `rescue` can tell failures apart.
 
 from __future__ import annotations
 
+import reprlib
+
 
 class CdpError(Exception):
     """Base class. `exit_code` is stable: scripts may rely on it."""
@@ -94,3 +96,15 @@ class SafetyError(CdpError):
     """A destructive action was refused: wrong disk, mounted disk, rescue medium, too small."""
 
     exit_code = 11
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 80, 80, 40
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 6
+
+
+def shown(value: object) -> str:
+    """`value` for an error message, as repr() shows it but bounded in length and depth:
+    a value read from outside (a key file, a volume record) may be megabytes long or
+    nested too deeply for repr() itself (RecursionError)."""
+    return _SHOWN.repr(value)

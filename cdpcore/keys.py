@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from . import format as fmt
 from .crypto import KeySet
-from .errors import FormatError, WrongKeyError
+from .errors import FormatError, WrongKeyError, shown
 
 _WRAP_AAD = b"cdp-master-key-v1"
 _CHECK_LABEL = b"cdp-key-check-v1"
@@ -44,7 +44,15 @@ def key_check(master: bytes) -> str:
 
 
 def _kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+    try:
+        secret = passphrase.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 (a terminal, file or environment variable in another
+        # encoding) reach us as lone surrogates; no key file can have been made with them.
+        raise WrongKeyError("the passphrase is not UTF-8 text: it holds bytes of another "
+                            "encoding (a terminal, file or environment variable not in "
+                            "UTF-8?)") from None
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret)
 
 
 @dataclass(frozen=True)
@@ -94,10 +102,11 @@ class WrappedKey:
     def from_json(cls, doc: Any) -> WrappedKey:
         try:
             if doc["version"] != fmt.KEY_FILE_VERSION:
-                raise FormatError(f"key file version {doc['version']} is not supported")
+                raise FormatError(f"key file version {shown(doc['version'])} is not supported")
             kdf = doc["kdf"]
             if kdf["name"] != "scrypt" or doc["cipher"] != "aes-256-gcm":
-                raise FormatError(f"key file uses unknown kdf/cipher {kdf['name']}/{doc['cipher']}")
+                raise FormatError(f"key file uses unknown kdf/cipher {shown(kdf['name'])}/"
+                                  f"{shown(doc['cipher'])}")
             n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
             # Bounds keep a hostile key file from making us allocate gigabytes: each
             # parameter's alone still let n = 2^20, r = 32 take 4 GiB (128 x n x r).
@@ -159,13 +168,25 @@ def parse_recovery_key(text: str) -> bytes:
     return master
 
 
-def master_from_recovery_key(text: str, key_doc: Any | None) -> bytes:
+def master_from_recovery_key(text: str, key_doc: Any | None, *,
+                             unreadable_key_file_ok: bool = False) -> bytes:
     """The master key of a printable recovery key, checked against the host's key file
     where it has one: a recovery key of another repository is refused here, by name,
-    instead of failing later on the first blob as if the data were damaged."""
+    instead of failing later on the first blob as if the data were damaged.
+
+    A key file that cannot be read (damaged on the server) raises FormatError, unless
+    `unreadable_key_file_ok`: a restore, which then relies on the first sealed manifest to
+    refuse a key of another repository (the recovery key is what opens a repository whose
+    key file is lost). An agent keeps refusing: it would seal new points under a key it
+    cannot check."""
     master = parse_recovery_key(text)
     if key_doc is not None:
-        expected = WrappedKey.from_json(key_doc).check
+        try:
+            expected = WrappedKey.from_json(key_doc).check
+        except FormatError:
+            if unreadable_key_file_ok:
+                return master
+            raise
         if not hmac.compare_digest(key_check(master), expected):
             raise WrongKeyError(f"this recovery key belongs to another repository: its "
                                 f"fingerprint {key_check(master)} is not the host key's "

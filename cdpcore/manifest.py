@@ -11,7 +11,7 @@ from typing import Any
 
 from . import format as fmt
 from .crypto import BlobCodec, ChunkIds
-from .errors import FormatError, IntegrityError
+from .errors import FormatError, IntegrityError, shown
 from .index import Geometry
 from .layout import Layout
 
@@ -26,7 +26,7 @@ _POINT_ID = re.compile(r"^[0-9a-f]{32}$")
 def check_name(kind: str, name: str) -> str:
     """Host and volume names: short, printable, no path tricks (no '..', no leading '/')."""
     if not _NAME.fullmatch(name) or ".." in name:  # match's $ passes a final newline
-        raise FormatError(f"invalid {kind} name {name!r}: use letters, digits and ._:+/- "
+        raise FormatError(f"invalid {kind} name {shown(name)}: use letters, digits and ._:+/- "
                           "(at most 128, no '..')")
     return name
 
@@ -37,7 +37,8 @@ def new_point_id() -> str:
 
 def check_point_id(point_id: str) -> str:
     if not _POINT_ID.fullmatch(point_id):  # match's $ passes a final newline
-        raise FormatError(f"invalid point ID {point_id!r}: 32 lower-case hex digits expected")
+        raise FormatError(f"invalid point ID {shown(point_id)}: 32 lower-case hex digits "
+                          "expected")
     return point_id
 
 
@@ -70,9 +71,14 @@ class VolumeRecord:
     @classmethod
     def from_json(cls, doc: Any) -> VolumeRecord:
         try:
-            return cls(name=str(doc["name"]), size=int(doc["size"]),
-                       block_size=int(doc["block_size"]), root=str(doc["root"]),
-                       height=int(doc["height"]))
+            name, root = doc["name"], doc["root"]
+            # Taken as they are, not as str(anything): str() of a deeply nested list
+            # raised RecursionError, of a long one made a name of megabytes.
+            if not isinstance(name, str) or not isinstance(root, str):
+                raise FormatError(f"malformed volume record: name {shown(name)} and root "
+                                  f"{shown(root)} must be strings")
+            return cls(name=name, size=int(doc["size"]), block_size=int(doc["block_size"]),
+                       root=root, height=int(doc["height"]))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise FormatError(f"malformed volume record: {exc!r}") from None
 

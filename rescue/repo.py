@@ -47,7 +47,7 @@ class Repository:
             raise NotFoundError(f"unknown host {host!r}: the server has no such host, or "
                                 "this token belongs to another host", 404) from None
         if passphrase.strip().upper().startswith("CDP1-"):
-            master = master_from_recovery_key(passphrase, doc)
+            master = master_from_recovery_key(passphrase, doc, unreadable_key_file_ok=True)
         else:
             if doc is None:
                 raise NotFoundError(f"host {host!r} has no key on the server: open it with "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -96,7 +98,8 @@ def test_recovery_key_is_checked_against_the_host_key_file() -> None:
 @pytest.mark.parametrize("check", ["é" * 32, "0" * 31, "A" * 32, None, 12345])
 def test_key_file_check_must_be_32_hex_digits(check: object) -> None:
     """`check` was taken as str(anything): a non-ASCII one made the recovery-key path
-    raise TypeError (hmac.compare_digest) instead of FormatError."""
+    raise TypeError (hmac.compare_digest) instead of FormatError. A restore's recovery key
+    still opens the repository (test_a_damaged_key_file_does_not_lock_out_the_recovery_key)."""
     master = new_master_key()
     doc = WrappedKey.create(master, "pw", n=2**10).to_json() | {"check": check}
     with pytest.raises(FormatError, match=r"^malformed key file: check is not 32 lower-case "
@@ -129,3 +132,73 @@ def test_key_file_scrypt_memory_is_bounded() -> None:
 def test_deeply_nested_key_file_is_a_format_error() -> None:
     with pytest.raises(FormatError, match=r"^key file is not JSON: nested too deeply$"):
         WrappedKey.loads("[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize("passphrase", ["caf\udce9", "\ud800pw"])
+def test_a_passphrase_that_is_not_utf8_text_is_a_wrong_key_error(passphrase: str) -> None:
+    """A passphrase holding bytes that are not UTF-8 (an environment variable or a
+    terminal in Latin-1: Python decodes them to lone surrogates) raised UnicodeEncodeError
+    out of scrypt's input: a traceback in `rescue restore`, exit 1 instead of 5 in
+    `rescue auto`, where a wrong passphrase belongs."""
+    wrapped = WrappedKey.create(new_master_key(), "café", n=2**10)
+    with pytest.raises(WrongKeyError, match=r"^the passphrase is not UTF-8 text"):
+        wrapped.unwrap(passphrase)
+    with pytest.raises(WrongKeyError, match=r"^the passphrase is not UTF-8 text"):
+        WrappedKey.create(new_master_key(), passphrase, n=2**10)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.update(wrapped=d["wrapped"][:-4]),
+    lambda d: d.update(version=2),
+    lambda d: d["kdf"].update(salt="!"),
+    lambda d: d.pop("kdf"),
+    lambda d: d.update(check="not hex"),
+])
+def test_a_damaged_key_file_does_not_lock_out_the_recovery_key(damage) -> None:  # type: ignore[no-untyped-def]
+    """The recovery key opens the repository without the key file, but a key file the
+    server returned damaged (a flipped byte in its catalog) was parsed first to compare
+    fingerprints and its FormatError refused the right recovery key: no restore at all.
+    A key file that cannot be read has no fingerprint to compare with; a recovery key of
+    another repository is still refused by the first sealed manifest it fails to open."""
+    master = new_master_key()
+    doc = WrappedKey.create(master, "pw", n=2**10).to_json()
+    damage(doc)
+    with pytest.raises(FormatError):  # an agent, which would seal under an unchecked key
+        master_from_recovery_key(recovery_key(master), doc)
+    assert master_from_recovery_key(recovery_key(master), doc,
+                                    unreadable_key_file_ok=True) == master
+    # A key file that does parse still names a recovery key of another repository.
+    good = WrappedKey.create(master, "pw", n=2**10).to_json()
+    with pytest.raises(WrongKeyError, match="belongs to another repository"):
+        master_from_recovery_key(recovery_key(new_master_key()), good,
+                                 unreadable_key_file_ok=True)
+
+
+def _nested(depth: int) -> Any:
+    """The most deeply nested list json.loads makes at this depth of the stack."""
+    while True:
+        try:
+            return json.loads("[" * depth + "]" * depth)
+        except RecursionError:
+            depth -= 1
+
+
+def _called_deeper(frames: int, fn: Callable[[], Any]) -> Any:
+    return fn() if frames == 0 else _called_deeper(frames - 1, fn)
+
+
+def test_key_file_values_are_shown_bounded_in_errors() -> None:
+    """A key file's version, kdf and cipher names went into the error message with str():
+    a server's `"version": [0, 1, ..., 999999]` made a message of 7.9 MB for the rescue to
+    print on every console (minutes of a serial line), and a list nested as deeply as
+    the JSON parser allows raised RecursionError out of from_json when called a few
+    frames deeper than the parse."""
+    doc = WrappedKey.create(new_master_key(), "pw", n=2**10).to_json()
+    doc["version"] = list(range(1_000_000))
+    with pytest.raises(FormatError, match=r"^key file version \[0, 1, 2, 3, 4, 5, \.\.\.\] "
+                                          r"is not supported$"):
+        WrappedKey.from_json(doc)
+    deep = {"version": 1, "kdf": {"name": _nested(2000)}, "cipher": "aes-256-gcm"}
+    with pytest.raises(FormatError, match=r"^key file uses unknown kdf/cipher \[\[\[\[\.\.\.\]\]\]\]/"
+                                          r"'aes-256-gcm'$"):
+        _called_deeper(30, lambda: WrappedKey.from_json(deep))

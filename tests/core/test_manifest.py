@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -70,3 +72,29 @@ def test_deeply_nested_manifest_is_a_format_error() -> None:
     blob = CODEC.seal(fmt.BLOB_KIND_MANIFEST, manifest().aad(), body)
     with pytest.raises(FormatError, match=r"^malformed manifest: nested too deeply$"):
         Manifest.open(CODEC, "h", "0" * 32, blob)
+
+
+def _called_deeper(frames: int, fn: Callable[[], Any]) -> Any:
+    return fn() if frames == 0 else _called_deeper(frames - 1, fn)
+
+
+def test_volume_record_names_and_roots_must_be_strings() -> None:
+    """A volume record's name and root were taken as str(anything): a list nested as
+    deeply as the JSON parser allows raised RecursionError out of from_json when called
+    a few frames deeper than the parse, and a long list became a name of megabytes that
+    went whole into the error message."""
+    depth = 2000
+    while True:
+        try:
+            deep = json.loads("[" * depth + "]" * depth)
+            break
+        except RecursionError:
+            depth -= 1
+    good = {"name": "vda", "size": 1 << 20, "block_size": 4096, "root": "0" * 64, "height": 0}
+    assert VolumeRecord.from_json(good) == VolumeRecord("vda", 1 << 20, 4096, "0" * 64, 0)
+    for bad in ({"name": deep}, {"root": deep}, {"name": list(range(1_000_000))},
+                {"name": 5}):
+        with pytest.raises(FormatError, match=r"^malformed volume record: name .* must be "
+                                              r"strings$") as caught:
+            _called_deeper(30, lambda bad=bad: VolumeRecord.from_json(good | bad))
+        assert len(str(caught.value)) < 300

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.errors import NotFoundError, SafetyError, TargetError, WrongKeyError
 from cdpcore.keys import new_master_key, recovery_key
 from hotcopy import capture
@@ -248,6 +249,22 @@ def test_wrong_passphrase_unknown_host_and_point(repo_host: dict[str, Any]) -> N
     repo = Repository.open(repo_host["restore"], "web1", PASS)
     with pytest.raises(NotFoundError, match="there are no recovery points of host 'web1'"):
         repo.choose("latest")
+
+
+def test_a_recovery_key_opens_a_host_whose_key_file_is_damaged() -> None:
+    """The recovery key is what opens a repository without its key file: a key file the
+    server returns damaged has no fingerprint to check it against, and must not refuse it
+    (a recovery key of another repository then fails on the first sealed manifest)."""
+    master = new_master_key()
+
+    class DamagedKeyFile:  # Repository.open reads only the key file
+        def get_key(self, host: str) -> dict[str, Any]:
+            return {"version": 1, "kdf": "damaged", "cipher": "aes-256-gcm"}
+
+    repo = Repository.open(DamagedKeyFile(), "web1", recovery_key(master))  # type: ignore[arg-type]
+    block = os.urandom(4096)
+    assert repo.codec.seal_block(block)[0] == \
+        BlobCodec(KeySet.from_master(master)).seal_block(block)[0]
 
 
 def test_resume_after_killed_restore_is_byte_exact(repo_host: dict[str, Any], cdp_server: Any,
