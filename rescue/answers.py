@@ -126,7 +126,9 @@ def read_passphrase(answers: Answers, passphrase_file: str | None, prompt: bool)
     file = answers.get("passphrase_file", passphrase_file)
     if file:
         try:
-            return Path(file).read_text().rstrip("\n")
+            # Bytes that are not UTF-8 become lone surrogates, which the key's check
+            # names (WrongKeyError) instead of a UnicodeDecodeError traceback.
+            return Path(file).read_bytes().decode("utf-8", "surrogateescape").rstrip("\n")
         except OSError as exc:
             raise UsageError(f"cannot read passphrase file {file}: {exc.strerror}") from None
     value = answers.get("passphrase")

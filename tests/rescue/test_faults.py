@@ -46,12 +46,13 @@ def setup(cdp_server: Any, tmp_path: Path) -> dict[str, Any]:
 
 
 def rescue(setup: dict[str, Any], tmp_path: Path, *args: str,
-           passphrase: str | None = None) -> subprocess.CompletedProcess[str]:
+           passphrase: str | bytes | None = None) -> subprocess.CompletedProcess[str]:
     srv = setup["server"]
     passfile = tmp_path / "pass"
     if passphrase is not None:
         passfile = tmp_path / "otherpass"
-        passfile.write_text(passphrase)
+        passfile.write_bytes(passphrase if isinstance(passphrase, bytes)
+                             else passphrase.encode())
     secret = [] if args[0] == "points" else ["--passphrase-file", str(passfile)]
     return subprocess.run(
         [sys.executable, "-m", "rescue", *args, "--server", srv.url, "--ca", str(srv.ca_path),
@@ -108,6 +109,15 @@ def test_wrong_passphrase_exact_message(setup: dict[str, Any], tmp_path: Path) -
                   passphrase="not it")
     assert (proc.returncode, proc.stderr) == (
         5, "rescue: error: wrong passphrase (or the key file was altered)\n")
+
+
+def test_a_passphrase_file_not_in_utf8_is_named_not_a_traceback(
+        setup: dict[str, Any], tmp_path: Path) -> None:
+    proc = rescue(setup, tmp_path, "plan", "--host", "web1", "--map", "vda.img=/dev/null",
+                  passphrase="café\n".encode("latin-1"))
+    assert (proc.returncode, proc.stderr) == (
+        5, "rescue: error: the passphrase is not UTF-8 text: it holds bytes of another "
+           "encoding (a terminal, file or environment variable not in UTF-8?)\n")
 
 
 def test_unknown_host_exact_message(setup: dict[str, Any], tmp_path: Path) -> None:
