@@ -12,13 +12,14 @@ IMAGE_CACHE ?= /var/cache/cdp-mkimage
 OUT ?= out
 
 # Debian packages: build deps of pyparted, tools the agent and rescue engine drive,
-# and what builds and boots the rescue image under QEMU.
+# what builds and boots the rescue image under QEMU, and btrfs-progs (a test mounts a
+# multi-device btrfs).
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libparted-dev \
 	parted fdisk gdisk util-linux udev e2fsprogs dosfstools xfsprogs kmod cpio zstd \
 	qemu-system-x86 qemu-utils ovmf ipxe-qemu mmdebstrap xorriso mtools \
 	grub-pc-bin grub-efi-amd64-bin grub-common tmux openssl ca-certificates \
 	restic borgbackup time thin-provisioning-tools lvm2 systemd \
-	linux-perf faketime
+	linux-perf faketime btrfs-progs
 
 .PHONY: all demo test test-fast test-vm lint sysdeps deps iso pxe image drill drill-full bench torture clean
 

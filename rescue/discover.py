@@ -5,6 +5,7 @@ root=/cdp.medium=, or carrying the rescue image's ISO 9660 label)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import asdict, dataclass, field
@@ -138,9 +139,29 @@ def _busy_reasons(name: str, children: list[str], medium: set[str]) -> list[str]
         if holders.is_dir() and any(holders.iterdir()):
             held = ", ".join(sorted(h.name for h in holders.iterdir()))
             reasons.append(f"/dev/{dev} is in use by {held}")
+    if not reasons and _claimed(f"/dev/{name}"):
+        # What leaves no mount and no holder but claims the device: the second member of
+        # a mounted multi-device btrfs, a program holding it open exclusively. A claimed
+        # partition makes its whole disk refuse an exclusive open too (and a claimed disk
+        # all its partitions): name the partitions when only some are claimed.
+        parts = [c for c in children if _claimed(f"/dev/{c}")]
+        which = (", ".join(f"/dev/{c}" for c in parts) if 0 < len(parts) < len(children)
+                 else f"/dev/{name}")
+        reasons.append(f"{which} in use (opened exclusively: a member of a mounted "
+                       "multi-device filesystem, or held open by a program)")
     if name in medium:
         reasons.append(f"/dev/{name} holds the rescue medium")
     return reasons
+
+
+def _claimed(dev: str) -> bool:
+    """True if the kernel refuses an exclusive open of block device `dev` (EBUSY)."""
+    try:
+        fd = os.open(dev, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    os.close(fd)
+    return False
 
 
 def _describe_block(dev: dict[str, Any], medium: set[str]) -> LocalDisk:

@@ -23,7 +23,7 @@ from cdpcore.layout import Layout
 from . import bootloader, growfs, lvm, partition, swap, target
 from .discover import LocalDisk, describe_target, discover_disks
 from .mapping import map_disks
-from .plan import Action, Plan, VerifyMode, build_plan
+from .plan import Action, Plan, VerifyMode, build_plan, partition_device
 from .repo import Repository
 from .report import RestoreReport, VolumeReport
 from .resize import ResizePolicy
@@ -100,13 +100,29 @@ def refuse_hard_links(explicit: dict[str, LocalDisk]) -> None:
                               f"{src}: map each source disk to a disk of its own")
 
 
+def _on_disks(device: str, disks: set[str]) -> bool:
+    """True if `device` is one of `disks` or a partition of one (partition_device)."""
+    return device in disks or any(
+        device.startswith(stem := partition_device(disk, 0)[:-1])
+        and device[len(stem):].isdigit() for disk in disks)
+
+
 def recheck_targets(plan: Plan) -> None:
     """Just before writing: every target must still be free and the very disk planned, and
     no action may write anything but the plan's disks and the LVs it recreates."""
     allowed = {dp.target.path for dp in plan.disks}
     vgs = {str(a.params["vg"]) for a in plan.actions if a.type == "lvm"}
     for action in plan.actions:
-        if action.type == "lvm" or action.target in allowed or any(
+        if action.type == "lvm":
+            # pvcreate writes its PV devices: each a plan disk or one of its partitions.
+            outside = [str(dev) for dev in dict(action.params["pv_devices"]).values()
+                       if not _on_disks(str(dev), allowed)]
+            if outside:
+                raise SafetyError(f"plan action {action.id} makes physical volumes on "
+                                  + ", ".join(outside) + ", which are not on a target disk "
+                                  "of the plan")
+            continue
+        if action.target in allowed or any(
                 action.target.startswith(f"/dev/{vg}/") for vg in vgs):
             continue
         raise SafetyError(f"plan action {action.id} writes {action.target}, which is not a "

@@ -5,7 +5,9 @@ not exist yet, and on real disks.
 
 ext2/3/4: `e2fsck -f` (resize2fs insists on a freshly checked filesystem) then
 `resize2fs`; XFS grows only while mounted: it is mounted on a temporary directory for
-`xfs_growfs`. Other filesystems are left at their size, with a note saying so.
+`xfs_growfs`, with `nouuid` (a mounted filesystem of the same UUID, the original or a
+clone of it, must not stop it). Other filesystems are left at their size, with a note
+saying so.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def grow(path: str, offset: int, size: int, fstype: str) -> None:
             runcmd.run(["resize2fs", dev])
         elif fstype == "xfs":
             with tempfile.TemporaryDirectory(prefix="cdp-growfs-") as mnt:
-                runcmd.run(["mount", "-t", "xfs", dev, mnt])
+                # nouuid: XFS refuses a second mounted filesystem of one UUID, and the
+                # original (or a clone of it) may be mounted here (a restore into an image
+                # file on the protected machine itself).
+                runcmd.run(["mount", "-t", "xfs", "-o", "nouuid", dev, mnt])
                 try:
                     runcmd.run(["xfs_growfs", mnt])
                 finally:

@@ -178,12 +178,15 @@ def _partition_actions(src: Disk, part: Partition, path: str, sector: int,
 
 
 def _pv_location(layout: Layout, device: str) -> tuple[str | None, int]:
-    """(source disk name, partition number or 0 for the whole disk) of a PV device name."""
+    """(source disk name, partition number or 0 for the whole disk) of a PV device name.
+    Partitions are named as the kernel names them (partition_device): nvme0n11 is the
+    disk of namespace 11, never partition 1 of nvme0n1."""
     for disk in layout.disks:
         if device == disk.name:
             return disk.name, 0
+    for disk in layout.disks:
         for part in disk.partitions:
-            if device in (f"{disk.name}{part.number}", f"{disk.name}p{part.number}"):
+            if device == partition_device(disk.name, part.number):
                 return disk.name, part.number
     return None, 0
 

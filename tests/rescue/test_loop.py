@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -111,6 +112,55 @@ def test_mounted_loop_device_refused(repo_host: dict[str, Any], tmp_path: Path,
     # Untouched: still the ext4 filesystem, no partition table written over it.
     assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", dev).strip() == "ext4"
     assert subprocess.run(["sfdisk", "--json", dev], capture_output=True).returncode != 0
+
+
+def test_a_disk_claimed_without_mount_or_holder_is_refused(repo_host: dict[str, Any],
+                                                           tmp_path: Path,
+                                                           loop: tuple[str, Path]) -> None:
+    """A disk opened exclusively by something that leaves no mount and no holder (the
+    second device of a mounted multi-device btrfs; a program) is busy: never written."""
+    dev = loop[0]
+    source = tmp_path / "vda.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    before = hashlib.sha256(loop[1].read_bytes()).hexdigest()
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    held = os.open(dev, os.O_RDONLY | os.O_EXCL)
+    try:
+        reason = (f"{dev} in use (opened exclusively: a member of a mounted multi-device "
+                  "filesystem, or held open by a program)")
+        assert describe_target(dev).busy == [reason]
+        with pytest.raises(SafetyError) as err:
+            engine.plan("latest", {"vda.img": dev})
+        assert str(err.value) == f"refusing target {dev} for source disk vda.img: {reason}"
+    finally:
+        os.close(held)
+    assert describe_target(dev).busy == []
+    assert hashlib.sha256(loop[1].read_bytes()).hexdigest() == before
+
+
+def test_the_second_device_of_a_mounted_btrfs_raid_is_busy(tmp_path: Path) -> None:
+    """Only the first device of a multi-device btrfs shows in /proc/mounts, and btrfs
+    makes no holder: the other one is still in use."""
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.skip("needs mkfs.btrfs (btrfs-progs)")
+    images = [tmp_path / "bt1.img", tmp_path / "bt2.img"]
+    for image in images:
+        image.write_bytes(b"")
+        os.truncate(image, 256 * MIB)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with attached_loop(images[0]) as first, attached_loop(images[1]) as second:
+        sh("mkfs.btrfs", "-q", "-f", "-d", "raid1", "-m", "raid1", first, second)
+        sh("mount", first, str(mnt))
+        try:
+            assert describe_target(first).busy == [f"{first} is mounted on {mnt}"]
+            assert describe_target(second).busy == [
+                f"{second} in use (opened exclusively: a member of a mounted multi-device "
+                "filesystem, or held open by a program)"]
+        finally:
+            sh("umount", str(mnt))
+        assert describe_target(second).busy == []
 
 
 def _small_iso(path: Path) -> None:

@@ -22,6 +22,7 @@ from cdpcore.manifest import VolumeRecord
 from cdpcore.points import select_point
 from rescue.bootloader import boot_mounts, parse_fstab
 from rescue.discover import LocalDisk
+from rescue.engine import recheck_targets
 from rescue.mapping import map_disks, parse_maps
 from rescue.plan import Plan, build_plan
 from rescue.resize import fit, required_size
@@ -133,14 +134,65 @@ def test_mapping_by_serial_then_size_and_refusals() -> None:
         map_disks(src, [a, c], {})  # same size and model: never guess
     busy = local("/dev/sdd", 64 * MIB, serial="S1", busy=["/dev/sdd1 is mounted on /"])
     loop = local("/dev/loop3", 64 * MIB, serial="S1", transport="loop")
-    with pytest.raises(UsageError, match="no local disk matches source disk vda"):
+    with pytest.raises(SafetyError, match=r"the local disk with its SERIAL S1 cannot be a "
+                                          r"target \(/dev/sdd: /dev/sdd1 is mounted on /"):
         map_disks(src, [busy, loop], {})
+    with pytest.raises(UsageError, match="no local disk matches source disk vda"):
+        map_disks(src, [local("/dev/sde", 32 * MIB)], {})
     assert map_disks(src, [a, b], {"vda": a})[0].reason == "--map"
     with pytest.raises(UsageError, match="names source disk 'vdz'"):
         map_disks(src, [a], {"vdz": a})
     assert parse_maps(["vda=/dev/sdb"]) == {"vda": "/dev/sdb"}
     with pytest.raises(UsageError, match="expected SOURCE=TARGET"):
         parse_maps(["vda"])
+
+
+def test_the_source_disk_busy_or_read_only_is_not_replaced_by_a_disk_of_its_size() -> None:
+    """The disk with the source's serial (or WWN) is here but mounted, read-only or taken:
+    another disk of the same size and model is a different disk, never its stand-in."""
+    src = [gpt_disk()]
+    twin = local("/dev/sdb", 64 * MIB, serial="OTHER", model="M")
+    cases = [(local("/dev/sda", 64 * MIB, serial="S1", model="M",
+                    busy=["/dev/sda1 is mounted on /mnt"]), "/dev/sda1 is mounted on /mnt"),
+             (local("/dev/sda", 64 * MIB, serial="S1", model="M", read_only=True),
+              "it is read-only")]
+    for own, why in cases:
+        with pytest.raises(SafetyError, match=f"SERIAL S1 cannot be a target \\(/dev/sda: "
+                                              f"{why}\\); refusing to pick another disk"):
+            map_disks(src, [own, twin], {})
+    by_wwn = gpt_disk()
+    by_wwn.wwn = "0x5000c500a1b2c3d4"
+    own = local("/dev/sda", 64 * MIB, wwn="0x5000c500a1b2c3d4", model="M",
+                busy=["/dev/sda holds the rescue medium"])
+    with pytest.raises(SafetyError, match="WWN 0x5000c500a1b2c3d4 cannot be a target"):
+        map_disks([by_wwn], [own, twin], {})
+    # Two source disks with one serial (cloned VMs): the second gets no stand-in either.
+    two = [gpt_disk("vda"), gpt_disk("vdb")]
+    a = local("/dev/sda", 64 * MIB, serial="S1", model="M")
+    with pytest.raises(SafetyError, match="already the target of source disk vda"):
+        map_disks(two, [a, twin], {})
+    # --map giving that disk to another source repurposes it on purpose: size decides.
+    got = map_disks(two, [a, twin], {"vdb": a})
+    assert [(m.source, m.target.path, m.reason) for m in got] == [
+        ("vda", "/dev/sdb", "same size and model"), ("vdb", "/dev/sda", "--map")]
+
+
+def test_two_paths_to_one_lun_are_never_targets_of_two_source_disks() -> None:
+    """Without multipathd, a SAN LUN shows as two disks of one WWN: mapping one source
+    onto each would write both onto the same disk."""
+    two = [gpt_disk("vda"), gpt_disk("vdb")]
+    two[1].serial = "S2"
+    path1 = local("/dev/sdb", 64 * MIB, wwn="0x600a0b80001", serial="LUN1", model="M")
+    path2 = local("/dev/sdc", 64 * MIB, wwn="0x600a0b80001", serial="LUN1", model="M")
+    with pytest.raises(SafetyError, match=r"targets /dev/sdb \(for source disk vda\) and "
+                                          r"/dev/sdc \(for vdb\) have one WWN 0x600a0b80001"):
+        map_disks(two, [], {"vda": path1, "vdb": path2})
+    # the second source found by its size on the other path of the LUN the first is given
+    with pytest.raises(SafetyError, match="they are one disk seen twice"):
+        map_disks(two, [path1, path2], {"vda": path1})
+    other = local("/dev/sdd", 64 * MIB, wwn="0x600a0b80002", model="M")
+    assert [m.target.path for m in map_disks(two, [], {"vda": path1, "vdb": other})] == [
+        "/dev/sdb", "/dev/sdd"]
 
 
 def volumes(disk: Disk) -> list[VolumeRecord]:
@@ -194,6 +246,53 @@ def test_a_thin_lv_is_streamed_without_provisioning_its_zeros() -> None:
     assert streams["/dev/vg0/root"] == {}
     lvm = next(a for a in plan.actions if a.type == "lvm")
     assert lvm.params == {"vg": "vg0", "pv_devices": {"PVUUID": "/dev/sdz4"}}
+
+
+def test_a_whole_disk_pv_named_like_a_partition_of_another_disk_is_found_on_its_disk() -> None:
+    """nvme0n11 (namespace 11, a whole-disk PV) is not partition 1 of nvme0n1 (that is
+    nvme0n1p1): its PV must be made on nvme0n11's target, not over nvme0n1's ESP."""
+    first = gpt_disk("nvme0n1")
+    first.serial = None
+    pv_disk = Disk(name="nvme0n11", size=64 * MIB, table=None, partitions=[])
+    vg = VolumeGroup("vg0", "VGUUID", 4 * MIB,
+                     pvs=[PhysicalVolume("PVUUID", "nvme0n11", 64 * MIB, MIB)],
+                     lvs=[LogicalVolume("root", "L1", 4 * MIB, volume="lvm:vg0/root")])
+    layout = Layout(hostname="h", disks=[first, pv_disk], volume_groups=[vg])
+    vols = [*volumes(first), VolumeRecord("lvm:vg0/root", 4 * MIB, 16384, ZERO_ROOT, 0)]
+    plan = build_plan("h", "f" * 32, 1.0, layout, vols,
+                      map_disks(layout.disks, [], {"nvme0n1": local("/dev/sdb", 64 * MIB),
+                                                   "nvme0n11": local("/dev/sdc", 64 * MIB)}))
+    lvm = next(a for a in plan.actions if a.type == "lvm")
+    assert lvm.params["pv_devices"] == {"PVUUID": "/dev/sdc"}
+    # and a partition PV of a disk whose name ends in a digit is found as the kernel names it
+    vg.pvs = [PhysicalVolume("PVUUID", "nvme0n1p4", MIB, MIB)]
+    first.partitions[3].volume = None
+    plan = build_plan("h", "f" * 32, 1.0, layout, vols[:-2] + vols[-1:],
+                      map_disks(layout.disks, [], {"nvme0n1": local("/dev/sdb", 64 * MIB),
+                                                   "nvme0n11": local("/dev/sdc", 64 * MIB)}))
+    lvm = next(a for a in plan.actions if a.type == "lvm")
+    assert lvm.params["pv_devices"] == {"PVUUID": "/dev/sdb4"}
+
+
+def test_a_saved_plan_making_a_pv_outside_its_disks_is_refused() -> None:
+    """A saved plan is checked again before it writes: its LVM action's PV devices too
+    (pvcreate writes them), not only each action's target."""
+    disk = gpt_disk()
+    disk.partitions[3].volume = None  # partition 4: the PV
+    vg = VolumeGroup("vg0", "VGUUID", 4 * MIB, pvs=[PhysicalVolume("PVUUID", "vda4", MIB, MIB)],
+                     lvs=[LogicalVolume("root", "L1", 4 * MIB, volume="lvm:vg0/root")])
+    layout = Layout(hostname="h", disks=[disk], volume_groups=[vg])
+    vols = [*volumes(disk), VolumeRecord("lvm:vg0/root", 4 * MIB, 16384, ZERO_ROOT, 0)]
+    plan = build_plan("h", "f" * 32, 1.0, layout, vols,
+                      map_disks([disk], [], {"vda": local("/dev/nonexistent-sdz", 64 * MIB)}))
+    with pytest.raises(UsageError, match="does not exist"):
+        recheck_targets(plan)  # its own PV device passes: on to describing the disk
+    lvm = next(a for a in plan.actions if a.type == "lvm")
+    lvm.params["pv_devices"] = {"PVUUID": "/dev/sdq4"}
+    edited = Plan.from_json(plan.to_json())
+    with pytest.raises(SafetyError, match="plan action lvm:vg0 makes physical volumes on "
+                                          "/dev/sdq4, which are not on a target disk"):
+        recheck_targets(edited)
 
 
 def test_partitioned_4096_byte_sector_disk_is_refused_for_an_image_file() -> None:

@@ -107,6 +107,34 @@ def test_grow_filesystem_on_enlarged_partition(repo_host: dict[str, Any], tmp_pa
         assert part["size"] * 512 - 4 * MIB <= fs_bytes <= part["size"] * 512
 
 
+def test_xfs_grows_while_a_filesystem_of_its_uuid_is_mounted(repo_host: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    """A restore into an image file on the protected machine itself: its XFS, the same
+    UUID as the restored one, is mounted there. XFS refuses to mount a second filesystem
+    of one UUID, so the grow mounts with nouuid instead of failing the restore."""
+    if not shutil.which("mkfs.xfs"):
+        pytest.skip("xfsprogs is not installed")
+    size = 320 * MIB
+    source = fs_source(tmp_path, "xfs", size)
+    point_of(repo_host, source)
+    target = tmp_path / "big.img"
+    sh("truncate", "-s", str(size + 64 * MIB), str(target))
+    orig = partitions(source)[1]
+    with attached_loop(source, "-o", str(orig["start"] * 512),
+                       "--sizelimit", str(orig["size"] * 512)) as loop, \
+            mounted(loop, tmp_path / "original"):
+        proc = rescue(repo_host, tmp_path, "restore", "--host", "web1", "--map",
+                      f"vda.img={target}", "--resize", "grow-last", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    part = partitions(target)[1]
+    with attached_loop(target, "-o", str(part["start"] * 512),
+                       "--sizelimit", str(part["size"] * 512)) as loop:
+        sh("xfs_repair", "-n", loop)
+        with mounted(loop, tmp_path / "check") as mnt:
+            assert (mnt / "hello.txt").read_bytes() == (tmp_path / "hello.txt").read_bytes()
+            assert fs_size("xfs", loop, mnt) >= part["size"] * 512 - 4 * MIB
+
+
 def test_no_grow_fs_leaves_filesystem_size(repo_host: dict[str, Any], tmp_path: Path) -> None:
     source = fs_source(tmp_path)
     point_of(repo_host, source)
