@@ -19,12 +19,14 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 import requests.auth
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 
 from . import records
@@ -49,7 +51,15 @@ from .api import (
     UploadResult,
     VerifyReport,
 )
-from .errors import AuthError, ConnectionFailed, IntegrityError, NotFoundError, ServerError
+from .errors import (
+    AuthError,
+    ConnectionFailed,
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    ServerError,
+    shown,
+)
 
 #: Statuses worth retrying: the server or a proxy in front of it is restarting.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -147,6 +157,48 @@ def _forget_sessions_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_sessions_after_fork)
 
 
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def _answer(resp: requests.Response) -> Iterator[None]:
+    """Reading a server's answer: whatever is wrong with it (a proxy's HTML page, a
+    hostile server's nesting, a field missing) becomes a FormatError naming the request,
+    not a traceback."""
+    where = f"{resp.request.method} {urlsplit(resp.url).path}"
+    try:
+        yield
+    except RecursionError:
+        raise FormatError(f"{where}: the server's answer is nested too deeply") from None
+    except requests.JSONDecodeError:
+        raise FormatError(f"{where}: the server's answer is not JSON (Content-Type "
+                          f"{shown(resp.headers.get('Content-Type'))})") from None
+    except ValidationError as exc:
+        first, more = exc.errors()[0], exc.error_count() - 1
+        at = ".".join(str(part) for part in first["loc"])
+        raise FormatError(f"{where}: the server's answer is not what the API defines: "
+                          f"{shown(at) + ': ' if at else ''}{shown(first['msg'])}"
+                          f"{f' (and {more} more)' if more else ''}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: the server's answer is not what the API defines "
+                          f"({type(exc).__name__}: {shown(str(exc))})") from None
+
+
+def _parsed(resp: requests.Response, parse: Callable[[Any], _T]) -> _T:
+    with _answer(resp):
+        return parse(resp.json())
+
+
+def _object(doc: Any) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise TypeError(f"a JSON object expected, not {type(doc).__name__}")
+    return doc
+
+
+def _ids(doc: Any) -> list[bytes]:
+    return [bytes.fromhex(h) for h in doc["ids"]]
+
+
 class CdpClient:
     """Client of one CDP server with one token. Safe to share between threads, and
     usable in a forked child (hotcopy.sealpool's workers upload through it)."""
@@ -235,7 +287,7 @@ class CdpClient:
     def _error(self, method: str, path: str, resp: requests.Response) -> ServerError:
         status = resp.status_code
         doc: Any = None
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             doc = resp.json()
         detail = doc.get("detail") if isinstance(doc, dict) else None
         if isinstance(detail, list):  # a validation error: join the messages
@@ -249,26 +301,27 @@ class CdpClient:
             return NotFoundError(message, status)
         if status == 409 and isinstance(doc, dict) and (
                 "missing_chunks" in doc or "missing_pages" in doc):
-            return MissingObjectsError(message, MissingObjects.model_validate(doc))
+            with _answer(resp):
+                return MissingObjectsError(message, MissingObjects.model_validate(doc))
         return ServerError(message, status)
 
-    def _get_json(self, path: str, **kwargs: Any) -> Any:
-        return self._request("GET", path, **kwargs).json()
+    def _get(self, path: str, parse: Callable[[Any], _T], **kwargs: Any) -> _T:
+        return _parsed(self._request("GET", path, **kwargs), parse)
 
     # --- reading
 
     def health(self) -> Health:
-        return Health.model_validate(self._get_json("/health"))
+        return self._get("/health", Health.model_validate)
 
     def hosts(self) -> list[HostInfo]:
-        return [HostInfo.model_validate(h) for h in self._get_json("/hosts")]
+        return self._get("/hosts", lambda doc: [HostInfo.model_validate(h) for h in doc])
 
     def host(self, name: str) -> HostInfo:
-        return HostInfo.model_validate(self._get_json(f"/hosts/{name}"))
+        return self._get(f"/hosts/{name}", HostInfo.model_validate)
 
     def get_key(self, host: str) -> dict[str, Any] | None:
         try:
-            doc: dict[str, Any] = self._get_json(f"/hosts/{host}/key")
+            doc: dict[str, Any] = self._get(f"/hosts/{host}/key", _object)
         except NotFoundError as exc:
             if "no key" in str(exc):
                 return None
@@ -283,9 +336,9 @@ class CdpClient:
     def missing(self, host: str, kind: ObjectKind, ids: list[bytes]) -> set[bytes]:
         out: set[bytes] = set()
         for part in _split_ids(ids):
-            doc = self._request("POST", f"/hosts/{host}/{kind.value}/missing",
-                                json={"ids": [i.hex() for i in part]}).json()
-            out.update(bytes.fromhex(h) for h in doc["ids"])
+            resp = self._request("POST", f"/hosts/{host}/{kind.value}/missing",
+                                 json={"ids": [i.hex() for i in part]})
+            out.update(_parsed(resp, _ids))
         return out
 
     def upload_format(self) -> records.RecordFormat:
@@ -302,7 +355,7 @@ class CdpClient:
         total = UploadResult(stored=0, duplicates=0, stored_bytes=0)
         for part in records.split_records(items, MAX_UPLOAD_BYTES, MAX_IDS_PER_REQUEST):
             resp = self._upload_part(f"/hosts/{host}/{kind.value}", part)
-            result = UploadResult.model_validate(resp.json())
+            result = _parsed(resp, UploadResult.model_validate)
             total.stored += result.stored
             total.duplicates += result.duplicates
             total.stored_bytes = (None if total.stored_bytes is None or result.stored_bytes is None
@@ -371,7 +424,7 @@ class CdpClient:
         resp = self._request("POST", f"/hosts/{host}/points", expect=(200, 201),
                              data=req.model_dump_json(),
                              headers={"Content-Type": "application/json"})
-        return PointInfo.model_validate(resp.json())
+        return _parsed(resp, PointInfo.model_validate)
 
     def points(self, host: str, limit: int | None = None, before: float | None = None,
                after: float | None = None) -> list[PointInfo]:
@@ -380,39 +433,40 @@ class CdpClient:
         resp = self._request("GET", f"/hosts/{host}/points", params=params)
         # Parsed by pydantic-core straight from the bytes: 100,000 points in a fraction of
         # the time model_validate per dict takes.
-        return POINT_LIST.validate_json(resp.content)
+        with _answer(resp):
+            return POINT_LIST.validate_json(resp.content)
 
     def point(self, host: str, point_id: str) -> PointDetail:
-        return PointDetail.model_validate(self._get_json(f"/hosts/{host}/points/{point_id}"))
+        return self._get(f"/hosts/{host}/points/{point_id}", PointDetail.model_validate)
 
     def manifest_blob(self, host: str, point_id: str) -> bytes:
         return base64.b64decode(self.point(host, point_id).manifest)
 
     def damaged(self, host: str) -> list[bytes]:
-        return [bytes.fromhex(h) for h in self._get_json(f"/hosts/{host}/damaged")["ids"]]
+        return self._get(f"/hosts/{host}/damaged", _ids)
 
     # --- admin
 
     def create_host(self, name: str) -> HostCreated:
         resp = self._request("POST", "/hosts", json={"name": name}, retry=False,
                              expect=(201,))
-        return HostCreated.model_validate(resp.json())
+        return _parsed(resp, HostCreated.model_validate)
 
     def reissue_token(self, host: str, role: Role) -> TokenIssued:
         """A new `role` token for `host`; the host's other tokens of that role stop
         working."""
         resp = self._request("POST", f"/hosts/{host}/tokens", json={"role": role.value},
                              retry=False, expect=(201,))
-        return TokenIssued.model_validate(resp.json())
+        return _parsed(resp, TokenIssued.model_validate)
 
     def get_retention(self, host: str) -> Retention:
-        return Retention.model_validate(self._get_json(f"/hosts/{host}/retention"))
+        return self._get(f"/hosts/{host}/retention", Retention.model_validate)
 
     def set_retention(self, host: str, retention: Retention) -> Retention:
         resp = self._request("PUT", f"/hosts/{host}/retention",
                              data=retention.model_dump_json(),
                              headers={"Content-Type": "application/json"})
-        return Retention.model_validate(resp.json())
+        return _parsed(resp, Retention.model_validate)
 
     def pin(self, host: str, point_id: str) -> None:
         self._request("PUT", f"/hosts/{host}/points/{point_id}/pin")
@@ -424,22 +478,22 @@ class CdpClient:
         """Decommission `host` (tokens, points, key); returns how many points went."""
         # Not retried, nor are the deletions and jobs below: after a lost answer a retry
         # would report 404 for what was done, or start a second run of a long job.
-        return int(self._request("DELETE", f"/hosts/{host}", retry=False)
-                   .json()["points_deleted"])
+        return _parsed(self._request("DELETE", f"/hosts/{host}", retry=False),
+                       lambda doc: int(doc["points_deleted"]))
 
     def delete_point(self, host: str, point_id: str) -> None:
         self._request("DELETE", f"/hosts/{host}/points/{point_id}", retry=False)
 
     def prune(self, host: str | None = None) -> PruneReport:
         params = {"host": host} if host else {}
-        return PruneReport.model_validate(
-            self._request("POST", "/admin/prune", params=params, retry=False).json())
+        return _parsed(self._request("POST", "/admin/prune", params=params, retry=False),
+                       PruneReport.model_validate)
 
     def gc(self, grace: float | None = None) -> GcReport:
         params = {"grace": grace} if grace is not None else {}
-        return GcReport.model_validate(
-            self._request("POST", "/admin/gc", params=params, retry=False).json())
+        return _parsed(self._request("POST", "/admin/gc", params=params, retry=False),
+                       GcReport.model_validate)
 
     def verify(self) -> VerifyReport:
-        return VerifyReport.model_validate(
-            self._request("POST", "/admin/verify", retry=False).json())
+        return _parsed(self._request("POST", "/admin/verify", retry=False),
+                       VerifyReport.model_validate)

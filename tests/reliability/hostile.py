@@ -2,7 +2,8 @@
 certificate) that forwards every request to a real server and tampers with one kind of
 answer: absurd volume sizes, path-like volume names, another chunk's bytes in place of
 the one asked for (its record checksum recomputed, so only the crypto can tell), swapped
-index pages, absurd record lengths."""
+index pages, absurd record lengths, and answers that are not JSON or nested too deeply (a
+proxy's error page, a parser's recursion)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,25 @@ def tamper_record_length(path: str, method: str, body: bytes) -> bytes:
     return body
 
 
+def tamper_point_not_json(path: str, method: str, body: bytes) -> bytes:
+    return b"<html>proxy error</html>" if method == "GET" and "/points/" in path else body
+
+
+def tamper_point_nested(path: str, method: str, body: bytes) -> bytes:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return deep if method == "GET" and "/points/" in path else body
+
+
+def tamper_listing_nested(path: str, method: str, body: bytes) -> bytes:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return deep if method == "GET" and path.split("?")[0].endswith("/points") else body
+
+
 TAMPERS: dict[str, Tamper] = {
     "volume-size": tamper_volume_size, "volume-name": tamper_volume_name,
     "chunk-contents": tamper_chunks, "page-contents": tamper_pages,
-    "record-length": tamper_record_length,
+    "record-length": tamper_record_length, "point-not-json": tamper_point_not_json,
+    "point-nested": tamper_point_nested, "listing-nested": tamper_listing_nested,
 }
 
 

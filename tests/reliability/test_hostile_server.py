@@ -29,6 +29,10 @@ EXPECTED = {
     "chunk-contents": (4, "nothing unverified was written"),
     "page-contents": (4, "wrong content"),
     "record-length": (3, "more than the"),
+    "point-not-json": (3, "the server's answer is not JSON (Content-Type"),
+    "point-nested": (3, "the server's answer is nested too deeply"),
+    "listing-nested": (3, "/points: the server's answer is not what the API defines: "
+                          "'Invalid JSON: recursion limit exceeded"),
 }
 
 
