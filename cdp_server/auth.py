@@ -33,11 +33,17 @@ def principal(request: Request) -> Principal:
     return Principal(found[0], found[1])
 
 
-def require_host(ds: Datastore, who: Principal, host: str, roles: tuple[Role, ...]) -> None:
+def require_host(ds: Datastore, who: Principal, host: str, roles: tuple[Role, ...], *,
+                 live: bool = False) -> None:
+    """`live`: the call stores something for the host (a key, rules, objects), which a
+    removed host must not take: its successor under the name would inherit it."""
     if (who.role is not Role.admin and who.host != host) or not ds.catalog.host_exists(host):
         raise HTTPException(404, f"no host {host!r}")
     if who.role not in roles:
         raise HTTPException(403, f"a {who.role.value} token may not do this")
+    if live and ds.catalog.host_retired(host):
+        raise HTTPException(404, f"host {host!r} was removed: enrol it again with "
+                                 "POST /hosts or `cdp-server host add`")
 
 
 def require_admin(who: Principal) -> None:

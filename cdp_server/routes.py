@@ -139,7 +139,7 @@ def get_key(request: Request, who: Who, host: str) -> Any:
 @router.put("/hosts/{host}/key", responses={201: {}, 409: {}})
 def put_key(request: Request, who: Who, host: str, doc: dict[str, Any]) -> JSONResponse:
     ds = _ds(request)
-    require_host(ds, who, host, WRITE)
+    require_host(ds, who, host, WRITE, live=True)
     try:
         key = WrappedKey.from_json(doc)
     except FormatError as exc:
@@ -151,7 +151,7 @@ def put_key(request: Request, who: Who, host: str, doc: dict[str, Any]) -> JSONR
 @router.post("/hosts/{host}/{kind}/missing", response_model=IdList)
 def missing(request: Request, who: Who, host: str, kind: ObjectKind, body: IdList) -> IdList:
     ds = _ds(request)
-    require_host(ds, who, host, WRITE)
+    require_host(ds, who, host, WRITE, live=True)
     return IdList(ids=[i.hex() for i in ds.missing(host, kind, _ids(body))])
 
 
@@ -255,7 +255,7 @@ def get_retention(request: Request, who: Who, host: str) -> Retention:
 @router.put("/hosts/{host}/retention", response_model=Retention)
 def put_retention(request: Request, who: Who, host: str, body: Retention) -> Retention:
     ds = _ds(request)
-    require_host(ds, who, host, ADMIN)
+    require_host(ds, who, host, ADMIN, live=True)
     ds.catalog.set_retention(host, body)
     return body
 
@@ -301,7 +301,7 @@ def prune(request: Request, who: Who, host: str | None = None) -> PruneReport:
 
 @router.post("/admin/gc", response_model=GcReport)
 def gc(request: Request, who: Who,
-       grace: Annotated[float | None, Query(ge=0)] = None) -> GcReport:
+       grace: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None) -> GcReport:
     require_admin(who)
     return jobs.gc(_ds(request), request.app.state.grace if grace is None else grace)
 
@@ -322,7 +322,7 @@ def _upload_parts(ds: Datastore, host: str, kind: ObjectKind, parts: list[bytes]
              openapi_extra={"requestBody": {"content": _RECORDS_CONTENT}})
 async def upload(request: Request, who: Who, host: str, kind: ObjectKind) -> UploadResult:
     ds = _ds(request)
-    await run_in_threadpool(require_host, ds, who, host, WRITE)
+    await run_in_threadpool(lambda: require_host(ds, who, host, WRITE, live=True))
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     form = records.BY_MEDIA_TYPE.get(media_type)
     if form is None:

@@ -251,6 +251,10 @@ class SqliteCatalog:
             if db.execute("SELECT 1 FROM hosts WHERE name = ?", (name,)).fetchone():
                 if db.execute("SELECT 1 FROM tokens WHERE host = ?", (name,)).fetchone():
                     raise Conflict(f"host {name!r} already exists")
+                # Revived afresh: nothing stored for the removed host carries over (a
+                # key or rules that reached it after its removal).
+                db.execute("UPDATE hosts SET key = NULL, retention = NULL WHERE name = ?",
+                           (name,))
             else:
                 db.execute("INSERT INTO hosts(name, created) VALUES (?, ?)",
                            (name, time.time()))

@@ -169,6 +169,40 @@ def test_agent_token_cannot_overwrite_the_key_delete_or_prune(cdp_server: Any) -
     assert cdp_server.admin().get_key("web") == key
 
 
+def test_a_removed_host_takes_no_rules_or_key_for_its_successor(cdp_server: Any) -> None:
+    """A removed host's retention rules and key are deleted: the admin API must not store
+    new ones on it (they used to be taken with 200 and inherited by the host enrolled
+    afresh under that name: keep_last 1 pruned its history, a stale key refused its own)."""
+    cdp_server.add_host("gone")
+    admin = cdp_server.admin_token
+    assert call_json(cdp_server, "DELETE", "/hosts/gone", admin).status_code == 200
+    resp = call_json(cdp_server, "PUT", "/hosts/gone/retention", admin, {"keep_last": 1})
+    assert resp.status_code == 404 and "removed" in resp.json()["detail"], resp.text
+    stale = WrappedKey.create(new_master_key(), "stale", n=2**10).to_json()
+    resp = call_json(cdp_server, "PUT", "/hosts/gone/key", admin, stale)
+    assert resp.status_code == 404 and "removed" in resp.json()["detail"], resp.text
+    resp = call_json(cdp_server, "POST", "/hosts/gone/chunks/missing", admin,
+                     {"ids": ["1" * 64]})
+    assert resp.status_code == 404, resp.text
+    resp = requests.post(cdp_server.url + API_PREFIX + "/hosts/gone/chunks", data=b"",
+                         headers={"Authorization": f"Bearer {admin}",
+                                  "Content-Type": records.CURRENT.media_type},
+                         verify=str(cdp_server.ca_path), timeout=30)
+    assert resp.status_code == 404, resp.text
+    tokens = cdp_server.add_host("gone")  # enrolled afresh: no rules, no key
+    fresh = cdp_server.client(tokens[Role.agent])
+    assert cdp_server.admin().get_retention("gone").keep_last == 0
+    key = WrappedKey.create(new_master_key(), "pw", n=2**10).to_json()
+    assert fresh.put_key("gone", key) is True
+
+
+def call_json(server: Any, method: str, path: str, token: str,
+              body: Any = None) -> requests.Response:
+    return requests.request(method, server.url + API_PREFIX + path, json=body,
+                            headers={"Authorization": f"Bearer {token}"},
+                            verify=str(server.ca_path), timeout=30)
+
+
 def test_secrets_never_reach_the_logs(cdp_server: Any, tmp_path: Path) -> None:
     tokens = cdp_server.add_host("quiet")
     passphrase = "tr0ub4dor-passphrase-xyz"

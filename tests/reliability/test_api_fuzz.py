@@ -117,6 +117,14 @@ def test_huge_point_query_is_a_client_error(cdp_server: Any, query: str) -> None
     assert resp.status_code == 422, resp.text
 
 
+@pytest.mark.parametrize("grace", ["inf", "Infinity", "1e999", "nan", "-1"])
+def test_non_finite_gc_grace_is_a_client_error(cdp_server: Any, grace: str) -> None:
+    """grace=inf used to run gc with a cutoff of -inf: 200, a report, nothing freed."""
+    resp = _raw(cdp_server, "POST", f"/admin/gc?grace={grace}", cdp_server.admin_token)
+    assert resp.status_code == 422, resp.text
+    assert "grace" in resp.json()["detail"]
+
+
 def test_non_ascii_manifest_is_a_client_error(cdp_server: Any) -> None:
     cdp_server.add_host("m")
     body = {"point_id": "a" * 32, "created": 1.0, "volumes": [], "manifest": "é"}
