@@ -91,6 +91,24 @@ def _latest(remote: Remote, host: str, policy: RetryPolicy) -> PointInfo | None:
     return max(points, key=lambda p: (p.created, p.committed), default=None)
 
 
+#: How much later than the latest point a point is stamped when the clock says earlier.
+_CLOCK_STEP = 1e-3
+
+
+def _creation_time(latest: PointInfo | None) -> float:
+    """Now, but never before the latest point: points are ordered by creation time (the
+    next point's trust in the local state, `latest` for a restore), and a wall clock
+    stepped back (NTP correcting a clock that ran ahead) would otherwise make the point
+    before the step the latest one until the clock caught up, every point in between a
+    full scan chained to it."""
+    now = time.time()
+    if latest is not None and now <= latest.created:
+        log.warning("the clock is %.0f s behind the latest point %s: this point is stamped "
+                    "just after it", latest.created - now, latest.point_id)
+        return latest.created + _CLOCK_STEP
+    return now
+
+
 def _doubt(state: HostState, latest: PointInfo | None, opts: BackupOptions) -> str | None:
     """Why the whole chain must be rescanned, or None when the local state can be trusted."""
     if state.point_id is None:
@@ -183,7 +201,7 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
     # The era checkpoint comes before the snapshot: a write racing with it is read again
     # at the next point rather than missed.
     eras = _checkpoint_eras(specs) if tracking == "era" else {}
-    created = time.time()
+    created = _creation_time(latest)
     # A point after doubt may resend much that the server holds: ask what it lacks first.
     uploads = sealpool.Uploads(remote, host, opts.retry, throttle,
                                ask_first=doubt is not None and latest is not None)

@@ -23,7 +23,7 @@ from cdpcore.points import point_line, select_point
 
 from . import config as cfgmod
 from . import era as eramod
-from . import logs, priority
+from . import logs, priority, transfer
 from .backup import BackupOptions, backup
 from .capture import local_disks
 from .errors import StateBusy
@@ -220,6 +220,7 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
     def on_term(*_: Any) -> None:
         nonlocal stop
         stop = True
+        transfer.request_stop()  # a point waiting to retry a silent server gives up
 
     signal.signal(signal.SIGTERM, on_term)
     while not stop:
@@ -230,8 +231,11 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
             log.error("point failed: %s", exc)
         except Exception:  # a bug, or a worker killed: the next tick still comes
             log.exception("point failed with an unexpected error (please report it)")
-        while not stop and time.monotonic() - tick < conf.interval:
-            time.sleep(1)
+        # Sleep to the tick itself, a second at a time so that SIGTERM is seen soon: whole
+        # seconds from wherever the point ended overshot it, and every point started up to
+        # a second later than the one before (a point taking longer starts the next at once).
+        while not stop and (left := tick + conf.interval - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
 
 
 @cli.command()

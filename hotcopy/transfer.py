@@ -43,17 +43,35 @@ def _transient(exc: Exception) -> bool:
         isinstance(exc, ServerError) and exc.status is not None and exc.status >= 500)
 
 
+#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`): retries give up.
+_stopping = False
+
+
+def request_stop() -> None:
+    """The agent is being stopped (systemd allows TimeoutStopSec=120 s, then SIGKILLs with
+    the point's snapshots still held): no more waiting for a server that does not answer.
+    The attempt under way finishes; a failure after it fails the point. Safe in a signal
+    handler; a forked worker that gets the signal too stops its own retries."""
+    global _stopping
+    _stopping = True
+
+
 def retrying(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
     delay = policy.first_delay
     for attempt in range(1, policy.attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            if not _transient(exc) or attempt == policy.attempts:
+            if not _transient(exc) or attempt == policy.attempts or _stopping:
                 raise
             log.warning("%s failed (%s); retry %d/%d in %.0f s", what, exc, attempt,
                         policy.attempts - 1, delay)
-            time.sleep(delay)
+            # A second at a time: a stop requested meanwhile ends the wait.
+            until = time.monotonic() + delay
+            while (left := until - time.monotonic()) > 0:
+                if _stopping:
+                    raise
+                time.sleep(min(1.0, left))
             delay = min(delay * 2, policy.max_delay)
     raise AssertionError("unreachable")
 

@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,23 @@ def test_a_partition_recreated_elsewhere_is_read_in_full(agent: Agent, gpt_image
     manifest = assert_point_equals(agent, info.point_id,
                                     Path(shutil.copy(gpt_image, tmp_path / "c")))
     assert manifest.tracking["full_scan"] is True
+
+
+def test_a_clock_stepped_back_does_not_make_every_point_a_full_scan(
+        agent: Agent, gpt_image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Points are ordered by creation time: stamped by a clock stepped back, the new points
+    sorted before the last one, which stayed the "latest" the local state was checked
+    against (every point a full scan chained to it) and the one a restore of "latest" got."""
+    real = time.time
+    first = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir,
+                   workers=1)
+    # The clock ran an hour ahead for that point; NTP steps it back.
+    monkeypatch.setattr(backup_module.time, "time", lambda: real() - 3600)
+    second = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir,
+                    workers=1)
+    third = backup(agent.remote, agent.host, agent.codec, [str(gpt_image)], agent.state_dir,
+                   workers=1)
+    assert (second.parent, third.parent) == (first.point_id, second.point_id)
+    assert third.created > second.created > first.created
+    manifest = open_point(agent.remote, agent.host, agent.codec, third.point_id)
+    assert manifest.tracking["full_scan"] is False

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cdpcore.errors import WrongKeyError
-from hotcopy import cli
+from cdpcore.errors import ConnectionFailed, WrongKeyError
+from hotcopy import cli, transfer
 from hotcopy.config import AgentConfig
 from hotcopy.errors import SourceError
 from hotcopy.state import StateDir
@@ -309,3 +309,74 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
     assert stopped.wait(timeout=120) == 0, stopped.communicate()[1]
     assert len(agent.remote.points(agent.host)) == 1
     assert os.listdir(image.parent) == ["disk.img"]
+
+
+def test_run_keeps_its_ticks_without_drifting_or_piling_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Points start every `interval` seconds from the first, whatever a point takes; one
+    that takes longer than the interval starts the next at once, not several to catch up.
+    Sleeping whole seconds from the end of a point made each start up to 1 s later."""
+    conf = AgentConfig(server="https://127.0.0.1:1", token="t", host="h", recovery_key="k",
+                       interval=60)
+    now = [0.0]
+    durations = [7.3, 7.3, 7.3, 150.0, 7.3, 7.3]
+    starts: list[float] = []
+
+    def one_point(*args: Any) -> None:
+        starts.append(now[0])
+        now[0] += durations[len(starts) - 1]
+        if len(starts) == len(durations):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def sleep(seconds: float) -> None:
+        assert seconds > 0
+        now[0] += seconds
+
+    monkeypatch.setattr(cli, "_load", lambda path: conf)
+    monkeypatch.setattr(cli, "_one_point", one_point)
+    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 0
+    assert starts == pytest.approx([0, 60, 120, 180, 330, 390])
+
+
+def test_sigterm_ends_the_retries_of_a_point_whose_server_is_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM lets the point finish, but one retrying a server that is down waited out its
+    retries (about two minutes per request): past systemd's TimeoutStopSec, whose SIGKILL
+    left the point's snapshots behind. Now the failure after the stop fails the point."""
+    conf = AgentConfig(server="https://127.0.0.1:1", token="t", host="h", recovery_key="k")
+    slept: list[float] = []
+    tries: list[int] = []
+
+    def down() -> None:
+        tries.append(1)
+        if len(tries) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the point: systemctl stop
+        raise ConnectionFailed("connection refused")
+
+    def one_point(*args: Any) -> None:
+        transfer.retrying(transfer.RetryPolicy(), "committing the point", down)
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(transfer, "_stopping", False, raising=False)  # reset afterwards
+    monkeypatch.setattr(transfer, "time", SimpleNamespace(monotonic=lambda: now[0],
+                                                          sleep=sleep))
+    monkeypatch.setattr(cli, "_load", lambda path: conf)
+    monkeypatch.setattr(cli, "_one_point", one_point)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 0
+    assert len(tries) == 2 and sum(slept) <= 2  # the first retry's wait, no more
