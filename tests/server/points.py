@@ -4,11 +4,14 @@ built by cdpcore.index and a sealed manifest."""
 from __future__ import annotations
 
 import base64
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdpcore import index
+from cdp_server.commit import commit
+from cdp_server.datastore import Datastore
+from cdpcore import index, records
 from cdpcore.api import CommitRequest, ObjectKind, PointInfo, PointStats, VolumeWire
 from cdpcore.client import CdpClient
 from cdpcore.crypto import BlobCodec, KeySet
@@ -16,7 +19,7 @@ from cdpcore.keys import new_master_key
 from cdpcore.layout import Layout
 from cdpcore.manifest import Manifest, VolumeRecord, new_point_id
 
-from .stored import object_location
+from .stored import age_everything, object_location
 
 BS = 4096
 
@@ -68,6 +71,30 @@ def build_point(codec: BlobCodec, host: str, volumes: dict[str, bytes], *,
         manifest=base64.b64encode(manifest.seal(codec)).decode(),
         stats=PointStats(new_chunks=len(built.chunks)))
     return built
+
+
+def upload_direct(ds: Datastore, host: str, built: Built) -> None:
+    """A point's chunks and pages uploaded straight into a datastore (no HTTP)."""
+    ds.upload(host, ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
+    ds.upload(host, ObjectKind.pages, records.encode_records(list(built.pages.items())))
+
+
+def half_dead_pack(data_dir: Path) -> tuple[Datastore, Built, Built]:
+    """A datastore whose first point (10 blocks) is deleted while the second shares 3 of
+    its blocks, everything last seen two hours ago: gc rewrites the first's chunk pack
+    (3 of its 10 chunks live) and drops its page pack."""
+    ds, _ = Datastore.init(data_dir)
+    ds.add_host("web1")
+    codec = new_codec()
+    data = os.urandom(10 * BS)
+    first = build_point(codec, "web1", {"vda": data})
+    second = build_point(codec, "web1", {"vda": data[:3 * BS] + os.urandom(7 * BS)})
+    for built in (first, second):
+        upload_direct(ds, "web1", built)
+        commit(ds, "web1", built.request)
+    ds.catalog.delete_points("web1", [first.point_id])
+    age_everything(data_dir, 7200)
+    return ds, first, second
 
 
 def upload_all(client: CdpClient, host: str, built: Built) -> None:

@@ -5,6 +5,7 @@ the tests know the catalog's schema."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
@@ -53,5 +54,16 @@ def object_counts(data_dir: Path, host: str) -> dict[str, int]:
                           "ON h.hid = o.host WHERE h.name = ? GROUP BY o.kind", (host,))
         codes = {code: kind.value for kind, code in KIND_CODE.items()}
         return {codes[code]: n for code, n in rows}
+    finally:
+        db.close()
+
+
+def age_everything(data_dir: Path, seconds: float) -> None:
+    """Pretend every object was last seen `seconds` ago (the catalog is the only clock GC
+    reads: no file timestamps)."""
+    db = sqlite3.connect(data_dir / CATALOG_FILE)
+    try:
+        with db:
+            db.execute("UPDATE objects SET seen = ?", (time.time() - seconds,))
     finally:
         db.close()

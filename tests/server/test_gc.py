@@ -24,19 +24,20 @@ from cdpcore.api import ObjectKind, Role
 from cdpcore.client import MissingObjectsError
 from cdpcore.errors import ServerError
 
-from .points import BS, build_point, flip_stored_byte, new_codec, push, restore
-from .stored import object_counts
+from .points import (
+    BS,
+    build_point,
+    flip_stored_byte,
+    half_dead_pack,
+    new_codec,
+    push,
+    restore,
+    upload_direct,
+)
+from .stored import age_everything, object_counts
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _age_everything(data_dir, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    """Pretend every object was last seen `seconds` ago (the catalog is the only clock GC
-    reads: no file timestamps)."""
-    db = sqlite3.connect(data_dir / "catalog.sqlite")
-    with db:
-        db.execute("UPDATE objects SET seen = ?", (time.time() - seconds,))
-    db.close()
 
 
 def _packs(data_dir) -> int:  # type: ignore[no-untyped-def]
@@ -88,7 +89,7 @@ def test_gc_spares_objects_in_grace(cdp_server) -> None:  # type: ignore[no-unty
     report = admin.gc(grace=3600)
     assert (report.removed_chunks, report.kept_in_grace) == (0, 4)
     # an hour later; a backup in flight asks "missing" for two of them: those survive
-    _age_everything(cdp_server.data_dir, 7200)
+    age_everything(cdp_server.data_dir, 7200)
     asked = [fresh[0][0], fresh[1][0]]
     assert agent.missing("web1", ObjectKind.chunks, asked) == set()
     report = admin.gc(grace=3600)
@@ -107,7 +108,7 @@ def test_commit_after_gc_names_what_gc_removed(cdp_server) -> None:  # type: ign
     first = build_point(codec, "web1", {"vda": data})
     push(agent, "web1", first)
     admin.delete_point("web1", first.point_id)
-    _age_everything(cdp_server.data_dir, 7200)
+    age_everything(cdp_server.data_dir, 7200)
     # a leaf page survives in grace (asked about), its chunks do not
     leaf = next(p for p in first.pages if p.hex() != first.request.volumes[0].root)
     agent.missing("web1", ObjectKind.pages, list(first.pages))
@@ -171,8 +172,7 @@ def test_gc_stopped_after_deleting_leaves_no_complete_mark_above_a_hole(tmp_path
     ds.add_host("web1")
     codec = new_codec()
     built = build_point(codec, "web1", {"vda": os.urandom(600 * BS)})
-    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-    ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    upload_direct(ds, "web1", built)
     commit(ds, "web1", built.request)
     ds.catalog.delete_points("web1", [built.point_id])
     db = sqlite3.connect(tmp_path / "ds" / "catalog.sqlite")
@@ -200,18 +200,7 @@ def test_a_gc_stopped_before_deleting_a_pack_file_leaves_no_file_behind(
     deletes its file. Stopped in between (killed, an I/O error), the catalog keeps the
     pack as retired, and the next gc or the next start deletes the file: the datastore
     does not keep a file nothing points to until some later restart."""
-    ds, _ = Datastore.init(tmp_path / "ds")
-    ds.add_host("web1")
-    codec = new_codec()
-    data = os.urandom(10 * BS)
-    first = build_point(codec, "web1", {"vda": data})
-    second = build_point(codec, "web1", {"vda": data[:3 * BS] + os.urandom(7 * BS)})
-    for built in (first, second):
-        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
-        commit(ds, "web1", built.request)
-    ds.catalog.delete_points("web1", [first.point_id])
-    _age_everything(tmp_path / "ds", 7200)
+    ds, first, second = half_dead_pack(tmp_path / "ds")
 
     def stopped(name: str) -> None:
         raise KeyboardInterrupt

@@ -4,9 +4,7 @@ race is forced by a hook that blocks one side on an event, never by sleeps."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
-import time
 
 import pytest
 
@@ -18,22 +16,15 @@ from cdp_server.verify import verify
 from cdpcore import records
 from cdpcore.api import ObjectKind, VerifyStatus
 
-from .points import BS, build_point, flip_stored_byte, new_codec
-
-
-def _age_everything(data_dir, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    db = sqlite3.connect(data_dir / "catalog.sqlite")
-    with db:
-        db.execute("UPDATE objects SET seen = ?", (time.time() - seconds,))
-    db.close()
+from .points import BS, build_point, flip_stored_byte, half_dead_pack, new_codec, upload_direct
+from .stored import age_everything
 
 
 def _stored_point(tmp_path, blocks: int = 8):  # type: ignore[no-untyped-def]
     ds, _ = Datastore.init(tmp_path / "ds")
     ds.add_host("web1")
     built = build_point(new_codec(), "web1", {"vda": os.urandom(blocks * BS)})
-    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-    ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+    upload_direct(ds, "web1", built)
     commit(ds, "web1", built.request)
     return ds, built
 
@@ -87,7 +78,7 @@ def test_a_missing_query_that_says_present_keeps_the_object_through_a_concurrent
     lookup and the refresh must not delete an object the answer calls present."""
     ds, built = _stored_point(tmp_path)
     ds.catalog.delete_points("web1", [built.point_id])  # pruned: only grace keeps them
-    _age_everything(tmp_path / "ds", 7200)
+    age_everything(tmp_path / "ds", 7200)
     ids = list(built.chunks)
     touch = ds.catalog.touch
 
@@ -119,7 +110,7 @@ def test_an_upload_that_says_duplicate_keeps_the_object_through_a_concurrent_gc(
     lookup and the refresh must not leave the answer calling stored what gc deleted."""
     ds, built = _stored_point(tmp_path)
     ds.catalog.delete_points("web1", [built.point_id])  # pruned: only grace keeps them
-    _age_everything(tmp_path / "ds", 7200)
+    age_everything(tmp_path / "ds", 7200)
     objects = dict(built.chunks)
     if with_new:
         objects.update((os.urandom(32), os.urandom(100)) for _ in range(3))
@@ -154,18 +145,7 @@ def test_a_fetch_reading_a_pack_that_gc_rewrites_meanwhile_gets_every_object(tmp
     """A restore located its chunks in a pack, then gc rewrote that pack (its live objects
     moved to a new one, the old file deleted) before the read: the fetch looks again, reads
     the new copies, and marks nothing damaged."""
-    ds, _ = Datastore.init(tmp_path / "ds")
-    ds.add_host("web1")
-    codec = new_codec()
-    data = os.urandom(10 * BS)
-    first = build_point(codec, "web1", {"vda": data})
-    second = build_point(codec, "web1", {"vda": data[:3 * BS] + os.urandom(7 * BS)})
-    for built in (first, second):
-        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
-        commit(ds, "web1", built.request)
-    ds.catalog.delete_points("web1", [first.point_id])
-    _age_everything(tmp_path / "ds", 7200)
+    ds, first, _ = half_dead_pack(tmp_path / "ds")
     shared = first.block_ids["vda"][:3]
     get_ranges = ds.store.get_ranges
     rewritten: list[object] = []
@@ -197,8 +177,7 @@ def test_verify_reports_no_damage_in_a_point_pruned_and_collected_while_it_ran(
     (exit 4 fails the verify unit: a false alarm), nor list the freed chunks."""
     ds, old = _stored_point(tmp_path)
     new = build_point(new_codec(), "web1", {"vda": os.urandom(8 * BS)})
-    ds.upload("web1", ObjectKind.chunks, records.encode_records(list(new.chunks.items())))
-    ds.upload("web1", ObjectKind.pages, records.encode_records(list(new.pages.items())))
+    upload_direct(ds, "web1", new)
     commit(ds, "web1", new.request)
     point_rows = ds.catalog.point_rows
     maintained: list[object] = []
@@ -237,8 +216,7 @@ def test_damage_found_while_a_commit_checks_leaves_no_complete_page_above_it(
     child = build_point(codec, "web1", {"vda": changed}, parent=parent.point_id)
     again = build_point(codec, "web1", {"vda": changed}, parent=child.point_id)
     for built in (parent, child):
-        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        upload_direct(ds, "web1", built)
     commit(ds, "web1", parent.request)
     shared = parent.block_ids["vda"][0]  # in the leaf page the child's change rewrote
     insert_point = ds.catalog.insert_point
