@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -311,6 +312,21 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
     assert os.listdir(image.parent) == ["disk.img"]
 
 
+def _run_in_process(monkeypatch: pytest.MonkeyPatch, conf: AgentConfig,
+                    one_point: Callable[..., None]) -> Any:
+    """`cdp-agent run` of `conf` in this process, each point `one_point`, until a SIGTERM;
+    the handler it installs and the stop it requests (`transfer.request_stop`) are undone
+    afterwards."""
+    monkeypatch.setattr(cli, "_load", lambda path: conf)
+    monkeypatch.setattr(cli, "_one_point", one_point)
+    monkeypatch.setattr(transfer, "_stopping", False)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_run_keeps_its_ticks_without_drifting_or_piling_up(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Points start every `interval` seconds from the first, whatever a point takes; one
@@ -332,15 +348,8 @@ def test_run_keeps_its_ticks_without_drifting_or_piling_up(
         assert seconds > 0
         now[0] += seconds
 
-    monkeypatch.setattr(cli, "_load", lambda path: conf)
-    monkeypatch.setattr(cli, "_one_point", one_point)
     monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        result = CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert result.exit_code == 0
+    assert _run_in_process(monkeypatch, conf, one_point).exit_code == 0
     assert starts == pytest.approx([0, 60, 120, 180, 330, 390])
 
 
@@ -368,15 +377,7 @@ def test_sigterm_ends_the_retries_of_a_point_whose_server_is_down(
         slept.append(seconds)
         now[0] += seconds
 
-    monkeypatch.setattr(transfer, "_stopping", False, raising=False)  # reset afterwards
     monkeypatch.setattr(transfer, "time", SimpleNamespace(monotonic=lambda: now[0],
                                                           sleep=sleep))
-    monkeypatch.setattr(cli, "_load", lambda path: conf)
-    monkeypatch.setattr(cli, "_one_point", one_point)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        result = CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert result.exit_code == 0
+    assert _run_in_process(monkeypatch, conf, one_point).exit_code == 0
     assert len(tries) == 2 and sum(slept) <= 2  # the first retry's wait, no more
