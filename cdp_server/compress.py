@@ -6,6 +6,7 @@ wire format of the body itself does not change."""
 from __future__ import annotations
 
 import gzip
+import re
 import threading
 
 #: Smaller answers go as they are: a packet or two, not worth a compressor's start-up.
@@ -15,20 +16,38 @@ LEVEL = 1
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
-    """True if an Accept-Encoding header allows gzip (present and not `q=0`)."""
+    """True if an Accept-Encoding header allows gzip (RFC 9110 12.5.3). gzip's own item
+    decides wherever it stands (`x-gzip` is the same coding); `*` only for a header that
+    does not name gzip; a weight of 0 means "not acceptable". An empty header allows no
+    coding, and so does an absent one here: clients that do not ask cannot be assumed to
+    inflate."""
+    named: float | None = None
+    star: float | None = None
     for item in accept_encoding.split(","):
-        coding, _, params = item.partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower().removeprefix("q=")
-            return not params.strip() or _quality(q) > 0
-    return False
+        coding, *params = (part.strip() for part in item.split(";"))
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            # Named twice with different weights: the lower, so that a refusal stands.
+            named = min(_weight(params), 1.0 if named is None else named)
+        elif coding == "*":
+            star = min(_weight(params), 1.0 if star is None else star)
+    weight = named if named is not None else star
+    return weight is not None and weight > 0
 
 
-def _quality(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        return 0.0
+#: RFC 9110 12.4.2: 0 to 1 with at most three decimals.
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
+def _weight(params: list[str]) -> float:
+    """An item's weight: 1 without `q`; 0 for one that is no qvalue (`nan`, `2`, `1e3`):
+    answering uncompressed is always safe, gzip to a client that refused it is not."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            value = value.strip()
+            return float(value) if _QVALUE.fullmatch(value) else 0.0
+    return 1.0
 
 
 def pack(body: bytes) -> bytes:

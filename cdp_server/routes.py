@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import ConfigDict
 
 import cdpcore
 from cdpcore import records
@@ -252,12 +253,20 @@ def get_retention(request: Request, who: Who, host: str) -> Retention:
     return ds.catalog.retention(host)
 
 
+class RetentionRules(Retention):
+    """The body of a retention PUT. Unknown fields are refused: Retention ignores them, so
+    `{"keep_lats": 3}` was stored as no rules at all, which keep every point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 @router.put("/hosts/{host}/retention", response_model=Retention)
-def put_retention(request: Request, who: Who, host: str, body: Retention) -> Retention:
+def put_retention(request: Request, who: Who, host: str, body: RetentionRules) -> Retention:
     ds = _ds(request)
     require_host(ds, who, host, ADMIN, live=True)
-    ds.catalog.set_retention(host, body)
-    return body
+    rules = Retention.model_validate(body.model_dump())
+    ds.catalog.set_retention(host, rules)
+    return rules
 
 
 def _pin(request: Request, who: Principal, host: str, point_id: str, pinned: bool) -> dict[str, bool]:

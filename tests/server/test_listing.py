@@ -83,6 +83,43 @@ def test_accept_encoding_parsing() -> None:
     assert not accepts_gzip("identity")
     assert not accepts_gzip("gzip;q=0")
     assert not accepts_gzip("br, gzip;q=0.0")
+    # RFC 9110 12.5.3: gzip's own item rules, wherever it stands; `*` only stands in
+    assert accepts_gzip("*;q=0, gzip")
+    assert accepts_gzip("identity;q=0, *")
+    assert not accepts_gzip("*, gzip;q=0")
+    assert not accepts_gzip("gzip;q=0, *")
+    assert not accepts_gzip("*;q=0")
+    assert accepts_gzip("x-gzip")  # the same coding (RFC 9110 8.4.1.3)
+    assert accepts_gzip("gzip ; Q=0.001")
+    assert accepts_gzip("gzip;level=9;q=1.000")
+    assert not accepts_gzip("gzip;level=9;q=0")
+    # a weight that is no qvalue counts as 0: identity is always safe to send
+    for bad in ("nan", "inf", "1e3", "-1", "0.0001", "2", ""):
+        assert not accepts_gzip(f"gzip;q={bad}"), bad
+
+
+#: Accept-Encoding values and whether the listing may come gzipped.
+ACCEPT_ENCODINGS = [
+    ("gzip", True), ("*", True), ("*;q=0, gzip", True), ("identity;q=0.5, *;q=0.1", True),
+    ("gzip;q=0", False), ("*, gzip;q=0", False), ("gzip;q=0, *", False),
+    ("*;q=0", False), ("br", False), ("gzip;q=nan", False),
+]
+
+
+def test_accept_encoding_is_followed_by_the_server(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """A listing comes gzipped exactly when the request's Accept-Encoding allows gzip,
+    whatever the order of its items, for the kept full listing and a filtered one."""
+    agent = cdp_server.client(cdp_server.add_host("web1")[Role.agent])
+    codec = new_codec()
+    for i in range(POINTS):
+        push(agent, "web1", build_point(codec, "web1", {"vda": os.urandom(BS)},
+                                        created=1000.0 + i))
+    for query in ("", f"?limit={POINTS}"):
+        for encoding, packed in ACCEPT_ENCODINGS:
+            resp = _get(cdp_server, query, encoding)
+            assert (resp.headers.get("Content-Encoding") == "gzip") is packed, (query, encoding)
+            body = resp.raw.read()
+            assert len(json.loads(gzip.decompress(body) if packed else body)) == POINTS
 
 
 def test_catalog_without_stored_listing_is_upgraded(tmp_path: Path) -> None:

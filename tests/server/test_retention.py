@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
+import requests
 
 from cdp_server.commit import commit
 from cdp_server.datastore import Datastore
 from cdp_server.jobs import prune
 from cdp_server.retention import Candidate, select
 from cdpcore import records
-from cdpcore.api import ObjectKind, Retention, Role
+from cdpcore.api import API_PREFIX, ObjectKind, Retention, Role
 from cdpcore.errors import NotFoundError
 
 from .points import BS, build_point, new_codec, push
@@ -184,3 +185,19 @@ def test_decoys_dated_just_after_real_points_do_not_get_them_pruned(
     assert {p.point_id for p in real} <= set(report.kept)
     assert len(report.removed) == 4  # the decoys, but the newest: today's one point
     assert {r.point_id for r in ds.catalog.point_rows("web1")} >= {p.point_id for p in real}
+
+
+def test_a_misspelt_rule_is_refused_not_dropped(cdp_server) -> None:  # type: ignore[no-untyped-def]
+    """`{"keep_lats": 3}` was stored as no rules at all (keep everything), the misspelt
+    field dropped without a word: now 422 naming it, and the rules stay as they were."""
+    cdp_server.add_host("web1")
+    admin = cdp_server.admin()
+    admin.set_retention("web1", Retention(keep_last=5))
+    for body, misspelt in (({"keep_lats": 3}, "keep_lats"),
+                           ({"keep_last": 3, "keepDaily": 7}, "keepDaily")):
+        resp = requests.put(cdp_server.url + API_PREFIX + "/hosts/web1/retention", json=body,
+                            headers={"Authorization": f"Bearer {cdp_server.admin_token}"},
+                            verify=str(cdp_server.ca_path), timeout=30)
+        assert resp.status_code == 422, resp.text
+        assert misspelt in resp.json()["detail"]
+    assert admin.get_retention("web1") == Retention(keep_last=5)
