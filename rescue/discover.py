@@ -37,6 +37,11 @@ class LocalDisk:
     wwn: str | None = None
     transport: str | None = None
     read_only: bool = False
+    #: Where it is attached: its sysfs device path (controller and port, what udev's
+    #: /dev/disk/by-path is made from); None for loop devices and files. It stays with
+    #: the port when kernel names do not: two disks without serial or WWN that swap
+    #: names between a plan and its execution are told apart by it.
+    hardware: str | None = None
     #: What is on it now (partition table type, filesystems), for the operator's review.
     contents: list[str] = field(default_factory=list)
     #: Reasons the disk is off limits (mounted, swap, holder, rescue medium); empty if free.
@@ -164,6 +169,11 @@ def _claimed(dev: str) -> bool:
     return False
 
 
+def _hardware_path(name: str) -> str | None:
+    device = Path("/sys/class/block") / name / "device"
+    return os.path.realpath(device) if device.exists() else None
+
+
 def _describe_block(dev: dict[str, Any], medium: set[str]) -> LocalDisk:
     name = dev["name"]
     children = [c["name"] for c in dev.get("children") or []]
@@ -182,7 +192,8 @@ def _describe_block(dev: dict[str, Any], medium: set[str]) -> LocalDisk:
         model=(dev.get("model") or "").strip() or None,
         serial=(dev.get("serial") or "").strip() or None,
         wwn=dev.get("wwn") or None, transport=dev.get("tran") or None,
-        read_only=bool(dev.get("ro")), contents=contents, busy=busy)
+        read_only=bool(dev.get("ro")), hardware=_hardware_path(name), contents=contents,
+        busy=busy)
 
 
 def _lsblk(paths: list[str]) -> list[dict[str, Any]]:

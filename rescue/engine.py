@@ -135,6 +135,13 @@ def recheck_targets(plan: Plan) -> None:
             raise SafetyError(f"target {now.path} is not the disk the plan was made for "
                               f"(size {now.size}, serial {now.serial}; the plan expects size "
                               f"{dp.target.size}, serial {dp.target.serial}): plan again")
+        # Without serial or WWN, same-size disks differ only in where they are attached:
+        # their names may have swapped since the plan (another boot, another order).
+        if dp.target.hardware is not None and now.hardware != dp.target.hardware:
+            raise SafetyError(f"target {now.path} is not the disk the plan was made for: it "
+                              f"is attached at {now.hardware}, the plan's disk at "
+                              f"{dp.target.hardware} (disk names can change between boots):"
+                              " plan again")
     restored = {str(a.params["vg"]): set(a.params["pv_devices"]) for a in plan.actions
                 if a.type == "lvm"}
     if restored:

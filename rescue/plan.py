@@ -25,8 +25,9 @@ from .resize import ResizePolicy, fit
 from .tables import rewritten_by_table
 
 #: Version 2: the boot loader action lists every restored device ("devices"), where
-#: /boot and /boot/efi are looked for.
-PLAN_VERSION = 2
+#: /boot and /boot/efi are looked for. Version 3: each target disk's "hardware" (where it
+#: is attached), checked again before writing.
+PLAN_VERSION = 3
 ActionType = Literal["wipe", "stream", "partition_table", "swap", "lvm", "verify", "grow_fs",
                      "bootloader"]
 VerifyMode = Literal["blocks", "read-back"]
@@ -136,7 +137,8 @@ def _disk_actions(src: Disk, dp: DiskPlan, vols: dict[str, VolumeRecord]) -> lis
     path, sector = dp.target.path, src.logical_sector_size
     acts = [Action(f"wipe:{src.name}", "wipe", path,
                    f"wipe {path} ({human(dp.target.size)}): old signatures at both ends"
-                   + (", whole file emptied" if dp.target.is_file else ""),
+                   + (", whole file emptied" if dp.target.is_file
+                      else " and at both ends of each partition of its old table"),
                    size=dp.target.size)]
     if src.boot_area_volume:
         vol = vols[src.boot_area_volume]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from typing import Any
 
 from cdpcore.layout import Disk
 
@@ -40,6 +41,21 @@ def rewritten_by_table(disk: Disk) -> list[tuple[int, int]]:
         sector = disk.logical_sector_size
         ranges.append((sector, (2 + gpt_entry_sectors(sector)) * sector))
     return ranges
+
+
+def listed_partitions(dump: Any, size: int) -> list[tuple[int, int]]:
+    """Byte ranges (offset, length) of the partitions an `sfdisk --json` dump lists (an
+    extended container and its logical partitions too), clipped to a disk of `size` bytes:
+    a table copied from a larger disk may point past the end."""
+    table = dump.get("partitiontable", {})
+    sector = int(table.get("sectorsize", 512))
+    out: list[tuple[int, int]] = []
+    for part in table.get("partitions", []):
+        start = int(part["start"]) * sector
+        end = min(start + int(part["size"]) * sector, size)
+        if start < end:
+            out.append((start, end - start))
+    return out
 
 
 def outside(start: int, end: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 from cdpcore import runcmd
 from cdpcore.directio import AlignedBuffer, DirectFile, align_down, align_up, write_fully
+from cdpcore.errors import CommandFailed
+
+from .tables import listed_partitions
 
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -126,7 +129,10 @@ class Target:
 def wipe(path: str) -> None:
     """Remove every old signature so stale metadata cannot come back. A file is emptied
     (truncated to zero and back: all holes); a device gets `wipefs --all` and zeroed ends
-    (primary and backup GPT, MD superblocks at the end, LVM labels at the start)."""
+    (primary and backup GPT, MD superblocks at the end, LVM labels at the start), and so
+    do the partitions of its old table: their filesystems, PVs and MD superblocks would
+    otherwise stay wherever the new layout leaves free space or a partition ends
+    elsewhere, to be found again by blkid, LVM or mdadm in a partition made there later."""
     with Target(path) as target:
         size = target.size()
         if not target.is_device:
@@ -134,7 +140,27 @@ def wipe(path: str) -> None:
             os.ftruncate(target.fd, size)
             target.sync()
             return
+    # The old partitions first, while the table that lists them is still there (also
+    # when an interrupted wipe runs again).
+    with Target(path) as target:
+        for offset, length in old_partitions(path, size):
+            target.zero_ends(offset, length)
+        target.sync()
     runcmd.run(["wipefs", "--all", "--force", path])
     with Target(path) as target:
         target.zero_ends(0, size)
         target.sync()
+
+
+def old_partitions(path: str, size: int) -> list[tuple[int, int]]:
+    """Byte ranges of the partitions in the table `path` holds now; none when it has no
+    table sfdisk reads (its signatures, if any, are the disk's own: wipefs's)."""
+    argv = ["sfdisk", "--json", path]
+    proc = runcmd.run(argv, check=False)
+    if proc.returncode != 0:
+        return []
+    try:
+        return listed_partitions(runcmd.parse_json(argv, proc.stdout.decode(errors="replace")),
+                                 size)
+    except (CommandFailed, KeyError, TypeError, ValueError):
+        return []  # a table sfdisk cannot describe is wiped at the disk's ends only

@@ -27,7 +27,15 @@ from rescue.tui.targets import problems
 from tests.loopdev import attached_loop
 
 from .conftest import MIB, PASS
-from .test_restore import check_equal, make_source, partitions, point_of, sh
+from .test_restore import (
+    check_equal,
+    make_source,
+    partitions,
+    point_of,
+    region,
+    scripted_source,
+    sh,
+)
 
 pytest.importorskip("parted")
 SWAP_UUID = "5ba1e5a0-0000-4000-8000-00000000c0de"
@@ -273,3 +281,108 @@ def probe_range(image: Path, offset: int, size: int) -> dict[str, str]:
         out = subprocess.run(["blkid", "-p", "-o", "export", part], capture_output=True,
                              text=True).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+#: A new layout with free space: 1-9 MiB, 24-32 MiB, nothing from 32 MiB to the end.
+SPACED_GPT = ("label: gpt\n"
+              "1 : start=2048, size=16384, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"
+              "2 : start=49152, size=16384, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
+#: The target's previous life: partitions (start MiB, size MiB, MBR type) where the new
+#: layout has free space, an MBR's extended container and its logical partitions too.
+OLD_TABLES = {"gpt": ((10, 6, ""), (16, 6, ""), (34, 11, ""), (46, 16, "")),
+              "dos": ((10, 6, "83"), (16, 6, "83"), (34, 28, "5"), (36, 9, "83"),
+                      (46, 16, "83"))}
+#: Where the old ext4, btrfs and XFS start, and the old MD 0.90 superblock of the old
+#: partition that ends at 45 MiB (64 KiB-aligned, 64 KiB before its device's end).
+OLD_SIGNATURES = ((10 * MIB, "ext4"), (16 * MIB, "btrfs"), (46 * MIB, "xfs"),
+                  (45 * MIB - 0x10000, "md"))
+
+
+def _stub(tmp_path: Path, mkfs: list[str], size: int) -> bytes:
+    """The first MiB of a fresh filesystem (a sparse scratch file): all blkid needs."""
+    scratch = tmp_path / "stub.img"
+    scratch.write_bytes(b"")
+    os.truncate(scratch, size)
+    sh(*mkfs, str(scratch))
+    return region(scratch, 0, MIB)
+
+
+def signatures(image: Path, offset: int, size: int) -> list[str]:
+    """Every signature wipefs finds in a byte range of `image` (probed as a device of its
+    own, as a partition made there later would be)."""
+    with attached_loop(image, "-r", "-o", str(offset), "--sizelimit", str(size)) as part:
+        out = json.loads(sh("wipefs", "--no-act", "--json", part) or '{"signatures": []}')
+    return sorted(s["type"] for s in out["signatures"])
+
+
+@pytest.mark.parametrize("old_table", ["gpt", "dos"])
+def test_no_old_signature_survives_in_free_space(repo_host: dict[str, Any], tmp_path: Path,
+                                                  loop: tuple[str, Path],
+                                                  old_table: str) -> None:
+    """A reused disk's old partitions lie where the new layout has free space: their
+    ext4, btrfs, XFS and MD superblocks must not survive there (a partition made in that
+    space later would show them, an old MD member or PV would be assembled at boot)."""
+    dev, backing = loop
+    source = tmp_path / "vda.img"
+    scripted_source(source, SPACED_GPT)
+    point_of(repo_host, source)
+    old = OLD_TABLES[old_table]
+    script = f"label: {old_table}\n" + "".join(
+        f"start={start * 2048}, size={size * 2048}" + (f", type={kind}" if kind else "")
+        + "\n" for start, size, kind in old)
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", dev], input=script, text=True,
+                   check=True)
+    stubs = {"ext4": _stub(tmp_path, ["mkfs.ext4", "-q", "-F"], 8 * MIB),
+             "btrfs": _stub(tmp_path, ["mkfs.btrfs", "-q", "-f"], 128 * MIB),
+             "xfs": _stub(tmp_path, ["mkfs.xfs", "-q", "-f"], 320 * MIB),
+             "md": struct.pack("<4I", 0xA92B4EFC, 0, 90, 0).ljust(4096, b"\0")}
+    with open(dev, "r+b") as f:
+        for offset, kind in OLD_SIGNATURES:
+            f.seek(offset)
+            f.write(stubs[kind])
+        os.fsync(f.fileno())
+    found = sorted(sig for start, size, kind in old if kind != "5"
+                   for sig in signatures(backing, start * MIB, size * MIB))
+    assert found == ["btrfs", "ext4", "linux_raid_member", "xfs"]  # the old life is there
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": dev})
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "state")))
+    assert report.ok
+    # The new partitions hold nothing: every block is a zero block, zeroed over the old
+    # bytes (never skipped: check_equal compares them with the source).
+    assert [(v.written, v.zeroed) for v in report.volumes if v.volume.endswith(("p1", "p2"))] \
+        == [(0, 8 * MIB), (0, 8 * MIB)]
+    sh("losetup", "-c", dev)
+    os.sync()
+    check_equal(source, backing)
+    for start, size, _ in old:
+        assert signatures(backing, start * MIB, size * MIB) == [], (start, size)
+    for start, end in ((9, 24), (32, 64)):  # the new layout's free space
+        assert signatures(backing, start * MIB, (end - start) * MIB) == [], (start, end)
+    # The disk itself: the new GPT (primary, backup, protective MBR) and nothing else.
+    assert signatures(backing, 0, 64 * MIB) == ["PMBR", "gpt", "gpt"]
+
+
+def test_a_larger_disk_keeps_no_old_signature_at_its_end(repo_host: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """A larger target that was a whole-disk MD 0.90 member and then a GPT disk: its old
+    backup GPT and MD superblock lie at its end, far from the restored layout's end (the
+    new backup GPT is written at the disk's end, over the zeroed old ones)."""
+    source, backing = tmp_path / "vda.img", tmp_path / "big.img"
+    make_source(source, "gpt")
+    point_of(repo_host, source)
+    backing.write_bytes(os.urandom(96 * MIB))
+    with attached_loop(backing) as dev:
+        with open(dev, "r+b") as f:
+            f.seek(96 * MIB - 0x10000)
+            f.write(struct.pack("<4I", 0xA92B4EFC, 0, 90, 0).ljust(4096, b"\0"))
+        sh("sgdisk", "-n1:2048:+8M", "-n2:0:0", dev)  # backup GPT at the end too
+        assert signatures(backing, 0, 96 * MIB) == ["PMBR", "gpt", "gpt", "linux_raid_member"]
+        engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+        plan = engine.plan("latest", {"vda.img": dev})
+        assert engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "state"))).ok
+        os.sync()
+        assert "No problems found" in sh("sgdisk", "-v", dev)
+    check_equal(source, backing)
+    assert signatures(backing, 0, 96 * MIB) == ["PMBR", "gpt", "gpt"]
+    assert signatures(backing, 64 * MIB, 32 * MIB) == []  # the free space after the layout

@@ -26,7 +26,7 @@ from rescue.engine import recheck_targets
 from rescue.mapping import map_disks, parse_maps
 from rescue.plan import Plan, build_plan
 from rescue.resize import fit, required_size
-from rescue.tables import gpt_attributes, rewritten_by_table
+from rescue.tables import gpt_attributes, listed_partitions, rewritten_by_table
 
 ZERO_ROOT = "0" * 64
 MIB = 1024 * 1024
@@ -295,6 +295,32 @@ def test_a_saved_plan_making_a_pv_outside_its_disks_is_refused() -> None:
         recheck_targets(edited)
 
 
+def test_disks_without_serial_that_swapped_names_are_told_apart_by_their_port(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two same-size disks without serial or WWN whose kernel names swapped between
+    planning and writing (another boot enumerated them in another order): where each is
+    attached (the sysfs device path, what /dev/disk/by-path names) still tells them
+    apart, and the saved plan is refused; a plan without it (a loop device) is not."""
+    disk = gpt_disk()
+    layout = Layout(hostname="h", disks=[disk])
+    port = "/sys/devices/pci0000:00/0000:00:1f.2/ata{}/host{}/target{}:0:0/{}:0:0:0"
+    planned = local("/dev/sdb", 64 * MIB, hardware=port.format(2, 1, 1, 1))
+    plan = Plan.from_json(build_plan("h", "f" * 32, 1.0, layout, volumes(disk),
+                                     map_disks([disk], [], {"vda": planned})).to_json())
+    now = local("/dev/sdb", 64 * MIB, hardware=port.format(1, 0, 0, 0))  # was /dev/sda
+    monkeypatch.setattr("rescue.engine.describe_target", lambda path: now)
+    with pytest.raises(SafetyError) as err:
+        recheck_targets(plan)
+    assert str(err.value) == (f"target /dev/sdb is not the disk the plan was made for: it is "
+                              f"attached at {now.hardware}, the plan's disk at "
+                              f"{planned.hardware} (disk names can change between boots): "
+                              "plan again")
+    now.hardware = planned.hardware
+    recheck_targets(plan)
+    plan.disks[0].target.hardware = now.hardware = None
+    recheck_targets(plan)
+
+
 def test_partitioned_4096_byte_sector_disk_is_refused_for_an_image_file() -> None:
     """libparted writes an image file's table in 512-byte sectors while the data would
     go where the 4096-byte sectors put it: refused before anything is written. The same
@@ -378,6 +404,17 @@ def test_gpt_attributes_are_read_from_the_entry_array() -> None:
     assert gpt_attributes(bytes(area), 512) == {
         str(uuid.UUID(int=2)): "RequiredPartition GUID:48,63"}
     assert gpt_attributes(bytes(512 * 34), 512) == {}
+
+
+def test_an_old_tables_partitions_are_listed_in_bytes_and_clipped_to_the_disk() -> None:
+    """The partitions a wipe zeroes the ends of: in the dump's sector size, and never past
+    the disk (a table copied from a larger disk); none without partitions."""
+    dump = {"partitiontable": {"label": "gpt", "sectorsize": 4096, "partitions": [
+        {"node": "/dev/sdb1", "start": 256, "size": 256},
+        {"node": "/dev/sdb2", "start": 512, "size": 10**9},
+        {"node": "/dev/sdb3", "start": 10**9, "size": 8}]}}
+    assert listed_partitions(dump, 64 * 2**20) == [(2**20, 2**20), (2 * 2**20, 62 * 2**20)]
+    assert listed_partitions({"partitiontable": {"label": "dos"}}, 2**20) == []
 
 
 def test_grow_last_grows_an_empty_extended_container_that_ends_last() -> None:
