@@ -273,9 +273,9 @@ class SealPool:
                  uploads: Uploads) -> None:
         self.workers = max(1, workers)
         self._damaged = frozenset(damaged)
+        self._flushed = multiprocessing.get_context("fork").Barrier(self.workers)
         self._pool = fork_pool(self.workers, _init,
-                               (os.getpid(), codec, self._damaged, uploads,
-                                multiprocessing.get_context("fork").Barrier(self.workers)))
+                               (os.getpid(), codec, self._damaged, uploads, self._flushed))
 
     def submit(self, seg: Segment) -> Future[Stored]:
         return self._pool.submit(seal_and_keep, seg)
@@ -296,7 +296,10 @@ class SealPool:
 
     def shutdown(self, *, cancel: bool = False) -> None:
         """`cancel`: drop queued segments (the point has failed; each would only retry a
-        failing server again)."""
+        failing server again), and release the workers waiting for a flush's other tasks:
+        after a Ctrl-C while `flush` handed them out, those never come."""
+        if cancel:
+            self._flushed.abort()
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
     def __enter__(self) -> SealPool:
