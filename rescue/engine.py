@@ -28,7 +28,7 @@ from .repo import Repository
 from .report import RestoreReport, VolumeReport
 from .resize import ResizePolicy
 from .state import RestoreState, StateStore, default_state_dir
-from .stream import BlockDamaged, StreamOptions, stream_volume
+from .stream import BlockDamaged, StreamOptions, StreamResult, stream_volume
 from .verify import verify_volume
 
 log = logging.getLogger("cdp.rescue")
@@ -184,7 +184,9 @@ class _Execution:
             return self.report
         recheck_targets(self.plan)
         self.store.prepare()
-        saved = self.store.load()
+        # A check never resumes: what an earlier run read may have changed since, and a
+        # volume skipped here would be reported as matching without being read.
+        saved = None if self.plan.verify_only else self.store.load()
         if saved is not None:
             self.state = saved
             self.emit(Event("note", message=f"resuming from {self.store.path}: "
@@ -248,7 +250,8 @@ class _Execution:
             self.emit(Event("failed", action, message=message))
             raise
         self.state.done_actions.append(action.id)
-        self.store.save(self.state)
+        if not self.plan.verify_only:  # never read back (above): nothing to save
+            self.store.save(self.state)
         self.report.actions.append({**record, "status": "done"})
         self.emit(Event("done", action, done=action.size, total=action.size))
 
@@ -274,12 +277,16 @@ class _Execution:
     def _stream(self, action: Action) -> None:
         assert action.volume is not None
         vol = self.volumes[action.volume]
+        # "read-back" only once the read-back has passed (_verify): until then, and if
+        # it fails or never runs, the per-block checks are all that vouch for it.
         rep = VolumeReport(volume=vol.name, target=action.target, offset=action.offset,
-                           size=vol.size, verified=self.plan.verify)
+                           size=vol.size, verified="blocks")
         self.report.volumes.append(rep)
         start = self.state.volume_blocks.get(vol.name, 0)
         done = min(start * vol.block_size, vol.size)
         began = time.monotonic()
+        # Filled in as batches land: a volume that fails part-way reports what it wrote.
+        result = StreamResult()
 
         def progress(nbytes: int) -> None:
             nonlocal done
@@ -293,16 +300,15 @@ class _Execution:
         try:
             with target.Target(action.target,
                                reads_zero=bool(action.params.get("unprovisioned"))) as tgt:
-                result = stream_volume(self.repo.client, self.repo.host, self.codec, vol,
-                                       tgt, action.offset, start_block=start,
-                                       options=self.opts.stream, on_progress=progress,
-                                       on_checkpoint=checkpoint)
+                stream_volume(self.repo.client, self.repo.host, self.codec, vol, tgt,
+                              action.offset, start_block=start, options=self.opts.stream,
+                              on_progress=progress, on_checkpoint=checkpoint, result=result)
         except BlockDamaged as exc:
             rep.error, rep.verified = str(exc), "failed"
             raise
         finally:
             rep.seconds = time.monotonic() - began
-        rep.written, rep.zeroed, rep.resumed = result.written, result.zeroed, result.resumed
+            rep.written, rep.zeroed, rep.resumed = result.written, result.zeroed, result.resumed
 
     def _verify(self, action: Action) -> None:
         assert action.volume is not None
@@ -318,9 +324,14 @@ class _Execution:
             return self.repo.client.fetch(self.repo.host, ObjectKind.chunks, [cid])[cid]
 
         ignore = [(int(b), int(e)) for b, e in action.params.get("ignore", [])]
-        with target.Target(action.target) as tgt:
-            verify_volume(self.repo.client.page_source(self.repo.host), self.codec, vol,
-                          tgt, action.offset, progress, ignore=ignore, chunks=chunk)
-        for rep in self.report.volumes:
-            if rep.volume == vol.name:
-                rep.verified = "read-back"
+        reps = [rep for rep in self.report.volumes if rep.volume == vol.name]
+        try:
+            with target.Target(action.target) as tgt:
+                verify_volume(self.repo.client.page_source(self.repo.host), self.codec, vol,
+                              tgt, action.offset, progress, ignore=ignore, chunks=chunk)
+        except IntegrityError as exc:
+            for rep in reps:
+                rep.verified, rep.error = "failed", str(exc)
+            raise
+        for rep in reps:
+            rep.verified = "read-back"

@@ -63,9 +63,11 @@ class BlockDamaged(IntegrityError):
 
     def __init__(self, volume: str, offset: int, length: int, chunk: bytes, why: str) -> None:
         self.volume, self.offset, self.length, self.chunk = volume, offset, length, chunk
-        super().__init__(f"volume {volume}: bytes {offset}-{offset + length - 1} (chunk "
-                         f"{chunk.hex()[:16]}…) {why}; the volume was stopped there and "
-                         "nothing unverified was written")
+        # No chunk: the index that names the chunks of these bytes is what is damaged.
+        what = f" (chunk {chunk.hex()[:16]}…)" if chunk else ""
+        super().__init__(f"volume {volume}: bytes {offset}-{offset + length - 1}{what} "
+                         f"{why}; the volume was stopped there and nothing unverified was "
+                         "written")
 
 
 def _default_workers() -> int:
@@ -254,14 +256,35 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
                   target: Target, base: int, *, start_block: int = 0,
                   options: StreamOptions | None = None,
                   on_progress: Callable[[int], None] | None = None,
-                  on_checkpoint: Callable[[int], None] | None = None) -> StreamResult:
+                  on_checkpoint: Callable[[int], None] | None = None,
+                  result: StreamResult | None = None) -> StreamResult:
     """Restore `vol` to `target` at byte `base`, from block `start_block` on. Calls
     `on_progress(bytes)` as blocks land and `on_checkpoint(blocks)` after each sync with
-    the number of leading blocks that are safely on the target."""
+    the number of leading blocks that are safely on the target. The counts go to
+    `result` (a new one by default) as blocks land, so a caller that passes its own
+    still has them when this raises."""
     opts = options or StreamOptions()
-    result = StreamResult(resumed=min(start_block * vol.block_size, vol.size))
-    ids = (item for item in iter_block_ids(vol.geometry, src.page_source(host), vol.root_id)
-           if item[0] >= start_block)
+    result = result if result is not None else StreamResult()
+    result.resumed = min(start_block * vol.block_size, vol.size)
+    index_damage: list[_Damage] = []
+
+    def block_ids() -> Iterator[tuple[int, bytes]]:
+        # An index page missing or damaged on the server leaves the blocks from here on
+        # unknown: like a damaged chunk it stops this volume only, after the blocks
+        # before it (all handed out already) are restored.
+        at = start_block
+        try:
+            for item in iter_block_ids(vol.geometry, src.page_source(host), vol.root_id):
+                if item[0] >= start_block:
+                    at = item[0] + 1
+                    yield item
+        except (IntegrityError, NotFoundError, FormatError) as exc:
+            offset = at * vol.block_size
+            index_damage.append(_Damage(offset, vol.size - offset, b"", "are not restored: "
+                                        f"their index is missing or damaged on the server "
+                                        f"({exc})"))
+
+    ids = block_ids()
     per_batch = max(1, min(opts.batch_bytes // vol.block_size, MAX_IDS_PER_REQUEST))
     done_blocks, unsynced = start_block, 0
     damage: _Damage | None = None
@@ -333,6 +356,7 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
             checkpoint(done_blocks)
             if syncing is not None:
                 syncing.result()
+    damage = damage or (index_damage[0] if index_damage else None)
     if damage is not None:
         raise BlockDamaged(vol.name, damage.offset, damage.length, damage.chunk, damage.why)
     return result
