@@ -42,6 +42,12 @@ def fork_pool(workers: int, initializer: Callable[..., object],
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal arrives here
     except BaseException:
+        # A fork that failed part-way (EAGAIN at the process limit) leaves the workers
+        # forked so far waiting for a manager thread that never started: shutdown cannot
+        # reach them, and the program would hang at exit joining them.
+        for worker in list(pool._processes.values()):
+            worker.kill()
+            worker.join()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     return pool

@@ -23,6 +23,19 @@ MIN_INTERVAL = 60
 #: Seconds a filesystem may stay frozen for a point: long enough to read a /boot partition
 #: in full on a slow disk, short enough that its writers see a stall, not an outage.
 DEFAULT_MAX_FREEZE = 120
+#: Most sealing workers `workers` may ask for. Each holds about 80 MiB during a full read
+#: (its 16 MiB read buffer, the 8 MiB batch it seals and the one it uploads, Python):
+#: sixteen are 1.3 GiB, over three times the unit's MemoryMax, and each keeps an upload
+#: of its own open on the server, whose 40 request threads serve every agent. More are
+#: no faster (the work is bound by the CPUs: 4 or 5 workers on 2 cores were no faster
+#: than 3). `workers = 100000` forked until the process table or the memory ran out,
+#: with the point's snapshots held: a traceback, and an agent hung at exit joining the
+#: workers it had forked.
+MAX_WORKERS = 16
+#: Smallest bandwidth cap, bytes/s (64 KiB/s, 512 kbit/s). Less is a rate in kbit/s or
+#: MB/s written as bytes (`bandwidth = 10`), and leaves the agent nothing it could do:
+#: a worker's 8 MiB batch would wait over two minutes for its turn, at 1 byte/s 97 days.
+MIN_BANDWIDTH = 64 * 1024
 
 
 @dataclass
@@ -55,6 +68,12 @@ class AgentConfig:
                            ("workers", "0 (one per CPU plus one, at most 3) or more")):
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must be {floor}, not {getattr(self, key)}")
+        if 0 < self.bandwidth < MIN_BANDWIDTH:
+            raise UsageError(f"bandwidth must be 0 (no cap) or at least {MIN_BANDWIDTH} bytes "
+                             f"per second (it is in bytes, not bits), not {self.bandwidth}")
+        if self.workers > MAX_WORKERS:
+            raise UsageError(f"workers must be at most {MAX_WORKERS} (each holds about 80 MiB "
+                             f"while a disk is read), not {self.workers}")
         try:
             Geometry(size=0, block_size=self.block_size)  # the format's own check
         except FormatError as exc:

@@ -45,15 +45,36 @@ def _transient(exc: Exception) -> bool:
 
 #: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`): retries give up.
 _stopping = False
+#: The same, seen by the sealing workers: they retry their own uploads, and `kill PID`
+#: signals the agent alone (systemd signals them too). Shared memory made at import, before
+#: any worker is forked; a plain global set in the agent stayed False in each worker.
+_stop_shared = multiprocessing.RawValue("b", 0)
 
 
 def request_stop() -> None:
     """The agent is being stopped (systemd allows TimeoutStopSec=120 s, then SIGKILLs with
-    the point's snapshots still held): no more waiting for a server that does not answer.
-    The attempt under way finishes; a failure after it fails the point. Safe in a signal
-    handler; a forked worker that gets the signal too stops its own retries."""
+    the point's snapshots still held): no more waiting for a server that does not answer,
+    nor for the bandwidth cap. The attempt under way finishes; a failure after it fails the
+    point. Safe in a signal handler; reaches the forked workers too (`stopping`)."""
     global _stopping
     _stopping = True
+    _stop_shared.value = 1
+
+
+def stopping() -> bool:
+    """Whether this process, or the agent that forked it, was asked to stop."""
+    return _stopping or bool(_stop_shared.value)
+
+
+def _wait(seconds: float) -> bool:
+    """Sleep `seconds`, a second at a time so that a stop requested meanwhile ends the wait
+    within a second; False if it did."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        if stopping():
+            return False
+        time.sleep(min(1.0, left))
+    return not stopping()
 
 
 def retrying(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
@@ -62,16 +83,12 @@ def retrying(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except Exception as exc:
-            if not _transient(exc) or attempt == policy.attempts or _stopping:
+            if not _transient(exc) or attempt == policy.attempts or stopping():
                 raise
             log.warning("%s failed (%s); retry %d/%d in %.0f s", what, exc, attempt,
                         policy.attempts - 1, delay)
-            # A second at a time: a stop requested meanwhile ends the wait.
-            until = time.monotonic() + delay
-            while (left := until - time.monotonic()) > 0:
-                if _stopping:
-                    raise
-                time.sleep(min(1.0, left))
+            if not _wait(delay):
+                raise
             delay = min(delay * 2, policy.max_delay)
     raise AssertionError("unreachable")
 
@@ -93,9 +110,10 @@ class Throttle:
         with self._lock:
             self._sent.value += nbytes
             due = self._start + self._sent.value / self.rate
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+        # Once a stop is requested the cap holds the point back no longer: at a few bytes
+        # per second one sleep outlasted systemd's TimeoutStopSec, and its SIGKILL left the
+        # point's snapshots behind. The point then ends as it would without a cap.
+        _wait(due - time.monotonic())
 
 
 @dataclass
@@ -203,11 +221,12 @@ class Sender:
                 result = self.remote.upload(self.host, kind, pending)
                 break
             except Exception as exc:
-                if not _transient(exc) or attempt == self.policy.attempts:
+                if not _transient(exc) or attempt == self.policy.attempts or stopping():
                     raise
                 log.warning("upload of %d %s failed (%s); resuming in %.0f s", len(pending),
                             kind, exc, delay)
-                time.sleep(delay)
+                if not _wait(delay):
+                    raise
                 delay = min(delay * 2, self.policy.max_delay)
                 # Part of the request may have been stored: send only what is still lacking.
                 lacking = self.missing(kind, [oid for oid, _ in pending])

@@ -15,6 +15,7 @@ from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import new_master_key
 from cdpcore.manifest import Manifest
+from hotcopy import transfer
 from hotcopy.capture import capture
 from hotcopy.remote import Remote
 from hotcopy.verify import iter_volume, open_point
@@ -82,3 +83,13 @@ def assert_point_equals(agent: Agent, point_id: str, copy: Path) -> Manifest:
             f.seek(offset)
             assert got == f.read(size), f"volume {vol.name} of point {point_id} differs"
     return manifest
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_left_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test that requests a stop (`transfer.request_stop`, or a SIGTERM to `cdp-agent run`
+    in this process) must not make the next one's retries give up: the flag the forked
+    workers see lives in shared memory, which no monkeypatching of the module undoes."""
+    monkeypatch.setattr(transfer, "_stopping", False)
+    yield
+    transfer._stop_shared.value = 0

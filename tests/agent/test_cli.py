@@ -315,11 +315,10 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
 def _run_in_process(monkeypatch: pytest.MonkeyPatch, conf: AgentConfig,
                     one_point: Callable[..., None]) -> Any:
     """`cdp-agent run` of `conf` in this process, each point `one_point`, until a SIGTERM;
-    the handler it installs and the stop it requests (`transfer.request_stop`) are undone
-    afterwards."""
+    the handler it installs is undone afterwards (the stop it requests, by conftest's
+    `_no_stop_left_behind`)."""
     monkeypatch.setattr(cli, "_load", lambda path: conf)
     monkeypatch.setattr(cli, "_one_point", one_point)
-    monkeypatch.setattr(transfer, "_stopping", False)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         return CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)

@@ -46,3 +46,32 @@ def test_the_workers_take_the_stop_signals_back() -> None:
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, check=True)
     assert done.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_a_fork_that_fails_part_way_leaves_no_worker_behind() -> None:
+    """The third of four forks fails (EAGAIN: the process limit, as with `workers = 100000`
+    under a unit's TasksMax). The two workers already forked waited for a manager thread
+    that was never started: shutdown could not reach them, and the program hung at exit
+    joining them."""
+    program = textwrap.dedent("""
+        import ctypes, multiprocessing, multiprocessing.popen_fork as popen_fork, signal
+        from cdpcore.forkpool import fork_pool
+        launch, forks = popen_fork.Popen._launch, []
+        def failing_launch(self, process_obj):
+            forks.append(1)
+            if len(forks) == 3:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            return launch(self, process_obj)
+        popen_fork.Popen._launch = failing_launch
+        try:
+            # The workers die with the program, also when the test's timeout kills it.
+            fork_pool(4, ctypes.CDLL(None).prctl, (1, signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except BlockingIOError as exc:
+            print("refused:", exc.strerror)
+        print("workers left:", len(multiprocessing.active_children()), flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.stdout.splitlines() == ["refused: Resource temporarily unavailable",
+                                        "workers left: 0"], done.stderr
+    assert done.returncode == 0, done.stderr
