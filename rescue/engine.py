@@ -332,6 +332,10 @@ class _Execution:
         except IntegrityError as exc:
             for rep in reps:
                 rep.verified, rep.error = "failed", str(exc)
-            raise
+            # The target does not hold what was written. A resume would skip the written
+            # volumes and fail the same way every time: a rerun starts over instead.
+            self.store.remove()
+            raise IntegrityError(f"{exc}; the resume state is discarded: running the "
+                                 "restore again writes every target again") from exc
         for rep in reps:
             rep.verified = "read-back"

@@ -47,7 +47,9 @@ def _flip(path: Path, at: int) -> None:
 def test_a_failed_read_back_is_reported_as_failed_not_as_read_back(
         repo_host: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A byte goes bad on the target between the write and the read-back: the volume's
-    report must say its read-back failed, not that it was verified by reading back."""
+    report must say its read-back failed, not that it was verified by reading back. Run
+    again, the restore writes the volume again: resuming skipped it as written and failed
+    the same read-back on every rerun."""
     source, target, state = tmp_path / "vda.img", tmp_path / "new.img", tmp_path / "st"
     source.write_bytes(os.urandom(8 * MIB))  # a whole-disk volume: no table
     make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
@@ -60,12 +62,16 @@ def test_a_failed_read_back_is_reported_as_failed_not_as_read_back(
         verify_volume(*args, **kw)
 
     monkeypatch.setattr(engine_mod, "verify_volume", disk_rots)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="the resume state is discarded"):
         eng.execute(plan, ExecuteOptions(state_dir=str(state)))
     vol = _report(state)["volumes"][0]
     assert vol["verified"] == "failed"
     assert vol["error"] == (f"read-back of volume vda.img:whole found 1 bad blocks at bytes "
                             f"{3 * MIB}-{3 * MIB + BLOCK - 1}")
+    monkeypatch.setattr(engine_mod, "verify_volume", verify_volume)  # the disk is replaced
+    assert eng.execute(plan, ExecuteOptions(state_dir=str(state))).ok
+    assert _report(state)["volumes"][0]["verified"] == "read-back"
+    assert target.read_bytes() == source.read_bytes()
 
 
 def test_a_volume_stopped_by_a_damaged_block_reports_what_it_wrote(
