@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -56,10 +57,16 @@ XBOOTLDR_GUID = "bc13c2ff-59e6-4262-a352-b275fd6f7172"
 LVM_GUID = "e6d6d379-f507-44c2-a23c-238f2a3df928"
 MBR_SWAP, MBR_LVM, MBR_ESP = 0x82, 0x8E, 0xEF
 MBR_EXTENDED = (0x05, 0x0F, 0x85)
+#: The MBR partition type of a GPT's protective MBR.
+GPT_PROTECTIVE = 0xEE
 #: An EBR that lists no partition: zeros and the boot signature.
 EMPTY_EBR = bytes(510) + b"\x55\xaa"
+#: The logical sector size of 4Kn disks.
+LARGE_SECTOR = 4096
 #: <linux/fs.h>: logical and physical sector size of a block device
 _BLKSSZGET, _BLKPBSZGET = 0x1268, 0x127B
+#: Characters of blkid's buffer for an encoded value (`print_udev_format`), its end included.
+_BLKID_ENC_ROOM = 265
 
 
 @dataclass(frozen=True)
@@ -94,16 +101,36 @@ def disk_name(path: str) -> str:
 
 
 def probe_fs(path: str, offset: int, size: int) -> Filesystem | None:
-    proc = runcmd.run(["blkid", "-p", "-o", "export", "-O", str(offset), "-S", str(size),
+    """blkid's answer for the bytes [offset, offset+size) of `path`. Read in its udev
+    format, whose `_ENC` values are exact (`\\xNN` for a byte it escapes): the export
+    format escapes a space, a quote, a newline or a non-ASCII byte for a shell's eyes."""
+    proc = runcmd.run(["blkid", "-p", "-o", "udev", "-O", str(offset), "-S", str(size),
                        path], check=False)
     if proc.returncode == 2:  # blkid: nothing recognised
         return None
     if proc.returncode != 0:
         raise CommandFailed(["blkid", "-p", path], proc.returncode, proc.stderr.decode())
-    tags = dict(line.split("=", 1) for line in proc.stdout.decode().splitlines() if "=" in line)
-    if "TYPE" not in tags:
+    tags = dict(line.split("=", 1) for line
+                in proc.stdout.decode(errors="surrogateescape").splitlines() if "=" in line)
+    if "ID_FS_TYPE" not in tags:
         return None
-    return Filesystem(type=tags["TYPE"], uuid=tags.get("UUID"), label=tags.get("LABEL"))
+    label = _blkid_decode(tags["ID_FS_LABEL_ENC"]) if "ID_FS_LABEL_ENC" in tags else None
+    if label is not None and len(tags["ID_FS_LABEL_ENC"]) > _BLKID_ENC_ROOM - 4:
+        # Maybe cut short (blkid has room for 264 characters, 4 an escaped byte): read
+        # the label alone, as raw bytes (-d), ended by the one newline blkid adds.
+        out = runcmd.run(["blkid", "-p", "-d", "-o", "value", "-s", "LABEL", "-O",
+                          str(offset), "-S", str(size), path]).stdout
+        label = out.removesuffix(b"\n").decode(errors="replace")
+    uuid = _blkid_decode(tags["ID_FS_UUID_ENC"]) if "ID_FS_UUID_ENC" in tags else None
+    return Filesystem(type=_blkid_decode(tags["ID_FS_TYPE"]), uuid=uuid, label=label)
+
+
+def _blkid_decode(value: str) -> str:
+    """A value of blkid's udev format (`ID_FS_LABEL_ENC`): each byte it escaped as
+    `\\xNN` (a backslash too), valid UTF-8 as it is."""
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]),
+                 value.encode(errors="surrogateescape"))
+    return raw.decode(errors="replace")
 
 
 def is_block_device(path: str) -> bool:
@@ -129,7 +156,12 @@ def _role(fs: Filesystem | None, type_guid: str | None, mbr_type: int | None,
     if kind == "extended":
         return "extended"
     fstype = fs.type if fs else None
-    if fstype == "swap" or type_guid == SWAP_GUID or mbr_type == MBR_SWAP:
+    # What blkid finds decides: a partition typed swap (0x82 is Solaris' type too) that
+    # holds a filesystem or a PV is not remade as swap. The type decides when blkid finds
+    # nothing (a swap encrypted with a random key at every boot) or a swap area that
+    # holds a hibernation image (swsuspend).
+    if fstype == "swap" or (fstype in (None, "swsuspend")
+                            and (type_guid == SWAP_GUID or mbr_type == MBR_SWAP)):
         return "swap"
     if fstype == "LVM2_member" or type_guid == LVM_GUID or mbr_type == MBR_LVM:
         return "lvm_pv"
@@ -169,7 +201,10 @@ def _sfdisk(path: str) -> dict[str, Any] | None:
         if "does not contain a recognized partition table" in err:
             return None
         raise CommandFailed(argv, proc.returncode, err)
-    doc: dict[str, Any] = runcmd.parse_json(argv, proc.stdout.decode(errors="replace"))
+    out = proc.stdout.decode(errors="replace")
+    # libfdisk's notes ("omitting empty partition (6)": an EBR that lists nothing but
+    # links to the next) come on the standard output, before the JSON.
+    doc: dict[str, Any] = runcmd.parse_json(argv, out[max(out.find("{\n"), 0):])
     table: dict[str, Any] = doc["partitiontable"]
     return table
 
@@ -205,9 +240,35 @@ def table_copy(path: str, size: int, containers: tuple[int, ...] = ()) -> Iterat
                 offsets.add(offset)
             for offset in set(containers) - offsets:
                 os.pwrite(fd, EMPTY_EBR, offset)
+            _complete_chains(fd, path, containers)
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
+
+
+def _complete_chains(copy: int, path: str, containers: tuple[int, ...]) -> None:
+    """Put into the table copy `copy` each EBR of the chains of `containers` (byte
+    offsets) that sfdisk did not back up, read from the disk: one that lists nothing but
+    links to the next (sfdisk: "omitting empty partition"), where libparted would find
+    zeros and refuse the table."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for container in containers:
+            ebr, seen = container, set()
+            while ebr not in seen:
+                seen.add(ebr)
+                sector = os.pread(copy, FILE_SECTOR, ebr)
+                if sector[510:] != EMPTY_EBR[510:]:
+                    sector = os.pread(fd, FILE_SECTOR, ebr)
+                    if sector[510:] != EMPTY_EBR[510:]:
+                        break  # a broken chain: as sfdisk and libparted find it
+                    os.pwrite(copy, sector, ebr)
+                link = sector[462:478]  # the second entry: the next EBR, from the container
+                if link[4] not in MBR_EXTENDED or not int.from_bytes(link[8:12], "little"):
+                    break
+                ebr = container + int.from_bytes(link[8:12], "little") * FILE_SECTOR
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -238,6 +299,42 @@ def parted_partitions(path: str) -> tuple[str, list[PartedPartition]] | None:
             for p in sorted(pdisk.partitions, key=lambda p: p.number)]
     finally:
         device.removeFromCache()
+
+
+def hybrid_mbr(path: str) -> bool:
+    """True if the MBR of a GPT disk lists partitions beside the protective one (0xee): a
+    hybrid MBR (sgdisk -h), for firmware that boots from the MBR."""
+    with open(path, "rb") as f:
+        mbr = f.read(512)
+    return any(mbr[entry + 4] not in (0, GPT_PROTECTIVE)
+               for entry in range(446, 510, 16) if len(mbr) == 512)
+
+
+def _number(sfpart: dict[str, Any]) -> int:
+    """The number of a partition of `sfdisk --json`: its node's (sda2, loop0p2, d.img2)."""
+    return int(re.findall(r"\d+$", str(sfpart["node"]))[0])
+
+
+def _check_file_sectors(path: str, disk: Disk) -> None:
+    """An image file is read as a disk of 512-byte sectors. A GPT of 4096-byte sectors is
+    then no GPT (the disk is copied whole), but an MBR reads as one, its partitions at an
+    eighth of their offsets: refuse a file with an MBR partition that holds nothing where
+    it says, and a filesystem where 4096-byte sectors would put it (where no partition
+    of the table starts)."""
+    starts = {p.start * FILE_SECTOR for p in disk.partitions}
+    for part in disk.partitions:
+        start, end = part.start * LARGE_SECTOR, (part.start + part.length) * LARGE_SECTOR
+        if part.filesystem is not None or part.kind == "extended" or end > disk.size \
+                or start in starts:
+            continue
+        found = probe_fs(path, start, end - start)
+        if found is not None:
+            raise SourceError(
+                f"{path}: partition {part.number} holds nothing at byte "
+                f"{part.start * FILE_SECTOR} but {found.type} at byte {start}: an image of "
+                f"a disk of {LARGE_SECTOR}-byte sectors, which this file read as "
+                f"{FILE_SECTOR}-byte sectors would copy wrong; attach it as a loop device "
+                f"(losetup --sector-size {LARGE_SECTOR}) and protect that")
 
 
 def extended_containers(table: dict[str, Any]) -> tuple[int, ...]:
@@ -288,6 +385,15 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
             # the disk is copied whole, but its partitions are not volumes of their own.
             log.warning("%s: sfdisk reads a %s partition table that pyparted cannot: the "
                         "disk is copied whole, table included", path, table["label"])
+    if parted_table is not None and not parted_table[1]:
+        # A table that lists nothing, over a filesystem made on the whole disk: a boot
+        # sector (GRUB's boot.img) in its sector 0, which ext4 and btrfs leave unused.
+        whole = probe_fs(path, 0, size)
+        if whole is not None:
+            log.warning("%s: the %s partition table lists no partition, and the whole disk "
+                        "holds %s: the disk is copied whole, table included", path,
+                        parted_table[0], whole.type)
+            parted_table = None
     if table is None or parted_table is None or parted_table[0] not in ("gpt", "msdos"):
         disk.filesystem = probe_fs(path, 0, size)
         if disk.filesystem is not None and disk.filesystem.type == "LVM2_member":
@@ -295,16 +401,24 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
         disk.volume = f"{name}:whole"
         return DiskCapture(disk, [VolumeSpec(disk.volume, path, 0, size)])
     disk.table = "gpt" if parted_table[0] == "gpt" else "msdos"
+    if disk.table == "gpt" and hybrid_mbr(path):
+        log.warning("%s: the GPT has a hybrid MBR (MBR partitions beside the protective "
+                    "one), which the layout does not hold: a restore writes a protective "
+                    "MBR alone", path)
     label_id = str(table.get("id", ""))
     disk.disk_guid = label_id.lower() if disk.table == "gpt" else label_id.lower() or None
+    # Both ways: libparted skips what sfdisk and the kernel take for a partition (an MBR
+    # entry of type 0 with a size), which the rescue would not rebuild.
     by_start = {int(p["start"]): p for p in table.get("partitions", [])}
+    unmatched = list(table.get("partitions", []))
     volumes: list[VolumeSpec] = []
     for ppart in parted_table[1]:
         start, length = ppart.start, ppart.length
         sf = by_start.get(start)
-        if sf is None or int(sf["size"]) != length:
+        if sf is None or int(sf["size"]) != length or _number(sf) != ppart.number:
             raise SourceError(f"{path}: pyparted and sfdisk disagree about partition "
                               f"{ppart.number} (start {start}, {length} sectors)")
+        unmatched.remove(sf)
         part = Partition(number=ppart.number, start=start, length=length,
                          kind=ppart.kind, flags=ppart.flags)  # type: ignore[arg-type]
         if disk.table == "gpt":
@@ -321,6 +435,13 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
             part.volume = f"{name}:p{part.number}"
             volumes.append(VolumeSpec(part.volume, path, start * sector, length * sector))
         disk.partitions.append(part)
+    if not block and disk.table == "msdos":
+        _check_file_sectors(path, disk)
+    if unmatched:
+        sf = unmatched[0]
+        raise SourceError(f"{path}: sfdisk reads partition {_number(sf)} (start {sf['start']}, "
+                          f"{sf['size']} sectors), pyparted does not: a table two tools read "
+                          "differently is not one to restore from")
     if disk.partitions:
         first = min(p.start for p in disk.partitions) * sector
         disk.boot_area_volume = f"{name}:boot"
