@@ -41,6 +41,8 @@ class PointRow:
     volumes: str  # JSON list of VolumeWire
     manifest: str
     digest: str  # hash of the commit request: tells a retry from a conflict
+    #: 1, 2, ... in the order the host's points were committed (0: not from the catalog)
+    arrival: int = 0
 
     def head(self) -> str:
         return point_head(self.host, self.point_id, self.created, self.committed,

@@ -22,11 +22,11 @@ def prune(ds: Datastore, host: str | None = None) -> PruneReport:
     hosts = [host] if host else ds.catalog.host_names()
     for name in hosts:
         rows = ds.catalog.point_rows(name)
-        # By the server's clock only: the creation time is the agent's word, and a
-        # compromised agent could date decoys into the future to outrank every real point,
-        # or just after each real point to make it the newest of its bucket instead.
+        # By the server's word only: the creation time is the agent's, and a compromised
+        # agent could date decoys into the future to outrank every real point, or just
+        # after each real point to make it the newest of its bucket instead.
         keep = retention.select(
-            [retention.Candidate(r.point_id, r.committed, r.pinned) for r in rows],
+            [retention.Candidate(r.point_id, r.committed, r.pinned, r.arrival) for r in rows],
             ds.catalog.retention(name))
         gone = ds.catalog.delete_points(
             name, [r.point_id for r in rows if r.point_id not in keep], keep_pinned=True)

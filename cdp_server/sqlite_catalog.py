@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS points(
     volumes TEXT NOT NULL, manifest TEXT NOT NULL, digest TEXT NOT NULL,
     head TEXT NOT NULL,
     doc TEXT,  -- the whole PointInfo JSON, kept by the triggers below
+    -- 1, 2, ... per host in commit order, whatever the server's clock said (retention)
+    arrival INTEGER,
     PRIMARY KEY(host, point_id))"""
 # `hid` and `pid` are explicit INTEGER PRIMARY KEYs: VACUUM may renumber implicit rowids,
 # and object rows refer to these.
@@ -147,6 +149,23 @@ def _repair_durations(db: sqlite3.Connection) -> None:
                     host, json.loads(stats).get("duration"))
 
 
+def _number_arrivals(db: sqlite3.Connection) -> None:
+    """Give points without an arrival number one, after the host's numbered points, in
+    the order of their commit times: every point of a catalog made before the column
+    existed, and the points an older server committed into one since (it leaves the
+    column empty)."""
+    rows = db.execute("SELECT host, point_id FROM points WHERE arrival IS NULL "
+                      "ORDER BY host, committed, rowid").fetchall()
+    last: dict[str, int] = {}
+    for host, point_id in rows:
+        if host not in last:
+            (last[host],) = db.execute("SELECT coalesce(max(arrival), 0) FROM points "
+                                       "WHERE host = ?", (host,)).fetchone()
+        last[host] += 1
+        db.execute("UPDATE points SET arrival = ? WHERE host = ? AND point_id = ?",
+                   (last[host], host, point_id))
+
+
 class SqliteCatalog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -191,6 +210,10 @@ class SqliteCatalog:
                 db.execute(f"UPDATE points SET doc = {_POINT_JSON}")
             for statement in _DOC_SCHEMA:
                 db.execute(statement)
+            if "arrival" not in {r[1] for r in db.execute("PRAGMA table_info(points)")}:
+                db.execute("ALTER TABLE points ADD COLUMN arrival INTEGER")
+            _number_arrivals(db)
+            db.execute("CREATE INDEX IF NOT EXISTS points_arrival ON points(host, arrival)")
             _repair_once(db, "durations", _repair_durations)
             db.execute(f"PRAGMA user_version = {CATALOG_VERSION}")
         return migrated
@@ -513,7 +536,7 @@ class SqliteCatalog:
     def point(self, host: str, point_id: str) -> PointRow | None:
         row = self.read().execute(
             "SELECT host, point_id, created, committed, parent, size, stats, pinned, verify, "
-            "volumes, manifest, digest FROM points WHERE host = ? AND point_id = ?",
+            "volumes, manifest, digest, arrival FROM points WHERE host = ? AND point_id = ?",
             (host, point_id)).fetchone()
         return None if row is None else _row(row)
 
@@ -534,11 +557,12 @@ class SqliteCatalog:
         hid = self._known_hid(row.host)
         with self.write() as db:
             db.execute("INSERT INTO points(host, point_id, created, committed, parent, size, "
-                       "stats, pinned, verify, volumes, manifest, digest, head) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "stats, pinned, verify, volumes, manifest, digest, head, arrival) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT "
+                       "coalesce(max(arrival), 0) + 1 FROM points WHERE host = ?))",
                        (row.host, row.point_id, row.created, row.committed, row.parent,
                         row.size, row.stats, int(row.pinned), row.verify, row.volumes,
-                        row.manifest, row.digest, row.head()))
+                        row.manifest, row.digest, row.head(), row.host))
             if not complete_pages:
                 return
             marks = db.execute("SELECT kind, id FROM objects INDEXED BY objects_damaged "
@@ -601,7 +625,7 @@ class SqliteCatalog:
 
     def point_rows(self, host: str | None = None) -> list[PointRow]:
         sql = ("SELECT host, point_id, created, committed, parent, size, stats, pinned, verify,"
-               " volumes, manifest, digest FROM points")
+               " volumes, manifest, digest, arrival FROM points")
         cur = (self.read().execute(sql + " WHERE host = ? ORDER BY created", (host,)) if host
                else self.read().execute(sql + " ORDER BY host, created"))
         return [_row(r) for r in cur]
@@ -729,7 +753,7 @@ class SqliteCatalog:
 def _row(r: tuple[Any, ...]) -> PointRow:
     return PointRow(host=r[0], point_id=r[1], created=r[2], committed=r[3], parent=r[4],
                     size=r[5], stats=r[6], pinned=bool(r[7]), verify=r[8], volumes=r[9],
-                    manifest=r[10], digest=r[11])
+                    manifest=r[10], digest=r[11], arrival=r[12])
 
 
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:

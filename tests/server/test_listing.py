@@ -143,7 +143,7 @@ def test_catalog_without_stored_listing_is_upgraded(tmp_path: Path) -> None:
     indexes = {r[0] for r in upgraded.read().execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'points' "
         "AND sql IS NOT NULL")}
-    assert indexes == {"points_listing"}
+    assert indexes == {"points_listing", "points_arrival"}
     assert upgraded.points_json("web1", None, None, None) == expected
     info = PointInfo.model_validate_json(expected[1:-1])
     assert (info.point_id, info.pinned, info.stats.changed_bytes) == ("a" * 32, True, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,11 +15,10 @@ from cdp_server.commit import commit
 from cdp_server.datastore import Datastore
 from cdp_server.jobs import prune
 from cdp_server.retention import Candidate, select
-from cdpcore import records
-from cdpcore.api import API_PREFIX, ObjectKind, Retention, Role
+from cdpcore.api import API_PREFIX, Retention, Role
 from cdpcore.errors import NotFoundError
 
-from .points import BS, build_point, new_codec, push
+from .points import BS, build_point, new_codec, push, upload_direct
 
 
 def _t(text: str) -> float:
@@ -131,8 +131,7 @@ def test_a_pin_that_lands_while_prune_decides_keeps_the_point(tmp_path) -> None:
     ids = []
     for created in (1000.0, 2000.0):
         built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=created)
-        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        upload_direct(ds, "web1", built)
         commit(ds, "web1", built.request)
         ids.append(built.point_id)
     ds.catalog.set_retention("web1", Retention(keep_last=1))
@@ -171,14 +170,12 @@ def test_decoys_dated_just_after_real_points_do_not_get_them_pruned(
         clock.time = lambda d=d: now - d * day
         built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)},
                             created=now - d * day)
-        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(built.chunks.items())))
-        ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
+        upload_direct(ds, "web1", built)
         real.append(commit(ds, "web1", built.request)[0])
     clock.time = lambda: now
     for point in real:
         decoy = build_point(codec, "web1", {"vda": os.urandom(BS)}, created=point.created + 1)
-        ds.upload("web1", ObjectKind.chunks, records.encode_records(list(decoy.chunks.items())))
-        ds.upload("web1", ObjectKind.pages, records.encode_records(list(decoy.pages.items())))
+        upload_direct(ds, "web1", decoy)
         commit(ds, "web1", decoy.request)
     ds.catalog.set_retention("web1", Retention(keep_daily=7))
     report = prune(ds, "web1")
@@ -201,3 +198,59 @@ def test_a_misspelt_rule_is_refused_not_dropped(cdp_server) -> None:  # type: ig
         assert resp.status_code == 422, resp.text
         assert misspelt in resp.json()["detail"]
     assert admin.get_retention("web1") == Retention(keep_last=5)
+
+
+def _commit_by_clock(ds: Datastore, monkeypatch: pytest.MonkeyPatch,
+                     clock: list[float]) -> list[str]:
+    """One point of web1 committed at each of the server clock's readings `clock`."""
+    import cdp_server.commit as commit_module
+
+    ds.add_host("web1")
+    codec, ids = new_codec(), []
+    for i, reading in enumerate(clock):
+        monkeypatch.setattr(commit_module, "time", SimpleNamespace(time=lambda r=reading: r))
+        built = build_point(codec, "web1", {"vda": os.urandom(BS)}, created=time.time() + i)
+        upload_direct(ds, "web1", built)
+        commit(ds, "web1", built.request)
+        ids.append(built.point_id)
+    return ids
+
+
+def test_a_point_committed_while_the_server_clock_ran_ahead_does_not_stay_newest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's clock ran a year ahead for one commit and was put right. Ranked by
+    the clock, that point stayed the newest for the year: with keep_last 1 the only one
+    kept, every point after it pruned. Ranked by commit order, it ages like the others."""
+    now = time.time()
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ids = _commit_by_clock(ds, monkeypatch, [now + 365 * 86400, now, now + 1, now + 2])
+    ds.catalog.set_retention("web1", Retention(keep_last=1))
+    assert prune(ds, "web1").removed == ids[:3]
+    assert [r.point_id for r in ds.catalog.point_rows("web1")] == [ids[3]]
+
+
+def test_points_committed_while_the_server_clock_ran_behind_are_not_pruned_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that booted with its clock in 1970 (no RTC, NTP not yet in step) commits
+    the host's newest points with the oldest times: keep_last keeps them all the same."""
+    now = time.time()
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ids = _commit_by_clock(ds, monkeypatch, [now, now + 1, 60.0, 61.0])
+    ds.catalog.set_retention("web1", Retention(keep_last=2))
+    assert sorted(prune(ds, "web1").kept) == sorted(ids[2:])
+
+
+def test_a_catalog_from_before_commit_order_numbers_its_points_by_commit_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog made before points had an arrival number (and one an older server
+    committed into since, leaving it empty) gets them when opened, after the numbered
+    ones, in the order of the commit times; new points follow."""
+    now = time.time()
+    ds, _ = Datastore.init(tmp_path / "ds")
+    ids = _commit_by_clock(ds, monkeypatch, [now + 5, now + 1, now + 3])
+    with ds.catalog.write() as db:
+        db.execute("UPDATE points SET arrival = NULL WHERE point_id != ?", (ids[0],))
+    reopened = Datastore.open(tmp_path / "ds")
+    by_arrival = sorted(reopened.catalog.point_rows("web1"), key=lambda r: r.arrival)
+    assert [(r.point_id, r.arrival) for r in by_arrival] == [
+        (ids[0], 1), (ids[1], 2), (ids[2], 3)]
