@@ -271,14 +271,15 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
     def block_ids() -> Iterator[tuple[int, bytes]]:
         # An index page missing or damaged on the server leaves the blocks from here on
         # unknown: like a damaged chunk it stops this volume only, after the blocks
-        # before it (all handed out already) are restored.
+        # before it (all handed out already) are restored. An answer that is not a
+        # record stream (FormatError) is the server failing, not the page: it stops all.
         at = start_block
         try:
             for item in iter_block_ids(vol.geometry, src.page_source(host), vol.root_id):
                 if item[0] >= start_block:
                     at = item[0] + 1
                     yield item
-        except (IntegrityError, NotFoundError, FormatError) as exc:
+        except (IntegrityError, NotFoundError) as exc:
             offset = at * vol.block_size
             index_damage.append(_Damage(offset, vol.size - offset, b"", "are not restored: "
                                         f"their index is missing or damaged on the server "
