@@ -332,6 +332,8 @@ class _Execution:
         except IntegrityError as exc:
             for rep in reps:
                 rep.verified, rep.error = "failed", str(exc)
+            if self.plan.verify_only:
+                raise
             # The target does not hold what was written. A resume would skip the written
             # volumes and fail the same way every time: a rerun starts over instead.
             self.store.remove()
