@@ -25,6 +25,7 @@ from hotcopy import cli, transfer
 from hotcopy.config import AgentConfig
 from hotcopy.errors import SourceError
 from hotcopy.state import StateDir
+from tests.ctrlc import interruptible, signal_state
 
 from .conftest import Agent
 
@@ -297,10 +298,18 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
     env = {**os.environ, "CDP_AGENT_CONFIG": str(config)}
     run = [sys.executable, "-m", "hotcopy", "run", "--bandwidth", str(512 * 1024)]
 
-    interrupted = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
+    interrupted = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=interruptible)
     _wait_for_point(lock, interrupted)
     interrupted.send_signal(signal.SIGINT)
-    assert interrupted.wait(timeout=30) == 130, interrupted.communicate()[1]
+    try:
+        interrupted.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        state = signal_state(interrupted.pid)
+        interrupted.kill()
+        raise AssertionError(f"the agent went on after SIGINT:\n{state}\n"
+                             f"{interrupted.communicate()[1]}") from None
+    assert interrupted.returncode == 130, interrupted.communicate()[1]
     assert agent.remote.points(agent.host) == []
     assert os.listdir(image.parent) == ["disk.img"]
 
