@@ -215,15 +215,9 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
     conf = _overrides(_load(config_path), sources, tracking, bandwidth)
     if interval is not None:
         conf = replace(conf, interval=interval).check()
-    stop = False
-
-    def on_term(*_: Any) -> None:
-        nonlocal stop
-        stop = True
-        transfer.request_stop()  # a point waiting to retry a silent server gives up
-
-    signal.signal(signal.SIGTERM, on_term)
-    while not stop:
+    # The point under way finishes; one waiting to retry a silent server gives up.
+    signal.signal(signal.SIGTERM, lambda *_: transfer.request_stop())
+    while not transfer.stopping():
         tick = time.monotonic()
         try:
             _one_point(conf, True, False)
@@ -231,11 +225,10 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
             log.error("point failed: %s", exc)
         except Exception:  # a bug, or a worker killed: the next tick still comes
             log.exception("point failed with an unexpected error (please report it)")
-        # Sleep to the tick itself, a second at a time so that SIGTERM is seen soon: whole
+        # Sleep to the tick itself (a wait that a SIGTERM ends within a second): whole
         # seconds from wherever the point ended overshot it, and every point started up to
         # a second later than the one before (a point taking longer starts the next at once).
-        while not stop and (left := tick + conf.interval - time.monotonic()) > 0:
-            time.sleep(min(1.0, left))
+        transfer.wait(tick + conf.interval - time.monotonic())
 
 
 @cli.command()

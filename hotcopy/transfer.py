@@ -43,12 +43,11 @@ def _transient(exc: Exception) -> bool:
         isinstance(exc, ServerError) and exc.status is not None and exc.status >= 500)
 
 
-#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`): retries give up.
-_stopping = False
-#: The same, seen by the sealing workers: they retry their own uploads, and `kill PID`
-#: signals the agent alone (systemd signals them too). Shared memory made at import, before
-#: any worker is forked; a plain global set in the agent stayed False in each worker.
-_stop_shared = multiprocessing.RawValue("b", 0)
+#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`): retries give up. Shared
+#: memory made at import, before any worker is forked, so that the sealing workers, which
+#: retry their own uploads, see it too: `kill PID` signals the agent alone (systemd signals
+#: them as well), and a plain global set in the agent stayed False in each worker.
+_stop_requested = multiprocessing.RawValue("b", 0)
 
 
 def request_stop() -> None:
@@ -56,17 +55,15 @@ def request_stop() -> None:
     the point's snapshots still held): no more waiting for a server that does not answer,
     nor for the bandwidth cap. The attempt under way finishes; a failure after it fails the
     point. Safe in a signal handler; reaches the forked workers too (`stopping`)."""
-    global _stopping
-    _stopping = True
-    _stop_shared.value = 1
+    _stop_requested.value = 1
 
 
 def stopping() -> bool:
     """Whether this process, or the agent that forked it, was asked to stop."""
-    return _stopping or bool(_stop_shared.value)
+    return bool(_stop_requested.value)
 
 
-def _wait(seconds: float) -> bool:
+def wait(seconds: float) -> bool:
     """Sleep `seconds`, a second at a time so that a stop requested meanwhile ends the wait
     within a second; False if it did."""
     until = time.monotonic() + seconds
@@ -87,7 +84,7 @@ def retrying(policy: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
                 raise
             log.warning("%s failed (%s); retry %d/%d in %.0f s", what, exc, attempt,
                         policy.attempts - 1, delay)
-            if not _wait(delay):
+            if not wait(delay):
                 raise
             delay = min(delay * 2, policy.max_delay)
     raise AssertionError("unreachable")
@@ -113,7 +110,7 @@ class Throttle:
         # Once a stop is requested the cap holds the point back no longer: at a few bytes
         # per second one sleep outlasted systemd's TimeoutStopSec, and its SIGKILL left the
         # point's snapshots behind. The point then ends as it would without a cap.
-        _wait(due - time.monotonic())
+        wait(due - time.monotonic())
 
 
 @dataclass
@@ -225,7 +222,7 @@ class Sender:
                     raise
                 log.warning("upload of %d %s failed (%s); resuming in %.0f s", len(pending),
                             kind, exc, delay)
-                if not _wait(delay):
+                if not wait(delay):
                     raise
                 delay = min(delay * 2, self.policy.max_delay)
                 # Part of the request may have been stored: send only what is still lacking.

@@ -250,7 +250,7 @@ class _Execution:
             self.emit(Event("failed", action, message=message))
             raise
         self.state.done_actions.append(action.id)
-        if not self.plan.verify_only:  # never read back (above): nothing to save
+        if not self.plan.verify_only:  # a check keeps no resume state (above)
             self.store.save(self.state)
         self.report.actions.append({**record, "status": "done"})
         self.emit(Event("done", action, done=action.size, total=action.size))

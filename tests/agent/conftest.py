@@ -86,10 +86,10 @@ def assert_point_equals(agent: Agent, point_id: str, copy: Path) -> Manifest:
 
 
 @pytest.fixture(autouse=True)
-def _no_stop_left_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_stop_left_behind() -> Iterator[None]:
     """A test that requests a stop (`transfer.request_stop`, or a SIGTERM to `cdp-agent run`
-    in this process) must not make the next one's retries give up: the flag the forked
-    workers see lives in shared memory, which no monkeypatching of the module undoes."""
-    monkeypatch.setattr(transfer, "_stopping", False)
+    in this process) must not make the next one's retries give up: the flag lives in shared
+    memory (the forked workers see it), which no monkeypatching of the module undoes."""
+    transfer._stop_requested.value = 0
     yield
-    transfer._stop_shared.value = 0
+    transfer._stop_requested.value = 0

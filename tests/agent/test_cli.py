@@ -356,7 +356,9 @@ def test_run_keeps_its_ticks_without_drifting_or_piling_up(
         assert seconds > 0
         now[0] += seconds
 
-    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    clock = SimpleNamespace(monotonic=lambda: now[0], sleep=sleep)
+    monkeypatch.setattr(cli, "time", clock)
+    monkeypatch.setattr(transfer, "time", clock)  # the wait between points
     assert _run_in_process(monkeypatch, conf, one_point).exit_code == 0
     assert starts == pytest.approx([0, 60, 120, 180, 330, 390])
 
