@@ -11,7 +11,8 @@ the newest point to an image file through the rescue engine's streaming path
 RANGES.json), as one long-lived process, the way `cdp-agent run` takes its points, and
 answers each with a JSON line of its stats, wall time and CPU time (workers included).
 
-SETTINGS.json: {"url", "token", "ca", "host", "master_hex", "state_dir"}. With
+SETTINGS.json: {"url", "token", "ca", "host", "master_hex", "state_dir"}, and optionally
+"compression_level" (the agent's zstd level). With
 CDP_BENCH_LOG=info the agent's log (per-phase times of each point) goes to stderr.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import click
 
+from cdpcore import format as fmt
 from cdpcore.client import CdpClient
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.errors import UsageError
@@ -39,7 +41,8 @@ def _client(s: dict[str, Any]) -> CdpClient:
 
 
 def _codec(s: dict[str, Any]) -> BlobCodec:
-    return BlobCodec(KeySet.from_master(bytes.fromhex(s["master_hex"])))
+    return BlobCodec(KeySet.from_master(bytes.fromhex(s["master_hex"])),
+                     s.get("compression_level", fmt.ZSTD_LEVEL))
 
 
 def tracking_parameter() -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cdpcore import format as fmt
 from cdpcore.errors import CdpError
 
 from . import peers
@@ -56,10 +57,12 @@ def update_doc(doc_path: Path, table: str) -> None:
 @click.option("--json", "json_out", default="", help="Also write the JSON document here.")
 @click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False),
               help="Run nothing: render the table of a saved JSON document (and --doc).")
+@click.option("--compression-level", type=int, default=fmt.ZSTD_LEVEL, show_default=True,
+              help="zstd level of this project's agent (its `compression_level`; 0: none).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step.")
 def main(size: str, runs: int, series_size: str, series_points: int, empty_size: str,
          tools: str, work: str, cache: str, doc: str, json_out: str, from_json: str | None,
-         verbose: bool) -> None:
+         compression_level: int, verbose: bool) -> None:
     """Benchmark this project side by side with restic and borg and the cat/dd limit:
     full and incremental backup time, peak memory, repository growth, restore time with
     a byte-for-byte check, a series of points, and the empty-point cost. Prints the
@@ -84,7 +87,7 @@ def main(size: str, runs: int, series_size: str, series_points: int, empty_size:
                         work=Path(work), cache=cache)
     try:
         versions = peers.ensure_installed()
-        chosen = make_tools(names)
+        chosen = make_tools(names, compression_level)
         result = benchmark(settings, chosen, extra={"versions": versions})
         if "cdp" in names:
             from .ours import empty_point
@@ -114,12 +117,12 @@ def main(size: str, runs: int, series_size: str, series_points: int, empty_size:
         sys.exit(1)
 
 
-def make_tools(names: list[str]) -> list[peers.Tool]:
+def make_tools(names: list[str], compression_level: int = fmt.ZSTD_LEVEL) -> list[peers.Tool]:
     chosen: list[peers.Tool] = []
     if "cdp" in names:
         from .ours import cdp_tools
 
-        chosen += cdp_tools()
+        chosen += cdp_tools(compression_level)
     if "restic" in names:
         chosen.append(peers.Restic())
     if "borg" in names:

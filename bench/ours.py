@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdpcore import format as fmt
 from cdpcore import runcmd
 from cdpcore.api import Role
 from cdpcore.client import CdpClient
@@ -120,6 +121,7 @@ class CdpTool:
 
     name: str
     tracking: bool
+    compression_level: int = fmt.ZSTD_LEVEL
     server: Server | None = None
     settings: Path = Path()
     server_rss_kib: int = 0
@@ -134,7 +136,8 @@ class CdpTool:
         self.settings.write_text(json.dumps({
             "url": self.server.url, "token": self.server.tokens[Role.agent],
             "ca": self.server.ca, "host": HOST, "master_hex": new_master_key().hex(),
-            "state_dir": str(work / "agent-state")}))
+            "state_dir": str(work / "agent-state"),
+            "compression_level": self.compression_level}))
         os.chmod(self.settings, 0o600)
 
     def _step(self, *args: str, flushed: Path | None = None) -> Sample:
@@ -211,12 +214,13 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def cdp_tools() -> list[CdpTool]:
+def cdp_tools(compression_level: int = fmt.ZSTD_LEVEL) -> list[CdpTool]:
     from .agent_run import tracking_parameter
 
-    tools = [CdpTool("cdp-scan", tracking=False)]
+    tools = [CdpTool("cdp-scan", tracking=False, compression_level=compression_level)]
     if tracking_parameter() is not None:
-        tools.append(CdpTool("cdp-tracking", tracking=True))
+        tools.append(CdpTool("cdp-tracking", tracking=True,
+                             compression_level=compression_level))
     return tools
 
 

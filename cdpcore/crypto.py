@@ -75,7 +75,7 @@ class _ZstdContexts(threading.local):
     a 16 KiB block (bench/pipeline.py)."""
 
     def __init__(self, level: int) -> None:
-        self.compressor = zstandard.ZstdCompressor(level=level)
+        self.compressor = zstandard.ZstdCompressor(level=level) if level else None
         self.decompressor = zstandard.ZstdDecompressor()
 
 
@@ -84,6 +84,11 @@ class BlobCodec:
     every primitive used releases the GIL."""
 
     def __init__(self, keys: KeySet, level: int = fmt.ZSTD_LEVEL) -> None:
+        """`level`: the zstd level blobs are sealed with, 0 for none (stored as they are);
+        blobs of any level open alike."""
+        if level and not fmt.MIN_ZSTD_LEVEL <= level <= fmt.MAX_ZSTD_LEVEL:
+            raise ValueError(f"compression level must be 0 (none) or {fmt.MIN_ZSTD_LEVEL} "
+                             f"to {fmt.MAX_ZSTD_LEVEL}, not {level}")
         self.keys = keys
         self._level = level
         self._aead = AESGCM(keys.enc_key)
@@ -97,7 +102,8 @@ class BlobCodec:
 
     def seal(self, kind: int, object_id: bytes, plaintext: bytes | memoryview) -> bytes:
         """Compress (when it saves space) and encrypt; `object_id` becomes part of the AAD."""
-        compressed = self._zstd.compressor.compress(plaintext)
+        compressor = self._zstd.compressor
+        compressed = compressor.compress(plaintext) if compressor else plaintext
         if len(compressed) < len(plaintext):
             compression, body = fmt.COMPRESSION_ZSTD, compressed
         else:

@@ -32,7 +32,13 @@ TAG_SIZE = 16
 BLOB_HEADER_SIZE = 4 + 1 + 1 + 1 + 1 + NONCE_SIZE  # 20
 BLOB_OVERHEAD = BLOB_HEADER_SIZE + TAG_SIZE  # 36
 #: zstd level: level 1 compresses at several hundred MB/s per core (bench/pipeline.py).
+#: Writers may choose another (the agent's `compression_level`); readers need not know it.
 ZSTD_LEVEL = 1
+#: The levels a writer may choose; 0 stores blocks uncompressed (as zlib's level 0 does).
+#: Below -7 zstd barely compresses 16 KiB blocks; above 19 its "ultra" levels need
+#: windows far larger than a block.
+MIN_ZSTD_LEVEL = -7
+MAX_ZSTD_LEVEL = 19
 #: Refuse to decompress a chunk claiming to be larger than this (zip-bomb guard).
 MAX_PLAINTEXT_SIZE = MAX_BLOCK_SIZE
 #: The same for a manifest: writers set no bound on it and the server takes sealed

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from cdpcore import format as fmt
 from cdpcore import keys
 from cdpcore.errors import CdpError, UsageError
 from cdpcore.points import point_line, select_point
@@ -149,7 +150,7 @@ def _progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[
 
 def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> None:
     remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
-    codec = codec_for_host(remote, conf.host, conf.recovery_key)
+    codec = codec_for_host(remote, conf.host, conf.recovery_key, conf.compression_level)
     if not conf.sources:
         # whole disks by default, found afresh for every point (a disk added is protected)
         conf = replace(conf, sources=local_disks())
@@ -170,13 +171,15 @@ def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> No
 
 
 def _overrides(conf: cfgmod.AgentConfig, sources: tuple[str, ...], tracking: str | None,
-               bandwidth: int | None) -> cfgmod.AgentConfig:
+               bandwidth: int | None, compression_level: int | None) -> cfgmod.AgentConfig:
     if sources:  # relative to where the command runs (the config file's must be absolute)
         conf = replace(conf, sources=[os.path.abspath(s) for s in sources])
     if tracking:
         conf = replace(conf, tracking=tracking)
     if bandwidth is not None:
         conf = replace(conf, bandwidth=bandwidth)
+    if compression_level is not None:
+        conf = replace(conf, compression_level=compression_level)
     return conf.check()
 
 
@@ -186,6 +189,11 @@ tracking_option = click.option("--tracking", type=click.Choice(["scan", "era"]),
                                help="Change tracking (default from the config: scan).")
 bandwidth_option = click.option("--bandwidth", type=int, default=None,
                                 help="Upload cap in bytes per second (0: none).")
+compression_option = click.option(
+    "--compression-level", type=int, default=None,
+    help=f"zstd level of the blocks sent: {fmt.MIN_ZSTD_LEVEL} (fastest) to "
+         f"{fmt.MAX_ZSTD_LEVEL} (smallest), 0 for none (default from the config: "
+         f"{fmt.ZSTD_LEVEL}). Points of any level restore alike.")
 
 
 @cli.command("backup")
@@ -193,11 +201,12 @@ bandwidth_option = click.option("--bandwidth", type=int, default=None,
 @source_option
 @tracking_option
 @bandwidth_option
+@compression_option
 @json_option
 def backup_cmd(config_path: str, sources: tuple[str, ...], tracking: str | None,
-               bandwidth: int | None, as_json: bool) -> None:
+               bandwidth: int | None, compression_level: int | None, as_json: bool) -> None:
     """Take one recovery point now."""
-    conf = _overrides(_load(config_path), sources, tracking, bandwidth)
+    conf = _overrides(_load(config_path), sources, tracking, bandwidth, compression_level)
     _one_point(conf, as_json, sys.stderr.isatty())
 
 
@@ -206,13 +215,14 @@ def backup_cmd(config_path: str, sources: tuple[str, ...], tracking: str | None,
 @source_option
 @tracking_option
 @bandwidth_option
+@compression_option
 @click.option("--interval", type=int, default=None, help="Seconds between points (>= 60).")
 def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
-        bandwidth: int | None, interval: int | None) -> None:
+        bandwidth: int | None, compression_level: int | None, interval: int | None) -> None:
     """Take a recovery point every INTERVAL seconds until stopped: SIGTERM lets the point
     in progress finish, SIGINT (Ctrl-C) abandons it (exit 130). A failed or abandoned
     point is never half-committed; a failed one is logged and retried at the next tick."""
-    conf = _overrides(_load(config_path), sources, tracking, bandwidth)
+    conf = _overrides(_load(config_path), sources, tracking, bandwidth, compression_level)
     if interval is not None:
         conf = replace(conf, interval=interval).check()
     # The point under way finishes; one waiting to retry a silent server gives up.

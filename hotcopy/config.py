@@ -58,6 +58,7 @@ class AgentConfig:
     nice: int = 10  # CPU priority of the agent and its workers (0-19)
     io_class: str = "idle"  # I/O class: idle, best-effort (lowest level) or none
     max_freeze: int = DEFAULT_MAX_FREEZE  # seconds a filesystem may stay frozen; 0: no limit
+    compression_level: int = fmt.ZSTD_LEVEL  # zstd level of new blobs; 0: none
 
     def check(self) -> AgentConfig:
         priority.check(self.nice, self.io_class)
@@ -81,6 +82,11 @@ class AgentConfig:
         if self.max_freeze < 0:
             raise UsageError(f"max_freeze must be 0 (no limit) or more seconds, not "
                              f"{self.max_freeze}")
+        if self.compression_level and not (
+                fmt.MIN_ZSTD_LEVEL <= self.compression_level <= fmt.MAX_ZSTD_LEVEL):
+            raise UsageError(f"compression_level must be 0 (none) or a zstd level from "
+                             f"{fmt.MIN_ZSTD_LEVEL} (fastest) to {fmt.MAX_ZSTD_LEVEL} "
+                             f"(smallest), not {self.compression_level}")
         if self.tracking not in ("scan", "era"):
             raise UsageError(f"unknown tracking mode {self.tracking!r}: use scan or era")
         for key, paths in (("state_dir", [self.state_dir]), ("sources", self.sources)):

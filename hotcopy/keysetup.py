@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cdpcore import format as fmt
 from cdpcore import keys
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.errors import ServerError
@@ -37,8 +38,10 @@ def establish_key(remote: Remote, host: str, passphrase: Callable[[bool], str]
     return master, True
 
 
-def codec_for_host(remote: Remote, host: str, recovery_key: str) -> BlobCodec:
-    """The codec of the configured recovery key, refused if it is not the host's key:
-    points sealed under another key could not be opened with the host's passphrase."""
+def codec_for_host(remote: Remote, host: str, recovery_key: str,
+                   level: int = fmt.ZSTD_LEVEL) -> BlobCodec:
+    """The codec of the configured recovery key, sealing at zstd `level`, refused if it is
+    not the host's key: points sealed under another key could not be opened with the
+    host's passphrase."""
     return BlobCodec(KeySet.from_master(
-        keys.master_from_recovery_key(recovery_key, remote.get_key(host))))
+        keys.master_from_recovery_key(recovery_key, remote.get_key(host))), level)

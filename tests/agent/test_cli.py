@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from cdpcore import format as fmt
 from cdpcore.errors import ConnectionFailed, WrongKeyError
 from hotcopy import cli, transfer
 from hotcopy.config import AgentConfig
@@ -66,6 +67,25 @@ def test_init_backup_points_verify_status(agent: Agent, cdp_server, gpt_image: P
                    config=tmp_path / "other.toml")
     assert wrong.returncode == WrongKeyError.exit_code
     assert "wrong passphrase" in wrong.stderr
+
+
+def test_compression_level_zero_sends_blocks_as_they_are(  # type: ignore[no-untyped-def]
+        agent: Agent, cdp_server, gpt_image: Path, tmp_path: Path) -> None:
+    """`--compression-level 0`: every new chunk is sent as it is (block and blob header),
+    and the point still verifies with a codec of the default level."""
+    config = tmp_path / "agent.toml"
+    init = _agent("init", "--server", cdp_server.url, "--token", agent.token, "--host",
+                  agent.host, "--passphrase", "s3cret", "--ca", str(cdp_server.ca_path),
+                  "--source", str(gpt_image), "--state-dir", str(agent.state_dir),
+                  config=config)
+    assert init.returncode == 0, init.stderr
+    done = _agent("backup", "--compression-level", "0", "--json", config=config)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)["stats"]
+    assert stats["new_chunks"] > 0
+    assert stats["new_bytes"] == stats["new_chunks"] * (16384 + fmt.BLOB_OVERHEAD)
+    checked = _agent("verify", "latest", "--json", config=config)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["ok"], checked.stderr
 
 
 def test_interval_below_a_minute_is_refused(tmp_path: Path) -> None:
@@ -176,6 +196,8 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
     ("bandwidth = -5", "bandwidth must be 0 (no cap) or more bytes per second, not -5"),
     ("workers = -2", "workers must be 0 (one per CPU plus one, at most 3) or more, not -2"),
     ("block_size = 1000", "block_size: block size 1000 is not a power of two in [4096, 4194304]"),
+    ("compression_level = 22", "compression_level must be 0 (none) or a zstd level from -7 "
+                               "(fastest) to 19 (smallest), not 22"),
     # read from the service's working directory (/), not from where the file was written
     ('state_dir = "state"', "state_dir: 'state' is not an absolute path (the service does "
                             "not run in the directory it was written from)"),

@@ -37,6 +37,37 @@ def test_incompressible_block_is_stored_raw(codec: BlobCodec) -> None:
     assert blob[6] == fmt.COMPRESSION_NONE
 
 
+@pytest.mark.parametrize("level", [fmt.MIN_ZSTD_LEVEL, -1, 0, 3, fmt.MAX_ZSTD_LEVEL])
+def test_blobs_of_every_level_open_with_any_codec_of_the_key(level: int) -> None:
+    """The level is the writer's choice: a reader at the default opens them all, and the
+    chunk ID (of the plaintext) does not depend on it, so deduplication holds across it."""
+    keys = KeySet.from_master(bytes(range(64)))
+    writer, reader = BlobCodec(keys, level), BlobCodec(keys)
+    text = b"the quick brown fox jumps over the lazy dog " * 400
+    chunk_id, blob = writer.seal_block(text)
+    assert blob is not None and reader.open_block(chunk_id, blob) == text
+    assert chunk_id == reader.seal_block(text)[0]
+    if level == 0:  # none: stored as it is, however compressible
+        assert blob[6] == fmt.COMPRESSION_NONE and len(blob) == len(text) + fmt.BLOB_OVERHEAD
+    else:
+        assert blob[6] == fmt.COMPRESSION_ZSTD and len(blob) < len(text) // 4
+
+
+def test_faster_levels_trade_size_for_speed_on_the_same_block() -> None:
+    keys = KeySet.from_master(bytes(range(64)))
+    text = bytes(os.urandom(64).hex() * 128, "ascii")[:16384]  # hex: compressible, not trivially
+    sizes = {level: len(BlobCodec(keys, level).seal_block(text)[1] or b"")
+             for level in (fmt.MIN_ZSTD_LEVEL, 1, fmt.MAX_ZSTD_LEVEL)}
+    assert sizes[fmt.MIN_ZSTD_LEVEL] > sizes[1] >= sizes[fmt.MAX_ZSTD_LEVEL]
+
+
+@pytest.mark.parametrize("level", [fmt.MIN_ZSTD_LEVEL - 1, fmt.MAX_ZSTD_LEVEL + 1])
+def test_a_level_out_of_range_is_refused(level: int) -> None:
+    with pytest.raises(ValueError, match=f"compression level must be 0 \\(none\\) or "
+                                         f"-7 to 19, not {level}"):
+        BlobCodec(KeySet.from_master(bytes(range(64))), level)
+
+
 def test_zero_block_has_zero_id_and_no_blob(codec: BlobCodec) -> None:
     assert codec.seal_block(bytes(16384)) == (fmt.ZERO_ID, None)
     assert is_zero(bytes(200_000)) and not is_zero(bytes(199_999) + b"\x01")
