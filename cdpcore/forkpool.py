@@ -36,8 +36,12 @@ def fork_pool(workers: int, initializer: Callable[..., object],
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_start_worker, initargs=(initializer, initargs))
     try:
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # The mask to restore is read first: a signal handler may run inside the call that
+        # blocks the stop signals, once they are blocked (CPython checks for signals
+        # there), and a KeyboardInterrupt raised there must find the mask restored too.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal arrives here

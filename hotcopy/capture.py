@@ -33,6 +33,7 @@ import socket
 import stat
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -315,12 +316,50 @@ def _number(sfpart: dict[str, Any]) -> int:
     return int(re.findall(r"\d+$", str(sfpart["node"]))[0])
 
 
+def _gpt_header(sector: bytes, lba: int) -> bool:
+    """True if `sector` is a GPT header that says it is at `lba`, its CRC32 right."""
+    if len(sector) < 92 or sector[:8] != b"EFI PART":
+        return False
+    header_size, crc = struct.unpack_from("<II", sector, 12)
+    if not 92 <= header_size <= len(sector) or struct.unpack_from("<Q", sector, 24)[0] != lba:
+        return False
+    return zlib.crc32(sector[:16] + bytes(4) + sector[20:header_size]) == int(crc)
+
+
+def _check_file_gpt(path: str, size: int) -> None:
+    """An image file is read as a disk of 512-byte sectors, where a GPT of 4096-byte
+    sectors is no GPT: its headers are in the 4096-byte sectors 1 and last. sfdisk reads
+    the protective MBR alone, which pyparted refuses, and the disk would be copied whole,
+    no partition a volume of its own: refuse a file with a protective MBR (an entry of
+    type 0xee, a hybrid MBR's too) and a GPT header, primary or backup, where 4096-byte
+    sectors put it. Run when sfdisk reads no GPT of 512-byte sectors."""
+    last = size // LARGE_SECTOR - 1
+    if last < 2:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mbr = os.pread(fd, FILE_SECTOR, 0)
+        if len(mbr) < FILE_SECTOR or mbr[510:] != EMPTY_EBR[510:] or all(
+                mbr[entry + 4] != GPT_PROTECTIVE for entry in range(446, 510, 16)):
+            return
+        for lba in (1, last):
+            if _gpt_header(os.pread(fd, LARGE_SECTOR, lba * LARGE_SECTOR), lba):
+                raise SourceError(
+                    f"{path}: a GPT of {LARGE_SECTOR}-byte sectors (a header at byte "
+                    f"{lba * LARGE_SECTOR}), which this file read as {FILE_SECTOR}-byte "
+                    f"sectors does not show: an image of a disk of {LARGE_SECTOR}-byte "
+                    f"sectors; attach it as a loop device (losetup --sector-size "
+                    f"{LARGE_SECTOR}) and protect that")
+    finally:
+        os.close(fd)
+
+
 def _check_file_sectors(path: str, disk: Disk) -> None:
     """An image file is read as a disk of 512-byte sectors. A GPT of 4096-byte sectors is
-    then no GPT (the disk is copied whole), but an MBR reads as one, its partitions at an
-    eighth of their offsets: refuse a file with an MBR partition that holds nothing where
-    it says, and a filesystem where 4096-byte sectors would put it (where no partition
-    of the table starts)."""
+    then no GPT (`_check_file_gpt` refuses it), but an MBR reads as one, its partitions at
+    an eighth of their offsets: refuse a file with an MBR partition that holds nothing
+    where it says, and a filesystem where 4096-byte sectors would put it (where no
+    partition of the table starts)."""
     starts = {p.start * FILE_SECTOR for p in disk.partitions}
     for part in disk.partitions:
         start, end = part.start * LARGE_SECTOR, (part.start + part.length) * LARGE_SECTOR
@@ -377,6 +416,8 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
     if block:
         drop_cache(path)  # read the table and the superblocks as they are on the disk
     table = _sfdisk(path)
+    if not block and (table or {}).get("label") != "gpt":
+        _check_file_gpt(path, size)
     parted_table = None
     if table is not None and table.get("label") in ("gpt", "dos"):
         parted_table = read_table(path, size, sector, extended_containers(table))

@@ -185,17 +185,23 @@ def test_the_content_decides_a_swap_typed_partitions_role() -> None:
     assert _role(Filesystem("swsuspend"), None, MBR_SWAP, [], "primary") == "swap"
 
 
+def _4kn_image(img: Path, table: bytes) -> Path:
+    """A 64 MiB image of a disk of 4096-byte sectors: the sfdisk script `table` (one
+    partition at 1 MiB, 16 MiB long) and ext4 in that partition."""
+    with open(img, "wb") as f:
+        f.truncate(64 * MiB)
+    with attached_loop(img, "--sector-size", "4096") as dev:
+        runcmd.run(["sfdisk", "-q", dev], input=table)
+    mkfs_ext4(img, 1 * MiB, 16 * MiB)
+    return img
+
+
 def test_an_image_of_a_4kn_mbr_disk_is_refused(tmp_path: Path) -> None:
     """An image file of a disk of 4096-byte sectors with an MBR: sfdisk and pyparted read
     a file as 512-byte sectors, so the partitions came out at an eighth of their offsets
     and sizes, and their volumes copied the wrong bytes (2 of the filesystem's 16 MiB,
     from the wrong place), without a word. Attached as a 4Kn loop device it is right."""
-    img = tmp_path / "k.img"
-    with open(img, "wb") as f:
-        f.truncate(64 * MiB)
-    with attached_loop(img, "--sector-size", "4096") as dev:
-        runcmd.run(["sfdisk", "-q", dev], input=b"label: dos\nstart=256, size=4096, type=83\n")
-    mkfs_ext4(img, 1 * MiB, 16 * MiB)
+    img = _4kn_image(tmp_path / "k.img", b"label: dos\nstart=256, size=4096, type=83\n")
     with pytest.raises(SourceError, match=r"k\.img: partition 1 holds nothing at byte 131072 "
                                           r"but ext4 at byte 1048576: an image of a disk of "
                                           r"4096-byte sectors"):
@@ -205,6 +211,40 @@ def test_an_image_of_a_4kn_mbr_disk_is_refused(tmp_path: Path) -> None:
         part = layout.disks[0].partition(1)
         assert part.filesystem is not None and part.filesystem.type == "ext4"
         assert (volumes[1].offset, volumes[1].size) == (1 * MiB, 16 * MiB)
+
+
+@pytest.mark.parametrize("headers", ["both", "backup"])
+def test_an_image_of_a_4kn_gpt_disk_is_refused(tmp_path: Path, headers: str) -> None:
+    """An image file of a disk of 4096-byte sectors with a GPT: read as 512-byte sectors,
+    sfdisk found no GPT header (it is in the 4096-byte sector 1, the backup in the last)
+    but the protective MBR, which pyparted refused, so the disk was copied whole, no
+    partition a volume of its own, with a warning that told of a dos table pyparted
+    could not read. The capture says what the file is and what to do, as for a 4Kn MBR,
+    also when only the backup header is left. Attached as a 4Kn loop device it is right
+    (with the primary header lost, what any disk with a damaged GPT gets)."""
+    img = _4kn_image(tmp_path / "k.img", b"label: gpt\nstart=256, size=4096\n")
+    if headers == "backup":
+        with open(img, "r+b") as f:
+            f.seek(4096)
+            f.write(bytes(4096))
+    header = 4096 if headers == "both" else 64 * MiB - 4096
+    with pytest.raises(SourceError) as refused:
+        capture([str(img)], "web1")
+    assert str(refused.value) == (
+        f"{img}: a GPT of 4096-byte sectors (a header at byte {header}), which this file "
+        "read as 512-byte sectors does not show: an image of a disk of 4096-byte sectors; "
+        "attach it as a loop device (losetup --sector-size 4096) and protect that")
+    with attached_loop(img, "--sector-size", "4096") as dev:
+        layout, volumes = capture([dev], "web1")
+        disk = layout.disks[0]
+        if headers == "backup":  # a damaged GPT, as on any disk: copied whole, table included
+            assert disk.table is None
+            assert [(v.offset, v.size) for v in volumes] == [(0, 64 * MiB)]
+            return
+        assert (disk.table, disk.logical_sector_size) == ("gpt", 4096)
+        part = disk.partition(1)
+        assert part.filesystem is not None and part.filesystem.type == "ext4"
+        assert [(v.offset, v.size) for v in volumes[1:]] == [(1 * MiB, 16 * MiB)]
 
 
 def test_an_empty_partition_before_one_at_eight_times_its_start_is_not_refused(

@@ -79,3 +79,34 @@ def test_a_fork_that_fails_part_way_leaves_no_worker_behind() -> None:
     assert done.stdout.splitlines() == ["refused: Resource temporarily unavailable",
                                         "workers left: 0"], done.stderr
     assert done.returncode == 0, done.stderr
+
+
+def test_a_ctrl_c_as_the_stop_signals_are_blocked_leaves_them_unblocked() -> None:
+    """A Ctrl-C that lands just before the stop signals are blocked has its handler run
+    inside `pthread_sigmask`, after the mask is set (CPython checks for signals there):
+    the KeyboardInterrupt came from the call that blocked them, before the mask to restore
+    was known, and the main thread kept SIGINT and SIGTERM blocked for good. Here the
+    signal is raised from C, then the C `pthread_sigmask` blocks the stop signals: no
+    Python code runs between the two calls, so the handler runs nowhere else."""
+    program = textwrap.dedent("""
+        import _signal, ctypes, itertools, operator, signal
+        from cdpcore.forkpool import fork_pool
+        raise_signal, sigmask = getattr(ctypes.CDLL(None), "raise"), signal.pthread_sigmask
+        def ctrl_c_while_blocking(how, mask):
+            if how == signal.SIG_BLOCK and signal.SIGINT in mask:
+                # signal.pthread_sigmask is Python code, which would run the handler
+                # first: _signal's is the C function it calls.
+                calls = [(raise_signal, signal.SIGINT), (_signal.pthread_sigmask, how, mask)]
+                return set(list(itertools.starmap(operator.call, calls))[1])
+            return sigmask(how, mask)
+        signal.pthread_sigmask = ctrl_c_while_blocking
+        try:
+            fork_pool(1, print, ("worker started",))
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+        print(sorted(int(s) for s in sigmask(signal.SIG_BLOCK, [])))
+    """)
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False, preexec_fn=interruptible)
+    assert done.stdout.splitlines() == ["KeyboardInterrupt", "[]"], done.stderr
+    assert done.returncode == 0, done.stderr
