@@ -7,6 +7,11 @@ verified by default, optional certificate pinning for self-signed
 servers, retries with backoff on dropped connections and 5xx answers (every call here is
 idempotent on the server except `create_host`), and batches split transparently to
 respect MAX_IDS_PER_REQUEST and MAX_UPLOAD_BYTES. IDs are raw 32-byte `bytes`.
+
+A client given a `stop_grace` hook (the agent's stop flag) gives up once it says the
+program is stopping: no further try of a request, and a try still waiting for the server
+the grace it names after the stop has its connection shut down (a watcher thread per
+process), whatever its own timeout; both raise StopRequested.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import socket
 import ssl
 import threading
 import time
@@ -58,11 +64,14 @@ from .errors import (
     IntegrityError,
     NotFoundError,
     ServerError,
+    StopRequested,
     shown,
 )
 
 #: Statuses worth retrying: the server or a proxy in front of it is restarting.
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: How often the watcher asks `stop_grace` while tries are in flight.
+_WATCH_EVERY = 0.25
 
 
 class MissingObjectsError(ServerError):
@@ -77,22 +86,156 @@ class MissingObjectsError(ServerError):
 _ACCEPT_RECORDS = f"{records.CURRENT.media_type}, {records.V1.media_type};q=0.5"
 
 
-class _PinningAdapter(HTTPAdapter):
-    """Checks the server certificate's SHA-256 fingerprint (urllib3's assert_fingerprint)."""
+class _Try:
+    """One try of a request by a client with a `stop_grace` hook, while it is in flight:
+    the connections it took from the pool, which the watcher shuts down once the stop's
+    grace has run out."""
 
-    def __init__(self, fingerprint: str, **kwargs: Any) -> None:
+    __slots__ = ("conns", "cut", "socks", "stop_grace", "stop_seen")
+
+    def __init__(self, stop_grace: Callable[[], float | None]) -> None:
+        self.stop_grace = stop_grace
+        self.stop_seen: float | None = None
+        self.conns: list[Any] = []  # urllib3 connections; `.sock` once connected
+        #: a duplicate of each socket opened for it: during the TLS handshake `.sock` is
+        #: the plain socket, already detached by the SSLSocket being made of it
+        self.socks: list[socket.socket] = []
+        self.cut = False
+
+    def check(self, now: float) -> None:
+        try:
+            grace = self.stop_grace()  # read again at every look: a second stop shortens it
+        except Exception:  # a broken hook stops nothing
+            return
+        if grace is None:
+            return
+        if self.stop_seen is None:
+            self.stop_seen = now
+        if now - self.stop_seen < grace:
+            return
+        self.cut = True
+        # Again at every look: a connection still being opened has no socket yet.
+        for sock in [getattr(conn, "sock", None) for conn in list(self.conns)] + self.socks:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    # The plain socket's shutdown, also under TLS: the SSLSocket's own
+                    # would drop its SSL object under the thread reading through it. The
+                    # reader then sees the connection end (or a send fails) at once.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+class _Watch:
+    """The tries in flight in this process, and the thread that looks at their stop hooks
+    (started with the first; a forked child starts its own)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = threading.Condition(self.lock)
+        self.tries: set[_Try] = set()
+        self.thread: threading.Thread | None = None
+
+    def add(self, attempt: _Try) -> None:
+        with self.lock:
+            self.tries.add(attempt)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, args=(self,),
+                                               name="cdp-stop-watch", daemon=True)
+                self.thread.start()
+            self.busy.notify()
+
+    def remove(self, attempt: _Try) -> None:
+        with self.lock:
+            self.tries.discard(attempt)
+
+    @staticmethod
+    def _run(watch: _Watch) -> None:
+        while True:
+            with watch.lock:
+                while not watch.tries:
+                    watch.busy.wait()
+                tries = list(watch.tries)
+            now = time.monotonic()
+            for attempt in tries:
+                attempt.check(now)
+            time.sleep(_WATCH_EVERY)
+
+
+_watch = _Watch()
+#: The try the current thread is making (`_WatchedPool` registers its connection there).
+_current = threading.local()
+
+
+class _WatchedPool:
+    """Mixed into urllib3's connection pool classes: the connection a try takes is
+    registered with it, for the watcher to shut down."""
+
+    def _get_conn(self, *args: Any, **kwargs: Any) -> Any:
+        conn = super()._get_conn(*args, **kwargs)  # type: ignore[misc]
+        attempt: _Try | None = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.conns.append(conn)
+        return conn
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connection classes: a duplicate of each socket opened for a
+    try is registered with it (see `_Try.socks`)."""
+
+    def _new_conn(self, *args: Any, **kwargs: Any) -> Any:
+        sock = super()._new_conn(*args, **kwargs)  # type: ignore[misc]
+        attempt: _Try | None = getattr(_current, "attempt", None)
+        if attempt is not None:
+            with contextlib.suppress(OSError):
+                attempt.socks.append(sock.dup())
+        return sock
+
+
+_WATCHED: dict[type[Any], type[Any]] = {}
+
+
+def _watched(cls: type[Any], mixin: type[Any], **attrs: Any) -> type[Any]:
+    if cls not in _WATCHED:
+        _WATCHED[cls] = type(f"Watched{cls.__name__}", (mixin, cls), attrs)
+    return _WATCHED[cls]
+
+
+def _watch_pools(manager: Any) -> None:
+    """Make `manager`'s pools (plain, TLS, or a SOCKS proxy's) register their connections."""
+    manager.pool_classes_by_scheme = {
+        scheme: cls if issubclass(cls, _WatchedPool) else _watched(
+            cls, _WatchedPool, ConnectionCls=_watched(cls.ConnectionCls, _WatchedConnection))
+        for scheme, cls in manager.pool_classes_by_scheme.items()}
+
+
+class _Adapter(HTTPAdapter):
+    """Checks the server certificate's SHA-256 fingerprint (urllib3's assert_fingerprint)
+    when pinning; `watched`: the connections are registered with the try using them."""
+
+    def __init__(self, fingerprint: str | None, watched: bool, **kwargs: Any) -> None:
         self._fingerprint = fingerprint
+        self._watched = watched
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["assert_fingerprint"] = self._fingerprint
+        if self._fingerprint is not None:
+            kwargs["assert_fingerprint"] = self._fingerprint
         super().init_poolmanager(*args, **kwargs)
+        if self._watched:
+            _watch_pools(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         # Through a proxy (HTTPS_PROXY), connections come from this manager instead: without
         # the fingerprint they would not be checked at all (verify is off when pinning).
-        proxy_kwargs["assert_fingerprint"] = self._fingerprint
-        return super().proxy_manager_for(proxy, **proxy_kwargs)
+        if self._fingerprint is not None:
+            proxy_kwargs["assert_fingerprint"] = self._fingerprint
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if self._watched:
+            _watch_pools(manager)
+        return manager
 
 
 class _Bearer(requests.auth.AuthBase):
@@ -149,9 +292,14 @@ _CLIENTS: weakref.WeakSet[CdpClient] = weakref.WeakSet()
 
 def _forget_sessions_after_fork() -> None:
     """In a forked child, the inherited sessions' sockets are still the parent's: a
-    request on one would interleave with the parent's TLS stream. The child opens its own."""
+    request on one would interleave with the parent's TLS stream. The child opens its own.
+    Nor does it watch the parent's tries (a shutdown would cut the parent's connection):
+    it starts a watcher of its own with its first."""
+    global _watch, _current
     for client in list(_CLIENTS):
         client._local = threading.local()
+    _watch = _Watch()
+    _current = threading.local()
 
 
 os.register_at_fork(after_in_child=_forget_sessions_after_fork)
@@ -201,11 +349,18 @@ def _ids(doc: Any) -> list[bytes]:
 
 class CdpClient:
     """Client of one CDP server with one token. Safe to share between threads, and
-    usable in a forked child (hotcopy.sealpool's workers upload through it)."""
+    usable in a forked child (hotcopy.sealpool's workers upload through it).
+
+    `stop_grace`: asked between the tries of a request and, by a watcher thread, while one
+    is in flight; None while the program goes on. Once it returns a number of seconds, no
+    request is tried again, and a try still waiting that long after the stop is cut (its
+    connection shut down). Either raises StopRequested. It must be cheap and safe to call
+    from any thread (and in a forked child: a flag in shared memory reaches both)."""
 
     def __init__(self, url: str, token: str, *, verify: bool | str = True,
                  ca_path: str | None = None, fingerprint: str | None = None,
-                 timeout: float = 120.0, retries: int = 4, backoff: float = 0.25) -> None:
+                 timeout: float = 120.0, retries: int = 4, backoff: float = 0.25,
+                 stop_grace: Callable[[], float | None] | None = None) -> None:
         self.url = url.rstrip("/")
         self.base = self.url + API_PREFIX
         self._token = token
@@ -217,6 +372,7 @@ class CdpClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.stop_grace = stop_grace
         self._local = threading.local()
         #: the record version of uploads, once the server said what it accepts
         self._upload_format: records.RecordFormat | None = None
@@ -230,8 +386,11 @@ class CdpClient:
             session = requests.Session()
             session.auth = _Bearer(self._token)
             session.headers["User-Agent"] = "cdp-client/1"
-            if self._fingerprint is not None:
-                session.mount("https://", _PinningAdapter(self._fingerprint))
+            watched = self.stop_grace is not None
+            if self._fingerprint is not None or watched:
+                session.mount("https://", _Adapter(self._fingerprint, watched))
+            if watched:
+                session.mount("http://", _Adapter(None, watched))
             self._local.session = session
         return session
 
@@ -249,9 +408,7 @@ class CdpClient:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                # verify= per request: a session's own setting loses to REQUESTS_CA_BUNDLE.
-                resp = self._session().request(method, url, timeout=self.timeout,
-                                               verify=self._verify, **kwargs)
+                resp = self._send(method, path, url, kwargs)
             except requests.exceptions.SSLError as exc:
                 if not _handshake_cut(exc):
                     raise ConnectionFailed(f"TLS check of {self.url} failed: {exc}") from None
@@ -261,7 +418,7 @@ class CdpClient:
                     raise ConnectionFailed(f"cannot reach the CDP server at {self.url}: "
                                            f"{exc}") from None
                 self.close()
-                time.sleep(self.backoff * 2 ** attempt)
+                self._pause(method, path, attempt, exc)
                 continue
             # A connection cut while the answer's body arrives (server killed, proxy
             # reset) raises ChunkedEncodingError: as retryable as a refused connection.
@@ -274,15 +431,50 @@ class CdpClient:
                     raise ConnectionFailed(f"cannot reach the CDP server at {self.url}: "
                                            f"{exc}{unsure}") from None
                 self.close()
-                time.sleep(self.backoff * 2 ** attempt)
+                self._pause(method, path, attempt, exc)
                 continue
             if resp.status_code in expect:
                 return resp
             if resp.status_code in _RETRY_STATUSES and not last:
-                time.sleep(self.backoff * 2 ** attempt)
+                self._pause(method, path, attempt, f"{resp.status_code} {resp.reason}")
                 continue
             raise self._error(method, path, resp)
         raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, url: str, kwargs: dict[str, Any]
+              ) -> requests.Response:
+        """One try. With a `stop_grace` hook, the watcher sees it while it is in flight;
+        if it cut the try, whatever that made the request raise becomes StopRequested."""
+        # verify= per request: a session's own setting loses to REQUESTS_CA_BUNDLE.
+        if self.stop_grace is None:
+            return self._session().request(method, url, timeout=self.timeout,
+                                           verify=self._verify, **kwargs)
+        session = self._session()
+        attempt = _Try(self.stop_grace)
+        _current.attempt = attempt
+        _watch.add(attempt)
+        try:
+            return session.request(method, url, timeout=self.timeout, verify=self._verify,
+                                   **kwargs)
+        except Exception:
+            if not attempt.cut:
+                raise
+        finally:
+            _current.attempt = None
+            _watch.remove(attempt)
+            attempt.close()
+        self.close()
+        raise StopRequested(f"{method} {path}: given up, stopping (no answer from {self.url} "
+                            "within the stop's grace)")
+
+    def _pause(self, method: str, path: str, attempt: int, fault: object) -> None:
+        """Between two tries: the backoff, and no further try once a stop is requested."""
+        for wait in (0.0, self.backoff * 2 ** attempt):
+            if wait:
+                time.sleep(wait)
+            if self.stop_grace is not None and self.stop_grace() is not None:
+                raise StopRequested(f"{method} {path}: not tried again, stopping (the last "
+                                    f"try: {fault})")
 
     def _error(self, method: str, path: str, resp: requests.Response) -> ServerError:
         status = resp.status_code

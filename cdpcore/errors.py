@@ -70,6 +70,14 @@ class ConnectionFailed(ServerError):
     exit_code = 9
 
 
+class StopRequested(CdpError):
+    """A request given up because the program is being stopped (the client's `stop_grace`
+    hook said so): not retried, and no fault of the server. Whether the server carried it
+    out is unknown, as after a lost answer."""
+
+    exit_code = 14
+
+
 class CommandFailed(CdpError):
     """An external tool (lvm, sfdisk, blkid, mkfs, ...) failed."""
 

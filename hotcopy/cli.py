@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import click
 
 from cdpcore import format as fmt
 from cdpcore import keys
-from cdpcore.errors import CdpError, UsageError
+from cdpcore.errors import CdpError, StopRequested, UsageError
 from cdpcore.points import point_line, select_point
 
 from . import config as cfgmod
@@ -44,9 +45,35 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 def make_client(server: str, token: str, ca: str = "", fingerprint: str = "") -> Remote:
     from cdpcore.client import CdpClient
 
+    # A stop (SIGTERM in `run`, Ctrl-C during a point) also ends a request the server
+    # does not answer, here and in the forked sealing workers (the flag is shared).
     client: Remote = CdpClient(server, token, ca_path=ca or None,
-                               fingerprint=fingerprint or None)
+                               fingerprint=fingerprint or None,
+                               stop_grace=transfer.stop_grace)
     return client
+
+
+@contextmanager
+def _ctrl_c_stops() -> Iterator[None]:
+    """A Ctrl-C abandons the point at once (KeyboardInterrupt) and requests the stop too,
+    with no grace: a sealing worker waiting for a server that does not answer then gives up
+    at once instead of holding the pool's closing, and the point's snapshots, for the
+    client's tries (up to 10 minutes). Only where SIGINT has Python's own handler (not
+    ignored, as under `nohup ... &`)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        transfer.request_stop(grace=0)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _emit(as_json: bool, doc: Any, text: str) -> None:
@@ -160,7 +187,7 @@ def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> No
     opts = BackupOptions(full_scan_every=conf.full_scan_every, bandwidth=conf.bandwidth,
                          skip_free=conf.skip_free, max_freeze=conf.max_freeze)
     priority.lower(conf.nice, conf.io_class)
-    with _progress(interactive and not as_json) as (on_total, progress):
+    with _ctrl_c_stops(), _progress(interactive and not as_json) as (on_total, progress):
         info = backup(remote, conf.host, codec, conf.sources, conf.state_dir,
                       tracking=conf.tracking, block_size=conf.block_size,  # type: ignore[arg-type]
                       workers=conf.workers, progress=progress, on_total=on_total, options=opts)
@@ -225,12 +252,15 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
     conf = _overrides(_load(config_path), sources, tracking, bandwidth, compression_level)
     if interval is not None:
         conf = replace(conf, interval=interval).check()
-    # The point under way finishes; one waiting to retry a silent server gives up.
-    signal.signal(signal.SIGTERM, lambda *_: transfer.request_stop())
+    # The point under way finishes if the server answers each request within the grace;
+    # one waiting to retry a silent server gives up.
+    signal.signal(signal.SIGTERM, lambda *_: transfer.request_stop(conf.stop_grace))
     while not transfer.stopping():
         tick = time.monotonic()
         try:
             _one_point(conf, True, False)
+        except StopRequested as exc:  # the stop gave up on a server that did not answer
+            log.warning("point abandoned: %s", exc)
         except CdpError as exc:
             log.error("point failed: %s", exc)
         except Exception:  # a bug, or a worker killed: the next tick still comes

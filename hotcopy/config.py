@@ -23,6 +23,10 @@ MIN_INTERVAL = 60
 #: Seconds a filesystem may stay frozen for a point: long enough to read a /boot partition
 #: in full on a slow disk, short enough that its writers see a stall, not an outage.
 DEFAULT_MAX_FREEZE = 120
+#: Seconds a request to the server may still take after SIGTERM before it is cut and the
+#: point abandoned: long enough for a server finishing a large point's commit, well inside
+#: the unit's TimeoutStopSec=120, after which systemd SIGKILLs with the snapshots held.
+DEFAULT_STOP_GRACE = 60
 #: Most sealing workers `workers` may ask for. Each holds about 80 MiB during a full read
 #: (its 16 MiB read buffer, the 8 MiB batch it seals and the one it uploads, Python):
 #: sixteen are 1.3 GiB, over three times the unit's MemoryMax, and each keeps an upload
@@ -59,12 +63,14 @@ class AgentConfig:
     io_class: str = "idle"  # I/O class: idle, best-effort (lowest level) or none
     max_freeze: int = DEFAULT_MAX_FREEZE  # seconds a filesystem may stay frozen; 0: no limit
     compression_level: int = fmt.ZSTD_LEVEL  # zstd level of new blobs; 0: none
+    stop_grace: int = DEFAULT_STOP_GRACE  # seconds a request may take after SIGTERM
 
     def check(self) -> AgentConfig:
         priority.check(self.nice, self.io_class)
         if self.interval < MIN_INTERVAL:
             raise UsageError(f"interval must be at least {MIN_INTERVAL} s, not {self.interval}")
         for key, floor in (("full_scan_every", "0 (never) or more points"),
+                           ("stop_grace", "0 (cut requests at once) or more seconds"),
                            ("bandwidth", "0 (no cap) or more bytes per second"),
                            ("workers", "0 (one per CPU plus one, at most 3) or more")):
             if getattr(self, key) < 0:

@@ -43,24 +43,37 @@ def _transient(exc: Exception) -> bool:
         isinstance(exc, ServerError) and exc.status is not None and exc.status >= 500)
 
 
-#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`): retries give up. Shared
-#: memory made at import, before any worker is forked, so that the sealing workers, which
-#: retry their own uploads, see it too: `kill PID` signals the agent alone (systemd signals
-#: them as well), and a plain global set in the agent stayed False in each worker.
-_stop_requested = multiprocessing.RawValue("b", 0)
+#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`, and a Ctrl-C during a
+#: point): the seconds a request under way may still take, -1 while no stop is requested.
+#: Shared memory made at import, before any worker is forked, so that the sealing workers,
+#: which make requests of their own, see it too: `kill PID` signals the agent alone
+#: (systemd signals them as well), and a plain global set in the agent stayed as it was in
+#: each worker.
+_stop_requested = multiprocessing.RawValue("d", -1.0)
 
 
-def request_stop() -> None:
-    """The agent is being stopped (systemd allows TimeoutStopSec=120 s, then SIGKILLs with
-    the point's snapshots still held): no more waiting for a server that does not answer,
-    nor for the bandwidth cap. The attempt under way finishes; a failure after it fails the
-    point. Safe in a signal handler; reaches the forked workers too (`stopping`)."""
-    _stop_requested.value = 1
+def request_stop(grace: float = 0.0) -> None:
+    """The agent is being stopped: no more waiting for a server that does not answer, nor
+    for the bandwidth cap, and no request is tried again. A request under way has `grace`
+    seconds to be answered, then is cut (StopRequested, through the client's `stop_grace`
+    hook, which is `stop_grace`): SIGTERM gives the configured `stop_grace`, so that a point
+    the server is finishing still commits, well before systemd's SIGKILL (TimeoutStopSec);
+    Ctrl-C gives none. A second request only shortens the grace. A failure after the stop
+    fails the point. Safe in a signal handler; reaches the forked workers too."""
+    now = _stop_requested.value
+    _stop_requested.value = grace if now < 0 else min(now, grace)
 
 
 def stopping() -> bool:
     """Whether this process, or the agent that forked it, was asked to stop."""
-    return bool(_stop_requested.value)
+    grace: float = _stop_requested.value
+    return grace >= 0
+
+
+def stop_grace() -> float | None:
+    """Seconds a request under way may still take, None while no stop is requested."""
+    grace: float = _stop_requested.value
+    return None if grace < 0 else grace
 
 
 def wait(seconds: float) -> bool:

@@ -90,6 +90,6 @@ def _no_stop_left_behind() -> Iterator[None]:
     """A test that requests a stop (`transfer.request_stop`, or a SIGTERM to `cdp-agent run`
     in this process) must not make the next one's retries give up: the flag lives in shared
     memory (the forked workers see it), which no monkeypatching of the module undoes."""
-    transfer._stop_requested.value = 0
+    transfer._stop_requested.value = -1.0
     yield
-    transfer._stop_requested.value = 0
+    transfer._stop_requested.value = -1.0

@@ -196,6 +196,7 @@ def test_missing_settings_are_named(tmp_path: Path) -> None:
     ("bandwidth = -5", "bandwidth must be 0 (no cap) or more bytes per second, not -5"),
     ("workers = -2", "workers must be 0 (one per CPU plus one, at most 3) or more, not -2"),
     ("block_size = 1000", "block_size: block size 1000 is not a power of two in [4096, 4194304]"),
+    ("stop_grace = -1", "stop_grace must be 0 (cut requests at once) or more seconds, not -1"),
     ("compression_level = 22", "compression_level must be 0 (none) or a zstd level from -7 "
                                "(fastest) to 19 (smallest), not 22"),
     # read from the service's working directory (/), not from where the file was written

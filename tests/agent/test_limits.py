@@ -138,3 +138,14 @@ def test_a_stop_in_the_agent_ends_the_retries_of_its_forked_workers(
         took = time.monotonic() - stopped
     assert took < 5, f"the worker retried on for {took:.1f} s after the stop"
     assert remote.uploads.value < 2 + 5 / 0.2
+
+
+def test_a_second_stop_only_shortens_the_grace() -> None:
+    """SIGTERM gives requests under way the configured grace; a Ctrl-C after it cuts them
+    at once, and a SIGTERM after a Ctrl-C gives none back."""
+    assert (transfer.stopping(), transfer.stop_grace()) == (False, None)
+    transfer.request_stop(60)
+    assert (transfer.stopping(), transfer.stop_grace()) == (True, 60)
+    transfer.request_stop(0)
+    transfer.request_stop(60)
+    assert transfer.stop_grace() == 0
