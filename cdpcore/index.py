@@ -242,38 +242,52 @@ def update(geometry: Geometry, source: PageSource, root: bytes,
 
 
 def iter_leaves(geometry: Geometry, source: PageSource, root: bytes,
-                batch: int = 64) -> Iterator[tuple[int, bytes]]:
+                batch: int = 64, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """Yield (leaf index, entry bytes) for every leaf page in order, fetching `batch`
     pages per request. Depth first, a batch at a time: memory is at most `batch` pages
     and their children's IDs per level, whatever the volume's size (level by level, one
-    ID per leaf took 661 MiB before the first leaf of an empty 16 TiB volume)."""
-    if geometry.blocks == 0:
+    ID per leaf took 661 MiB before the first leaf of an empty 16 TiB volume).
+
+    With `start` (a block index), only the leaves holding blocks at or after it: the
+    descent enters only the subtrees that hold such blocks, so no page that covers
+    blocks before `start` alone is fetched (a resume needs none of them, and one lost
+    on the server since must not stop it). The first leaf may hold blocks before
+    `start` too: it is yielded whole. A `start` at or past the end yields nothing."""
+    if start < 0:
+        raise ValueError(f"start block {start} is negative")
+    if start >= geometry.blocks:
         return
-    yield from _leaves_under(geometry, source, geometry.height, [(0, root)], batch)
+    yield from _leaves_under(geometry, source, geometry.height, [(0, root)], batch, start)
 
 
 def _leaves_under(geometry: Geometry, source: PageSource, level: int,
-                  pages: list[tuple[int, bytes]], batch: int) -> Iterator[tuple[int, bytes]]:
-    """The leaves under `pages` ((index, page ID) at `level`, in order)."""
-    for start in range(0, len(pages), batch):
-        part = pages[start:start + batch]
+                  pages: list[tuple[int, bytes]], batch: int,
+                  start: int) -> Iterator[tuple[int, bytes]]:
+    """The leaves under `pages` ((index, page ID) at `level`, in order) that hold blocks
+    at or after block `start`."""
+    for first in range(0, len(pages), batch):
+        part = pages[first:first + batch]
         got = _fetch(source, {(level, i): pid for i, pid in part}, geometry)
         if level == 0:
             for i, _ in part:
                 yield i, bytes(got[0, i])
             continue
-        children = [(i * fmt.PAGE_FANOUT + j, _entry(got[level, i], j))
-                    for i, _ in part for j in range(len(got[level, i]) // fmt.ID_SIZE)]
+        # A child covers blocks [c * span, (c + 1) * span): skip those that end by `start`.
+        span = geometry.span(level - 1)
+        children = [(c, _entry(got[level, i], j))
+                    for i, _ in part for j in range(len(got[level, i]) // fmt.ID_SIZE)
+                    if (c := i * fmt.PAGE_FANOUT + j) * span + span > start]
         del got
-        yield from _leaves_under(geometry, source, level - 1, children, batch)
+        yield from _leaves_under(geometry, source, level - 1, children, batch, start)
 
 
-def iter_block_ids(geometry: Geometry, source: PageSource,
-                   root: bytes) -> Iterator[tuple[int, bytes]]:
-    """Yield (block index, chunk ID) for every block of the volume, in order."""
-    for leaf, entries in iter_leaves(geometry, source, root):
+def iter_block_ids(geometry: Geometry, source: PageSource, root: bytes,
+                   start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """Yield (block index, chunk ID) for every block of the volume from block `start` on,
+    in order, reading only the index pages that cover those blocks (iter_leaves)."""
+    for leaf, entries in iter_leaves(geometry, source, root, start=start):
         first = leaf * fmt.PAGE_FANOUT
-        for j in range(len(entries) // fmt.ID_SIZE):
+        for j in range(max(0, start - first), len(entries) // fmt.ID_SIZE):
             yield first + j, entries[j * fmt.ID_SIZE:(j + 1) * fmt.ID_SIZE]
 
 

@@ -27,7 +27,15 @@ from .plan import Action, Plan, VerifyMode, build_plan, partition_device
 from .repo import Repository
 from .report import RestoreReport, VolumeReport
 from .resize import ResizePolicy
-from .state import RestoreState, StateStore, default_state_dir
+from .state import (
+    HEAD_MARK_BYTES,
+    Mark,
+    RestoreState,
+    StateStore,
+    default_state_dir,
+    read_mark,
+    target_identity,
+)
 from .stream import BlockDamaged, StreamOptions, StreamResult, stream_volume
 from .verify import verify_volume
 
@@ -187,6 +195,15 @@ class _Execution:
         # A check never resumes: what an earlier run read may have changed since, and a
         # volume skipped here would be reported as matching without being read.
         saved = None if self.plan.verify_only else self.store.load()
+        changed = self._targets_changed(saved) if saved is not None else None
+        if changed is not None:
+            # Its finished steps and written blocks are not on the targets any more (made
+            # again, zeroed, partitioned again, another disk under the name): skipping them
+            # would leave whatever is there now in the restore. A fresh start rewrites all.
+            self.emit(Event("note", message=f"resume state {self.store.path} does not fit "
+                            f"the targets: {changed}: the restore starts over"))
+            self.store.remove()
+            saved = None
         if saved is not None:
             self.state = saved
             self.emit(Event("note", message=f"resuming from {self.store.path}: "
@@ -217,6 +234,54 @@ class _Execution:
             raise IntegrityError("; ".join(self.report.errors))
         self.store.remove()
         return self.report
+
+    def _mark_regions(self, state: RestoreState) -> list[tuple[str, int, int]]:
+        """What the state vouches for on the targets: each disk's first bytes (its table
+        and boot code, or a whole-disk volume's first blocks) and the last synced block
+        of each volume with blocks written."""
+        regions = [(dp.target.path, 0, min(dp.target.size, HEAD_MARK_BYTES))
+                   for dp in self.plan.disks if dp.target.size]
+        streams = {a.volume: a for a in self.plan.actions if a.type == "stream"}
+        for name, blocks in sorted(state.volume_blocks.items()):
+            vol, act = self.volumes.get(name), streams.get(name)
+            last = min(blocks, vol.geometry.blocks) - 1 if vol is not None else -1
+            if vol is not None and act is not None and last >= 0:
+                regions.append((act.target, act.offset + last * vol.block_size,
+                                vol.geometry.block_length(last)))
+        return regions
+
+    def _save(self) -> None:
+        """Save the state with what its targets are and hold now (_targets_changed)."""
+        self.state.identities = {dp.target.path: target_identity(dp.target.path)
+                                 for dp in self.plan.disks}
+        self.state.marks = [(path, offset, length,
+                             read_mark(path, offset, length, self.codec.keys.chunk_id))
+                            for path, offset, length in self._mark_regions(self.state)]
+        self.store.save(self.state)
+
+    def _targets_changed(self, saved: RestoreState) -> str | None:
+        """Why `saved` cannot be resumed on the targets as they are now, or None."""
+        if not saved.identities or not saved.marks:
+            return "it does not record what its targets held (an earlier version wrote it)"
+        for path, was in sorted(saved.identities.items()):
+            try:
+                now = target_identity(path)
+            except OSError as exc:
+                now = f"unreadable ({exc.strerror or exc})"
+            if now != was:
+                return (f"{path} is not the disk or file the interrupted restore wrote "
+                        f"({was} then, {now} now)")
+        mark: Mark
+        for mark in saved.marks:
+            path, offset, length, digest = mark
+            try:
+                same = read_mark(path, offset, length, self.codec.keys.chunk_id) == digest
+            except OSError:
+                same = False
+            if not same:
+                return (f"{path} no longer holds what the interrupted restore wrote (bytes "
+                        f"{offset}-{offset + length - 1} changed since)")
+        return None
 
     def _one(self, action: Action, handler: Callable[[Action], None]) -> None:
         record = {"id": action.id, "type": action.type, "device": action.target,
@@ -251,7 +316,7 @@ class _Execution:
             raise
         self.state.done_actions.append(action.id)
         if not self.plan.verify_only:  # a check keeps no resume state (above)
-            self.store.save(self.state)
+            self._save()
         self.report.actions.append({**record, "status": "done"})
         self.emit(Event("done", action, done=action.size, total=action.size))
 
@@ -295,7 +360,7 @@ class _Execution:
 
         def checkpoint(blocks: int) -> None:
             self.state.volume_blocks[vol.name] = blocks
-            self.store.save(self.state)
+            self._save()
 
         try:
             with target.Target(action.target,

@@ -273,12 +273,15 @@ def stream_volume(src: ChunkSource, host: str, codec: BlobCodec, vol: VolumeReco
         # unknown: like a damaged chunk it stops this volume only, after the blocks
         # before it (all handed out already) are restored. An answer that is not a
         # record stream (FormatError) is the server failing, not the page: it stops all.
+        # A resume reads the index from its checkpoint on: the pages that cover only
+        # blocks before it (written and synced by an earlier run) are never fetched, so
+        # one lost on the server since cannot stop the volume.
         at = start_block
         try:
-            for item in iter_block_ids(vol.geometry, src.page_source(host), vol.root_id):
-                if item[0] >= start_block:
-                    at = item[0] + 1
-                    yield item
+            for item in iter_block_ids(vol.geometry, src.page_source(host), vol.root_id,
+                                       start=start_block):
+                at = item[0] + 1
+                yield item
         except (IntegrityError, NotFoundError) as exc:
             offset = at * vol.block_size
             index_damage.append(_Damage(offset, vol.size - offset, b"", "are not restored: "

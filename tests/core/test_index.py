@@ -167,3 +167,84 @@ def test_reading_a_large_volume_holds_no_id_per_leaf() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20
+
+
+def _page_ranges(g: ix.Geometry, pages: ix.MemoryPages, root: bytes
+                 ) -> list[tuple[bytes, int, int]]:
+    """(page ID, first block, end block) of every stored page of the tree, by position."""
+    out: list[tuple[bytes, int, int]] = []
+
+    def walk(pid: bytes, level: int, index: int) -> None:
+        if pid == fmt.ZERO_ID:
+            return
+        first = index * g.span(level)
+        out.append((pid, first, min(first + g.span(level), g.blocks)))
+        if level:
+            page = ix.decode_page(pages.pages[pid], pid)
+            for j in range(page.count):
+                walk(page.entry(j), level - 1, index * F + j)
+
+    walk(root, g.height, 0)
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("start", [0, 1, F - 1, F, F + 1, 2 * F, 5 * F + 7, F * F - 1,
+                                   F * F, F * F + 1, F * F + 3 * F + 4])
+def test_reading_from_a_start_fetches_no_page_wholly_before_it(start: int,
+                                                                batch: int) -> None:
+    """A resume reads the index from its checkpoint on: the pages that hold only blocks
+    before `start` are never asked for (they may be lost on the server by then), every
+    page that holds a block at or after it is, and is checked as from block 0."""
+    g = ix.Geometry(size=(F * F + 3 * F + 5) * BS, block_size=BS)  # height 2
+    ids = [fmt.ZERO_ID if 2 * F <= i < 5 * F or i % 11 == 0 else fake_id(i % 1000)
+           for i in range(g.blocks)]
+    pages = _CountingPages()
+    root = ix.build(g, ids, pages)
+    ranges = _page_ranges(g, pages, root)
+    needed = {pid for pid, _, end in ranges if end > start}
+    before = {pid for pid, _, end in ranges if end <= start} - needed
+    for pid in before:  # lost on the server
+        del pages.pages[pid]
+    asked: list[bytes] = []
+    get_pages = pages.get_pages
+
+    def recording(page_ids: list[bytes]) -> dict[bytes, bytes]:
+        asked.extend(page_ids)
+        return get_pages(page_ids)
+
+    pages.get_pages = recording  # type: ignore[method-assign]
+    leaves = list(ix.iter_leaves(g, pages, root, batch=batch, start=start))
+    assert [i for i, _ in leaves] == list(range(start // F, -(-g.blocks // F)))
+    assert b"".join(e for _, e in leaves) == b"".join(ids[start // F * F:])
+    assert set(asked) == needed and len(asked) == len(needed)
+    assert max(pages.requests) <= batch
+    assert list(ix.iter_block_ids(g, pages, root, start=start)) == \
+        list(enumerate(ids))[start:]
+    if before:  # the pages left out were needed from block 0: reading all fails
+        with pytest.raises(IntegrityError, match="was not returned"):
+            list(ix.iter_leaves(g, pages, root, batch=batch))
+
+
+def test_reading_from_the_end_fetches_nothing_and_a_negative_start_is_refused() -> None:
+    g = ix.Geometry(size=(F + 10) * BS, block_size=BS)
+    pages = _CountingPages()
+    root = ix.build(g, [fake_id(i) for i in range(g.blocks)], pages)
+    for start in (g.blocks, g.blocks + 1):
+        assert list(ix.iter_leaves(g, pages, root, start=start)) == []
+        assert list(ix.iter_block_ids(g, pages, root, start=start)) == []
+    assert pages.requests == []
+    with pytest.raises(ValueError, match="start block -1 is negative"):
+        list(ix.iter_leaves(g, pages, root, start=-1))
+    # The last leaf alone, still checked: a reshaped one is refused from a start as well.
+    assert list(ix.iter_block_ids(g, pages, root, start=g.blocks - 1)) == \
+        [(g.blocks - 1, fake_id(g.blocks - 1))]
+    leaf_id, leaf = ix.encode_page(0, fake_id(1) * 3)
+    assert leaf is not None
+    pages(leaf_id, leaf)
+    root_page = ix.decode_page(pages.pages[root], root)
+    bad_root_id, bad_root = ix.encode_page(1, root_page.entry(0) + leaf_id)
+    assert bad_root is not None
+    pages(bad_root_id, bad_root)
+    with pytest.raises(IntegrityError, match="level 0 with 3 entries where level 0 with 10"):
+        list(ix.iter_block_ids(g, pages, bad_root_id, start=F))

@@ -20,11 +20,11 @@ from rescue.engine import Engine, ExecuteOptions
 from rescue.plan import Plan
 from rescue.repo import Repository
 from rescue.verify import verify_volume
-from tests.server.stored import object_location
+from tests.server.stored import corrupt_object, object_location
 
 from .conftest import MIB, PASS
 from .pointmaker import make_point
-from .test_faults import BAD_BLOCK, BLOCK, corrupt_chunk
+from .test_faults import BAD_BLOCK, BLOCK
 from .test_restore import make_source, sh
 
 
@@ -83,8 +83,8 @@ def test_a_volume_stopped_by_a_damaged_block_reports_what_it_wrote(
     source.write_bytes(data)
     make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
     bad = bytes(data[BAD_BLOCK * BLOCK:(BAD_BLOCK + 1) * BLOCK])
-    corrupt_chunk(repo_host["server"].data_dir, repo_host["codec"].keys.chunk_id(bad),
-                  keep_checksum=True)
+    corrupt_object(repo_host["server"].data_dir, "chunks", repo_host["codec"].keys.chunk_id(bad),
+                   keep_checksum=True)
     sh("truncate", "-s", str(16 * MIB), str(target))
     eng = _engine(repo_host)
     plan = eng.plan("latest", {"vda.img": str(target)})

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from cdpcore import records
 from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import WrappedKey, new_master_key
-from tests.server.stored import object_location, set_checksum
+from tests.server.stored import corrupt_object
 
 from .pointmaker import make_point
 
@@ -60,27 +59,13 @@ def rescue(setup: dict[str, Any], tmp_path: Path, *args: str,
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
 
 
-def corrupt_chunk(data_dir: Path, chunk_id: bytes, *, keep_checksum: bool) -> None:
-    """Flip one byte of a stored chunk in the server's pack file. With keep_checksum, also
-    store the new blob's checksum in the catalog: a server that cannot notice (or a
-    hostile one), so only the client's authentication check stands in the way."""
-    path, offset, length = object_location(data_dir, "chunks", chunk_id)
-    blob = bytearray(path.read_bytes()[offset:offset + length])
-    blob[length // 2] ^= 0x40
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(blob)
-    if keep_checksum:
-        set_checksum(data_dir, "chunks", chunk_id, records.CURRENT.checksum(blob))
-
-
 @pytest.mark.parametrize("keep_checksum", [False, True], ids=["server-detects", "client-detects"])
 def test_corrupted_chunk_stops_volume_naming_range(setup: dict[str, Any], tmp_path: Path,
                                                    keep_checksum: bool) -> None:
     source: Path = setup["source"]
     bad = source.read_bytes()[BAD_BLOCK * BLOCK:(BAD_BLOCK + 1) * BLOCK]
-    corrupt_chunk(setup["server"].data_dir, setup["codec"].keys.chunk_id(bad),
-                  keep_checksum=keep_checksum)
+    corrupt_object(setup["server"].data_dir, "chunks", setup["codec"].keys.chunk_id(bad),
+                   keep_checksum=keep_checksum)
     target = tmp_path / "new.img"
     target.write_bytes(b"\xee" * (32 * MIB))
     proc = rescue(setup, tmp_path, "restore", "--host", "web1", "--map",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cdp_server.datastore import CATALOG_FILE, OBJECTS_DIR
 from cdp_server.sqlite_catalog import KIND_CODE
+from cdpcore import records
 from cdpcore.api import ObjectKind
 
 _WHERE = "o.kind = ? AND o.id = ? AND (? IS NULL OR h.name = ?)"
@@ -46,6 +47,21 @@ def set_checksum(data_dir: Path, kind: str, object_id: bytes, checksum: bytes) -
         db.close()
 
 
+def corrupt_object(data_dir: Path, kind: str, object_id: bytes, *,
+                   keep_checksum: bool) -> None:
+    """Flip one byte of a stored object in the server's pack file. With keep_checksum, also
+    store the new blob's checksum in the catalog: a server that cannot notice (or a
+    hostile one), so only the client's authentication check stands in the way."""
+    path, offset, length = object_location(data_dir, kind, object_id)
+    blob = bytearray(path.read_bytes()[offset:offset + length])
+    blob[length // 2] ^= 0x40
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(blob)
+    if keep_checksum:
+        set_checksum(data_dir, kind, object_id, records.CURRENT.checksum(bytes(blob)))
+
+
 def object_counts(data_dir: Path, host: str) -> dict[str, int]:
     """Stored objects of `host` by kind ("chunks", "pages")."""
     db = sqlite3.connect(f"file:{data_dir / CATALOG_FILE}?mode=ro", uri=True)
@@ -67,3 +83,16 @@ def age_everything(data_dir: Path, seconds: float) -> None:
             db.execute("UPDATE objects SET seen = ?", (time.time() - seconds,))
     finally:
         db.close()
+
+
+def remove_object(data_dir: Path, kind: str, object_id: bytes) -> None:
+    """Drop an object's catalog row (of every host): the server no longer has it."""
+    db = sqlite3.connect(data_dir / CATALOG_FILE)
+    try:
+        with db:
+            gone = db.execute("DELETE FROM objects WHERE rowid IN "
+                              f"(SELECT o.rowid {_FROM} WHERE {_WHERE})",
+                              _args(kind, object_id, None)).rowcount
+    finally:
+        db.close()
+    assert gone, f"no stored {kind} {object_id.hex()}"
