@@ -5,7 +5,9 @@ that these tools clear (with a protective MBR's boot flag), and reading the resu
 a table that does not match the plan is an error, not a warning.
 
 On a fresh table libparted writes the GPT backup header at the end of the target, so a
-larger disk gets a correct backup GPT at its new end.
+larger disk gets a correct backup GPT at its new end. libparted writes 128 GPT entries: a
+layout numbering a partition past 128 gets, from sfdisk, as many as its highest number
+needs (`tables.gpt_entries`), the first and last usable sectors moved to match.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
 from cdpcore.layout import Disk, Partition
 
-from .tables import gpt_attributes, outside, rewritten_by_table
+from .tables import (
+    GPT_MIN_ENTRIES,
+    backup_sectors,
+    first_usable_sector,
+    gpt_attributes,
+    gpt_entries,
+    outside,
+    rewritten_by_table,
+)
 from .target import Target
 
 #: Most of a boot area kept across the table's writing. libparted clears other labels'
@@ -67,13 +77,17 @@ def write_table(path: str, layout: Disk) -> None:
     pdisk = parted.freshDisk(device, layout.table)
     # Extended before logical partitions: libparted places logicals inside their container.
     order = {"primary": 0, "extended": 0, "logical": 1}
-    for part in sorted(layout.partitions, key=lambda p: (order[p.kind], p.number)):
+    parts = sorted(layout.partitions, key=lambda p: (order[p.kind], p.number))
+    # libparted's GPT has 128 entries: more partitions are added by sfdisk (_renumber).
+    for part in parts[:GPT_MIN_ENTRIES] if layout.table == "gpt" else parts:
         _add(pdisk, device, part, layout.table)
     if device.type == parted.DEVICE_FILE:
         pdisk.commitToDevice()
     else:
         pdisk.commit()
-    _renumber(path, layout)
+    for part in _renumber(path, layout, device.length):
+        if part.name:
+            runcmd.run(["sfdisk", "--part-label", path, str(part.number), part.name])
     if layout.disk_guid:
         runcmd.run(["sfdisk", "--disk-id", path, layout.disk_guid])
     # Types after flags (parted flags such as esp or lvm change the type as a side
@@ -103,25 +117,44 @@ def write_table(path: str, layout: Disk) -> None:
     check_table(path, layout, attrs)
 
 
-def _renumber(path: str, layout: Disk) -> None:
+def _renumber(path: str, layout: Disk, sectors: int) -> list[Partition]:
     """Give the partitions their captured numbers where libparted's differ: it numbers
     them in the order they are added, so a layout with gaps (1, 14, 15, as cloud images
     have) comes out as 1, 2, 3. sfdisk takes each partition's number from its node name
-    in a script: the table is written again from its own dump, renumbered."""
-    wanted = {p.start: p.number for p in layout.partitions}
+    in a script: the table is written again from its own dump, renumbered. A GPT that
+    needs more than libparted's 128 entries (partition 200 of a table resized to 256)
+    gets them there: the script's `table-length`, and its first and last usable sectors
+    (without them sfdisk would start the usable area at 2048, which a partition of the
+    plan may precede) on a target of `sectors` sectors; and the partitions past
+    libparted's 128, which are returned (their names are still to be set)."""
+    wanted = {p.start: p for p in layout.partitions}
+    header: dict[str, int] = {}
+    if layout.table == "gpt" and gpt_entries(layout) > GPT_MIN_ENTRIES:
+        header = {"first-lba": first_usable_sector(layout),
+                  "last-lba": sectors - 1 - backup_sectors(layout),
+                  "table-length": gpt_entries(layout)}
     dump = runcmd.run_text(["sfdisk", "--dump", path]).splitlines()
-    lines, moved = [], False
+    lines, moved, node = [], bool(header), path
     for line in dump:
         m = _DUMP_LINE.match(line)
         if m is not None:
-            number = wanted.get(int(m["start"]), int(m["number"]))
+            node, part = m["node"], wanted.pop(int(m["start"]), None)
+            number = int(m["number"]) if part is None else part.number
             moved = moved or number != int(m["number"])
-            line = f"{m['node']}{number}{line[m.end('number'):]}"
+            line = f"{node}{number}{line[m.end('number'):]}"
+        elif line.partition(":")[0] in header:
+            continue  # libparted's, for 128 entries
         lines.append(line)
-    if moved:
+        if line.startswith("label:"):
+            lines.extend(f"{key}: {value}" for key, value in header.items())
+    # Past libparted's 128: their types and GUIDs are set afterwards, as all are.
+    added = list(wanted.values()) if layout.table == "gpt" else []
+    lines.extend(f"{node}{p.number} : start={p.start}, size={p.length}" for p in added)
+    if moved or added:
         # --no-reread: udev may still be probing the partitions libparted just announced.
         runcmd.run(["sfdisk", "--quiet", "--wipe", "never", "--no-reread", path],
                    input=("\n".join(lines) + "\n").encode())
+    return added
 
 
 def check_table(path: str, layout: Disk, attrs: dict[str, str] | None = None) -> None:

@@ -5,6 +5,9 @@ the partition that ends last (and its extended container) to the end of the disk
 `proportional` grows data partitions in proportion to their size while the ESP, BIOS-boot,
 /boot and swap partitions keep their size. A target too small for the layout is refused
 with both sizes named. The first partition never moves, so the boot area stays valid.
+
+A GPT gets as many entries as its highest partition number needs (`tables.gpt_entries`):
+more than 128 move the first usable sector and take more at the end for the backup.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from __future__ import annotations
 import copy
 from typing import Literal
 
-from cdpcore.errors import SafetyError, UsageError
+from cdpcore.errors import FormatError, SafetyError, UsageError
 from cdpcore.layout import Disk, Partition
 from cdpcore.units import human
 
-from .tables import MBR_MAX_SECTORS, backup_sectors
+from .tables import MBR_MAX_SECTORS, backup_sectors, first_usable_sector, gpt_entries
 
 ResizePolicy = Literal["same", "grow-last", "proportional"]
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("same", "grow-last", "proportional")
@@ -42,6 +45,15 @@ def required_size(disk: Disk) -> int:
 
 def fit(disk: Disk, target_size: int, policy: ResizePolicy, target_name: str) -> Disk:
     """The source disk's layout as it will be written on a target of `target_size` bytes."""
+    # Before anything is written: a GPT of fewer than 128 entries (sfdisk makes them,
+    # UEFI wants 16 KiB) may have a partition where the new table's entries go.
+    first = first_usable_sector(disk)
+    early = [p for p in disk.partitions if p.start < first]
+    if early:
+        table = f"the {gpt_entries(disk)}-entry GPT" if disk.table == "gpt" else "the MBR"
+        raise FormatError(
+            f"source disk {disk.name}: partition {early[0].number} starts at sector "
+            f"{early[0].start}, inside {table} a restore writes (sectors 0-{first - 1})")
     need = required_size(disk)
     if target_size < need:
         raise SafetyError(

@@ -1,7 +1,9 @@
 """Where a partition table lives on a disk (pure): the sectors a new GPT or MBR written by
 libparted occupies, the MBR's size limit, and a GPT's attribute bits read from the entries
-themselves (no parted flag carries them all). Sector sizes vary (512 or 4096 bytes), the
-GPT entry array does not: 128 entries of 128 bytes."""
+themselves (no parted flag carries them all). Sector sizes vary (512 or 4096 bytes), and
+so does the GPT entry array: 128 entries of 128 bytes as libparted and sfdisk write it, or
+as many as the highest partition number needs (a table resized with `sgdisk
+--resize-table` or sfdisk's `table-length`), which moves the first usable sector."""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ from typing import Any
 
 from cdpcore.layout import Disk
 
-#: Bytes of a GPT partition entry array as libparted and sfdisk write it.
-GPT_ENTRY_ARRAY_BYTES = 128 * 128
+#: Bytes of a GPT partition entry.
+GPT_ENTRY_BYTES = 128
+#: Entries of a GPT entry array as libparted and sfdisk write it, and the fewest the
+#: UEFI specification allows (16 KiB).
+GPT_MIN_ENTRIES = 128
 #: An MBR partition's start and length are 32-bit sector counts.
 MBR_MAX_SECTORS = 2**32 - 1
 #: Bytes of sector 0 before the MBR disk signature and partition table: boot code.
@@ -23,14 +28,31 @@ _GPT_ATTR_NAMES = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIO
 _GPT_TYPE_BITS = range(48, 64)
 
 
-def gpt_entry_sectors(sector_size: int) -> int:
-    return -(-GPT_ENTRY_ARRAY_BYTES // sector_size)
+def gpt_entries(disk: Disk) -> int:
+    """Entries of the GPT a restore writes for `disk`: 128, or as many as its highest
+    partition number needs (partition N is entry N), rounded up to fill the array's last
+    sector as gdisk rounds (200 at 512-byte sectors; 224 at 4096). A source's own array
+    is at least as long, so its partitions start past the new one."""
+    highest = max((p.number for p in disk.partitions), default=0)
+    per_sector = disk.logical_sector_size // GPT_ENTRY_BYTES
+    return max(GPT_MIN_ENTRIES, -(-highest // per_sector) * per_sector)
+
+
+def gpt_entry_sectors(disk: Disk) -> int:
+    return gpt_entries(disk) * GPT_ENTRY_BYTES // disk.logical_sector_size
+
+
+def first_usable_sector(disk: Disk) -> int:
+    """The first sector a partition may start at: after the protective MBR, the GPT
+    header and its entry array (34 for 128 entries of 512-byte sectors; 52 for 200);
+    after the MBR."""
+    return 2 + gpt_entry_sectors(disk) if disk.table == "gpt" else 1
 
 
 def backup_sectors(disk: Disk) -> int:
     """Sectors at the end of the disk taken by the table's backup copy (GPT: its header
     and entry array; MBR: none)."""
-    return 1 + gpt_entry_sectors(disk.logical_sector_size) if disk.table == "gpt" else 0
+    return 1 + gpt_entry_sectors(disk) if disk.table == "gpt" else 0
 
 
 def rewritten_by_table(disk: Disk) -> list[tuple[int, int]]:
@@ -39,7 +61,7 @@ def rewritten_by_table(disk: Disk) -> list[tuple[int, int]]:
     ranges = [(BOOT_CODE_BYTES, 512)]
     if disk.table == "gpt":
         sector = disk.logical_sector_size
-        ranges.append((sector, (2 + gpt_entry_sectors(sector)) * sector))
+        ranges.append((sector, first_usable_sector(disk) * sector))
     return ranges
 
 

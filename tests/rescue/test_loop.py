@@ -33,6 +33,7 @@ from .test_restore import (
     partitions,
     point_of,
     region,
+    resized_gpt_source,
     scripted_source,
     sh,
 )
@@ -50,6 +51,34 @@ def loop(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             yield dev, backing
         finally:
             subprocess.run(["umount", dev], capture_output=True)
+
+
+def test_a_gpt_numbering_partition_200_onto_a_loop_device(
+        repo_host: dict[str, Any], tmp_path: Path, loop: tuple[str, Path]) -> None:
+    """On a block device (libparted's commit, the kernel's reread) as on an image file: the
+    new GPT holds 200 entries, partition 200 keeps its number, GUID, name and attribute
+    bit, every entry is byte-equal to the source's."""
+    dev, backing = loop
+    source = tmp_path / "vda.img"
+    src_table = resized_gpt_source(source)
+    point_of(repo_host, source)
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": dev}, verify="read-back")
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "state")))
+    assert report.ok, report.errors
+    sh("losetup", "-c", dev)
+    os.sync()
+    table = json.loads(sh("sfdisk", "--json", dev))["partitiontable"]
+    assert (table["id"], table["table-length"], table["firstlba"], table["lastlba"]) == \
+        (src_table["id"], "200", 52, 64 * MIB // 512 - 52)
+    assert [(p["node"].removeprefix(dev + "p"), p["uuid"], p.get("name"), p.get("attrs"))
+            for p in table["partitions"]] == \
+        [(p["node"].removeprefix(str(source)), p["uuid"], p.get("name"), p.get("attrs"))
+         for p in src_table["partitions"]]
+    assert table["partitions"][-1]["attrs"] == "GUID:60"
+    check_equal(source, backing)
+    assert region(backing, 1024, 2046 * 512) == region(source, 1024, 2046 * 512)
+    assert "No problems found" in sh("sgdisk", "-v", dev)
 
 
 @pytest.mark.parametrize("table", ["gpt", "msdos"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cdpcore.errors import NotFoundError, SafetyError, UsageError
+from cdpcore.errors import FormatError, NotFoundError, SafetyError, UsageError
 from cdpcore.layout import (
     Disk,
     Filesystem,
@@ -26,7 +26,14 @@ from rescue.engine import recheck_targets
 from rescue.mapping import map_disks, parse_maps
 from rescue.plan import Plan, build_plan
 from rescue.resize import fit, required_size
-from rescue.tables import gpt_attributes, listed_partitions, rewritten_by_table
+from rescue.tables import (
+    backup_sectors,
+    first_usable_sector,
+    gpt_attributes,
+    gpt_entries,
+    listed_partitions,
+    rewritten_by_table,
+)
 
 ZERO_ROOT = "0" * 64
 MIB = 1024 * 1024
@@ -108,6 +115,38 @@ def test_a_4kn_gpt_disk_fits_an_identical_disk_and_grows_to_its_backup() -> None
     assert grown.start + grown.length - 1 == 2 * sectors - 6
     assert rewritten_by_table(disk) == [(440, 512), (4096, 6 * 4096)]
     assert rewritten_by_table(gpt_disk()) == [(440, 512), (512, 34 * 512)]
+
+
+def test_a_gpt_numbering_a_partition_past_128_gets_the_entries_it_needs() -> None:
+    """Partition 200 is entry 200: the GPT a restore writes holds 200 entries (50 sectors
+    of 512 bytes; 224 in 7 sectors of 4096, filling the last one), which move the first
+    usable sector and take as many at the end for the backup: the smallest target, the
+    sector grow-last grows to and the bytes the new table rewrites follow. A partition
+    inside the new table is refused before anything is written."""
+    disk = gpt_disk()
+    disk.partitions[3].number = 200
+    sectors = 128 * MIB // 512
+    assert (gpt_entries(disk), first_usable_sector(disk), backup_sectors(disk)) == \
+        (200, 52, 51)
+    assert required_size(disk) == (75776 + 40960 + 51) * 512
+    grown = fit(disk, 128 * MIB, "grow-last", "t").partitions[3]
+    assert (grown.number, grown.start, grown.start + grown.length - 1) == \
+        (200, 75776, sectors - 1 - 51)
+    assert rewritten_by_table(disk) == [(440, 512), (512, 52 * 512)]
+    assert (gpt_entries(gpt_disk()), first_usable_sector(gpt_disk())) == (128, 34)
+    disk.partitions[3].number = 201  # 51 sectors of 4 entries
+    assert (gpt_entries(disk), first_usable_sector(disk)) == (204, 53)
+    kn = Disk(name="sda", size=GIB, logical_sector_size=4096, table="gpt",
+              partitions=[Partition(200, 256, 1024)])
+    assert (gpt_entries(kn), first_usable_sector(kn), backup_sectors(kn)) == (224, 9, 8)
+    assert rewritten_by_table(kn) == [(440, 512), (4096, 9 * 4096)]
+    assert required_size(kn) == (256 + 1024 + 8) * 4096
+    # sfdisk's `table-length: 4` lets a partition start at sector 3
+    small = Disk(name="vdb", size=8 * MIB, table="gpt", partitions=[Partition(1, 3, 100)])
+    with pytest.raises(FormatError) as err:
+        fit(small, 8 * MIB, "same", "t")
+    assert str(err.value) == ("source disk vdb: partition 1 starts at sector 3, inside the "
+                              "128-entry GPT a restore writes (sectors 0-33)")
 
 
 def test_grow_last_on_mbr_grows_the_last_logical_and_stays_within_32_bit_sectors() -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -504,3 +505,89 @@ def test_two_source_disks_onto_one_file_through_a_hard_link_are_refused(
                               "is chosen for two source disks, vda and vdb: map each source "
                               "disk to a disk of its own")
     assert digest(target) == before
+
+
+def resized_gpt_source(source: Path) -> dict[str, Any]:
+    """A 64 MiB disk image whose GPT was resized to 256 entries and holds partitions 1,
+    200 (attribute bit 60 set) and 3, in this order on the disk, and GRUB's stand-in
+    bytes after the entries; its `sfdisk --json` table."""
+    sh("truncate", "-s", str(64 * MIB), str(source))
+    sh("sgdisk", "--resize-table=256", "-n1:2048:+8M", "-t1:ef00", "-c1:EFI",
+       "-n200:0:+4M", "-t200:8300", "-c200:far", "-A200:set:60",
+       "-n3:0:0", "-t3:8300", "-c3:root", str(source))
+    with open(source, "r+b") as f:
+        f.seek(66 * 512)  # GRUB's core image, after the 256-entry array (sectors 2-65)
+        f.write(os.urandom((2048 - 66) * 512))
+        for part in partitions(source):
+            f.seek(part["start"] * 512 + 4096)
+            f.write(os.urandom(MIB))
+    table: dict[str, Any] = json.loads(sh("sfdisk", "--json", str(source)))["partitiontable"]
+    assert (table["table-length"], table["firstlba"]) == ("256", 66)
+    return table
+
+
+@pytest.mark.parametrize("size", [64 * MIB, 96 * MIB], ids=["same-size", "grow-last"])
+def test_a_gpt_of_more_than_128_entries_keeps_its_partition_numbers(
+        repo_host: dict[str, Any], tmp_path: Path, size: int) -> None:
+    """A GPT resized to 256 entries (`sgdisk --resize-table`, sfdisk's `table-length`)
+    holds partition 200: the restore used to write libparted's 128 entries, and renumbering
+    to 200 failed after the target was wiped. The new array holds entries up to the
+    highest number (200: 50 sectors), its entries byte-equal to the source's, the
+    partitions start past it and end before its backup at the disk's end."""
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    src_table = resized_gpt_source(source)
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(size), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, resize="grow-last",
+                       verify="read-back")
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
+    assert report.ok, report.errors
+    table = json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]
+    last_lba = size // 512 - 1 - 1 - 50
+    assert (table["id"], table["table-length"], table["firstlba"], table["lastlba"]) == \
+        (src_table["id"], "200", 52, last_lba)
+    numbered = [(p["node"].removeprefix(str(target)), p["start"], p["uuid"], p["name"],
+                 p.get("attrs")) for p in table["partitions"]]
+    assert numbered == [("1", 2048, src_table["partitions"][0]["uuid"], "EFI", None),
+                        ("3", 26624, src_table["partitions"][1]["uuid"], "root", None),
+                        ("200", 18432, src_table["partitions"][2]["uuid"], "far", "GUID:60")]
+    assert table["partitions"][1]["start"] + table["partitions"][1]["size"] - 1 == \
+        (last_lba if size > 64 * MIB else 131006)
+    check_equal(source, target)
+    # every entry (the first 200 written anew, the rest zeros) and GRUB's bytes after
+    # them; partition 3 (the third entry) ends where grow-last took it
+    expected = bytearray(region(source, 1024, 2046 * 512))
+    struct.pack_into("<Q", expected, 2 * 128 + 40, last_lba if size > 64 * MIB else 131006)
+    assert region(target, 1024, 2046 * 512) == expected
+    assert "No problems found" in sh("sgdisk", "-v", str(target))
+
+
+@pytest.mark.slow  # about 80 s: sfdisk sleeps 0.25 s after each of its 260 writes
+def test_a_gpt_of_more_than_128_partitions_is_restored(repo_host: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """libparted adds at most 128 partitions to a GPT ("Too many primary partitions", after
+    the target was wiped): the others are added by sfdisk, numbers, GUIDs and names kept;
+    every entry comes back byte-equal."""
+    source, target = tmp_path / "vda.img", tmp_path / "new.img"
+    scripted_source(source, "label: gpt\ntable-length: 136\nfirst-lba: 2048\n" + "".join(
+        f'{n} : start={2048 + (n - 1) * 256}, size=256, name="part {n}"\n'
+        for n in range(1, 131)))
+    with open(source, "r+b") as f:
+        for n in (1, 129, 130):
+            f.seek((2048 + (n - 1) * 256) * 512)
+            f.write(os.urandom(128 * 512))
+    point_of(repo_host, source)
+    sh("truncate", "-s", str(64 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vda.img": str(target)}, verify="read-back")
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
+    assert report.ok, report.errors
+    table = json.loads(sh("sfdisk", "--json", str(target)))["partitiontable"]
+    assert (table["table-length"], table["firstlba"]) == ("132", 35)
+    assert [line for line in dump(target) if " : " in line] == \
+        [line for line in dump(source) if " : " in line]
+    assert len(partitions(target)) == 130
+    check_equal(source, target)
+    assert region(target, 1024, 2046 * 512) == region(source, 1024, 2046 * 512)
+    assert "No problems found" in sh("sgdisk", "-v", str(target))
