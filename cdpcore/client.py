@@ -347,6 +347,16 @@ def _ids(doc: Any) -> list[bytes]:
     return [bytes.fromhex(h) for h in doc["ids"]]
 
 
+def _read_whole(resp: requests.Response) -> requests.Response:
+    """The answer with its body read in one go. requests' own `content` reads a body 10 KiB
+    at a time through urllib3's layers: for the 8 MiB answers of a restore's fetches that
+    took twice the client's CPU (bench/restore_speed.py). Read here, inside the try, a body
+    cut short is retried like any dropped connection (requests' iter_content raises its
+    own errors for urllib3's)."""
+    resp._content = b"".join(resp.iter_content(chunk_size=None))
+    return resp
+
+
 class CdpClient:
     """Client of one CDP server with one token. Safe to share between threads, and
     usable in a forked child (hotcopy.sealpool's workers upload through it).
@@ -447,15 +457,15 @@ class CdpClient:
         if it cut the try, whatever that made the request raise becomes StopRequested."""
         # verify= per request: a session's own setting loses to REQUESTS_CA_BUNDLE.
         if self.stop_grace is None:
-            return self._session().request(method, url, timeout=self.timeout,
-                                           verify=self._verify, **kwargs)
+            return _read_whole(self._session().request(
+                method, url, timeout=self.timeout, verify=self._verify, stream=True, **kwargs))
         session = self._session()
         attempt = _Try(self.stop_grace)
         _current.attempt = attempt
         _watch.add(attempt)
         try:
-            return session.request(method, url, timeout=self.timeout, verify=self._verify,
-                                   **kwargs)
+            return _read_whole(session.request(method, url, timeout=self.timeout,
+                                               verify=self._verify, stream=True, **kwargs))
         except Exception:
             if not attempt.cut:
                 raise
