@@ -54,6 +54,18 @@ def resume(eng: Engine, plan: Any, state: Path) -> tuple[Any, list[str]]:
     return report, notes
 
 
+def _whole_disk_restore(repo_host: dict[str, Any], tmp_path: Path
+                        ) -> tuple[Path, Path, Path, Engine, Any]:
+    """A point of a 24 MiB image of random data (a whole-disk volume: 6 leaves) and the
+    plan of its restore onto an empty image: (source, target, state dir, engine, plan)."""
+    source, target, state = tmp_path / "vda.img", tmp_path / "new.img", tmp_path / "st"
+    source.write_bytes(os.urandom(6 * LEAF * BLOCK))
+    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
+    sh("truncate", "-s", str(6 * LEAF * BLOCK), str(target))
+    eng = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    return source, target, state, eng, eng.plan("latest", {"vda.img": str(target)})
+
+
 @pytest.mark.parametrize("how", ["damaged", "forged", "missing"])
 def test_a_resume_reads_no_index_page_wholly_before_its_checkpoint(
         repo_host: dict[str, Any], tmp_path: Path, how: str) -> None:
@@ -62,12 +74,7 @@ def test_a_resume_reads_no_index_page_wholly_before_its_checkpoint(
     skipping their blocks: it stopped the volume at its checkpoint, 'index missing or
     damaged'. damaged: the server notices (checksum); forged: only the client's SHA-256
     check does; missing: the server lost the page."""
-    source, target, state = tmp_path / "vda.img", tmp_path / "new.img", tmp_path / "st"
-    source.write_bytes(os.urandom(6 * LEAF * BLOCK))  # 24 MiB, a whole-disk volume: 6 leaves
-    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
-    sh("truncate", "-s", str(6 * LEAF * BLOCK), str(target))
-    eng = Engine(Repository.open(repo_host["restore"], "web1", PASS))
-    plan = eng.plan("latest", {"vda.img": str(target)})
+    source, target, state, eng, plan = _whole_disk_restore(repo_host, tmp_path)
     saved = interrupted(eng, plan, state, after=2 * LEAF * BLOCK)
     assert saved["volume_blocks"] == {"vda.img:whole": 2 * LEAF}
     vol = plan.volumes[0]
@@ -110,12 +117,7 @@ def test_a_state_is_not_applied_to_a_whole_disk_target_changed_since(
     resume's skip of the wipe and of its written prefix, and the restore said ok with
     8 MiB of zeros where the data belongs. The resume must see that its target no longer
     holds what the first run wrote, and start over."""
-    source, target, state = tmp_path / "vda.img", tmp_path / "new.img", tmp_path / "st"
-    source.write_bytes(os.urandom(6 * LEAF * BLOCK))
-    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
-    sh("truncate", "-s", str(6 * LEAF * BLOCK), str(target))
-    eng = Engine(Repository.open(repo_host["restore"], "web1", PASS))
-    plan = eng.plan("latest", {"vda.img": str(target)})
+    source, target, state, eng, plan = _whole_disk_restore(repo_host, tmp_path)
     assert interrupted(eng, plan, state, after=2 * LEAF * BLOCK)["volume_blocks"] == \
         {"vda.img:whole": 2 * LEAF}
     inode = target.stat().st_ino
@@ -193,12 +195,7 @@ def test_a_state_that_does_not_record_its_targets_is_not_resumed(
     """A state written before states recorded their targets (or stripped of it) cannot
     be checked against them: it is not resumed. And one that is intact is, from its
     checkpoint (the same run without the stripping)."""
-    source, target, state = tmp_path / "vda.img", tmp_path / "new.img", tmp_path / "st"
-    source.write_bytes(os.urandom(6 * LEAF * BLOCK))
-    make_point(repo_host["agent"], "web1", repo_host["codec"], [str(source)])
-    sh("truncate", "-s", str(6 * LEAF * BLOCK), str(target))
-    eng = Engine(Repository.open(repo_host["restore"], "web1", PASS))
-    plan = eng.plan("latest", {"vda.img": str(target)})
+    source, target, state, eng, plan = _whole_disk_restore(repo_host, tmp_path)
     saved = interrupted(eng, plan, state, after=2 * LEAF * BLOCK)
     assert set(saved["identities"]) == {str(target)}
     assert [m[:3] for m in saved["marks"]] == [
