@@ -45,7 +45,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 def make_client(server: str, token: str, ca: str = "", fingerprint: str = "") -> Remote:
     from cdpcore.client import CdpClient
 
-    # A stop (SIGTERM in `run`, Ctrl-C during a point) also ends a request the server
+    # A stop (SIGTERM in `run` and `backup`, Ctrl-C during a point) also ends a request the server
     # does not answer, here and in the forked sealing workers (the flag is shared).
     client: Remote = CdpClient(server, token, ca_path=ca or None,
                                fingerprint=fingerprint or None,
@@ -74,6 +74,21 @@ def _ctrl_c_stops() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def _sigterm_stops(grace: float) -> Iterator[None]:
+    """SIGTERM (systemd's stop, `timeout`, `kill PID`) requests the stop with `grace`
+    seconds (`stop_grace`): the point under way finishes if the server answers each request
+    within them, else it is abandoned (StopRequested), committing nothing and releasing its
+    snapshots. Python's default ended the agent outright, snapshots held. The previous
+    handler is back afterwards."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: transfer.request_stop(grace))
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: not set from Python, nothing to put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _emit(as_json: bool, doc: Any, text: str) -> None:
@@ -232,9 +247,15 @@ compression_option = click.option(
 @json_option
 def backup_cmd(config_path: str, sources: tuple[str, ...], tracking: str | None,
                bandwidth: int | None, compression_level: int | None, as_json: bool) -> None:
-    """Take one recovery point now."""
+    """Take one recovery point now. SIGTERM lets it finish if the server answers within
+    `stop_grace`, else abandons it (exit 14); SIGINT (Ctrl-C) abandons it at once (exit
+    130). An abandoned point is never half-committed."""
     conf = _overrides(_load(config_path), sources, tracking, bandwidth, compression_level)
-    _one_point(conf, as_json, sys.stderr.isatty())
+    with _sigterm_stops(conf.stop_grace):
+        try:
+            _one_point(conf, as_json, sys.stderr.isatty())
+        except StopRequested as exc:  # the stop gave up on a server that did not answer
+            raise StopRequested(f"point abandoned: {exc}") from None
 
 
 @cli.command()
@@ -254,21 +275,22 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
         conf = replace(conf, interval=interval).check()
     # The point under way finishes if the server answers each request within the grace;
     # one waiting to retry a silent server gives up.
-    signal.signal(signal.SIGTERM, lambda *_: transfer.request_stop(conf.stop_grace))
-    while not transfer.stopping():
-        tick = time.monotonic()
-        try:
-            _one_point(conf, True, False)
-        except StopRequested as exc:  # the stop gave up on a server that did not answer
-            log.warning("point abandoned: %s", exc)
-        except CdpError as exc:
-            log.error("point failed: %s", exc)
-        except Exception:  # a bug, or a worker killed: the next tick still comes
-            log.exception("point failed with an unexpected error (please report it)")
-        # Sleep to the tick itself (a wait that a SIGTERM ends within a second): whole
-        # seconds from wherever the point ended overshot it, and every point started up to
-        # a second later than the one before (a point taking longer starts the next at once).
-        transfer.wait(tick + conf.interval - time.monotonic())
+    with _sigterm_stops(conf.stop_grace):
+        while not transfer.stopping():
+            tick = time.monotonic()
+            try:
+                _one_point(conf, True, False)
+            except StopRequested as exc:  # the stop gave up on a server that did not answer
+                log.warning("point abandoned: %s", exc)
+            except CdpError as exc:
+                log.error("point failed: %s", exc)
+            except Exception:  # a bug, or a worker killed: the next tick still comes
+                log.exception("point failed with an unexpected error (please report it)")
+            # Sleep to the tick itself (a wait that a SIGTERM ends within a second): whole
+            # seconds from wherever the point ended overshot it, and every point started up
+            # to a second later than the one before (a point taking longer starts the next
+            # at once).
+            transfer.wait(tick + conf.interval - time.monotonic())
 
 
 @cli.command()

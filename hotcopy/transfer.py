@@ -43,8 +43,9 @@ def _transient(exc: Exception) -> bool:
         isinstance(exc, ServerError) and exc.status is not None and exc.status >= 500)
 
 
-#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run`, and a Ctrl-C during a
-#: point): the seconds a request under way may still take, -1 while no stop is requested.
+#: Set by `request_stop` (the SIGTERM handler of `cdp-agent run` and `backup`, and a Ctrl-C
+#: during a point): the seconds a request under way may still take, -1 while no stop is
+#: requested.
 #: Shared memory made at import, before any worker is forked, so that the sealing workers,
 #: which make requests of their own, see it too: `kill PID` signals the agent alone
 #: (systemd signals them as well), and a plain global set in the agent stayed as it was in
