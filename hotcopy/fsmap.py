@@ -35,6 +35,7 @@ _EXT_MAGIC_AT = 1024 + 56  # s_magic in the superblock, 1024 bytes into the volu
 _EXT_MAGIC = b"\x53\xef"
 _GROUP_FREE = re.compile(r"^\s+Free blocks: (.*)$")
 _XFS_MAGIC = b"XFSB"  # sb_magicnum, at byte 0 of the volume
+_MBR_SIGNATURE = b"\x55\xaa"  # at byte 510, after the four 16-byte entries from byte 446
 #: What `xfs_logprint -t` prints for a log that holds superblock updates only.
 _COVERED_LOG_LINE = re.compile(
     r"^(LOG REC AT LSN .*|=+|TRANS: .*|BUF: cnt:.*"
@@ -158,6 +159,7 @@ def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[
         try:
             magic = os.pread(fd, 2, offset + _EXT_MAGIC_AT)
             xfs_magic = os.pread(fd, 4, offset)
+            sector0 = os.pread(fd, 512, offset)
         finally:
             os.close(fd)
     except OSError:
@@ -180,6 +182,12 @@ def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[
             return None
         return None if parsed is None else volume_runs(*parsed, size, block_size)
     if magic != _EXT_MAGIC:
+        return None
+    if sector0[510:] == _MBR_SIGNATURE and any(sector0[e + 4] for e in range(446, 510, 16)):
+        # An MBR listing partitions (a disk copied whole): an ext superblock at byte 1024,
+        # which an MBR leaves as it was, is one of a filesystem the disk held before.
+        log.info("%s: an MBR with partitions holds an ext superblock left from before; "
+                 "reading every block", path)
         return None
     try:
         # ext2fs_open takes I/O options after '?': the volume may start inside the file.

@@ -12,7 +12,7 @@ from pathlib import Path
 from cdpcore.api import PointInfo
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.changes import subtract_runs
-from hotcopy.fsmap import MAX_FREE_RUNS, parse_dumpe2fs, volume_runs
+from hotcopy.fsmap import MAX_FREE_RUNS, free_block_runs, parse_dumpe2fs, volume_runs
 from hotcopy.verify import iter_volume, open_point
 
 from .conftest import Agent
@@ -127,3 +127,22 @@ def test_a_filesystem_that_needs_recovery_is_read_in_full(
     full = _point(agent, gpt_image, skip_free=False)
     again = _point(agent, gpt_image, skip_free=True)
     assert again.stats.scanned_bytes == full.stats.scanned_bytes
+
+
+def test_an_ext_superblock_under_an_mbr_listing_partitions_gives_no_map(
+        tmp_path: Path) -> None:
+    """A disk once formatted whole, then given an MBR (sfdisk in a script, parted: they do
+    not wipe) and a partition: the old superblock, bitmaps and all, lies untouched in the
+    MBR gap (its inode tables, past it, are not read), and would call the partition's
+    data free when the disk is copied whole."""
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "4096", str(disk)], check=True)
+    assert free_block_runs(str(disk), 0, 64 * MiB, 16384)  # the filesystem's own map
+    subprocess.run(["sfdisk", "-q", str(disk)], input=b"label: dos\nstart=2048, type=83\n",
+                   check=True)
+    with open(disk, "r+b") as f:
+        f.seek(MiB)
+        f.write(os.urandom(63 * MiB))  # what the partition holds now
+    assert free_block_runs(str(disk), 0, 64 * MiB, 16384) is None
