@@ -3,7 +3,10 @@ tests/conftest.py), a repository key, and partitioned disk images made with pypa
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,3 +96,20 @@ def _no_stop_left_behind() -> Iterator[None]:
     transfer._stop_requested.value = -1.0
     yield
     transfer._stop_requested.value = -1.0
+
+
+def wait_for_point(lock: Path, proc: subprocess.Popen[str]) -> None:
+    """Until `proc` holds the host's lock: a point is being taken."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            finally:
+                os.close(fd)
+        time.sleep(0.05)
+    raise AssertionError("no point started")

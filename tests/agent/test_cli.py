@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -10,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +26,7 @@ from hotcopy.errors import SourceError
 from hotcopy.state import StateDir
 from tests.ctrlc import interruptible, signal_state
 
-from .conftest import Agent
+from .conftest import Agent, wait_for_point
 
 
 def _agent(*args: str, config: Path, cwd: Path | None = None
@@ -287,23 +285,6 @@ def test_init_asks_twice_for_a_new_keys_passphrase_once_for_an_existing(
         [json.loads(point.stdout)["point_id"]]
 
 
-def _wait_for_point(lock: Path, proc: subprocess.Popen[str]) -> None:
-    """Until `proc` holds the host's lock: a point is being taken."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1]
-        if lock.exists():
-            fd = os.open(lock, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            finally:
-                os.close(fd)
-        time.sleep(0.05)
-    raise AssertionError("no point started")
-
-
 def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
         agent: Agent, cdp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Ctrl-C stops at once: exit 130, nothing committed, no copy of the image left. The
@@ -323,7 +304,7 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
 
     interrupted = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True,
                                    preexec_fn=interruptible)
-    _wait_for_point(lock, interrupted)
+    wait_for_point(lock, interrupted)
     interrupted.send_signal(signal.SIGINT)
     try:
         interrupted.wait(timeout=30)
@@ -337,7 +318,7 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
     assert os.listdir(image.parent) == ["disk.img"]
 
     stopped = subprocess.Popen(run, env=env, stderr=subprocess.PIPE, text=True)
-    _wait_for_point(lock, stopped)
+    wait_for_point(lock, stopped)
     stopped.send_signal(signal.SIGTERM)
     assert stopped.wait(timeout=120) == 0, stopped.communicate()[1]
     assert len(agent.remote.points(agent.host)) == 1

@@ -28,8 +28,7 @@ from cdpcore.errors import StopRequested
 from hotcopy.state import StateDir
 from tests.ctrlc import interruptible, signal_state
 
-from .conftest import Agent
-from .test_cli import _wait_for_point
+from .conftest import Agent, wait_for_point
 
 #: How long after the stop the agent may take to exit (it used to take up to 10 minutes).
 BOUND = 15.0
@@ -228,7 +227,7 @@ def test_sigterm_lets_a_backup_the_server_answers_commit(  # type: ignore[no-unt
     config, image = _configure(agent, cdp_server, tmp_path, silent_after)
     proc = _agent_process(config, "backup", "--json", "--bandwidth", str(64 * 1024))
     lock = agent.state_dir / agent.host / "lock"
-    _, out, err = _stopped(proc, signal.SIGTERM, lambda: _wait_for_point(lock, proc))
+    _, out, err = _stopped(proc, signal.SIGTERM, lambda: wait_for_point(lock, proc))
     assert proc.returncode == 0, err[-3000:]
     assert [p.point_id for p in agent.remote.points(agent.host)] == \
         [json.loads(out)["point_id"]]
