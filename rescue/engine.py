@@ -216,8 +216,8 @@ class _Execution:
             "wipe": lambda a: target.wipe(a.target),
             "partition_table": self._table, "stream": self._stream, "swap": self._swap,
             "lvm": self._lvm, "verify": self._verify,
-            "grow_fs": lambda a: growfs.grow(a.target, a.offset, a.size,
-                                             str(a.params["fstype"])),
+            "grow_fs": lambda a: self.report.notes.extend(
+                growfs.grow(a.target, a.offset, a.size, str(a.params["fstype"]))),
             "bootloader": self._bootloader}
         completed = False
         try:

@@ -30,9 +30,10 @@ _FIXED_ROLES = ("esp", "bios_boot", "boot", "swap")
 
 def last_usable_sector(disk: Disk, size: int) -> int:
     """The last sector a partition may use on a target of `size` bytes: before the GPT's
-    backup, and for MBR within the 32-bit sector counts (the 2 TiB limit at 512 bytes)."""
+    backup, and for MBR within the 32-bit sector counts (the 2 TiB limit at 512 bytes:
+    sector 2^32 - 1 is the last, where fdisk and sfdisk end a partition that fills it)."""
     last = size // disk.logical_sector_size - 1 - backup_sectors(disk)
-    return last if disk.table == "gpt" else min(last, MBR_MAX_SECTORS - 1)
+    return last if disk.table == "gpt" else min(last, MBR_MAX_SECTORS)
 
 
 def required_size(disk: Disk) -> int:
@@ -89,6 +90,8 @@ def _grow_last(parts: list[Partition], last: int) -> None:
         tail = max((p for p in parts if p.kind == "logical"), key=_end, default=tail)
     if tail.role in _FIXED_ROLES:
         return  # a swap or boot partition at the end keeps its size
+    if _end(tail) > last:
+        return  # already at (or past) the MBR's last sector: growing never shrinks it
     tail.length = last - tail.start + 1
     if tail.kind == "logical":
         for part in parts:
