@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from cdpcore.errors import FormatError, SafetyError, UsageError
-from cdpcore.layout import FILE_SECTOR, Disk, Layout, Partition, _disk
+from cdpcore.layout import FILE_SECTOR, Disk, Filesystem, Layout, Partition, _disk
 from cdpcore.manifest import VolumeRecord
 from cdpcore.units import human
 
@@ -128,9 +128,10 @@ def _check_target(src: Disk, match: Match) -> None:
                 "size, or attach the file as one (losetup --sector-size "
                 f"{src.logical_sector_size}) and restore onto the loop device")
     elif target.logical_sector_size != src.logical_sector_size:
+        why = "partition tables cannot be carried over" if src.table else \
+            "a filesystem made on one sector size may not mount on the other"
         raise SafetyError(f"target {target.path} has {target.logical_sector_size}-byte sectors,"
-                          f" source disk {src.name} had {src.logical_sector_size}: partition "
-                          "tables cannot be carried over")
+                          f" source disk {src.name} had {src.logical_sector_size}: {why}")
 
 
 def _disk_actions(src: Disk, dp: DiskPlan, vols: dict[str, VolumeRecord]) -> list[Action]:
@@ -232,28 +233,43 @@ def _lvm_actions(layout: Layout, plans: dict[str, DiskPlan],
     return acts
 
 
-def _grow_actions(layout: Layout, disks: list[DiskPlan]) -> tuple[list[Action], list[str]]:
-    """Grow the filesystem of every restored partition that the resize enlarged."""
+#: Whole-disk signatures that are no filesystem to grow: a PV (the LVM step grows it), swap.
+NOT_GROWN = ("LVM2_member", "swap")
+
+
+def _grow_actions(layout: Layout, disks: list[DiskPlan], resize: ResizePolicy
+                  ) -> tuple[list[Action], list[str]]:
+    """Grow the filesystem of every restored partition that the resize enlarged, and of a
+    whole disk (no partition table) restored onto a larger one unless the policy is `same`
+    (a PV there is grown by the LVM step, whatever the policy)."""
     acts: list[Action] = []
     notes: list[str] = []
+
+    def grow(dp: DiskPlan, what: str, volume: str, fs: Filesystem, offset: int,
+             size: int) -> None:
+        if fs.type not in GROWABLE:
+            notes.append(f"{dp.target.path} {what}: {fs.type} filesystem not grown (only "
+                         + ", ".join(GROWABLE) + " are): grow it after booting")
+            return
+        acts.append(Action(f"grow_fs:{volume}", "grow_fs", dp.target.path,
+                           f"grow the {fs.type} filesystem of {what} to {human(size)}",
+                           volume=volume, offset=offset, size=size,
+                           params={"fstype": fs.type}))
+
     for dp in disks:
         src = layout.disk(dp.source)
         sector = src.logical_sector_size
+        whole = dp.layout
+        if (whole.volume and whole.filesystem and whole.filesystem.type not in NOT_GROWN
+                and resize != "same" and whole.size > src.size):
+            grow(dp, "(the whole disk)", whole.volume, whole.filesystem, 0, whole.size)
         for part in dp.layout.partitions:
             old = src.partition(part.number)
             fs = part.filesystem
             if part.length <= old.length or not part.volume or fs is None:
                 continue
-            if fs.type not in GROWABLE:
-                notes.append(f"{dp.target.path} partition {part.number}: {fs.type} filesystem "
-                             "not grown (only " + ", ".join(GROWABLE) + " are): grow it "
-                             "after booting")
-                continue
-            acts.append(Action(f"grow_fs:{part.volume}", "grow_fs", dp.target.path,
-                               f"grow the {fs.type} filesystem of partition {part.number} to "
-                               f"{human(part.length * sector)}", volume=part.volume,
-                               offset=part.start * sector, size=part.length * sector,
-                               params={"fstype": fs.type}))
+            grow(dp, f"partition {part.number}", part.volume, fs, part.start * sector,
+                 part.length * sector)
     return acts, notes
 
 
@@ -307,7 +323,7 @@ def build_plan(host: str, point_id: str, created: float, layout: Layout,
                               if a.volume in boot else {})
                        for a in list(actions) if a.type == "stream")
     # After the read-back checks: growing rewrites the superblocks they compare.
-    grown, notes = _grow_actions(layout, disks) if grow_fs else ([], [])
+    grown, notes = _grow_actions(layout, disks, resize) if grow_fs else ([], [])
     actions.extend(grown)
     if reinstall_bootloader:
         actions.append(_bootloader_action(layout, disks))

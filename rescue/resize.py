@@ -104,7 +104,10 @@ def _grow_proportional(disk: Disk, last: int) -> None:
     if any(p.kind != "primary" for p in parts):
         raise UsageError(f"disk {disk.name} has an extended partition: proportional resize "
                          "supports primary partitions only (use --resize grow-last or same)")
-    growable = [p for p in parts if p.role not in _FIXED_ROLES]
+    # GRUB's boot code in the MBR holds the absolute sector of its core image in a
+    # BIOS-boot partition: nothing before one grows, so that it does not move.
+    pinned = max((i for i, p in enumerate(parts) if p.role == "bios_boot"), default=-1)
+    growable = [p for i, p in enumerate(parts) if i > pinned and p.role not in _FIXED_ROLES]
     old_end = max(p.start + p.length for p in parts)
     extra = last + 1 - old_end
     total = sum(p.length for p in growable)

@@ -249,3 +249,33 @@ def test_an_xfs_that_does_not_mount_is_left_ungrown_with_a_note(tmp_path: Path) 
     assert notes[0].endswith("it is left at its old size: check it (xfs_repair), then grow "
                              "it (xfs_growfs)")
     assert digest(image) == before
+
+
+@pytest.mark.parametrize("policy", ["grow-last", "same"])
+def test_a_whole_disk_ext4_grows_onto_a_larger_disk_unless_the_policy_is_same(
+        repo_host: dict[str, Any], tmp_path: Path, policy: str) -> None:
+    """A disk formatted whole (no partition table) restored onto a larger one: with a
+    policy that grows, its filesystem fills the new disk, as a last partition's would;
+    with `same` it keeps its size. Its files come back either way."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(os.urandom(300_000))
+    source = tmp_path / "vdb.img"
+    sh("truncate", "-s", str(48 * MIB), str(source))
+    sh("mkfs.ext4", "-q", "-F", "-d", str(tree), str(source))
+    point_of(repo_host, source)
+    target = tmp_path / "big.img"
+    sh("truncate", "-s", str(96 * MIB), str(target))
+    engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
+    plan = engine.plan("latest", {"vdb.img": str(target)}, resize=policy)
+    grows = [a.id for a in plan.actions if a.type == "grow_fs"]
+    assert grows == (["grow_fs:vdb.img:whole"] if policy == "grow-last" else [])
+    report = engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
+    assert report.ok, report.errors
+    sh("e2fsck", "-fn", str(target))
+    info = dict(line.split(":", 1) for line in sh("dumpe2fs", "-h", str(target)).splitlines()
+                if ":" in line)
+    fs_bytes = int(info["Block count"]) * int(info["Block size"])
+    assert fs_bytes == (96 if policy == "grow-last" else 48) * MIB
+    with mounted(str(target), tmp_path / "check") as mnt:
+        assert (mnt / "f").read_bytes() == (tree / "f").read_bytes()

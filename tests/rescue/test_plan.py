@@ -103,6 +103,20 @@ def test_fit_same_grow_last_proportional_and_too_small() -> None:
         "bytes), the layout needs at least 57.0 MiB (59785728 bytes)")
 
 
+def test_proportional_does_not_move_a_bios_boot_partition() -> None:
+    """GRUB's boot code in the MBR holds the absolute sector of its core image in the
+    BIOS-boot partition: a data partition before one does not grow, so it stays where it
+    was; those after it grow."""
+    disk = Disk(name="vda", size=64 * MIB, table="gpt", partitions=[
+        Partition(1, 2048, 16384, volume="vda:p1"),
+        Partition(2, 18432, 2048, role="bios_boot", volume="vda:p2"),
+        Partition(3, 20480, 40960, volume="vda:p3"),
+    ])
+    prop = fit(disk, 128 * MIB, "proportional", "t").partitions
+    assert [(p.start, p.length) for p in prop[:2]] == [(2048, 16384), (18432, 2048)]
+    assert prop[2].start == 20480 and prop[2].start + prop[2].length > 40960 + 20480
+
+
 def test_a_4kn_gpt_disk_fits_an_identical_disk_and_grows_to_its_backup() -> None:
     """4096-byte sectors: the GPT's backup takes 1 + 4 sectors, not the 33 of 512-byte
     disks (a layout ending at N-6, as fdisk and sgdisk make, used to be refused)."""
@@ -385,6 +399,13 @@ def test_partitioned_4096_byte_sector_disk_is_refused_for_an_image_file() -> Non
     build_plan("h", "f" * 32, 1.0, Layout(hostname="h", disks=[whole]),
                [VolumeRecord("vdb:whole", MIB, 16384, ZERO_ROOT, 0)],
                map_disks([whole], [], {"vdb": local("/tmp/w.img", MIB, is_file=True)}))
+    # a table-less disk onto a device of another sector size: its filesystem, not a table
+    with pytest.raises(SafetyError) as err:
+        build_plan("h", "f" * 32, 1.0, Layout(hostname="h", disks=[whole]),
+                   [VolumeRecord("vdb:whole", MIB, 16384, ZERO_ROOT, 0)],
+                   map_disks([whole], [], {"vdb": local("/dev/sdc", MIB)}))
+    assert str(err.value) == ("target /dev/sdc has 512-byte sectors, source disk vdb had 4096: "
+                              "a filesystem made on one sector size may not mount on the other")
 
 
 def test_grow_fs_and_bootloader_actions() -> None:
