@@ -18,6 +18,7 @@ from cdpcore.api import GcReport, ObjectKind, SkippedHost
 from cdpcore.errors import FormatError, IntegrityError, NotFoundError
 
 from .datastore import Datastore
+from .errors import StorageFull
 from .store import new_pack_name
 
 log = logging.getLogger("cdp.server.gc")
@@ -148,7 +149,15 @@ def _rewrite(ds: Datastore, name: str, size: int) -> int:
         offset += loc.length
     new = new_pack_name()
     ds.catalog.begin_pack(new, offset)
-    ds.store.put(new, parts)
+    try:
+        ds.store.put(new, parts)
+    except StorageFull:
+        # No room for the live objects: the datastore is full, and gc is what frees it.
+        # The pack stays as it is (a later gc rewrites it), the packs nothing lives in
+        # are freed all the same, and no pending pack is left behind.
+        if ds.catalog.forget_pending([new]):
+            ds.store.delete(new)
+        return 0
     ds.catalog.move_objects(name, new, moves)
     _delete_retired(ds, name)
     return size - offset

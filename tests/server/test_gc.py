@@ -16,6 +16,7 @@ import pytest
 
 from cdp_server.commit import commit
 from cdp_server.datastore import Datastore, RecoveryReport
+from cdp_server.errors import StorageFull
 from cdp_server.gc import PENDING_TIMEOUT, gc
 from cdp_server.store import new_pack_name
 from cdp_server.verify import verify
@@ -285,6 +286,39 @@ def test_an_upload_that_outlasts_the_pending_timeout_is_refused_not_left_without
     ds.upload("web1", ObjectKind.pages, records.encode_records(list(built.pages.items())))
     commit(ds, "web1", built.request)
     assert len(ds.fetch("web1", ObjectKind.chunks, list(built.chunks))) == len(built.chunks)
+
+
+def test_gc_on_a_full_datastore_frees_dead_packs_where_a_rewrite_finds_no_room(
+        small_fs) -> None:  # type: ignore[no-untyped-def]
+    """On a full datastore, prune and gc are what free space. A mostly dead pack is
+    rewritten, which needs room for its live objects: with none, gc must skip that
+    rewrite, leave no pending pack of it behind, and still delete the packs nothing lives
+    in. It failed instead (507), before it reached them, run after run: the datastore
+    stayed full for good."""
+    data_dir = small_fs(4) / "ds"
+    ds, first, second = half_dead_pack(data_dir)  # its first pack: 3 of 10 chunks live
+    codec = new_codec()
+    for per_pack in (16, 1):  # then the rewrite's 3 chunks do not fit
+        with pytest.raises(StorageFull):
+            while True:
+                ds.upload("web1", ObjectKind.chunks, records.encode_records(
+                    [codec.seal_block(os.urandom(BS)) for _ in range(per_pack)]))
+    with pytest.raises(StorageFull):  # full indeed: the rewrite's 3 chunks would not fit
+        ds.store.put(new_pack_name(), [os.urandom(3 * BS)])
+    report = gc(ds, grace=0)  # no point references the fillers
+    assert report.freed_bytes > 1 << 20
+    packs = ds.catalog.packs()
+    assert {p.state for p in packs} == {"done"}
+    assert set(ds.store.list()) == {p.name for p in packs}
+    got = ds.fetch("web1", ObjectKind.chunks, list(second.chunks))
+    assert {oid: blob for oid, blob, _ in got} == {
+        c: first.chunks.get(c, blob) for c, blob in second.chunks.items()}
+    # With room again, the next gc rewrites the mostly dead pack: every byte left is live.
+    gc(ds, grace=0)
+    usage = ds.catalog.pack_usage()
+    assert {p.name: p.size for p in ds.catalog.packs()} == {
+        name: size for name, (_, size) in usage.items()}
+    assert verify(ds).damaged_points == []
 
 
 @pytest.mark.parametrize("damage", ["flipped", "missing"])
