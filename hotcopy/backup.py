@@ -366,9 +366,12 @@ def _commit(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
             request: CommitRequest, volumes: list[_Volume],
             views: dict[str, snapshot.ReadView], policy: RetryPolicy) -> PointInfo:
     """Commit, retrying with the same point ID (idempotent on the server). A 409 names
-    objects the server lacks (lost or removed meanwhile): upload those from the views
-    again, and commit again."""
-    for _ in range(3):
+    objects the server lacks (lost, damaged or removed meanwhile): upload those from the
+    views again, and commit again. It names only the topmost missing page of a subtree
+    (the server does not read below one), so a subtree lost whole takes a round per
+    level of the index, and one more for its chunks."""
+    rounds = max((v.height for v in request.volumes), default=0) + 3
+    for _ in range(rounds):
         try:
             return retrying(policy, "committing the point", lambda: remote.commit(host, request))
         except MissingObjectsError as exc:
@@ -376,7 +379,8 @@ def _commit(remote: Remote, host: str, codec: BlobCodec, sender: Sender,
                      {bytes.fromhex(h) for h in exc.missing.missing_pages})
             log.warning("server lacks objects of the point; uploading them again")
             _reupload(codec, sender, volumes, views, named)
-    raise ServerError("the server kept refusing the commit for missing objects", 409)
+    raise ServerError(f"the server kept refusing the commit for missing objects after "
+                      f"{rounds} rounds of sending them again", 409)
 
 
 def _reupload(codec: BlobCodec, sender: Sender, volumes: list[_Volume],

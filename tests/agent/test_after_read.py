@@ -15,12 +15,16 @@ from typing import Any
 import pytest
 
 from cdpcore.api import ObjectKind, PointInfo
+from cdpcore.client import ServerPages
 from cdpcore.errors import ServerError
+from cdpcore.format import ZERO_ID
+from cdpcore.index import decode_page
 from hotcopy import backup as backup_module
 from hotcopy import snapshot
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.remote import Remote
 from hotcopy.verify import verify_point
+from tests.server.stored import corrupt_object
 
 from .conftest import Agent, assert_point_equals, corrupt_chunk, write_at
 from .images import MiB
@@ -174,3 +178,45 @@ def test_a_lost_chunk_is_sent_from_a_copy_that_did_not_change(
     expected = gpt_image.parent / "as-read.img"
     expected.write_bytes(as_read)
     _assert_point_is(agent, info, expected)
+
+
+def test_a_damaged_index_of_the_last_point_is_sent_again_level_by_level(
+        agent: Agent, cdp_server: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The server's verify found the last point's index pages damaged down a whole path
+    (the pages of a point go to the server together, into one pack: a damaged pack takes
+    them all), and the next point shares them (its volume did not change). A 409 names
+    only the topmost damaged page of a subtree (the server does not read below it), so
+    each commit uncovers one level more: the root, the level-1 page, the leaves, then the
+    commit succeeds. The agent gave up after three commits, before the last of them."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(512 * MiB)  # 4 KiB blocks: a root of level 2, each child 256 MiB
+    for offset in (MiB, 2 * MiB, 100 * MiB, 300 * MiB):
+        write_at(image, offset, os.urandom(4096))
+
+    def take(remote: Any) -> PointInfo:
+        return backup(remote, agent.host, agent.codec, [str(image)], agent.state_dir,
+                      block_size=4096, workers=2, options=BackupOptions(reflink=False))
+
+    first = take(agent.remote)
+    root = bytes.fromhex(agent.remote.point(agent.host, first.point_id).volumes[0].root)
+    pages = ServerPages(agent.remote, agent.host)  # type: ignore[arg-type]
+
+    def entries(pid: bytes) -> list[bytes]:
+        data = decode_page(pages.get_pages([pid])[pid], pid).entries
+        return [e for i in range(0, len(data), 32) if (e := bytes(data[i:i + 32])) != ZERO_ID]
+
+    level1 = entries(root)[0]
+    leaves = entries(level1)
+    assert len(leaves) == 3
+    for page in (root, level1, *leaves):
+        corrupt_object(cdp_server.data_dir, "pages", page, keep_checksum=False)
+    assert cdp_server.admin().verify().damaged_points == [first.point_id]
+    events: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="cdp.agent.backup"):
+        info = take(_Watched(agent.remote, events))
+    assert events.count("commit") == 4
+    assert caplog.text.count("server lacks objects of the point; uploading them again") == 3
+    _assert_point_is(agent, info, image)
+    assert cdp_server.admin().verify().damaged_points == []  # the pages sent again
