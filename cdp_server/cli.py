@@ -7,12 +7,13 @@ import json
 import logging
 import math
 import os
+import socket
 import sqlite3
 import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -57,10 +58,24 @@ def _run(fn: Callable[[], None]) -> None:
     except CdpError as exc:
         click.echo(f"cdp-server: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except sqlite3.OperationalError as exc:
+        # Another user than the datastore's owner, or a read-only filesystem: sqlite's
+        # "attempt to write a readonly database" / "unable to open database file".
+        if "readonly" not in str(exc) and "unable to open" not in str(exc):
+            _damaged(exc)
+        click.echo(f"cdp-server: error: cannot open or write the catalog database ({exc}): "
+                   "run "
+                   "cdp-server as the user that owns the datastore, on a writable "
+                   "filesystem; the catalog is not damaged", err=True)
+        sys.exit(UsageError.exit_code)
     except sqlite3.DatabaseError as exc:
-        click.echo(f"cdp-server: error: the catalog database is damaged or unreadable "
-                   f"({exc}): restore it from a backup of the datastore", err=True)
-        sys.exit(CatalogDamaged.exit_code)
+        _damaged(exc)
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> NoReturn:
+    click.echo(f"cdp-server: error: the catalog database is damaged or unreadable "
+               f"({exc}): restore it from a backup of the datastore", err=True)
+    sys.exit(CatalogDamaged.exit_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +90,13 @@ def main() -> None:
 def init(data: Path, as_json: bool) -> None:
     """Create a datastore in DATA and print an admin token (shown once)."""
     def go() -> None:
-        _ds, token = Datastore.init(data)
+        try:
+            if data.exists() and not data.is_dir():
+                raise UsageError(f"cannot create a datastore in {data}: it is not a "
+                                 "directory")
+            _ds, token = Datastore.init(data)
+        except OSError as exc:  # a file in the path, no permission, a read-only filesystem
+            raise UsageError(f"cannot create a datastore in {data}: {exc.strerror}") from None
         _emit(as_json, {"data": str(data), "admin_token": token},
               f"datastore created in {data}\nadmin token (shown once, keep it safe): {token}")
     _run(go)
@@ -126,6 +147,7 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
         logs.setup(getattr(logging, conf.log_level.upper()))
         host, port = conf.address()
         _check_tls_pair(conf.cert, conf.key)
+        _check_listen(host, port, conf.listen)
         ds = Datastore.open(Path(conf.data))
         with ds.serving():
             rec = ds.recover()
@@ -156,6 +178,20 @@ def _check_tls_pair(cert_file: str, key_file: str) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot use the TLS certificate {cert_file} with the key "
                          f"{key_file}: {exc}") from None
+
+
+def _check_listen(host: str, port: int, listen: str) -> None:
+    """An address in use, a host name that does not resolve or a port only root may bind,
+    refused by name before serving: uvicorn exits 3 (here: malformed data) with the reason
+    in a log line only."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(addr)
+    except OSError as exc:  # socket.gaierror too
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror}") from None
 
 
 @main.group()
@@ -346,12 +382,12 @@ def retention() -> None:
 
 @retention.command("set")
 @click.argument("host_name")
-@click.option("--keep-last", type=int, default=0, show_default=True)
-@click.option("--keep-minutely", type=int, default=0, show_default=True)
-@click.option("--keep-hourly", type=int, default=0, show_default=True)
-@click.option("--keep-daily", type=int, default=0, show_default=True)
-@click.option("--keep-weekly", type=int, default=0, show_default=True)
-@click.option("--keep-monthly", type=int, default=0, show_default=True)
+@click.option("--keep-last", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--keep-minutely", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--keep-hourly", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--keep-daily", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--keep-weekly", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--keep-monthly", type=click.IntRange(min=0), default=0, show_default=True)
 @data_option
 @json_option
 def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> None:
@@ -362,7 +398,7 @@ def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> Non
     def go() -> None:
         ds = Datastore.open(data)
         if not ds.catalog.host_exists(host_name):
-            raise UsageError(f"no host {host_name!r}")
+            raise NotFoundError(f"no host {host_name!r}")
         try:
             rules = Retention(**keep)
         except ValueError as exc:

@@ -66,10 +66,20 @@ def load(path: Path | None) -> ServerConfig:
     unknown = sorted(set(doc) - set(known))
     if unknown:
         raise UsageError(f"configuration file {path}: unknown settings {', '.join(unknown)}")
+    # TOML has types (an INI file's values are all strings): `grace = true` was read as
+    # 1 s, `data = ["/a"]` as the path "['/a']".
+    raw = doc.pop("grace", DEFAULT_GRACE)
     try:
-        grace = float(doc.pop("grace", DEFAULT_GRACE))
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"configuration file {path}: grace: {exc}") from None
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError
+        grace = float(raw)
+    except ValueError:
+        raise UsageError(f"configuration file {path}: grace must be a number of seconds, "
+                         f"not {raw!r}") from None
+    for key, value in doc.items():
+        if not isinstance(value, str):
+            raise UsageError(f"configuration file {path}: {key} must be a string, not "
+                             f"{value!r}")
     if not grace >= 0:  # NaN too: it compares false
         raise UsageError(f"configuration file {path}: grace must be 0 or more seconds, not "
                          f"{grace}: a negative grace leaves uploads in flight unprotected")
@@ -77,4 +87,4 @@ def load(path: Path | None) -> ServerConfig:
     if level.lower() not in LOG_LEVELS:
         raise UsageError(f"configuration file {path}: log_level must be one of "
                          f"{', '.join(LOG_LEVELS)}, not {level!r}")
-    return ServerConfig(grace=grace, **{k: str(v) for k, v in doc.items()})
+    return ServerConfig(grace=grace, **doc)

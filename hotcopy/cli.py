@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -139,8 +140,16 @@ def init(server: str, token: str, host: str, passphrase: str | None, ca: str, fi
         every point away behind a passphrase nobody knows)."""
         if passphrase is not None:
             return passphrase
-        answer: str = click.prompt("Passphrase for the new key" if new else "Passphrase",
-                                   hide_input=True, confirmation_prompt=new)
+        try:
+            answer: str = click.prompt("Passphrase for the new key" if new else "Passphrase",
+                                       hide_input=True, confirmation_prompt=new)
+        except click.Abort as exc:
+            # click makes Ctrl-C and the end of the input alike an Abort (exit 130,
+            # "interrupted"); `init ... < /dev/null` in a script is neither.
+            if isinstance(exc.__context__, EOFError):
+                raise UsageError("no passphrase: the input ended before one was typed; "
+                                 "give --passphrase or CDP_PASSPHRASE") from None
+            raise
         return answer
 
     master, created = establish_key(make_client(server, token, ca, fingerprint), host, ask)
@@ -364,18 +373,33 @@ def era() -> None:
     filesystem is mounted, and mount the filesystem from /dev/mapper/cdpera-NAME."""
 
 
+class _FiniteSeconds(click.FloatRange):
+    """Seconds, 0 or more and finite: `--wait nan` (which FloatRange passes, comparing
+    false with any bound) or `inf` waited for the devices forever."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
 @era.command("attach")
 @click.argument("volume")
 @click.option("--metadata", required=True,
               help="Device for dm-era's metadata (a small LV of its own).")
 @click.option("--name", default="",
               help="Era device name: /dev/mapper/cdpera-NAME (default: the volume's name).")
-@click.option("--block-sectors", type=int, default=128, show_default=True,
+@click.option("--block-sectors", type=click.IntRange(min=1), default=128, show_default=True,
               help="Tracking granularity in 512-byte sectors.")
 @click.option("--reset-unreadable", is_flag=True,
               help="Wipe metadata that dm-era refuses and start tracking afresh (the next "
                    "point is then a full scan).")
-@click.option("--wait", type=float, default=0, show_default=True,
+@click.option("--wait", type=_FiniteSeconds(), default=0, show_default=True,
               help="Seconds to wait for the devices to appear (at boot).")
 def era_attach(volume: str, metadata: str, name: str, block_sectors: int,
                reset_unreadable: bool, wait: float) -> None:

@@ -12,8 +12,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from cdpcore import durable
 from cdpcore import format as fmt
+from cdpcore.connection import check_connection
 from cdpcore.errors import FormatError, UsageError
 from cdpcore.index import Geometry
+from cdpcore.manifest import check_name
 
 from . import priority
 
@@ -102,7 +104,22 @@ class AgentConfig:
                                      "does not run in the directory it was written from)")
         if not self.server.startswith("https://"):
             raise UsageError(f"server URL must start with https:// ({self.server!r})")
+        self._check_connection()
         return self
+
+    def _check_connection(self) -> None:
+        """What requests would only refuse at the first request, with a traceback (a URL
+        without a host or with a bad port, a CA file that is not there) or as a failed TLS
+        check (exit 9: a CA directory, a fingerprint of the wrong form), and a host name
+        the server cannot have."""
+        check_connection(self.server, self.ca, self.fingerprint)
+        try:
+            check_name("host", self.host)
+        except FormatError as exc:
+            raise UsageError(str(exc)) from None
+        if "/" in self.host:
+            raise UsageError(f"invalid host name {self.host!r}: '/' cannot appear in a URL "
+                             "path")
 
 
 def load(path: str | os.PathLike[str]) -> AgentConfig:

@@ -20,7 +20,7 @@ _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphra
          "point", "map", "resize", "verify", "grow_fs", "reinstall_bootloader", "yes",
          "state_dir", "workers", "after"}
 _STRINGS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
-            "state_dir"}
+            "state_dir", "point"}
 _BOOLS = {"grow_fs", "reinstall_bootloader", "yes"}
 #: Read relative to the answers file's directory, as other configuration files' paths are:
 #: the file and the CA certificate it names travel together (a USB stick, a PXE share).
@@ -70,6 +70,8 @@ def load_answers(path: str | None) -> Answers:
         text = Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"cannot read answers file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"answers file {path} is not UTF-8 text: {exc}") from None
     doc: Any
     if path.endswith((".yaml", ".yml")):
         try:

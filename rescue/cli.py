@@ -4,18 +4,17 @@ rescue.engine, like the TUI). Exit codes are those of cdpcore.errors."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar, get_args
-from urllib.parse import urlsplit
 
 import click
 
 from cdpcore.client import CdpClient
+from cdpcore.connection import check_connection
 from cdpcore.errors import CdpError, UsageError
 from cdpcore.points import local_time, point_line
 from cdpcore.units import human
@@ -94,15 +93,8 @@ def _client(a: Answers, server: str | None, token: str | None, ca: str | None,
     if not url or not tok:
         raise UsageError("the server URL and a token are required: --server/--token, "
                          "CDP_SERVER/CDP_TOKEN, or the answers file")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise UsageError(f"server URL {url!r}: expected https://HOST[:PORT]")
     ca_path, pin = a.get("ca", ca), a.get("fingerprint", fingerprint)
-    if ca_path and not Path(ca_path).is_file():
-        raise UsageError(f"CA certificate file {ca_path} does not exist or is not a file")
-    if pin and not re.fullmatch(r"[0-9a-fA-F]{64}", pin.replace(":", "")):
-        raise UsageError(f"fingerprint {pin!r}: expected the server certificate's SHA-256, "
-                         "64 hex digits (colons allowed), as `cdp-server cert` prints it")
+    check_connection(url, ca_path, pin, schemes=("https", "http"))
     return CdpClient(url, tok, ca_path=ca_path, fingerprint=pin)
 
 
@@ -323,8 +315,13 @@ def run_restore(a: Answers, kw: dict[str, Any], *, interactive: bool,
             print_plan(the_plan, err=True)
         targets = ", ".join(d.target.path for d in the_plan.disks)
         # On stderr, like the passphrase's: stdout may be the --json report.
-        if click.prompt(f"Everything on {targets} will be destroyed. Type YES to go on",
-                        err=True) != "YES":
+        try:
+            answer = click.prompt(f"Everything on {targets} will be destroyed. Type YES to "
+                                  "go on", err=True)
+        except click.Abort:  # Ctrl-C or the end of the input: click's bare "Aborted!"
+            click.echo(err=True)
+            answer = ""
+        if answer != "YES":
             raise UsageError("not confirmed: nothing was written")
     opts = ExecuteOptions(dry_run=dry_run, state_dir=a.get("state_dir", state_dir),
                           stream=StreamOptions(checkpoint_bytes=checkpoint_mib << 20))

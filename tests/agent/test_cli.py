@@ -395,3 +395,84 @@ def test_sigterm_ends_the_retries_of_a_point_whose_server_is_down(
                                                           sleep=sleep))
     assert _run_in_process(monkeypatch, conf, one_point).exit_code == 0
     assert len(tries) == 2 and sum(slept) <= 2  # the first retry's wait, no more
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    # each of these was a requests traceback (exit 1) at the first request
+    ('server = "https://127.0.0.1:abc"', "server URL 'https://127.0.0.1:abc': expected "
+                                         "https://HOST[:PORT] (port 1 to 65535)"),
+    ('server = "https://127.0.0.1:99999"', "server URL 'https://127.0.0.1:99999': expected "
+                                           "https://HOST[:PORT] (port 1 to 65535)"),
+    ('server = "https://"', "server URL 'https://': expected https://HOST[:PORT]"),
+    ('ca = "/nonexistent/ca.pem"', "CA certificate file /nonexistent/ca.pem does not "
+                                   "exist or is not a file"),
+    # a directory or a fingerprint of the wrong form was "TLS check ... failed" (exit 9)
+    ('ca = "/"', "CA certificate file / does not exist or is not a file"),
+    ('fingerprint = "3f1c...e2"', "fingerprint '3f1c...e2': expected the server "
+                                  "certificate's SHA-256, 64 hex digits (colons allowed), "
+                                  "as `cdp-server cert` prints it"),
+    # "GET /hosts//key: 404 Not Found" (exit 7)
+    ('host = ""', "invalid host name '': use letters, digits and ._:+/- (at most 128, no "
+                  "'..')"),
+    ('host = "web/1"', "invalid host name 'web/1': '/' cannot appear in a URL path"),
+])
+def test_connection_settings_are_checked_before_connecting(tmp_path: Path, line: str,
+                                                           message: str) -> None:
+    config = tmp_path / "a.toml"
+    key = line.split(" =")[0]
+    config.write_text("".join(f"{k} = {json.dumps(v)}\n"
+                              for k, v in tomllib.loads(_BASE).items() if k != key)
+                      + line + "\n")
+    out = _agent("status", config=config)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr == f"cdp-agent: error: {config}: {message}\n"
+
+
+def test_init_checks_the_server_url_and_ca_before_connecting(tmp_path: Path) -> None:
+    args = ("init", "--token", "t", "--host", "h", "--passphrase", "p")
+    out = _agent(*args, "--server", "https://127.0.0.1:abc", config=tmp_path / "a.toml")
+    assert (out.returncode, out.stderr) == (2, "cdp-agent: error: server URL "
+                                               "'https://127.0.0.1:abc': expected "
+                                               "https://HOST[:PORT] (port 1 to 65535)\n")
+    out = _agent(*args, "--server", "https://127.0.0.1:1", "--ca", str(tmp_path / "ca.pem"),
+                 config=tmp_path / "a.toml")
+    assert (out.returncode, out.stderr) == (2, f"cdp-agent: error: CA certificate file "
+                                               f"{tmp_path / 'ca.pem'} does not exist or is "
+                                               "not a file\n")
+
+
+def test_init_without_a_terminal_or_passphrase_says_so(agent: Agent, cdp_server,  # type: ignore[no-untyped-def]
+                                                       tmp_path: Path) -> None:
+    """`cdp-agent init ... < /dev/null` (a provisioning script) exited 130, "interrupted",
+    after a bare "Passphrase: "."""
+    env = {k: v for k, v in os.environ.items() if k != "CDP_PASSPHRASE"}
+    out = subprocess.run([sys.executable, "-m", "hotcopy", "init", "--server", cdp_server.url,
+                          "--token", agent.token, "--host", agent.host, "--ca",
+                          str(cdp_server.ca_path), "--config", str(tmp_path / "a.toml")],
+                         input="", capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.endswith("cdp-agent: error: no passphrase: the input ended before one "
+                               "was typed; give --passphrase or CDP_PASSPHRASE\n")
+    assert not (tmp_path / "a.toml").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--wait", "nan"], "Invalid value for '--wait': 'nan' is not a finite number of seconds"),
+    (["--wait", "inf"], "Invalid value for '--wait': 'inf' is not a finite number of seconds"),
+    (["--wait", "-5"], "Invalid value for '--wait': -5.0 is not in the range x>=0."),
+    (["--block-sectors", "0"], "Invalid value for '--block-sectors': 0 is not in the range "
+                               "x>=1."),
+])
+def test_era_attach_refuses_a_wait_or_block_size_that_makes_no_sense(
+        monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
+    """`--wait nan` waited for the devices forever (and `inf` too); `--block-sectors 0` went
+    to dmsetup, whose error named neither the option nor the rule."""
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(cli.eramod, "attach", lambda *a: calls.append(a) or "/dev/mapper/x")
+    result = CliRunner().invoke(cli.cli, ["era", "attach", "/dev/vg0/data", "--metadata",
+                                          "/dev/vg0/data-era", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert calls == []

@@ -62,6 +62,8 @@ def test_a_quoted_false_yes_does_not_confirm_a_restore(scene: dict[str, Any]) ->
     ("workers", 0, "a whole number of at least 1"),
     ("passphrase", 123456, "a string"),
     ("after", "halt", "one of shell, reboot, poweroff"),
+    # "cannot read point choice '20261124'"
+    ("point", 20261124, "a string"),
 ])
 def test_answers_values_of_the_wrong_kind_are_refused(tmp_path: Path, key: str, value: Any,
                                                       want: str) -> None:
@@ -152,6 +154,11 @@ def test_restore_json_on_a_terminal_keeps_the_prompt_off_stdout(scene: dict[str,
 @pytest.mark.parametrize(("answers", "want"), [
     ({"server": "backup.example.com:8443"},
      "server URL 'backup.example.com:8443': expected https://HOST[:PORT]"),
+    # a requests traceback (exit 1)
+    ({"server": "https://127.0.0.1:abc"},
+     "server URL 'https://127.0.0.1:abc': expected https://HOST[:PORT] (port 1 to 65535)"),
+    ({"server": "https://127.0.0.1:99999"},
+     "server URL 'https://127.0.0.1:99999': expected https://HOST[:PORT] (port 1 to 65535)"),
     ({"ca": "/nonexistent/ca.pem"},
      "CA certificate file /nonexistent/ca.pem does not exist or is not a file"),
     ({"fingerprint": "3f1c...e2"},
@@ -233,3 +240,32 @@ def test_relative_paths_in_an_answers_file_are_read_from_its_directory(
     assert load_answers("stick/a.json").values == {
         "ca": str(stick / "ca.pem"), "passphrase_file": str(stick / "keys/pass"),
         "state_dir": "/var/tmp/cdp", "host": "web1"}
+
+
+def test_an_answers_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """A Latin-1 byte was a UnicodeDecodeError traceback (exit 1), in `rescue auto` a
+    CDP-RESTORE-DONE line with exit=1 and Python's words."""
+    path = tmp_path / "a.json"
+    path.write_bytes(b'{"host": "caf\xe9"}')
+    with pytest.raises(UsageError) as err:
+        load_answers(str(path))
+    assert str(err.value).startswith(f"answers file {path} is not UTF-8 text: ")
+
+
+def test_the_input_ending_at_the_confirmation_is_not_confirmed(scene: dict[str, Any]) -> None:
+    """Ctrl-D (or Ctrl-C) at "Type YES" printed click's bare "Aborted!" and exited 1: not
+    the "not confirmed" of the exit status table (2), nor whether anything was written."""
+    tmp = scene["tmp"]
+    (tmp / "answers.json").write_text(json.dumps(scene["answers"]))
+    before = digest(scene["target"])
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "rescue", "restore",
+                             "--answers", str(tmp / "answers.json")],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(slave)
+    os.write(master, b"\x04")  # the terminal's end of input
+    _out, err = proc.communicate(timeout=120)
+    os.close(master)
+    assert proc.returncode == 2, err
+    assert err.decode().endswith("rescue: error: not confirmed: nothing was written\n")
+    assert digest(scene["target"]) == before
