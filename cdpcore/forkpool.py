@@ -19,8 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-#: Held back while forking.
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+from .signals import STOP_SIGNALS, stop_signals_held
 
 
 def _start_worker(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> None:
@@ -36,15 +35,8 @@ def fork_pool(workers: int, initializer: Callable[..., object],
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_start_worker, initargs=(initializer, initargs))
     try:
-        # The mask to restore is read first: a signal handler may run inside the call that
-        # blocks the stop signals, once they are blocked (CPython checks for signals
-        # there), and a KeyboardInterrupt raised there must find the mask restored too.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        with stop_signals_held():
             pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal arrives here
     except BaseException:
         # A fork that failed part-way (EAGAIN at the process limit) leaves the workers
         # forked so far waiting for a manager thread that never started: shutdown cannot

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cdpcore import runcmd
-from cdpcore.errors import CommandFailed
+from cdpcore.signals import stop_signals_held
 
 from .lvm import TAG_PREFIX
 
@@ -67,17 +67,15 @@ def snapshot(path: str, tag: str) -> Iterator[str]:
     src = Path(path)
     copy = src.parent / copy_name(src.name, tag, os.getpid())
     try:
-        runcmd.run(["cp", "--reflink=always", str(src), str(copy)])
-    except CommandFailed:
-        copy.unlink(missing_ok=True)
-        log.debug("no reflink on %s: reading the file as it is", src.parent)
-        yield path
-        return
-    except BaseException:
-        # Ctrl-C (or SIGTERM's exit) while cp ran: cp is killed, and what it created goes.
-        copy.unlink(missing_ok=True)
-        raise
-    try:
-        yield str(copy)
+        # cp runs to its end, Ctrl-C and SIGTERM held back meanwhile: cut short, it was
+        # killed but not waited for, and could create the copy after it was removed here;
+        # and it leaves an empty copy when the filesystem has no reflinks.
+        with stop_signals_held():
+            reflinked = runcmd.run(["cp", "--reflink=always", str(src), str(copy)],
+                                   check=False).returncode == 0
+        if not reflinked:
+            copy.unlink(missing_ok=True)
+            log.debug("no reflink on %s: reading the file as it is", src.parent)
+        yield str(copy) if reflinked else path
     finally:
         copy.unlink(missing_ok=True)

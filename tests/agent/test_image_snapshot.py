@@ -10,6 +10,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,26 @@ def test_ctrl_c_while_the_copy_is_made_leaves_no_copy(
     with pytest.raises(KeyboardInterrupt), image.snapshot(str(src), "cdp_agent_0"):
         pass
     assert [p.name for p in tmp_path.iterdir()] == ["disk.img"]
+
+
+def test_a_ctrl_c_while_cp_runs_waits_for_it_and_leaves_no_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Ctrl-C comes from the real cp's side (a shell that signals the agent, then
+    copies): it is held back until cp has ended, then arrives, and no copy is left. Cut
+    short, cp was killed but not waited for, and could create the copy after the agent
+    had removed it (`cdp-agent run`'s SIGINT test found one about one run in eight on a
+    loaded machine); nor did the copy's removal always run before the interrupt."""
+    src, done = tmp_path / "disk.img", tmp_path / "cp-ended"
+    src.write_bytes(b"data")
+    real_run = image.runcmd.run
+
+    def cp_interrupted_from_outside(argv: list[str], **kwargs: Any) -> Any:
+        script = f'kill -INT {os.getpid()}; sleep 0.5; "$@"; status=$?; touch {done}; ' \
+                 'exit $status'
+        return real_run(["sh", "-c", script, "sh", *argv], **kwargs)
+
+    monkeypatch.setattr(image.runcmd, "run", cp_interrupted_from_outside)
+    with pytest.raises(KeyboardInterrupt), image.snapshot(str(src), "cdp_agent_0"):
+        pass
+    assert done.exists()  # cp ran to its end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cp-ended", "disk.img"]
