@@ -15,6 +15,7 @@ from cdpcore.errors import UsageError
 
 from .plan import VerifyMode
 from .resize import RESIZE_POLICIES
+from .stream import MAX_WORKERS
 
 _KEYS = {"server", "token", "host", "ca", "fingerprint", "passphrase", "passphrase_file",
          "point", "map", "resize", "verify", "grow_fs", "reinstall_bootloader", "yes",
@@ -119,8 +120,8 @@ def _bad_value(key: str, value: Any) -> str | None:
     if key in _CHOICES and value not in _CHOICES[key]:
         return "one of " + ", ".join(_CHOICES[key])
     if key == "workers" and (isinstance(value, bool) or not isinstance(value, int)
-                             or value < 1):
-        return "a whole number of at least 1"
+                             or not 1 <= value <= MAX_WORKERS):
+        return f"a whole number from 1 to {MAX_WORKERS}"
     return None
 
 

@@ -28,7 +28,7 @@ from .plan import Plan, VerifyMode
 from .repo import Repository
 from .report import RestoreReport
 from .resize import RESIZE_POLICIES
-from .stream import StreamOptions
+from .stream import MAX_WORKERS, StreamOptions
 from .tui.cli import tui
 from .tui.settings import boot_options_from, power
 
@@ -274,8 +274,9 @@ class _Progress:
 @click.option("--json", "as_json", is_flag=True, help="print the restore report as JSON")
 @click.option("--state-dir", help="where the resume state and report go (default: next to "
               "the targets when all are image files, else /run/cdp-rescue)")
-@click.option("--workers", type=click.IntRange(1), help="worker processes that fetch, "
-              "decrypt, verify and write (default: two per core, at most 16)")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS),
+              help="worker processes that fetch, decrypt, verify and write (default: two per "
+              f"core, at most 16; {MAX_WORKERS} at most)")
 @click.option("--checkpoint-mib", type=click.IntRange(1), default=64, show_default=True,
               help="sync the target and save the resume state every N MiB")
 @_errors

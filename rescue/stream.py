@@ -70,6 +70,11 @@ class BlockDamaged(IntegrityError):
                          "written")
 
 
+#: Most worker processes a restore takes (each forks, holds its batches and a connection):
+#: more only fork the machine into the ground.
+MAX_WORKERS = 64
+
+
 def _default_workers() -> int:
     # Two per core: while one waits for the server, the other decrypts.
     return min(16, 2 * (os.cpu_count() or 1))

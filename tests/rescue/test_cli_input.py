@@ -58,8 +58,9 @@ def test_a_quoted_false_yes_does_not_confirm_a_restore(scene: dict[str, Any]) ->
     ("resize", "grow", "one of same, grow-last, proportional"),
     ("grow_fs", "no", "true or false (JSON booleans, unquoted)"),
     ("reinstall_bootloader", "false", "true or false (JSON booleans, unquoted)"),
-    ("workers", "four", "a whole number of at least 1"),
-    ("workers", 0, "a whole number of at least 1"),
+    ("workers", "four", "a whole number from 1 to 64"),
+    ("workers", 0, "a whole number from 1 to 64"),
+    ("workers", 100000, "a whole number from 1 to 64"),  # forked that many processes
     ("passphrase", 123456, "a string"),
     ("after", "halt", "one of shell, reboot, poweroff"),
     # "cannot read point choice '20261124'"
