@@ -89,6 +89,9 @@ class Plan:
 
     @classmethod
     def from_json(cls, doc: Any) -> Plan:
+        if not isinstance(doc, dict):
+            raise FormatError("malformed plan file: not a plan saved by `rescue plan --save` "
+                              "(a JSON object)")
         try:
             if doc["version"] != PLAN_VERSION:
                 raise FormatError(f"plan version {doc['version']} is not supported (this "
@@ -101,8 +104,11 @@ class Plan:
                        for d in doc["disks"]],
                 actions=[Action(**a) for a in doc["actions"]],
                 volumes=[VolumeRecord.from_json(v) for v in doc["volumes"]])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"malformed plan file: {exc!r}") from None
+        except KeyError as exc:  # KeyError('version') said nothing to a sysadmin
+            raise FormatError(f"malformed plan file: no {exc.args[0]!r} field (save the plan "
+                              "again with `rescue plan --save`)") from None
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"malformed plan file: {exc}") from None
 
 
 def partition_device(disk_path: str, number: int) -> str:

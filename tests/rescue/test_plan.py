@@ -505,3 +505,15 @@ def test_grow_last_grows_an_empty_extended_container_that_ends_last() -> None:
     assert str(err.value) == ("disk sda has an extended partition: proportional resize "
                               "supports primary partitions only (use --resize grow-last or "
                               "same)")
+
+
+@pytest.mark.parametrize(("doc", "want"), [
+    ({}, "malformed plan file: no 'version' field (save the plan again with `rescue plan "
+         "--save`)"),
+    ([1], "malformed plan file: not a plan saved by `rescue plan --save` (a JSON object)"),
+])
+def test_a_plan_file_that_is_no_plan_is_named_so(doc: object, want: str) -> None:
+    """It said "malformed plan file: KeyError('version')"."""
+    with pytest.raises(FormatError) as err:
+        Plan.from_json(doc)
+    assert str(err.value) == want
