@@ -78,6 +78,18 @@ def _damaged(exc: sqlite3.DatabaseError) -> NoReturn:
     sys.exit(CatalogDamaged.exit_code)
 
 
+def _confirm(question: str) -> None:
+    """Ask `question` on the terminal; a no, Ctrl-C or the end of the input change nothing
+    (exit 2, as the rescue's unconfirmed restore; click's own was a bare "Aborted!", 1)."""
+    try:
+        confirmed = click.confirm(question, err=True)
+    except click.Abort:
+        click.echo(err=True)
+        confirmed = False
+    if not confirmed:
+        raise UsageError("not confirmed: nothing was changed")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CDP server: stores block-level recovery points of protected hosts and serves them
@@ -247,8 +259,7 @@ def host_remove(name: str, yes: bool, data: Path, as_json: bool) -> None:
         ds = Datastore.open(data)
         if not yes and ds.catalog.host_exists(name) and not ds.catalog.host_retired(name):
             count, _, _ = ds.catalog.host_summary(name)
-            click.confirm(f"remove host {name} and delete its {count} points?", abort=True,
-                          err=True)
+            _confirm(f"remove host {name} and delete its {count} points?")
         deleted = ds.remove_host(name)
         _emit(as_json, {"removed": name, "points_deleted": deleted},
               f"host {name} removed: {deleted} points deleted, tokens revoked; "
@@ -365,8 +376,8 @@ def point_delete(host_name: str, point_choice: str, yes: bool, data: Path,
         chosen = select_point(_points(ds, host_name), point_choice, host_name)
         if not yes:
             pinned = ", pinned" if chosen.pinned else ""
-            click.confirm(f"delete point {chosen.point_id} of {host_name} "
-                          f"({local_time(chosen.created)}{pinned})?", abort=True, err=True)
+            _confirm(f"delete point {chosen.point_id} of {host_name} "
+                     f"({local_time(chosen.created)}{pinned})?")
         if not ds.catalog.delete_points(host_name, [chosen.point_id]):
             raise NotFoundError(f"host {host_name!r} has no point {chosen.point_id} "
                                 "(deleted meanwhile)")

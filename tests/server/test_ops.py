@@ -116,10 +116,12 @@ def test_cli_lists_pins_and_deletes_points(cdp_server) -> None:  # type: ignore[
     _cli("point", "unpin", "db1", old.point_id, "--data", data)
     assert not agent.points("db1")[0].pinned
 
-    refused = subprocess.run([sys.executable, "-m", "cdp_server", "point", "delete", "db1",
-                              "latest", "--data", data], cwd=REPO, input="n\n",
-                             capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1 and "Aborted" in refused.stderr
+    for answer in ("n\n", ""):  # no, and the end of the input
+        refused = subprocess.run([sys.executable, "-m", "cdp_server", "point", "delete",
+                                  "db1", "latest", "--data", data], cwd=REPO, input=answer,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2
+        assert refused.stderr.endswith("cdp-server: error: not confirmed: nothing was changed\n")
     assert len(agent.points("db1")) == 2
     gone = json.loads(_cli("point", "delete", "db1", "latest", "--yes", "--data", data,
                            "--json").stdout)
@@ -141,8 +143,9 @@ def test_cli_removes_a_host_after_asking(cdp_server) -> None:  # type: ignore[no
     refused = subprocess.run([sys.executable, "-m", "cdp_server", "host", "remove", "db1",
                               "--data", data], cwd=REPO, input="n\n", capture_output=True,
                              text=True, timeout=120)
-    assert refused.returncode == 1
-    assert "remove host db1 and delete its 1 points?" in refused.stderr
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("remove host db1 and delete its 1 points? [y/N]: ")
+    assert refused.stderr.endswith("cdp-server: error: not confirmed: nothing was changed\n")
     assert len(cdp_server.client(tokens[Role.agent]).points("db1")) == 1
     done = json.loads(_cli("host", "remove", "db1", "--yes", "--data", data, "--json").stdout)
     assert done == {"removed": "db1", "points_deleted": 1}
