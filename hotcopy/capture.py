@@ -407,6 +407,9 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
     """Read one disk (block device or image file): its layout and its volumes. `boot_fs`:
     the UUID of the running system's /boot filesystem (`boot_uuid`), if separate."""
     size = source_size(path)
+    if size == 0:  # sfdisk's "cannot open ... (exit 10)" said nothing of why
+        raise SourceError(f"{path}: empty (0 bytes), nothing to protect: a drive without "
+                          "its medium, or an image file not written yet")
     name = disk_name(path)
     block = is_block_device(path)
     sector, physical = sector_sizes(path) if block else (FILE_SECTOR, FILE_SECTOR)

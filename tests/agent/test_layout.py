@@ -68,6 +68,17 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
         capture([str(tmp_path / "nosuch.img")], "web1")
 
 
+def test_an_empty_source_is_a_clear_error(tmp_path: Path) -> None:
+    """It was sfdisk's failure to read it (exit 10)."""
+    empty = tmp_path / "new.img"
+    empty.touch()
+    for source in (str(empty), "/dev/null"):
+        with pytest.raises(SourceError) as err:
+            capture([source], "web1")
+        assert str(err.value) == (f"{source}: empty (0 bytes), nothing to protect: a drive "
+                                  "without its medium, or an image file not written yet")
+
+
 def test_loop_device_volumes_use_the_kernel_name(loop_device: str) -> None:
     layout, volumes = capture([loop_device], "web1")
     name = Path(loop_device).name
