@@ -138,7 +138,7 @@ def cert(out: Path, name: str, as_json: bool) -> None:
 @click.option("--cert", "cert_file", help="TLS certificate (PEM).")
 @click.option("--key", "key_file", help="TLS private key (PEM).")
 @click.option("--grace", type=_Seconds(), help="GC grace period in seconds [default: 86400].")
-@click.option("--log-level", type=click.Choice(cfgmod.LOG_LEVELS))
+@click.option("--log-level", type=click.Choice(cfgmod.LOG_LEVELS, case_sensitive=False))
 def serve(config_path: Path | None, data: Path | None, listen: str | None,
           cert_file: str | None, key_file: str | None, grace: float | None,
           log_level: str | None) -> None:

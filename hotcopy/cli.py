@@ -115,7 +115,8 @@ def cli(verbose: bool) -> None:
               help="SHA-256 fingerprint of the server certificate, to pin a self-signed one.")
 @click.option("--source", "sources", multiple=True, help="Device or image to protect (repeatable).")
 @click.option("--state-dir", default=cfgmod.DEFAULT_STATE_DIR, show_default=True)
-@click.option("--interval", default=300, show_default=True, help="Seconds between points in `run`.")
+@click.option("--interval", default=300, show_default=True,
+              help="Seconds between points in `run` (>= 60).")
 @click.option("--print-recovery-key", is_flag=True,
               help="Print the printable recovery key (store it offline).")
 @click.option("--force", is_flag=True,
@@ -239,7 +240,8 @@ source_option = click.option("--source", "sources", multiple=True,
 tracking_option = click.option("--tracking", type=click.Choice(["scan", "era"]), default=None,
                                help="Change tracking (default from the config: scan).")
 bandwidth_option = click.option("--bandwidth", type=int, default=None,
-                                help="Upload cap in bytes per second (0: none).")
+                                help="Upload cap in bytes per second (0: none; else at "
+                                     f"least {cfgmod.MIN_BANDWIDTH}).")
 compression_option = click.option(
     "--compression-level", type=int, default=None,
     help=f"zstd level of the blocks sent: {fmt.MIN_ZSTD_LEVEL} (fastest) to "

@@ -105,3 +105,11 @@ def test_ini_settings_are_read_from_their_strings(tmp_path: Path) -> None:
     path = tmp_path / "server.ini"
     path.write_text("[server]\ngrace = 60\nlisten = 127.0.0.1:9\n")
     assert (config.load(path).grace, config.load(path).listen) == (60.0, "127.0.0.1:9")
+
+
+def test_the_log_level_flag_takes_any_case_as_the_file_does() -> None:
+    """`log_level = "WARNING"` in the file was taken, `--log-level WARNING` refused."""
+    result = CliRunner().invoke(cli.main, ["serve", "--log-level", "WARNING"])
+    assert (result.exit_code, result.output) == (
+        2, "cdp-server: error: no datastore: give --data or `data` in the configuration "
+        "file\n")
