@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from .signals import STOP_SIGNALS, stop_signals_held
+from .signals import STOP_SIGNALS, stop_signals_blocked
 
 
 def _start_worker(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> None:
@@ -35,7 +35,7 @@ def fork_pool(workers: int, initializer: Callable[..., object],
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_start_worker, initargs=(initializer, initargs))
     try:
-        with stop_signals_held():
+        with stop_signals_blocked():
             pool.submit(os.getpid).result()  # with fork, the first submit starts every worker
     except BaseException:
         # A fork that failed part-way (EAGAIN at the process limit) leaves the workers

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cdpcore import runcmd
-from cdpcore.signals import stop_signals_held
+from cdpcore.signals import stop_signals_deferred
 
 from .lvm import TAG_PREFIX
 
@@ -70,7 +70,7 @@ def snapshot(path: str, tag: str) -> Iterator[str]:
         # cp runs to its end, Ctrl-C and SIGTERM held back meanwhile: cut short, it was
         # killed but not waited for, and could create the copy after it was removed here;
         # and it leaves an empty copy when the filesystem has no reflinks.
-        with stop_signals_held():
+        with stop_signals_deferred():
             reflinked = runcmd.run(["cp", "--reflink=always", str(src), str(copy)],
                                    check=False).returncode == 0
         if not reflinked:
