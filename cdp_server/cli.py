@@ -64,8 +64,7 @@ def _run(fn: Callable[[], None]) -> None:
         if "readonly" not in str(exc) and "unable to open" not in str(exc):
             _damaged(exc)
         click.echo(f"cdp-server: error: cannot open or write the catalog database ({exc}): "
-                   "run "
-                   "cdp-server as the user that owns the datastore, on a writable "
+                   "run cdp-server as the user that owns the datastore, on a writable "
                    "filesystem; the catalog is not damaged", err=True)
         sys.exit(UsageError.exit_code)
     except sqlite3.DatabaseError as exc:

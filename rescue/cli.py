@@ -275,8 +275,8 @@ class _Progress:
 @click.option("--state-dir", help="where the resume state and report go (default: next to "
               "the targets when all are image files, else /run/cdp-rescue)")
 @click.option("--workers", type=click.IntRange(1, MAX_WORKERS),
-              help="worker processes that fetch, decrypt, verify and write (default: two per "
-              f"core, at most 16; {MAX_WORKERS} at most)")
+              help=f"worker processes that fetch, decrypt, verify and write (1 to "
+              f"{MAX_WORKERS}; default: two per core, at most 16)")
 @click.option("--checkpoint-mib", type=click.IntRange(1), default=64, show_default=True,
               help="sync the target and save the resume state every N MiB")
 @_errors

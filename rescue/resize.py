@@ -19,7 +19,7 @@ from cdpcore.errors import FormatError, SafetyError, UsageError
 from cdpcore.layout import Disk, Partition
 from cdpcore.units import human
 
-from .tables import MBR_MAX_SECTORS, backup_sectors, first_usable_sector, gpt_entries
+from .tables import MBR_LAST_SECTOR, backup_sectors, first_usable_sector, gpt_entries
 
 ResizePolicy = Literal["same", "grow-last", "proportional"]
 RESIZE_POLICIES: tuple[ResizePolicy, ...] = ("same", "grow-last", "proportional")
@@ -33,7 +33,7 @@ def last_usable_sector(disk: Disk, size: int) -> int:
     backup, and for MBR within the 32-bit sector counts (the 2 TiB limit at 512 bytes:
     sector 2^32 - 1 is the last, where fdisk and sfdisk end a partition that fills it)."""
     last = size // disk.logical_sector_size - 1 - backup_sectors(disk)
-    return last if disk.table == "gpt" else min(last, MBR_MAX_SECTORS)
+    return last if disk.table == "gpt" else min(last, MBR_LAST_SECTOR)
 
 
 def required_size(disk: Disk) -> int:

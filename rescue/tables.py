@@ -18,8 +18,9 @@ GPT_ENTRY_BYTES = 128
 #: Entries of a GPT entry array as libparted and sfdisk write it, and the fewest the
 #: UEFI specification allows (16 KiB).
 GPT_MIN_ENTRIES = 128
-#: An MBR partition's start and length are 32-bit sector counts.
-MBR_MAX_SECTORS = 2**32 - 1
+#: The last sector an MBR partition may use: its start and length are 32-bit sector
+#: counts, and fdisk and sfdisk end a partition that fills a 2 TiB disk there.
+MBR_LAST_SECTOR = 2**32 - 1
 #: Bytes of sector 0 before the MBR disk signature and partition table: boot code.
 BOOT_CODE_BYTES = 440
 #: GPT attribute bits by the names sfdisk gives them; bits 48-63 are the partition
