@@ -16,6 +16,10 @@ LAYOUT_VERSION = 1
 #: The sector size of an image file: libparted and sfdisk read a regular file as a disk
 #: of 512-byte sectors.
 FILE_SECTOR = 512
+#: `Filesystem.type` of bytes where blkid finds more than one filesystem signature (an
+#: "ambivalent result": a ZFS vdev or an md member over an old ext4's superblock): which
+#: one is current is unknown, so the bytes are copied as they are and nothing is skipped.
+AMBIVALENT = "ambivalent"
 
 TableType = Literal["gpt", "msdos"]
 PartitionRole = Literal["data", "esp", "bios_boot", "boot", "swap", "lvm_pv", "extended", "other"]

@@ -237,7 +237,8 @@ def _take_point(remote: Remote, host: str, codec: BlobCodec, sources: list[str],
                 volumes.append(vol)
                 vol.scan = scan_volume(views[spec.name], geometry, ids, trusted=trusted,
                                        pool=pool, uploaded=stats, only=only,
-                                       skip_free=opts.skip_free, window=2 * workers,
+                                       skip_free=opts.skip_free, fstype=spec.fstype,
+                                       window=2 * workers,
                                        progress=progress)
                 if last_of_source[spec.path] == i:
                     held.thaw(spec.path)  # its blocks are read: its writers may go on

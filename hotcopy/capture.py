@@ -44,7 +44,15 @@ import parted
 
 from cdpcore import runcmd
 from cdpcore.errors import CommandFailed
-from cdpcore.layout import FILE_SECTOR, Disk, Filesystem, Layout, Partition, PartitionRole
+from cdpcore.layout import (
+    AMBIVALENT,
+    FILE_SECTOR,
+    Disk,
+    Filesystem,
+    Layout,
+    Partition,
+    PartitionRole,
+)
 
 from .errors import SourceError
 
@@ -78,6 +86,11 @@ class VolumeSpec:
     path: str  # the device or image file to read
     offset: int
     size: int
+    fstype: str | None = None  # as captured (blkid); the free-space map needs its word
+
+
+def fstype(fs: Filesystem | None) -> str | None:
+    return fs.type if fs is not None else None
 
 
 @dataclass
@@ -109,6 +122,12 @@ def probe_fs(path: str, offset: int, size: int) -> Filesystem | None:
                        path], check=False)
     if proc.returncode == 2:  # blkid: nothing recognised
         return None
+    if proc.returncode == 8:
+        log.warning("%s: bytes %d to %d hold more than one filesystem signature (blkid: "
+                    "ambivalent result; `wipefs --no-act` lists them): recorded as %r, "
+                    "copied as they are, no block skipped as free", path, offset,
+                    offset + size, AMBIVALENT)
+        return Filesystem(type=AMBIVALENT)
     if proc.returncode != 0:
         raise CommandFailed(["blkid", "-p", path], proc.returncode, proc.stderr.decode())
     tags = dict(line.split("=", 1) for line
@@ -443,7 +462,8 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
         if disk.filesystem is not None and disk.filesystem.type == "LVM2_member":
             return DiskCapture(disk, [])  # a whole-disk PV: its LVs are the volumes
         disk.volume = f"{name}:whole"
-        return DiskCapture(disk, [VolumeSpec(disk.volume, path, 0, size)])
+        return DiskCapture(disk, [VolumeSpec(disk.volume, path, 0, size,
+                                             fstype(disk.filesystem))])
     disk.table = "gpt" if parted_table[0] == "gpt" else "msdos"
     if disk.table == "gpt" and hybrid_mbr(path):
         log.warning("%s: the GPT has a hybrid MBR (MBR partitions beside the protective "
@@ -477,7 +497,8 @@ def capture_disk(path: str, boot_fs: str | None = None) -> DiskCapture:
                           ppart.kind, boot_fs)
         if part.role in ("data", "esp", "bios_boot", "boot", "other"):
             part.volume = f"{name}:p{part.number}"
-            volumes.append(VolumeSpec(part.volume, path, start * sector, length * sector))
+            volumes.append(VolumeSpec(part.volume, path, start * sector, length * sector,
+                                      fstype(part.filesystem)))
         disk.partitions.append(part)
     if not block and disk.table == "msdos":
         _check_file_sectors(path, disk)
@@ -527,14 +548,15 @@ def capture(paths: list[str], hostname: str | None = None) -> tuple[Layout, list
         if disk.name not in in_vgs:
             disk.volume = f"{disk.name}:whole"
             volumes.append(VolumeSpec(disk.volume, paths[[d.name for d in layout.disks]
-                                                         .index(disk.name)], 0, disk.size))
+                                                         .index(disk.name)], 0, disk.size,
+                                      fstype(disk.filesystem)))
     for disk, part in pv_parts:
         if partition_name(disk.name, part.number) not in in_vgs:
             part.volume = f"{disk.name}:p{part.number}"
             sector = disk.logical_sector_size
             path = paths[[d.name for d in layout.disks].index(disk.name)]
             volumes.append(VolumeSpec(part.volume, path, part.start * sector,
-                                      part.length * sector))
+                                      part.length * sector, fstype(part.filesystem)))
     return layout, volumes
 
 

@@ -2,7 +2,10 @@
 partclone does): they become all-zero blocks of the point, and a half-empty disk costs
 half. The map is read from the very view being backed up (the snapshot), so map and data
 are of the same instant, and it is trusted only when it cannot be stale; anything else
-returns None, and every block is read.
+returns None, and every block is read. The capture's blkid must name the filesystem the
+map is read from: bytes where blkid finds more than one signature (a ZFS vdev or an md
+member over an old ext4's superblock and bitmaps, which those formats leave in place) or
+another filesystem are read in full.
 
 - ext2/3/4, read with `dumpe2fs`: the filesystem is marked clean and needs no journal
   recovery (a frozen or unmounted ext4 is; a live mounted one is not, and neither is a
@@ -33,6 +36,7 @@ log = logging.getLogger("cdp.agent.fsmap")
 
 _EXT_MAGIC_AT = 1024 + 56  # s_magic in the superblock, 1024 bytes into the volume
 _EXT_MAGIC = b"\x53\xef"
+EXT_TYPES = ("ext2", "ext3", "ext4")  # blkid's names of what dumpe2fs maps
 _GROUP_FREE = re.compile(r"^\s+Free blocks: (.*)$")
 _XFS_MAGIC = b"XFSB"  # sb_magicnum, at byte 0 of the volume
 _MBR_SIGNATURE = b"\x55\xaa"  # at byte 510, after the four 16-byte entries from byte 446
@@ -150,10 +154,14 @@ def _xfs_free(device: str) -> tuple[int, list[tuple[int, int]]] | None:
     return parsed
 
 
-def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[Run] | None:
+def free_block_runs(path: str, offset: int, size: int, block_size: int,
+                    fstype: str | None) -> list[Run] | None:
     """Runs of the volume's blocks (of `block_size` bytes, the volume at `offset` of
     `path`, `size` bytes long) that lie wholly in free filesystem space; None when the
-    volume holds no trusted ext2/3/4 or XFS map."""
+    volume holds no trusted ext2/3/4 or XFS map. `fstype`: what blkid found there (the
+    capture's probe); no other type than the map's own is trusted."""
+    if fstype not in EXT_TYPES and fstype != "xfs":
+        return None
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -164,7 +172,7 @@ def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[
             os.close(fd)
     except OSError:
         return None
-    if xfs_magic == _XFS_MAGIC:
+    if xfs_magic == _XFS_MAGIC and fstype == "xfs":
         try:
             if offset:
                 # A partition of a disk: a fresh loop device over its range, reading with
@@ -181,7 +189,7 @@ def free_block_runs(path: str, offset: int, size: int, block_size: int) -> list[
             log.info("%s: no XFS free-space map (%s); reading every block", path, exc)
             return None
         return None if parsed is None else volume_runs(*parsed, size, block_size)
-    if magic != _EXT_MAGIC:
+    if magic != _EXT_MAGIC or fstype not in EXT_TYPES:
         return None
     if sector0[510:] == _MBR_SIGNATURE and any(sector0[e + 4] for e in range(446, 510, 16)):
         # An MBR listing partitions (a disk copied whole): an ext superblock at byte 1024,

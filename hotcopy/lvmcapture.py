@@ -14,7 +14,7 @@ from typing import Any
 from cdpcore import runcmd
 from cdpcore.layout import Layout, LogicalVolume, PhysicalVolume, VolumeGroup
 
-from .capture import VolumeSpec, probe_fs
+from .capture import VolumeSpec, fstype, probe_fs
 
 log = logging.getLogger("cdp.agent.capture")
 
@@ -81,7 +81,8 @@ def capture_lvm(layout: Layout) -> list[VolumeSpec]:
                 lv.filesystem = probe_fs(row["lv_path"], 0, lv.size)
                 if lv.filesystem is None or lv.filesystem.type != "swap":
                     lv.volume = f"lvm:{name}/{lv.name}"
-                    volumes.append(VolumeSpec(lv.volume, row["lv_path"], 0, lv.size))
+                    volumes.append(VolumeSpec(lv.volume, row["lv_path"], 0, lv.size,
+                                              fstype(lv.filesystem)))
             vg.lvs.append(lv)
         layout.volume_groups.append(vg)
     return volumes

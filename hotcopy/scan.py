@@ -132,7 +132,8 @@ def _split(runs: Iterable[Run], data: list[Run]) -> Iterator[tuple[int, int, boo
 
 def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
                 trusted: bool, pool: SealPool, uploaded: UploadStats,
-                only: Iterable[Run] | None = None, skip_free: bool = False, window: int = 8,
+                only: Iterable[Run] | None = None, skip_free: bool = False,
+                fstype: str | None = None, window: int = 8,
                 progress: Progress | None = None) -> ScanResult:
     """`trusted`: the ID file holds the last point's IDs (else every non-zero block is a
     candidate and the server's missing answer decides). `uploaded` adds up what the
@@ -140,7 +141,8 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
     change list or dm-era); None reads every block.
     `skip_free`: blocks the volume's filesystem marks free are not read but recorded as
     all-zero (hotcopy.fsmap), so the point is exact in every file and in the filesystem's
-    metadata, with zeros in its free space."""
+    metadata, with zeros in its free space; `fstype` is what the capture's blkid found in
+    the volume, which must be the filesystem the map is read from."""
     bs = geometry.block_size
     per_segment = max(1, SEGMENT_BYTES // bs)
     wanted = [(0, geometry.blocks)] if only is None else only
@@ -231,7 +233,7 @@ def scan_volume(view: ReadView, geometry: Geometry, ids: IdFile, *,
                                    view.offset, geometry.size, bs)
         # A full read skips what the filesystem marks free; a change list reads only
         # written blocks anyway, and a block freed since keeps its last content.
-        free = fsmap.free_block_runs(view.path, view.offset, geometry.size, bs) \
+        free = fsmap.free_block_runs(view.path, view.offset, geometry.size, bs, fstype) \
             if skip_free and only is None else None
         if free:
             result.free_bytes = sum(min(n * bs, geometry.size - f * bs) for f, n in free)

@@ -4,6 +4,7 @@ offset (no partition devices exist for loop devices here)."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import parted
@@ -69,3 +70,13 @@ def make_image(path: Path, table: str) -> Path:
         mkfs_ext4(path, 1 * MiB, 24 * MiB)
     return path
 
+
+def zfs_label(path: Path, end: int) -> None:
+    """What blkid takes for a ZFS vdev ending at byte `end` of `path` (64 MiB at least):
+    the uberblock magic four times in the ring of its third label (`end` - 512 KiB, ring
+    at 128 KiB into it). A ZFS pool made over an old ext4 leaves its superblock in place
+    (ZFS leaves the first 8 KiB of a vdev as they were), so blkid finds both."""
+    with open(path, "r+b") as f:
+        for k in range(4):
+            f.seek(end - 512 * 1024 + 128 * 1024 + k * 1024)
+            f.write(struct.pack("<Q", 0x00BAB10C))

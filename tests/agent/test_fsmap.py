@@ -5,18 +5,22 @@ its old blocks are free but not zero."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from cdpcore.api import PointInfo
+from cdpcore.layout import AMBIVALENT, Filesystem
 from hotcopy.backup import BackupOptions, backup
 from hotcopy.changes import subtract_runs
 from hotcopy.fsmap import MAX_FREE_RUNS, free_block_runs, parse_dumpe2fs, volume_runs
 from hotcopy.verify import iter_volume, open_point
 
 from .conftest import Agent
-from .images import MiB
+from .images import MiB, zfs_label
 
 P2 = 5 * MiB  # the ext4 partition of the GPT test image (24 MiB)
 FS = f"?offset={P2}"
@@ -66,12 +70,13 @@ def _cat(image: Path, name: str) -> bytes:
                           capture_output=True).stdout
 
 
-def _restore(agent: Agent, point_id: str, size: int, out: Path) -> None:
+def _restore(agent: Agent, point_id: str, size: int, out: Path, part: int = 2,
+             offset: int = P2) -> None:
     manifest = open_point(agent.remote, agent.host, agent.codec, point_id)
-    (vol,) = [v for v in manifest.volumes if v.name.endswith("p2")]
+    (vol,) = [v for v in manifest.volumes if v.name.endswith(f"p{part}")]
     with open(out, "wb") as f:
         f.truncate(size)
-        f.seek(P2)
+        f.seek(offset)
         for block in iter_volume(agent.remote, agent.host, agent.codec, vol):
             f.write(block)
 
@@ -81,17 +86,19 @@ def _point(agent: Agent, image: Path, skip_free: bool) -> PointInfo:
                   workers=2, options=BackupOptions(skip_free=skip_free))
 
 
-def _deleted_file_image(image: Path, tmp_path: Path) -> Path:
-    """ext4 on the image's partition 2 with keep.bin (3 MiB) and the blocks of a deleted
-    6 MiB file: free, but still holding its bytes. Returns the files' directory."""
+def _deleted_file_image(image: Path, tmp_path: Path, offset: int = P2,
+                        size: int = 24 * MiB) -> Path:
+    """ext4 at `offset` of the image (partition 2 of the GPT test image) with keep.bin
+    (3 MiB) and the blocks of a deleted 6 MiB file: free, but still holding its bytes.
+    Returns the files' directory."""
     files = tmp_path / "files"
     files.mkdir()
     (files / "keep.bin").write_bytes(os.urandom(3 * MiB))
     (files / "gone.bin").write_bytes(os.urandom(6 * MiB))
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(files), "-E", f"offset={P2}",
-                    str(image), "24576k"], check=True)
-    subprocess.run(["debugfs", "-w", "-R", "rm /gone.bin", f"{image}{FS}"], check=True,
-                   capture_output=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(files), "-E", f"offset={offset}",
+                    str(image), f"{size // 1024}k"], check=True)
+    subprocess.run(["debugfs", "-w", "-R", "rm /gone.bin", f"{image}?offset={offset}"],
+                   check=True, capture_output=True)
     return files
 
 
@@ -139,10 +146,50 @@ def test_an_ext_superblock_under_an_mbr_listing_partitions_gives_no_map(
     with open(disk, "wb") as f:
         f.truncate(64 * MiB)
     subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "4096", str(disk)], check=True)
-    assert free_block_runs(str(disk), 0, 64 * MiB, 16384)  # the filesystem's own map
+    assert free_block_runs(str(disk), 0, 64 * MiB, 16384, "ext2")  # the filesystem's own map
     subprocess.run(["sfdisk", "-q", str(disk)], input=b"label: dos\nstart=2048, type=83\n",
                    check=True)
     with open(disk, "r+b") as f:
         f.seek(MiB)
         f.write(os.urandom(63 * MiB))  # what the partition holds now
-    assert free_block_runs(str(disk), 0, 64 * MiB, 16384) is None
+    assert free_block_runs(str(disk), 0, 64 * MiB, 16384, "ext2") is None
+
+
+def test_the_map_is_read_only_for_the_filesystem_blkid_names(tmp_path: Path) -> None:
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "4096", str(image)], check=True)
+    assert free_block_runs(str(image), 0, 64 * MiB, 16384, "ext2")
+    for other in (None, "xfs", "zfs_member", AMBIVALENT):
+        assert free_block_runs(str(image), 0, 64 * MiB, 16384, other) is None, other
+
+
+def test_an_old_ext_superblock_under_a_zfs_label_gives_no_map(
+        agent: Agent, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A partition once ext4, now a ZFS vdev: ZFS leaves the first 8 KiB as they were, so
+    the old superblock and its bitmaps still read as a clean ext4, and blkid finds both
+    (an "ambivalent result"). The capture used to fail on every point (blkid's exit 8);
+    the free-space map must not then decide what the vdev holds: every byte is copied."""
+    image = tmp_path / "z.img"
+    with open(image, "wb") as f:
+        f.truncate(66 * MiB)
+    subprocess.run(["sfdisk", "-q", str(image)], input=b"label: gpt\nstart=2048, size=64M\n",
+                   check=True)
+    _deleted_file_image(image, tmp_path, MiB, 64 * MiB)
+    zfs_label(image, 65 * MiB)
+    assert free_block_runs(str(image), MiB, 64 * MiB, 16384, "ext4")  # the old map
+    info = _point(agent, image, skip_free=True)
+    assert ("cdp.agent.capture", logging.WARNING,
+            f"{image}: bytes {MiB} to {65 * MiB} hold more than one filesystem signature "
+            "(blkid: ambivalent result; `wipefs --no-act` lists them): recorded as "
+            "'ambivalent', copied as they are, no block skipped as free") in caplog.record_tuples
+    manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
+    (part,) = manifest.layout.disk("z.img").partitions
+    assert (part.role, part.filesystem) == ("data", Filesystem(type=AMBIVALENT))
+    restored = tmp_path / "restored.img"
+    _restore(agent, info.point_id, os.path.getsize(image), restored, part=1, offset=MiB)
+    with open(image, "rb") as src, open(restored, "rb") as dst:
+        src.seek(MiB)
+        dst.seek(MiB)
+        assert src.read(64 * MiB) == dst.read(64 * MiB)

@@ -55,7 +55,7 @@ def _filesystem(tmp_path: Path, mkfs: list[str]) -> tuple[Path, dict[str, bytes]
 def test_what_the_map_calls_free_holds_no_file_nor_metadata(
         tmp_path: Path, mkfs: list[str]) -> None:
     image, kept = _filesystem(tmp_path, mkfs)
-    runs = free_block_runs(str(image), 0, 512 * MiB, BLOCK)
+    runs = free_block_runs(str(image), 0, 512 * MiB, BLOCK, "ext4")
     if "bigalloc" in mkfs:
         # dumpe2fs lists a free run of clusters by the first block of its last cluster:
         # the lists never add up to the superblock's count, and the map is not used
@@ -79,7 +79,7 @@ def test_what_the_map_calls_free_holds_no_file_nor_metadata(
 
 def test_a_block_bitmap_failing_its_checksum_gives_no_map(tmp_path: Path) -> None:
     image, _ = _filesystem(tmp_path, [])
-    assert free_block_runs(str(image), 0, 512 * MiB, BLOCK) is not None
+    assert free_block_runs(str(image), 0, 512 * MiB, BLOCK, "ext4") is not None
     subprocess.run(["debugfs", "-w", "-R", "set_bg 0 block_bitmap_csum 0", str(image)],
                    check=True, capture_output=True)
-    assert free_block_runs(str(image), 0, 512 * MiB, BLOCK) is None
+    assert free_block_runs(str(image), 0, 512 * MiB, BLOCK, "ext4") is None

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from cdpcore import runcmd
-from cdpcore.layout import Filesystem
+from cdpcore.layout import AMBIVALENT, Filesystem
 from hotcopy.capture import capture, probe_fs
 from hotcopy.errors import SourceError
 from tests.loopdev import attached_loop
 
-from .images import MiB, mkfs_ext4
+from .images import MiB, mkfs_ext4, zfs_label
 
 SWAP_GUID = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
 
@@ -79,6 +79,22 @@ def test_a_swap_typed_partition_holding_a_filesystem_is_copied(tmp_path: Path,
             for p in disk.partitions] == [
         (1, "data", "ext4", "s.img:p1"), (2, "swap", "swap", None), (3, "swap", None, None)]
     assert ("s.img:p1", 1 * MiB, 4 * MiB) in [(v.name, v.offset, v.size) for v in volumes]
+
+
+def test_a_swap_typed_partition_with_two_signatures_is_copied(tmp_path: Path) -> None:
+    """blkid finds ext4 and a ZFS label (an "ambivalent result", exit 8), which used to
+    fail the capture. Which one is current is unknown: the partition is recorded as
+    ambivalent and copied, not taken for the swap its type says."""
+    img = _disk(tmp_path / "a.img", f"label: gpt\nstart=2048, size=64M, type={SWAP_GUID}\n",
+                mib=66)
+    mkfs_ext4(img, 1 * MiB, 64 * MiB)
+    zfs_label(img, 65 * MiB)
+    layout, volumes = capture([str(img)], "web1")
+    (part,) = layout.disk("a.img").partitions
+    assert (part.role, part.filesystem, part.volume) == (
+        "data", Filesystem(type=AMBIVALENT), "a.img:p1")
+    assert [(v.name, v.offset, v.size, v.fstype) for v in volumes] == [
+        ("a.img:boot", 0, 1 * MiB, None), ("a.img:p1", 1 * MiB, 64 * MiB, AMBIVALENT)]
 
 
 def test_an_mbr_partition_of_type_0_is_not_left_out(tmp_path: Path) -> None:
