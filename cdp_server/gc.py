@@ -4,13 +4,21 @@ Never from file timestamps or listings (object-store semantics). An object survi
 point references it, or if it was uploaded or reported present by a "missing" query
 within the grace period: an in-flight backup may be about to commit a reference to it.
 Packs left with no live object are deleted; packs mostly dead are rewritten.
+
+A host's mark, which reads every index page of its points, runs before the commit lock
+is taken, so agents' commits go on meanwhile; under the lock only the points committed
+since are walked (their trees are mostly shared, and shared pages are not read twice)
+before anything of the host is deleted. A point deleted meanwhile keeps its objects until
+the next gc. The packs are swept under the lock too, after the last host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
 from cdpcore import index
@@ -33,16 +41,27 @@ class _Unreadable(Exception):
     pass
 
 
-def mark(ds: Datastore, host: str) -> tuple[set[bytes], set[bytes]]:
-    """(live pages, live chunks) of a host. Raises _Unreadable, naming the page and a
-    point and volume that reference it, if a referenced page cannot be read: its children
-    are then unknown, so nothing of the host may be swept."""
-    pages: set[bytes] = set()
-    chunks: set[bytes] = set()
+@dataclass
+class Marks:
+    """What a host's points reference, and which points were walked for it."""
+
+    pages: set[bytes] = field(default_factory=set)
+    chunks: set[bytes] = field(default_factory=set)
+    points: set[str] = field(default_factory=set)
+
+
+def mark(ds: Datastore, host: str, marks: Marks | None = None) -> Marks:
+    """Add the objects of the host's points not walked yet to `marks` (a fresh one when
+    None) and return it. Raises _Unreadable, naming the page and a point and volume that
+    reference it, if a referenced page cannot be read: its children are then unknown,
+    so nothing of the host may be swept."""
+    marks = marks or Marks()
+    pages, chunks = marks.pages, marks.chunks
     todo: list[bytes] = []
     #: a (point, volume) whose tree holds the page, first found (pages are shared)
     owner: dict[bytes, tuple[str, str]] = {}
-    for row in ds.catalog.point_rows(host):
+    walking = [row for row in ds.catalog.point_rows(host) if row.point_id not in marks.points]
+    for row in walking:
         for v in json.loads(row.volumes):
             root = bytes.fromhex(v["root"])
             owner.setdefault(root, (row.point_id, v["name"]))
@@ -69,30 +88,36 @@ def mark(ds: Datastore, host: str) -> tuple[set[bytes], set[bytes]]:
                 todo += ids
             else:
                 chunks.update(ids)
-    return pages, chunks
+    marks.points.update(row.point_id for row in walking)
+    return marks
 
 
 def gc(ds: Datastore, grace: float) -> GcReport:
     removed = {ObjectKind.chunks: 0, ObjectKind.pages: 0}
     live_total = kept = 0
     skipped: list[SkippedHost] = []
-    with ds.commit_lock():
-        cutoff = time.time() - grace
-        for host in ds.catalog.host_names():
+    cutoff = time.time() - grace
+    for host in ds.catalog.host_names():  # one host's marks in memory at a time
+        early: Marks | None = None
+        # An unreadable page may be one another gc freed since this one listed its point
+        # (deleted meanwhile): the host is then marked again under the lock.
+        with contextlib.suppress(_Unreadable):
+            early = mark(ds, host)
+        with ds.commit_lock():
             try:
-                live_pages, live_chunks = mark(ds, host)
+                marks = mark(ds, host, early)
             except _Unreadable as exc:
                 # Reported, not just logged: until the page is back, gc frees nothing of
                 # this host, run after run (the CLI exits 4, failing its systemd unit).
                 log.warning("gc skips host %s: %s", host, exc, extra={"host": host})
                 skipped.append(SkippedHost(host=host, reason=str(exc)))
                 continue
-            live_total += len(live_chunks)
+            live_total += len(marks.chunks)
             # Only pages of a point may keep "complete": a subtree outside every point may
             # lose objects to this or a later sweep. Cleared before anything is deleted, so
             # a gc stopped half-way leaves no complete mark above a deleted object.
-            ds.catalog.keep_complete_only(host, live_pages)
-            live = {ObjectKind.pages: live_pages, ObjectKind.chunks: live_chunks}
+            ds.catalog.keep_complete_only(host, marks.pages)
+            live = {ObjectKind.pages: marks.pages, ObjectKind.chunks: marks.chunks}
             for kind in (ObjectKind.chunks, ObjectKind.pages):
                 dead = []
                 for oid, seen in ds.catalog.object_ages(host, kind):
@@ -103,6 +128,7 @@ def gc(ds: Datastore, grace: float) -> GcReport:
                     else:
                         dead.append(oid)
                 removed[kind] += ds.catalog.delete_unseen(host, kind, dead, cutoff)
+    with ds.commit_lock():
         freed = _sweep_packs(ds, cutoff)
     return GcReport(live_chunks=live_total, removed_chunks=removed[ObjectKind.chunks],
                     removed_pages=removed[ObjectKind.pages], freed_bytes=freed,
