@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+#: A handler as `signal.signal` takes it back.
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers
+
+
+def stop_handlers() -> dict[int, Handler]:
+    """The stop signals' handlers, where set from Python (None, a handler set otherwise,
+    cannot be put back)."""
+    return {signum: handler for signum in STOP_SIGNALS
+            if (handler := signal.getsignal(signum)) is not None}
 
 
 @contextmanager
@@ -44,9 +54,7 @@ def stop_signals_deferred() -> Iterator[None]:
     def note(signum: int, frame: FrameType | None) -> None:
         noted.append(signum)
 
-    # None: a handler not set from Python, which cannot be put back; the mask holds it.
-    handlers = {signum: handler for signum in STOP_SIGNALS
-                if (handler := signal.getsignal(signum)) is not None}
+    handlers = stop_handlers()  # a handler not set from Python: the mask holds its signal
     try:
         with stop_signals_blocked():
             for signum in handlers:

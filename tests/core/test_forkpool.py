@@ -37,6 +37,54 @@ def test_a_ctrl_c_while_the_workers_fork_stops_the_program() -> None:
     assert "Exception ignored" not in done.stderr
 
 
+def test_a_ctrl_c_another_thread_takes_while_the_workers_fork_stops_the_program() -> None:
+    """The kernel hands the SIGINT to another thread of the agent (which does not block it),
+    and Python runs its handler in the main thread, at its next line: inside the at-fork
+    callback, where the KeyboardInterrupt was ignored, when the signals were only blocked."""
+    program = textwrap.dedent("""
+        import logging, os, signal, threading, time
+        from cdpcore.forkpool import fork_pool
+        logging.basicConfig()
+        done = threading.Event()
+        other = threading.Thread(target=done.wait, daemon=True)
+        other.start()
+        def ctrl_c_to_the_other_thread():
+            signal.pthread_kill(other.ident, signal.SIGINT)
+            time.sleep(0.1)  # the handler runs here, in the main thread
+        os.register_at_fork(after_in_parent=ctrl_c_to_the_other_thread)
+        pool = fork_pool(2, print, ("worker started",))
+        print("went on after the Ctrl-C", flush=True)
+        pool.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False, preexec_fn=interruptible)
+    assert "went on" not in done.stdout, done.stdout
+    assert done.returncode == -signal.SIGINT, done.stderr
+    assert "KeyboardInterrupt" in done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
+def test_the_workers_take_the_callers_handlers_back() -> None:
+    """Not the handlers that note the signals in the parent while it forks."""
+    program = textwrap.dedent("""
+        import signal
+        from cdpcore.forkpool import fork_pool
+        def on_term(signum, frame):
+            pass
+        def names():
+            return [getattr(signal.getsignal(s), "__name__", None)
+                    for s in (signal.SIGINT, signal.SIGTERM)]
+        signal.signal(signal.SIGTERM, on_term)
+        pool = fork_pool(1, lambda: None, ())
+        print(pool.submit(names).result(), names())
+        pool.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=True, preexec_fn=interruptible)
+    assert done.stdout.split("] [") == ["['default_int_handler', 'on_term'",
+                                        "'default_int_handler', 'on_term']\n"]
+
+
 def test_the_workers_take_the_stop_signals_back() -> None:
     program = textwrap.dedent("""
         import signal
