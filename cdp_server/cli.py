@@ -483,6 +483,9 @@ def verify(data: Path, as_json: bool) -> None:
                  f"{len(report.missing_chunks)}"]
         lines += [f"  point {r.point_id} volume {r.volume} bytes {r.offset}+{r.length}"
                   for r in report.ranges]
+        lines += [f"  point {p}: its volumes or manifest changed in the catalog since its "
+                  "commit" for p in sorted(set(report.damaged_points)
+                                           - {r.point_id for r in report.ranges})]
         _emit(as_json, report.model_dump(), "\n".join(lines))
         if report.damaged_points:
             sys.exit(4)

@@ -297,7 +297,9 @@ class Datastore:
             try:
                 blobs = self.store.get_ranges(
                     pack, [(locs[i].offset, locs[i].length) for i in members])
-            except NotFoundError:  # GC may have moved them: read_current looks again
+            except (NotFoundError, IntegrityError):
+                # GC may have moved them (read_current looks again), or the pack cannot
+                # be read: each is then found damaged on its own.
                 blobs = [b""] * len(members)
             for oid, blob in zip(members, blobs, strict=True):
                 loc = locs[oid]
@@ -314,8 +316,11 @@ class Datastore:
         if corrupted:  # only the copies read: an upload may have healed one meanwhile
             self.catalog.mark_damaged(host, kind, corrupted, found=locs)
         if absent or corrupted:
-            names = ", ".join(i.hex() for i in (absent + corrupted)[:20])
-            raise NotFoundError(f"{len(absent)} {kind.value} missing and {len(corrupted)} "
+            # Those marked damaged (by verify or an earlier read) are damaged, not missing.
+            lost = [i for i in absent if i not in locs]
+            damaged = [i for i in absent if i in locs] + corrupted
+            names = ", ".join(i.hex() for i in (lost + damaged)[:20])
+            raise NotFoundError(f"{len(lost)} {kind.value} missing and {len(damaged)} "
                                 f"damaged on host {host!r}: {names}")
         return out
 

@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS points(
     doc TEXT,  -- the whole PointInfo JSON, kept by the triggers below
     -- 1, 2, ... per host in commit order, whatever the server's clock said (retention)
     arrival INTEGER,
+    -- CRC-32 of volumes and manifest (`_record_crc`): verify finds them changed
+    record_crc INTEGER,
     PRIMARY KEY(host, point_id))"""
 # `hid` and `pid` are explicit INTEGER PRIMARY KEYs: VACUUM may renumber implicit rowids,
 # and object rows refer to these.
@@ -214,6 +217,12 @@ class SqliteCatalog:
                 db.execute("ALTER TABLE points ADD COLUMN arrival INTEGER")
             _number_arrivals(db)
             db.execute("CREATE INDEX IF NOT EXISTS points_arrival ON points(host, arrival)")
+            if "record_crc" not in {r[1] for r in db.execute("PRAGMA table_info(points)")}:
+                # Older points get the checksum of their record as it is now.
+                db.execute("ALTER TABLE points ADD COLUMN record_crc INTEGER")
+                db.executemany("UPDATE points SET record_crc = ? WHERE rowid = ?", [
+                    (_record_crc(volumes, manifest), rowid) for rowid, volumes, manifest in
+                    db.execute("SELECT rowid, volumes, manifest FROM points").fetchall()])
             _repair_once(db, "durations", _repair_durations)
             db.execute(f"PRAGMA user_version = {CATALOG_VERSION}")
         return migrated
@@ -557,12 +566,13 @@ class SqliteCatalog:
         hid = self._known_hid(row.host)
         with self.write() as db:
             db.execute("INSERT INTO points(host, point_id, created, committed, parent, size, "
-                       "stats, pinned, verify, volumes, manifest, digest, head, arrival) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT "
+                       "stats, pinned, verify, volumes, manifest, digest, head, record_crc, "
+                       "arrival) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT "
                        "coalesce(max(arrival), 0) + 1 FROM points WHERE host = ?))",
                        (row.host, row.point_id, row.created, row.committed, row.parent,
                         row.size, row.stats, int(row.pinned), row.verify, row.volumes,
-                        row.manifest, row.digest, row.head(), row.host))
+                        row.manifest, row.digest, row.head(),
+                        _record_crc(row.volumes, row.manifest), row.host))
             if not complete_pages:
                 return
             marks = db.execute("SELECT kind, id FROM objects INDEXED BY objects_damaged "
@@ -644,6 +654,12 @@ class SqliteCatalog:
             " AND NOT pinned" if keep_pinned else "")
         with self.write() as db:
             return [p for p in point_ids if db.execute(sql, (host, p)).rowcount]
+
+    def damaged_records(self, host: str) -> set[str]:
+        """Points of `host` whose volumes or manifest differ from what was committed."""
+        return {point_id for point_id, volumes, manifest, crc in self.read().execute(
+            "SELECT point_id, volumes, manifest, record_crc FROM points WHERE host = ?", (host,))
+            if crc is not None and _record_crc(volumes, manifest) != crc}
 
     def set_verify(self, statuses: list[tuple[str, str, str]]) -> None:
         """(host, point_id, status) triples."""
@@ -748,6 +764,13 @@ class SqliteCatalog:
         return {"hosts": hosts, "points": points, "chunks": chunks, "chunk_bytes": chunk_bytes,
                 "pages": objects.get(ObjectKind.pages, (0, 0))[0],
                 "damaged_objects": damaged, "packs": packs, "pack_bytes": pack_bytes}
+
+
+def _record_crc(volumes: str, manifest: str) -> int:
+    """CRC-32 of what a restore reads of a point's row. SQLite checks the structure of
+    its pages (`integrity_problems`), not the values in them: a changed byte of a
+    manifest would leave a point nothing can open, that verify called ok."""
+    return zlib.crc32(f"{volumes}\n{manifest}".encode())
 
 
 def _row(r: tuple[Any, ...]) -> PointRow:

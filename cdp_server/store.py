@@ -17,7 +17,7 @@ from typing import Protocol
 
 from cdpcore.directio import ALIGN, BufferPool, DirectFile
 from cdpcore.durable import fsync_dir
-from cdpcore.errors import NotFoundError
+from cdpcore.errors import IntegrityError, NotFoundError
 
 from .errors import StorageFull
 
@@ -113,6 +113,8 @@ class LocalStore:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise NotFoundError(f"object {name} is missing from the store") from None
+        except OSError as exc:
+            raise _unreadable(name, exc) from None
         try:
             with _BUFFERS.take() as buf:
                 bulk = DirectFile(str(path), fd, os.O_RDONLY, buf)
@@ -120,6 +122,8 @@ class LocalStore:
                     return _read_ranges(bulk, ranges)
                 finally:
                     bulk.close()
+        except OSError as exc:
+            raise _unreadable(name, exc) from None
         finally:
             os.close(fd)
 
@@ -144,6 +148,19 @@ class LocalStore:
             path.unlink(missing_ok=True)
             count += 1
         return count
+
+
+#: Read errors that mean the stored bytes are lost (the disk's, or the filesystem's
+#: checksums: XFS reports EBADMSG and EUCLEAN), not that the server is short of something.
+_MEDIA_ERRORS = frozenset({errno.EIO, errno.EISDIR, errno.EBADMSG, errno.EUCLEAN})
+
+
+def _unreadable(name: str, exc: OSError) -> OSError | IntegrityError:
+    """A media error reading a pack is damage of its objects (IntegrityError: verify and
+    fetch mark them, a backup heals them); any other error stays what it is."""
+    if exc.errno not in _MEDIA_ERRORS:
+        return exc
+    return IntegrityError(f"object {name} cannot be read: {exc.strerror or exc}")
 
 
 def _read_ranges(bulk: DirectFile, ranges: list[tuple[int, int]]) -> list[bytes]:

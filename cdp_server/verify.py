@@ -6,6 +6,7 @@ exact points, volumes and byte ranges it affects; damaged objects are marked so 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 
 from cdpcore import format as fmt
@@ -16,6 +17,8 @@ from cdpcore.errors import FormatError, IntegrityError, NotFoundError
 from .catalog import Location
 from .datastore import Datastore
 from .errors import CatalogDamaged
+
+log = logging.getLogger("cdp.server.verify")
 
 #: A damaged region below a page: (first block relative to the page, blocks, object ID).
 Bad = list[tuple[int, int, bytes]]
@@ -110,10 +113,19 @@ def verify(ds: Datastore) -> VerifyReport:
     missing: set[bytes] = set()
     statuses: list[tuple[str, str, str]] = []
     checked_chunks = checked_pages = 0
+    bad_points: set[str] = set()
     for host in ds.catalog.host_names():
         check = _HostCheck(ds, host)
         host_ranges: list[DamagedRange] = []
+        # A point whose record (volumes, manifest) changed since its commit cannot be
+        # opened; its volumes are not to be trusted, and are not walked.
+        bad_records = ds.catalog.damaged_records(host)
         for row in ds.catalog.point_rows(host):
+            if row.point_id in bad_records:
+                log.warning("point %s of host %s: its volumes or manifest changed in the "
+                            "catalog since its commit", row.point_id, host)
+                statuses.append((host, row.point_id, VerifyStatus.damaged.value))
+                continue
             point_ranges = []
             for vol in json.loads(row.volumes):
                 geometry = index.Geometry(size=vol["size"], block_size=vol["block_size"])
@@ -129,7 +141,7 @@ def verify(ds: Datastore) -> VerifyReport:
             host_ranges += point_ranges
             statuses.append((host, row.point_id, (VerifyStatus.damaged if point_ranges
                                                   else VerifyStatus.ok).value))
-        if host_ranges:
+        if host_ranges or bad_records:
             # Verify takes no lock and may run for hours beside the hourly prune and gc: a
             # point listed above may have been deleted since, and its objects freed, before
             # they were read. That is retention, not damage (and exit 4 would fail the
@@ -138,6 +150,7 @@ def verify(ds: Datastore) -> VerifyReport:
             # objects named, only for points still there.
             still = {r.point_id for r in ds.catalog.point_rows(host)}
             host_ranges = [r for r in host_ranges if r.point_id in still]
+            bad_points |= bad_records & still
         ranges += host_ranges
         named = {bytes.fromhex(r.chunk) for r in host_ranges}
         # Every copy read corrupted is marked, also one only a deleted point named: a point
@@ -149,6 +162,11 @@ def verify(ds: Datastore) -> VerifyReport:
         if check.damaged_pages:
             ds.catalog.mark_damaged(host, ObjectKind.pages, sorted(check.damaged_pages),
                                     found=check.found[ObjectKind.pages])
+        if check.missing & named:
+            # An object without a row cannot be marked (which clears "complete" on the
+            # way): clear it here, or commits skip the complete pages above the hole, and
+            # the next point is committed over it instead of being asked for it (409).
+            ds.catalog.keep_complete_only(host, set())
         for kind, intact in check.intact.items():
             if intact:  # only where the row still points at the copy read (as marking)
                 ds.catalog.clear_damaged(host, kind, intact)
@@ -161,4 +179,4 @@ def verify(ds: Datastore) -> VerifyReport:
         checked_chunks=checked_chunks, checked_pages=checked_pages,
         damaged_chunks=sorted(c.hex() for c in damaged_chunks),
         missing_chunks=sorted(c.hex() for c in missing),
-        damaged_points=sorted({r.point_id for r in ranges}), ranges=ranges)
+        damaged_points=sorted({r.point_id for r in ranges} | bad_points), ranges=ranges)

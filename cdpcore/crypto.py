@@ -133,7 +133,7 @@ class BlobCodec:
             body = self._aead.decrypt(nonce, bytes(blob[fmt.BLOB_HEADER_SIZE:]), header + object_id)
         except InvalidTag:
             raise IntegrityError(
-                f"blob {object_id.hex()[:16]}… failed authentication: tampered, corrupted, "
+                f"{_blob_name(kind, object_id)} failed authentication: tampered, corrupted, "
                 "truncated, stored under another ID, or sealed with another key") from None
         if compression == fmt.COMPRESSION_NONE:
             return body
@@ -166,6 +166,16 @@ class BlobCodec:
         if not hmac.compare_digest(self.keys.chunk_id(plaintext), chunk_id):
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]}… decrypts to data with another ID")
         return plaintext
+
+
+def _blob_name(kind: int, object_id: bytes) -> str:
+    """How errors name a blob: a manifest by its point and host (its object ID is
+    "cdp-manifest/<host>/<point>", cdpcore.manifest.manifest_aad), others by ID."""
+    prefix = b"cdp-manifest/"
+    if kind == fmt.BLOB_KIND_MANIFEST and object_id.startswith(prefix):
+        host, _, point = object_id[len(prefix):].decode(errors="replace").rpartition("/")
+        return f"the manifest of point {point} of host {host!r}"
+    return f"blob {object_id.hex()[:16]}…"
 
 
 _ZERO_PAGE = bytes(64 * 1024)

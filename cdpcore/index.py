@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import format as fmt
-from .errors import FormatError, IntegrityError
+from .errors import FormatError, IntegrityError, NotFoundError
 
 _PAGE_HEADER = struct.Struct(">4sBBH")
 assert _PAGE_HEADER.size == fmt.PAGE_HEADER_SIZE
@@ -267,7 +267,16 @@ def _leaves_under(geometry: Geometry, source: PageSource, level: int,
     at or after block `start`."""
     for first in range(0, len(pages), batch):
         part = pages[first:first + batch]
-        got = _fetch(source, {(level, i): pid for i, pid in part}, geometry)
+        try:
+            got = _fetch(source, {(level, i): pid for i, pid in part}, geometry)
+        except (IntegrityError, NotFoundError):
+            if len(part) == 1:
+                raise
+            # One page lost or damaged fails the batch: page by page, the pages before
+            # it still yield their leaves, and the error comes at the page at fault.
+            for one in part:
+                yield from _leaves_under(geometry, source, level, [one], batch, start)
+            continue
         if level == 0:
             for i, _ in part:
                 yield i, bytes(got[0, i])

@@ -21,7 +21,7 @@ from cdpcore import index
 from cdpcore.api import CommitRequest, ObjectKind, PointInfo, PointStats, VolumeWire
 from cdpcore.client import MissingObjectsError
 from cdpcore.crypto import BlobCodec
-from cdpcore.errors import FormatError, ServerError, UsageError
+from cdpcore.errors import FormatError, IntegrityError, NotFoundError, ServerError, UsageError
 from cdpcore.index import Geometry
 from cdpcore.manifest import Manifest, VolumeRecord, check_name, new_point_id
 
@@ -338,8 +338,15 @@ def _generation(remote: Remote, host: str, codec: BlobCodec, state: HostState,
         return state.generation
     base = state.generation
     if latest is not None and latest.point_id != state.point_id:
-        base = max(base, int(open_point(remote, host, codec, latest.point_id)
-                             .tracking.get("generation", 0)))
+        try:
+            latest_manifest = open_point(remote, host, codec, latest.point_id)
+        except (IntegrityError, FormatError) as exc:
+            # Damaged on the server: it would stop this point and every later one (the
+            # latest would stay that point). The generation is only a label.
+            log.warning("the latest point's manifest is unreadable (%s); its tracking "
+                        "generation is not known", exc)
+        else:
+            base = max(base, int(latest_manifest.tracking.get("generation", 0)))
     return base + 1
 
 
@@ -351,11 +358,19 @@ def _index(remote: Remote, host: str, sender: Sender, vol: _Volume) -> VolumeRec
     # holds every leaf it touches (twice); past MAX_PATCHED_LEAVES the tree is built
     # again from the ID file, one page per level at a time: the same tree, bounded memory.
     changes = vol.scan.changes
+    root = None
     if changes is not None and \
             len({block // fmt.PAGE_FANOUT for block in changes}) <= MAX_PATCHED_LEAVES:
-        root = index.update(vol.geometry, remote.page_source(host), vol.old_root, changes,
-                            pages)
-    else:
+        try:
+            root = index.update(vol.geometry, remote.page_source(host), vol.old_root,
+                                changes, pages)
+        except (NotFoundError, IntegrityError) as exc:
+            # A page of the previous tree lost or damaged on the server (verify marked
+            # it): the agent's own IDs make the same tree, and the pages the server
+            # lacks go up with it (the damaged one too, if this point still uses it).
+            log.warning("%s: index of the previous point unreadable on the server (%s); "
+                        "building it from the local IDs", vol.spec.name, exc)
+    if root is None:
         root = index.build(vol.geometry, vol.ids.iter_ids(), pages)
     pages.flush()
     return VolumeRecord(name=vol.spec.name, size=vol.spec.size,
