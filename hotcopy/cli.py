@@ -92,8 +92,10 @@ def _sigterm_stops(grace: float) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _emit(as_json: bool, doc: Any, text: str) -> None:
-    click.echo(json.dumps(doc, indent=2, default=str) if as_json else text)
+def _emit(as_json: bool, doc: Any, text: str, *, one_line: bool = False) -> None:
+    """`one_line`: the JSON on one line (`run`, whose stdout the journal takes line by line)."""
+    click.echo(json.dumps(doc, indent=None if one_line else 2, default=str) if as_json
+               else text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,7 +202,8 @@ def _progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[
             bar.__exit__(None, None, None)
 
 
-def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> None:
+def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool,
+               one_line: bool = False) -> None:
     remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
     codec = codec_for_host(remote, conf.host, conf.recovery_key, conf.compression_level)
     if not conf.sources:
@@ -219,7 +222,8 @@ def _one_point(conf: cfgmod.AgentConfig, as_json: bool, interactive: bool) -> No
     s = info.stats
     _emit(as_json, info.model_dump(mode="json"),
           f"point {info.point_id}: {s.changed_bytes} bytes changed, {s.new_chunks} new chunks "
-          f"({s.new_bytes} bytes sent), {s.scanned_bytes} bytes read in {s.duration:.1f} s")
+          f"({s.new_bytes} bytes sent), {s.scanned_bytes} bytes read in {s.duration:.1f} s",
+          one_line=one_line)
 
 
 def _overrides(conf: cfgmod.AgentConfig, sources: tuple[str, ...], tracking: str | None,
@@ -290,7 +294,9 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
         while not transfer.stopping():
             tick = time.monotonic()
             try:
-                _one_point(conf, True, False)
+                # One JSON line per point: under systemd each line of stdout is a journal
+                # entry, and an indented document was some 17 of them every interval.
+                _one_point(conf, True, False, True)
             except StopRequested as exc:  # the stop gave up on a server that did not answer
                 log.warning("point abandoned: %s", exc)
             except CdpError as exc:
