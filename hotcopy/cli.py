@@ -328,7 +328,8 @@ def points(config_path: str, as_json: bool) -> None:
 @click.argument("point")
 def verify(config_path: str, as_json: bool, point: str) -> None:
     """Fetch, decrypt and check every chunk of POINT ('latest', an ID or a unique prefix,
-    or a time such as '2026-11-24 10:05'). Exit code 4 if any chunk is missing or damaged."""
+    or a time such as '2026-11-24 10:05'). Exit code 4 if any chunk is missing or damaged,
+    or an index page (then the blocks under it are named, unchecked)."""
     conf = _load(config_path)
     remote = make_client(conf.server, conf.token, conf.ca, conf.fingerprint)
     point = select_point(remote.points(conf.host), point, conf.host).point_id
@@ -336,7 +337,8 @@ def verify(config_path: str, as_json: bool, point: str) -> None:
                           codec_for_host(remote, conf.host, conf.recovery_key), point)
     _emit(as_json, {**asdict(result), "ok": result.ok},
           f"point {point}: {result.chunks_checked} chunks ({result.bytes_checked} bytes) "
-          f"checked, {len(result.missing)} missing, {len(result.damaged)} damaged")
+          f"checked, {len(result.missing)} missing, {len(result.damaged)} damaged"
+          + "".join(f"\n  {line}" for line in result.unreadable))
     if not result.ok:
         sys.exit(4)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from cdpcore import format as fmt
 from cdpcore.api import MAX_IDS_PER_REQUEST, ObjectKind
 from cdpcore.crypto import BlobCodec
-from cdpcore.errors import CdpError, IntegrityError, NotFoundError
+from cdpcore.errors import CdpError, FormatError, IntegrityError, NotFoundError
 from cdpcore.index import iter_block_ids
 from cdpcore.manifest import Manifest, VolumeRecord
 
@@ -29,10 +29,12 @@ class VerifyResult:
     bytes_checked: int = 0
     missing: list[str] = field(default_factory=list)  # hex chunk IDs
     damaged: list[str] = field(default_factory=list)
+    #: volumes whose index could not be read to its end: what was not checked, and why
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.damaged
+        return not self.missing and not self.damaged and not self.unreadable
 
 
 def open_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> Manifest:
@@ -79,19 +81,29 @@ def verify_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> 
             result.bytes_checked += len(data)
 
     for vol in manifest.volumes:
-        for _, cid in iter_block_ids(vol.geometry, pages, vol.root_id):
-            result.blocks += 1
-            # A chunk seen is not checked again; the set is emptied when full (about 110
-            # bytes a chunk), so a chunk may be checked twice but memory stays bounded.
-            if cid == fmt.ZERO_ID or cid in seen:
-                continue
-            if len(seen) >= MAX_SEEN:
-                seen.clear()
-            seen.add(cid)
-            batch.append(cid)
-            if len(batch) >= min(MAX_IDS_PER_REQUEST, 512):
-                check(batch)
-                batch = []
+        following = 0  # the block after the last one the index gave
+        try:
+            for following, cid in iter_block_ids(vol.geometry, pages, vol.root_id):
+                following += 1
+                result.blocks += 1
+                # A chunk seen is not checked again; the set is emptied when full (about
+                # 110 bytes a chunk), so a chunk may be checked twice but memory stays
+                # bounded.
+                if cid == fmt.ZERO_ID or cid in seen:
+                    continue
+                if len(seen) >= MAX_SEEN:
+                    seen.clear()
+                seen.add(cid)
+                batch.append(cid)
+                if len(batch) >= min(MAX_IDS_PER_REQUEST, 512):
+                    check(batch)
+                    batch = []
+        except (NotFoundError, IntegrityError, FormatError) as exc:
+            # An index page lost or damaged: the blocks under it are unknown, the other
+            # volumes are still checked.
+            result.unreadable.append(
+                f"volume {vol.name}: blocks from {following} (byte "
+                f"{following * vol.geometry.block_size}) not checked: {exc}")
     if batch:
         check(batch)
     return result

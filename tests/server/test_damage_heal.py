@@ -223,3 +223,21 @@ def test_verify_finds_a_point_whose_manifest_changed_in_the_catalog(
     assert done.returncode == 4
     assert f"  point {first}: its volumes or manifest changed in the catalog since its " \
            "commit" in done.stdout.splitlines()
+
+
+def test_agent_verify_reports_a_damaged_index_page_and_checks_the_rest(
+        cdp_server, host: Host) -> None:  # type: ignore[no-untyped-def]
+    """`cdp-agent verify` stopped at the first page the server refused, with the raw fetch
+    error (exit 7, "unknown host or point"), and checked nothing after it."""
+    point = host.point(os.urandom(600 * BS))
+    leaf = _leaf(host, host.root(point), 1)
+    flip_stored_byte(cdp_server.data_dir, "pages", leaf)
+    cdp_server.admin().verify()  # marks it: the server refuses to send it
+    result = verify_point(host.remote, host.name, host.codec, point)
+    assert not result.ok
+    assert (result.blocks, result.chunks_checked, result.missing, result.damaged) == (
+        256, 256, [], [])
+    (line,) = result.unreadable
+    assert line.startswith(f"volume disk.img:whole: blocks from 256 (byte {256 * BS}) not "
+                           "checked: ")
+    assert f"0 pages missing and 1 damaged on host {host.name!r}: {leaf.hex()}" in line
