@@ -100,17 +100,86 @@ def whole_disk(name: str) -> str:
     return name
 
 
+#: What a path is, whatever it is called: ("block", device number, 0) for a block device,
+#: ("file", filesystem, inode) for anything else.
+_Identity = tuple[str, int, int]
+
+
+def _identity(path: str) -> _Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # a deleted backing file ("... (deleted)"), a vanished node
+    if stat.S_ISBLK(st.st_mode):
+        return ("block", st.st_rdev, 0)
+    return ("file", st.st_dev, st.st_ino)
+
+
+def _block_identity(name: str) -> _Identity | None:
+    """The identity of kernel block device `name` from sysfs: a partition of a loop
+    device may have no node in /dev."""
+    try:
+        major, minor = (Path("/sys/class/block") / name / "dev").read_text().split(":")
+    except (OSError, ValueError):
+        return None
+    return ("block", os.makedev(int(major), int(minor)), 0)
+
+
+def _loop_backing(name: str) -> str | None:
+    """The backing file (or device) of loop device `name` as losetup was given it."""
+    try:
+        return (Path("/sys/block") / name / "loop" / "backing_file").read_text().strip() \
+            or None
+    except OSError:
+        return None
+
+
+def _loops_over(ident: _Identity | None, exclude: str = "") -> list[str]:
+    """Loop devices (but `exclude`) whose backing file or device is `ident`: they read
+    and write it whatever path it was attached by (a hard link, a bind mount, a
+    /dev/disk/by-id name); writing it under them would corrupt them or what is on them."""
+    if ident is None:
+        return []
+    found = []
+    for entry in sorted(Path("/sys/block").glob("loop*/loop/backing_file")):
+        name = entry.parent.parent.name
+        backing = _loop_backing(name)
+        if name != exclude and backing is not None and _identity(backing) == ident:
+            found.append("/dev/" + name)
+    return found
+
+
 def _attached_loops(path: str) -> list[str]:
     """Loop devices whose backing file is `path` (writing it would corrupt them)."""
-    real = os.path.realpath(path)
-    found = []
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        try:
-            if os.path.realpath(backing.read_text().strip()) == real:
-                found.append("/dev/" + backing.parent.parent.name)
-        except OSError:
-            continue
-    return found
+    return _loops_over(_identity(path))
+
+
+def _sys_partitions(name: str) -> list[str]:
+    try:
+        return sorted(p.name for p in (Path("/sys/block") / name).iterdir()
+                      if (p / "partition").exists())
+    except OSError:
+        return []
+
+
+def _backing_reasons(name: str, medium: set[str], seen: frozenset[str]) -> list[str]:
+    """Why loop device `name` is not free because of what it is attached to: another loop
+    device over the same file (one disk under two names), or a backing disk (or a
+    partition of one) that is itself busy: writing the loop device writes it."""
+    backing = _loop_backing(name)
+    ident = _identity(backing) if backing is not None else None
+    if backing is None or ident is None:
+        return []
+    if ident[0] == "file":
+        others = _loops_over(ident, exclude=name)
+        return [f"/dev/{name}: its backing file {backing} is also attached to "
+                + ", ".join(others)] if others else []
+    node = Path(f"/sys/dev/block/{os.major(ident[1])}:{os.minor(ident[1])}")
+    disk = whole_disk(Path(os.path.realpath(node)).name)
+    if disk in seen:
+        return []
+    return [f"/dev/{name}: its backing device {why}" for why in _busy_reasons(
+        disk, _sys_partitions(disk), medium, seen | {name})]
 
 
 def _probe(dev: str) -> dict[str, str]:
@@ -133,7 +202,10 @@ def carries_medium_label(node: dict[str, Any]) -> bool:
     return fstype == "iso9660" and label == MEDIUM_LABEL
 
 
-def _busy_reasons(name: str, children: list[str], medium: set[str]) -> list[str]:
+def _busy_reasons(name: str, children: list[str], medium: set[str],
+                  seen: frozenset[str] = frozenset()) -> list[str]:
+    """`seen`: the loop devices over `name` whose own reasons these are (_backing_reasons),
+    not counted as users of it."""
     reasons = []
     mounted = _mounted_devices()
     for dev in [name, *children]:
@@ -144,6 +216,13 @@ def _busy_reasons(name: str, children: list[str], medium: set[str]) -> list[str]
         if holders.is_dir() and any(holders.iterdir()):
             held = ", ".join(sorted(h.name for h in holders.iterdir()))
             reasons.append(f"/dev/{dev} is in use by {held}")
+        # A loop device over it (or over one of its partitions) leaves no holder and no
+        # exclusive claim, but reads and writes it, and may be mounted itself.
+        loops = [loop for loop in _loops_over(_block_identity(dev))
+                 if loop.removeprefix("/dev/") not in seen]
+        if loops:
+            reasons.append(f"/dev/{dev} is the backing device of {', '.join(loops)}")
+    reasons += _backing_reasons(name, medium, seen | {name})
     if not reasons and _claimed(f"/dev/{name}"):
         # What leaves no mount and no holder but claims the device: the second member of
         # a mounted multi-device btrfs, a program holding it open exclusively. A claimed

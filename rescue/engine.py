@@ -41,6 +41,10 @@ from .verify import verify_volume
 
 log = logging.getLogger("cdp.rescue")
 EventKind = Literal["start", "progress", "done", "skip", "failed", "note"]
+#: The last steps of a plan, which change restored filesystems on purpose (growing one,
+#: the boot loader's mounts): a resume state saved once only they are left does not
+#: vouch for the volumes' first blocks (_mark_regions), which they rewrite.
+POST_STEPS = ("grow_fs", "bootloader")
 
 
 @dataclass
@@ -190,6 +194,13 @@ class _Execution:
             self.report.ok = True
             self.report.finished = time.time()
             return self.report
+        if self.plan.verify_only:  # it reads: a restore may not be running, but is let be
+            return self._run()
+        # Held from before the checks to the end: two restores never write one target.
+        with target.locked([dp.target.path for dp in self.plan.disks]):
+            return self._run()
+
+    def _run(self) -> RestoreReport:
         recheck_targets(self.plan)
         self.store.prepare()
         # A check never resumes: what an earlier run read may have changed since, and a
@@ -237,17 +248,27 @@ class _Execution:
 
     def _mark_regions(self, state: RestoreState) -> list[tuple[str, int, int]]:
         """What the state vouches for on the targets: each disk's first bytes (its table
-        and boot code, or a whole-disk volume's first blocks) and the last synced block
-        of each volume with blocks written."""
-        regions = [(dp.target.path, 0, min(dp.target.size, HEAD_MARK_BYTES))
-                   for dp in self.plan.disks if dp.target.size]
+        and boot code, or a whole-disk volume's first blocks), the last synced block of
+        each volume with blocks written and, until only the steps that rewrite restored
+        filesystems on purpose are left (POST_STEPS: they replay journals, mount, rewrite
+        superblocks), its first block: where a filesystem made, mounted or wiped between
+        the runs on a partition restored already writes, and its last block does not
+        show (a resume skipped that volume, and said ok with the new filesystem in it)."""
+        heads = {dp.target.path: min(dp.target.size, HEAD_MARK_BYTES)
+                 for dp in self.plan.disks if dp.target.size}
+        regions = [(path, 0, length) for path, length in heads.items()]
         streams = {a.volume: a for a in self.plan.actions if a.type == "stream"}
+        first_too = any(a.type not in POST_STEPS and a.id not in state.done_actions
+                        for a in self.plan.actions)
         for name, blocks in sorted(state.volume_blocks.items()):
             vol, act = self.volumes.get(name), streams.get(name)
             last = min(blocks, vol.geometry.blocks) - 1 if vol is not None else -1
             if vol is not None and act is not None and last >= 0:
                 regions.append((act.target, act.offset + last * vol.block_size,
                                 vol.geometry.block_length(last)))
+                length = vol.geometry.block_length(0)
+                if first_too and last > 0 and act.offset + length > heads.get(act.target, 0):
+                    regions.append((act.target, act.offset, length))  # not in the head's
         return regions
 
     def _save(self) -> None:

@@ -1,6 +1,7 @@
 """Raw writes to a restore target (block device or image file): positioned writes (bulk
 runs of blocks with direct I/O where aligned, cdpcore.directio), explicit zeroing (a hole
-in a file, BLKZEROOUT on a device), and wiping old signatures."""
+in a file, BLKZEROOUT on a device), wiping old signatures, and the lock a restore holds on
+its targets."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from cdpcore import runcmd
 from cdpcore.directio import AlignedBuffer, DirectFile, align_down, align_up, write_fully
-from cdpcore.errors import CommandFailed
+from cdpcore.errors import CommandFailed, SafetyError, UsageError
 
 from .tables import listed_partitions
 
@@ -26,6 +28,8 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 WIPE_BYTES = 1024 * 1024
 _ZEROS = bytes(4 * 1024 * 1024)
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+#: Where a restore's locks on block-device targets are (the rescue system's RAM disk).
+LOCK_DIR = "/run/cdp-rescue/locks"
 
 
 class Target:
@@ -164,3 +168,36 @@ def old_partitions(path: str, size: int) -> list[tuple[int, int]]:
                                  size)
     except (CommandFailed, KeyError, TypeError, ValueError):
         return []  # a table sfdisk cannot describe is wiped at the disk's ends only
+
+
+@contextmanager
+def locked(paths: Sequence[str]) -> Iterator[None]:
+    """Hold an exclusive lock on each target while a restore runs: another restore (another
+    process, whatever its state directory) that would write one of them is refused
+    instead of writing it at the same time. An image file is locked itself; a block
+    device through a file of LOCK_DIR named by its device number, not on its node: udev
+    skips a disk locked there, and the LVM and boot loader steps wait for udev."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            lock = path
+            try:
+                if stat.S_ISBLK((st := os.stat(path)).st_mode):
+                    os.makedirs(LOCK_DIR, exist_ok=True)
+                    lock = os.path.join(LOCK_DIR, f"block-{os.major(st.st_rdev)}:"
+                                        f"{os.minor(st.st_rdev)}.lock")
+                    fds.append(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                else:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise UsageError(f"cannot lock {path} for the restore: {lock}: "
+                                 f"{exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SafetyError(f"refusing to write {path}: another restore is writing "
+                                  "it now: wait for it to end, or stop it") from None
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
