@@ -90,6 +90,7 @@ class VolumeSpec:
 
 
 def fstype(fs: Filesystem | None) -> str | None:
+    """A VolumeSpec's `fstype` from what the capture recorded."""
     return fs.type if fs is not None else None
 
 
@@ -123,10 +124,10 @@ def probe_fs(path: str, offset: int, size: int) -> Filesystem | None:
     if proc.returncode == 2:  # blkid: nothing recognised
         return None
     if proc.returncode == 8:
-        log.warning("%s: bytes %d to %d hold more than one filesystem signature (blkid: "
+        log.warning("%s: bytes %d-%d hold more than one filesystem signature (blkid: "
                     "ambivalent result; `wipefs --no-act` lists them): recorded as %r, "
                     "copied as they are, no block skipped as free", path, offset,
-                    offset + size, AMBIVALENT)
+                    offset + size - 1, AMBIVALENT)
         return Filesystem(type=AMBIVALENT)
     if proc.returncode != 0:
         raise CommandFailed(["blkid", "-p", path], proc.returncode, proc.stderr.decode())

@@ -296,7 +296,7 @@ def run(config_path: str, sources: tuple[str, ...], tracking: str | None,
             try:
                 # One JSON line per point: under systemd each line of stdout is a journal
                 # entry, and an indented document was some 17 of them every interval.
-                _one_point(conf, True, False, True)
+                _one_point(conf, True, False, one_line=True)
             except StopRequested as exc:  # the stop gave up on a server that did not answer
                 log.warning("point abandoned: %s", exc)
             except CdpError as exc:

@@ -81,10 +81,10 @@ def verify_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> 
             result.bytes_checked += len(data)
 
     for vol in manifest.volumes:
-        following = 0  # the block after the last one the index gave
+        unread = 0  # the first block the index has not given yet
         try:
-            for following, cid in iter_block_ids(vol.geometry, pages, vol.root_id):
-                following += 1
+            for block, cid in iter_block_ids(vol.geometry, pages, vol.root_id):
+                unread = block + 1
                 result.blocks += 1
                 # A chunk seen is not checked again; the set is emptied when full (about
                 # 110 bytes a chunk), so a chunk may be checked twice but memory stays
@@ -102,8 +102,8 @@ def verify_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> 
             # An index page lost or damaged: the blocks under it are unknown, the other
             # volumes are still checked.
             result.unreadable.append(
-                f"volume {vol.name}: blocks from {following} (byte "
-                f"{following * vol.geometry.block_size}) not checked: {exc}")
+                f"volume {vol.name}: blocks from {unread} (byte "
+                f"{unread * vol.geometry.block_size}) not checked: {exc}")
     if batch:
         check(batch)
     return result

@@ -181,7 +181,7 @@ def test_an_old_ext_superblock_under_a_zfs_label_gives_no_map(
     assert free_block_runs(str(image), MiB, 64 * MiB, 16384, "ext4")  # the old map
     info = _point(agent, image, skip_free=True)
     assert ("cdp.agent.capture", logging.WARNING,
-            f"{image}: bytes {MiB} to {65 * MiB} hold more than one filesystem signature "
+            f"{image}: bytes {MiB}-{65 * MiB - 1} hold more than one filesystem signature "
             "(blkid: ambivalent result; `wipefs --no-act` lists them): recorded as "
             "'ambivalent', copied as they are, no block skipped as free") in caplog.record_tuples
     manifest = open_point(agent.remote, agent.host, agent.codec, info.point_id)
