@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from cdpcore.api import Role
 from cdpcore.crypto import BlobCodec, KeySet
 from cdpcore.keys import new_master_key
 from cdpcore.manifest import Manifest
-from hotcopy import transfer
+from hotcopy import cli, transfer
 from hotcopy.capture import capture
+from hotcopy.config import AgentConfig
 from hotcopy.remote import Remote
 from hotcopy.verify import iter_volume, open_point
 from tests.loopdev import attached_loop
@@ -113,3 +117,17 @@ def wait_for_point(lock: Path, proc: subprocess.Popen[str]) -> None:
                 os.close(fd)
         time.sleep(0.05)
     raise AssertionError("no point started")
+
+
+def run_in_process(monkeypatch: pytest.MonkeyPatch, conf: AgentConfig,
+                    one_point: Callable[..., None]) -> Any:
+    """`cdp-agent run` of `conf` in this process, each point `one_point`, until a SIGTERM;
+    the handler it installs is undone afterwards (the stop it requests, by
+    `_no_stop_left_behind`)."""
+    monkeypatch.setattr(cli, "_load", lambda path: conf)
+    monkeypatch.setattr(cli, "_one_point", one_point)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

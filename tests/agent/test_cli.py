@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +25,7 @@ from hotcopy.errors import SourceError
 from hotcopy.state import StateDir
 from tests.ctrlc import interruptible, signal_state
 
-from .conftest import Agent, wait_for_point
+from .conftest import Agent, run_in_process, wait_for_point
 
 
 def _agent(*args: str, config: Path, cwd: Path | None = None
@@ -136,7 +135,7 @@ def test_run_goes_on_after_a_failed_point_whatever_it_raised(
     outcomes: list[BaseException | None] = [RuntimeError("boom"), SourceError("gone"), None]
     calls = []
 
-    def one_point(*args: Any) -> None:
+    def one_point(*args: Any, **kwargs: Any) -> None:
         calls.append(args)
         outcome = outcomes.pop(0)
         if outcome is None:
@@ -325,20 +324,6 @@ def test_run_abandons_a_point_on_sigint_and_finishes_it_on_sigterm(
     assert os.listdir(image.parent) == ["disk.img"]
 
 
-def _run_in_process(monkeypatch: pytest.MonkeyPatch, conf: AgentConfig,
-                    one_point: Callable[..., None]) -> Any:
-    """`cdp-agent run` of `conf` in this process, each point `one_point`, until a SIGTERM;
-    the handler it installs is undone afterwards (the stop it requests, by conftest's
-    `_no_stop_left_behind`)."""
-    monkeypatch.setattr(cli, "_load", lambda path: conf)
-    monkeypatch.setattr(cli, "_one_point", one_point)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        return CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def test_run_keeps_its_ticks_without_drifting_or_piling_up(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Points start every `interval` seconds from the first, whatever a point takes; one
@@ -350,7 +335,7 @@ def test_run_keeps_its_ticks_without_drifting_or_piling_up(
     durations = [7.3, 7.3, 7.3, 150.0, 7.3, 7.3]
     starts: list[float] = []
 
-    def one_point(*args: Any) -> None:
+    def one_point(*args: Any, **kwargs: Any) -> None:
         starts.append(now[0])
         now[0] += durations[len(starts) - 1]
         if len(starts) == len(durations):
@@ -363,7 +348,7 @@ def test_run_keeps_its_ticks_without_drifting_or_piling_up(
     clock = SimpleNamespace(monotonic=lambda: now[0], sleep=sleep)
     monkeypatch.setattr(cli, "time", clock)
     monkeypatch.setattr(transfer, "time", clock)  # the wait between points
-    assert _run_in_process(monkeypatch, conf, one_point).exit_code == 0
+    assert run_in_process(monkeypatch, conf, one_point).exit_code == 0
     assert starts == pytest.approx([0, 60, 120, 180, 330, 390])
 
 
@@ -382,7 +367,7 @@ def test_sigterm_ends_the_retries_of_a_point_whose_server_is_down(
             os.kill(os.getpid(), signal.SIGTERM)  # during the point: systemctl stop
         raise ConnectionFailed("connection refused")
 
-    def one_point(*args: Any) -> None:
+    def one_point(*args: Any, **kwargs: Any) -> None:
         transfer.retrying(transfer.RetryPolicy(), "committing the point", down)
 
     now = [0.0]
@@ -393,7 +378,7 @@ def test_sigterm_ends_the_retries_of_a_point_whose_server_is_down(
 
     monkeypatch.setattr(transfer, "time", SimpleNamespace(monotonic=lambda: now[0],
                                                           sleep=sleep))
-    assert _run_in_process(monkeypatch, conf, one_point).exit_code == 0
+    assert run_in_process(monkeypatch, conf, one_point).exit_code == 0
     assert len(tries) == 2 and sum(slept) <= 2  # the first retry's wait, no more
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from cdpcore.api import PointInfo
 from cdpcore.errors import ConnectionFailed
@@ -24,7 +23,7 @@ from hotcopy.state import StateDir
 from hotcopy.transfer import RetryPolicy
 from hotcopy.verify import iter_volume, open_point
 
-from .conftest import Agent, write_at
+from .conftest import Agent, run_in_process, write_at
 from .images import MiB
 
 
@@ -119,14 +118,8 @@ def test_run_prints_each_point_as_one_json_line(agent: Agent, cdp_server,  # typ
         if points == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(cli, "_load", lambda path: conf)
-    monkeypatch.setattr(cli, "_one_point", two_points)
     monkeypatch.setattr(transfer, "wait", lambda seconds: not transfer.stopping())
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        result = CliRunner().invoke(cli.cli, ["run"], catch_exceptions=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = run_in_process(monkeypatch, conf, two_points)
     assert result.exit_code == 0
     listed = sorted(agent.remote.points(agent.host), key=lambda p: p.created)
     assert len(result.stdout.splitlines()) == len(listed) == 2

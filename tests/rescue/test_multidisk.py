@@ -10,10 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,16 @@ from tests.loopdev import attached_loop
 from .conftest import MIB, PASS
 from .pointmaker import make_point
 from .test_other_disk import _ext4_source
-from .test_restore import check_equal, digest, make_source, partitions, sh
+from .test_post import mounted
+from .test_restore import (
+    check_equal,
+    digest,
+    make_source,
+    partitions,
+    restore_argv,
+    sh,
+    started,
+)
 from .test_resume import BLOCK, LEAF, Interrupt, interrupted, resume
 
 pytest.importorskip("parted")
@@ -45,20 +50,13 @@ def two_disk_point(repo_host: dict[str, Any], tmp_path: Path) -> tuple[Path, Pat
     return vda, vdb
 
 
+#: A mount that writes nothing on the device: not even a journal replay.
+READ_ONLY = "ro,noload"
+
+
 def stale(path: Path, size: int) -> Path:
     path.write_bytes(os.urandom(size))  # what a restore must not leave, nor touch unasked
     return path
-
-
-@contextmanager
-def mounted(dev: str, mnt: Path) -> Iterator[Path]:
-    """`dev` mounted read-only (the mount itself writes nothing on it) on `mnt`."""
-    mnt.mkdir(exist_ok=True)
-    sh("mount", "-o", "ro,noload", dev, str(mnt))
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_two_loop_devices_over_one_file_are_refused_as_targets(
@@ -112,7 +110,7 @@ def test_a_disk_mounted_through_a_loop_device_is_refused_and_no_target_written(
     with attached_loop(backing) as disk:
         plan = engine.plan("latest", {"vda.img": str(first), "vdb.img": disk})
         before = digest(first), digest(backing)
-        with attached_loop(Path(disk)) as over, mounted(over, tmp_path / "mnt"):
+        with attached_loop(Path(disk)) as over, mounted(over, tmp_path / "mnt", READ_ONLY):
             with pytest.raises(SafetyError) as err:
                 engine.execute(plan, ExecuteOptions(state_dir=str(tmp_path / "st")))
             assert str(err.value) == (f"refusing to write {disk}: {disk} is the backing "
@@ -131,7 +129,7 @@ def test_a_loop_device_over_a_mounted_disk_is_refused(
     sh("mkfs.ext4", "-q", "-F", str(backing))
     first = stale(tmp_path / "first.img", 32 * MIB)
     engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
-    with attached_loop(backing) as disk, mounted(disk, tmp_path / "mnt") as mnt, \
+    with attached_loop(backing) as disk, mounted(disk, tmp_path / "mnt", READ_ONLY) as mnt, \
             attached_loop(Path(disk)) as over:
         before = digest(first), digest(backing)
         reason = f"{over}: its backing device {disk} is mounted on {mnt}"
@@ -186,36 +184,11 @@ def test_two_disks_onto_two_loop_devices_restore_byte_exact(
     assert digest(bystander) == spare
 
 
-def restore_argv(cdp_server: Any, repo_host: dict[str, Any], tmp_path: Path,
-                 maps: list[str]) -> list[str]:
-    """`rescue restore` of web1's latest point with `maps`, one worker, a checkpoint every
-    MiB, its state in tmp_path/st."""
-    (tmp_path / "pass").write_text(PASS)
-    return [sys.executable, "-m", "rescue", "restore", "--server", cdp_server.url,
-            "--ca", cdp_server.ca_path, "--token", repo_host["token"], "--host", "web1",
-            *[arg for m in maps for arg in ("--map", m)],
-            "--passphrase-file", str(tmp_path / "pass"), "--state-dir", str(tmp_path / "st"),
-            "--yes", "--workers", "1", "--checkpoint-mib", "1"]
-
-
-def started(argv: list[str], state: Path, volume: str) -> subprocess.Popen[bytes]:
-    """`argv` running, once its resume state says blocks of `volume` are written."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        files = list(state.glob("rescue-web1-*.state.json"))
-        try:
-            if files and json.loads(files[0].read_text() or "{}").get(
-                    "volume_blocks", {}).get(volume):
-                return proc
-        except ValueError:
-            pass
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"{volume} was not being written (the restore ended: "
-                         f"{proc.returncode})")
+def multidisk_argv(cdp_server: Any, repo_host: dict[str, Any], tmp_path: Path,
+                   maps: list[str]) -> list[str]:
+    """A restore with its state in tmp_path/st and a checkpoint every MiB."""
+    return restore_argv(cdp_server, repo_host, tmp_path, maps, "--state-dir",
+                        str(tmp_path / "st"), "--checkpoint-mib", "1")
 
 
 def big_two_disk_point(repo_host: dict[str, Any], tmp_path: Path) -> tuple[Path, Path]:
@@ -237,7 +210,7 @@ def test_a_target_another_restore_is_writing_is_refused(
     ta, tb = stale(tmp_path / "ta.img", 32 * MIB), stale(tmp_path / "tb.img", 128 * MIB)
     ta2 = stale(tmp_path / "ta2.img", 32 * MIB)
     spare = digest(ta2)
-    argv = restore_argv(cdp_server, repo_host, tmp_path, [f"vda.img={ta}", f"vdb.img={tb}"])
+    argv = multidisk_argv(cdp_server, repo_host, tmp_path, [f"vda.img={ta}", f"vdb.img={tb}"])
     first = started(argv, tmp_path / "st", "vdb.img:whole")
     try:
         engine = Engine(Repository.open(repo_host["restore"], "web1", PASS))
@@ -263,7 +236,7 @@ def test_a_restore_killed_in_its_second_disk_resumes_with_the_maps_in_another_or
     ta, tb = stale(tmp_path / "ta.img", 32 * MIB), stale(tmp_path / "tb.img", 128 * MIB)
     bystander = stale(tmp_path / "c.img", 16 * MIB)
     spare = digest(bystander)
-    first = started(restore_argv(cdp_server, repo_host, tmp_path,
+    first = started(multidisk_argv(cdp_server, repo_host, tmp_path,
                                  [f"vda.img={ta}", f"vdb.img={tb}"]),
                     tmp_path / "st", "vdb.img:whole")
     os.kill(first.pid, signal.SIGKILL)
@@ -271,7 +244,7 @@ def test_a_restore_killed_in_its_second_disk_resumes_with_the_maps_in_another_or
     saved = json.loads(next((tmp_path / "st").glob("rescue-web1-*.state.json")).read_text())
     done = saved["volume_blocks"]["vdb.img:whole"]
     assert 0 < done < 128 * MIB // 4096
-    again = subprocess.run(restore_argv(cdp_server, repo_host, tmp_path,
+    again = subprocess.run(multidisk_argv(cdp_server, repo_host, tmp_path,
                                         [f"vdb.img={tb}", f"vda.img={ta}"]),
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr
@@ -295,13 +268,13 @@ def test_a_restore_killed_in_its_second_disk_then_given_another_target_starts_ov
     vda, vdb = big_two_disk_point(repo_host, tmp_path)
     ta, tb = stale(tmp_path / "ta.img", 32 * MIB), stale(tmp_path / "tb.img", 128 * MIB)
     tc = stale(tmp_path / "tc.img", 128 * MIB)
-    first = started(restore_argv(cdp_server, repo_host, tmp_path,
+    first = started(multidisk_argv(cdp_server, repo_host, tmp_path,
                                  [f"vda.img={ta}", f"vdb.img={tb}"]),
                     tmp_path / "st", "vdb.img:whole")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     abandoned = digest(tb)
-    again = subprocess.run(restore_argv(cdp_server, repo_host, tmp_path,
+    again = subprocess.run(multidisk_argv(cdp_server, repo_host, tmp_path,
                                         [f"vdb.img={tc}", f"vda.img={ta}"]),
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr

@@ -57,10 +57,11 @@ def fs_source(tmp_path: Path, fstype: str = "ext4", size: int = 64 * MIB) -> Pat
 
 
 @contextlib.contextmanager
-def mounted(device: str, mnt: Path) -> Iterator[Path]:
+def mounted(device: str, mnt: Path, options: str | None = None) -> Iterator[Path]:
+    """`device` (an image file through a loop device) mounted on `mnt` with `options`."""
     mnt.mkdir(exist_ok=True)
-    sh("mount", "-o", "loop" if not device.startswith("/dev/") else "defaults", device,
-       str(mnt))
+    sh("mount", "-o", options or ("loop" if not device.startswith("/dev/") else "defaults"),
+       device, str(mnt))
     try:
         yield mnt
     finally:

@@ -294,6 +294,39 @@ def test_a_recovery_key_opens_a_host_whose_key_file_is_damaged() -> None:
         BlobCodec(KeySet.from_master(master)).seal_block(block)[0]
 
 
+def restore_argv(cdp_server: Any, repo_host: dict[str, Any], tmp_path: Path,
+                 maps: list[str], *options: str) -> list[str]:
+    """`rescue restore` of web1's latest point with `maps`, one worker, and `options`."""
+    (tmp_path / "pass").write_text(PASS)
+    return [sys.executable, "-m", "rescue", "restore", "--server", cdp_server.url,
+            "--ca", cdp_server.ca_path, "--token", repo_host["token"], "--host", "web1",
+            *[arg for m in maps for arg in ("--map", m)],
+            "--passphrase-file", str(tmp_path / "pass"), "--yes", "--workers", "1", *options]
+
+
+def started(argv: list[str], state: Path, volume: str | None = None
+            ) -> subprocess.Popen[bytes]:
+    """`argv` running, once its resume state in `state` says blocks of `volume` (or of
+    any volume) are written."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        files = list(state.glob("rescue-web1-*.state.json"))
+        try:
+            written = json.loads(files[0].read_text() or "{}").get("volume_blocks", {}) \
+                if files else {}
+        except ValueError:
+            written = {}  # caught while it was being replaced
+        if written.get(volume) if volume else written:
+            return proc
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"{volume or 'no volume'} was not being written (the restore "
+                         f"ended: {proc.returncode})")
+
+
 def test_resume_after_killed_restore_is_byte_exact(repo_host: dict[str, Any], cdp_server: Any,
                                                    tmp_path: Path) -> None:
     source, target = tmp_path / "vda.img", tmp_path / "new.img"
@@ -302,21 +335,10 @@ def test_resume_after_killed_restore_is_byte_exact(repo_host: dict[str, Any], cd
         f.write(os.urandom(160 * MIB))  # a whole-disk volume: no table
     point_of(repo_host, source)
     sh("truncate", "-s", str(160 * MIB), str(target))
-    (tmp_path / "pass").write_text(PASS)
-    argv = [sys.executable, "-m", "rescue", "restore", "--server", cdp_server.url,
-            "--ca", cdp_server.ca_path, "--token", repo_host["token"], "--host", "web1",
-            "--map", f"vda.img={target}", "--passphrase-file", str(tmp_path / "pass"),
-            "--yes", "--workers", "1", "--checkpoint-mib", "4"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    argv = restore_argv(cdp_server, repo_host, tmp_path, [f"vda.img={target}"],
+                        "--checkpoint-mib", "4")
     state = tmp_path  # the state lives next to an image-file target
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        files = list(state.glob("rescue-web1-*.state.json"))
-        if files and json.loads(files[0].read_text() or "{}").get("volume_blocks"):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "restore finished before it could be killed"
+    proc = started(argv, state)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = json.loads(next(state.glob("rescue-web1-*.state.json")).read_text())

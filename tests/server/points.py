@@ -79,6 +79,22 @@ def upload_direct(ds: Datastore, host: str, built: Built) -> None:
     ds.upload(host, ObjectKind.pages, records.encode_records(list(built.pages.items())))
 
 
+def commit_direct(ds: Datastore, host: str, built: Built) -> PointInfo:
+    """A point uploaded and committed straight into a datastore (no HTTP)."""
+    upload_direct(ds, host, built)
+    return commit(ds, host, built.request)[0]
+
+
+def stored_point(data_dir: Path, blocks: int = 8) -> tuple[Datastore, Built]:
+    """A new datastore at `data_dir` holding one point of host web1: `blocks` random
+    blocks of one volume."""
+    ds, _ = Datastore.init(data_dir)
+    ds.add_host("web1")
+    built = build_point(new_codec(), "web1", {"vda": os.urandom(blocks * BS)})
+    commit_direct(ds, "web1", built)
+    return ds, built
+
+
 def half_dead_pack(data_dir: Path) -> tuple[Datastore, Built, Built]:
     """A datastore whose first point (10 blocks) is deleted while the second shares 3 of
     its blocks, everything last seen two hours ago: gc rewrites the first's chunk pack
@@ -90,8 +106,7 @@ def half_dead_pack(data_dir: Path) -> tuple[Datastore, Built, Built]:
     first = build_point(codec, "web1", {"vda": data})
     second = build_point(codec, "web1", {"vda": data[:3 * BS] + os.urandom(7 * BS)})
     for built in (first, second):
-        upload_direct(ds, "web1", built)
-        commit(ds, "web1", built.request)
+        commit_direct(ds, "web1", built)
     ds.catalog.delete_points("web1", [first.point_id])
     age_everything(data_dir, 7200)
     return ds, first, second

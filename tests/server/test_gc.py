@@ -33,6 +33,7 @@ from .points import (
     new_codec,
     push,
     restore,
+    stored_point,
     upload_direct,
 )
 from .stored import age_everything, object_counts
@@ -169,12 +170,7 @@ def test_gc_stopped_after_deleting_leaves_no_complete_mark_above_a_hole(tmp_path
     """A later commit skips the subtrees marked complete: gc clears the marks of pages no
     point uses before it deletes anything, so a gc that stops half-way (killed, an error)
     cannot leave a complete page above deleted chunks."""
-    ds, _ = Datastore.init(tmp_path / "ds")
-    ds.add_host("web1")
-    codec = new_codec()
-    built = build_point(codec, "web1", {"vda": os.urandom(600 * BS)})
-    upload_direct(ds, "web1", built)
-    commit(ds, "web1", built.request)
+    ds, built = stored_point(tmp_path / "ds", 600)
     ds.catalog.delete_points("web1", [built.point_id])
     db = sqlite3.connect(tmp_path / "ds" / "catalog.sqlite")
     complete = "SELECT count(*) FROM objects WHERE complete"
@@ -385,13 +381,8 @@ def test_commits_go_on_while_gc_marks_and_what_they_reference_survives(tmp_path)
     minutes, and agents committing every minute used to wait for all of it (gc held the
     commit lock throughout). A point committed while gc marks is marked under the lock
     before anything is deleted: with no grace, its objects survive only through it."""
-    ds, _ = Datastore.init(tmp_path / "ds")
-    ds.add_host("web1")
-    codec = new_codec()
-    a = build_point(codec, "web1", {"vda": os.urandom(64 * BS)})
-    upload_direct(ds, "web1", a)
-    commit(ds, "web1", a.request)
-    b = build_point(codec, "web1", {"vda": os.urandom(64 * BS)})
+    ds, a = stored_point(tmp_path / "ds", 64)
+    b = build_point(new_codec(), "web1", {"vda": os.urandom(64 * BS)})
     upload_direct(ds, "web1", b)
     read = ds.read_object
     committed: list[object] = []

@@ -16,24 +16,24 @@ from cdp_server.verify import verify
 from cdpcore import records
 from cdpcore.api import ObjectKind, VerifyStatus
 
-from .points import BS, build_point, flip_stored_byte, half_dead_pack, new_codec, upload_direct
+from .points import (
+    BS,
+    build_point,
+    commit_direct,
+    flip_stored_byte,
+    half_dead_pack,
+    new_codec,
+    stored_point,
+    upload_direct,
+)
 from .stored import age_everything
-
-
-def _stored_point(tmp_path, blocks: int = 8):  # type: ignore[no-untyped-def]
-    ds, _ = Datastore.init(tmp_path / "ds")
-    ds.add_host("web1")
-    built = build_point(new_codec(), "web1", {"vda": os.urandom(blocks * BS)})
-    upload_direct(ds, "web1", built)
-    commit(ds, "web1", built.request)
-    return ds, built
 
 
 def test_verify_does_not_mark_a_copy_uploaded_while_it_ran(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A chunk found damaged earlier is uploaded again (healing) while verify runs; verify
     read the old, corrupted copy before. It must not mark the new, intact copy damaged:
     fetch would refuse it, and the point would stay unrestorable."""
-    ds, built = _stored_point(tmp_path)
+    ds, built = stored_point(tmp_path / "ds")
     bad = built.block_ids["vda"][3]
     flip_stored_byte(tmp_path / "ds", "chunks", bad)
     ds.catalog.mark_damaged("web1", ObjectKind.chunks, [bad])  # by an earlier fetch
@@ -76,7 +76,7 @@ def test_a_missing_query_that_says_present_keeps_the_object_through_a_concurrent
     """"missing" answers which objects the agent need not send, and refreshes their last
     seen so that gc's grace period keeps them until the commit. A gc sweeping between the
     lookup and the refresh must not delete an object the answer calls present."""
-    ds, built = _stored_point(tmp_path)
+    ds, built = stored_point(tmp_path / "ds")
     ds.catalog.delete_points("web1", [built.point_id])  # pruned: only grace keeps them
     age_everything(tmp_path / "ds", 7200)
     ids = list(built.chunks)
@@ -108,7 +108,7 @@ def test_an_upload_that_says_duplicate_keeps_the_object_through_a_concurrent_gc(
     the agent will not send again), then refreshes their last seen: with its new objects'
     pack (add_objects), or alone when nothing is new (touch). A gc sweeping between the
     lookup and the refresh must not leave the answer calling stored what gc deleted."""
-    ds, built = _stored_point(tmp_path)
+    ds, built = stored_point(tmp_path / "ds")
     ds.catalog.delete_points("web1", [built.point_id])  # pruned: only grace keeps them
     age_everything(tmp_path / "ds", 7200)
     objects = dict(built.chunks)
@@ -175,10 +175,9 @@ def test_verify_reports_no_damage_in_a_point_pruned_and_collected_while_it_ran(
     runs beside it: a point verify listed may be pruned and its objects freed before
     verify reads them. That is retention at work, not damage: verify must not report it
     (exit 4 fails the verify unit: a false alarm), nor list the freed chunks."""
-    ds, old = _stored_point(tmp_path)
+    ds, old = stored_point(tmp_path / "ds")
     new = build_point(new_codec(), "web1", {"vda": os.urandom(8 * BS)})
-    upload_direct(ds, "web1", new)
-    commit(ds, "web1", new.request)
+    commit_direct(ds, "web1", new)
     point_rows = ds.catalog.point_rows
     maintained: list[object] = []
 

@@ -11,14 +11,13 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from cdp_server.commit import commit
 from cdp_server.datastore import Datastore
 from cdp_server.jobs import prune
 from cdp_server.retention import Candidate, select
 from cdpcore.api import API_PREFIX, Retention, Role
 from cdpcore.errors import NotFoundError
 
-from .points import BS, build_point, new_codec, push, upload_direct
+from .points import BS, build_point, commit_direct, new_codec, push
 
 
 def _t(text: str) -> float:
@@ -131,8 +130,7 @@ def test_a_pin_that_lands_while_prune_decides_keeps_the_point(tmp_path) -> None:
     ids = []
     for created in (1000.0, 2000.0):
         built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)}, created=created)
-        upload_direct(ds, "web1", built)
-        commit(ds, "web1", built.request)
+        commit_direct(ds, "web1", built)
         ids.append(built.point_id)
     ds.catalog.set_retention("web1", Retention(keep_last=1))
     decide = ds.catalog.retention
@@ -170,13 +168,11 @@ def test_decoys_dated_just_after_real_points_do_not_get_them_pruned(
         clock.time = lambda d=d: now - d * day
         built = build_point(codec, "web1", {"vda": os.urandom(2 * BS)},
                             created=now - d * day)
-        upload_direct(ds, "web1", built)
-        real.append(commit(ds, "web1", built.request)[0])
+        real.append(commit_direct(ds, "web1", built))
     clock.time = lambda: now
     for point in real:
         decoy = build_point(codec, "web1", {"vda": os.urandom(BS)}, created=point.created + 1)
-        upload_direct(ds, "web1", decoy)
-        commit(ds, "web1", decoy.request)
+        commit_direct(ds, "web1", decoy)
     ds.catalog.set_retention("web1", Retention(keep_daily=7))
     report = prune(ds, "web1")
     assert {p.point_id for p in real} <= set(report.kept)
@@ -210,8 +206,7 @@ def _commit_by_clock(ds: Datastore, monkeypatch: pytest.MonkeyPatch,
     for i, reading in enumerate(clock):
         monkeypatch.setattr(commit_module, "time", SimpleNamespace(time=lambda r=reading: r))
         built = build_point(codec, "web1", {"vda": os.urandom(BS)}, created=time.time() + i)
-        upload_direct(ds, "web1", built)
-        commit(ds, "web1", built.request)
+        commit_direct(ds, "web1", built)
         ids.append(built.point_id)
     return ids
 
