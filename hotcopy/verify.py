@@ -51,15 +51,21 @@ def verify_point(remote: Remote, host: str, codec: BlobCodec, point_id: str) -> 
     pages = remote.page_source(host)
     seen: set[bytes] = set()
     batch: list[bytes] = []
+    marked: set[bytes] | None = None  # chunks the server has marked damaged, asked once
 
     def fetch_each(ids: list[bytes]) -> dict[bytes, bytes]:
         """One chunk per request, to tell which chunks of a failed batch are at fault."""
+        nonlocal marked
         got: dict[bytes, bytes] = {}
         for cid in ids:
             try:
                 got.update(remote.fetch(host, ObjectKind.chunks, [cid]))
             except NotFoundError:
-                result.missing.append(cid.hex())
+                # The server refuses a chunk it has marked damaged as it refuses a lost
+                # one (404); its list of damaged chunks tells them apart.
+                if marked is None:
+                    marked = set(remote.damaged(host))
+                (result.damaged if cid in marked else result.missing).append(cid.hex())
             except IntegrityError as exc:
                 (result.missing if "did not send" in str(exc) else result.damaged).append(cid.hex())
         return got

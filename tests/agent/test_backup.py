@@ -193,7 +193,7 @@ def test_a_chunk_damaged_on_the_server_is_healed_by_the_next_point(
     assert chunk_id.hex() in report.damaged_chunks
     assert chunk_id in agent.remote.damaged(agent.host)
     damaged = verify_point(agent.remote, agent.host, agent.codec, first.point_id)
-    assert damaged.damaged + damaged.missing == [chunk_id.hex()]
+    assert (damaged.damaged, damaged.missing) == ([chunk_id.hex()], [])
 
     # The block did not change, yet the next point uploads it again because it is damaged.
     info = _point(agent, [str(gpt_image)])

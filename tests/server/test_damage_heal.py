@@ -241,3 +241,17 @@ def test_agent_verify_reports_a_damaged_index_page_and_checks_the_rest(
     assert line.startswith(f"volume disk.img:whole: blocks from 256 (byte {256 * BS}) not "
                            "checked: ")
     assert f"0 pages missing and 1 damaged on host {host.name!r}: {leaf.hex()}" in line
+
+
+def test_agent_verify_tells_a_lost_chunk_from_one_the_server_marked_damaged(
+        cdp_server, host: Host) -> None:  # type: ignore[no-untyped-def]
+    """The server refuses both with a 404; verify listed both as missing."""
+    blocks = [os.urandom(BS) for _ in range(4)]
+    point = host.point(b"".join(blocks))
+    lost, damaged = (host.codec.keys.chunk_id(b) for b in blocks[1:3])
+    remove_object(cdp_server.data_dir, "chunks", lost)
+    flip_stored_byte(cdp_server.data_dir, "chunks", damaged)
+    cdp_server.admin().verify()  # marks the flipped chunk damaged
+    result = verify_point(host.remote, host.name, host.codec, point)
+    assert (result.chunks_checked, result.missing, result.damaged, result.unreadable) == (
+        2, [lost.hex()], [damaged.hex()], [])
