@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from cdpcore.api import POINT_LIST, PointInfo, Retention, Role, TokenIssued
+from cdpcore.cli import run_program
 from cdpcore.errors import CdpError, FormatError, NotFoundError, UsageError
 from cdpcore.points import local_time, point_line, select_point
 
@@ -90,12 +91,12 @@ def _confirm(question: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+def cli() -> None:
     """CDP server: stores block-level recovery points of protected hosts and serves them
     to the rescue environment. Start with `init`, `cert` and `serve`."""
 
 
-@main.command()
+@cli.command()
 @data_option
 @json_option
 def init(data: Path, as_json: bool) -> None:
@@ -113,7 +114,7 @@ def init(data: Path, as_json: bool) -> None:
     _run(go)
 
 
-@main.command()
+@cli.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for cert.pem and key.pem.")
 @click.option("--name", default="localhost", show_default=True,
@@ -129,7 +130,7 @@ def cert(out: Path, name: str, as_json: bool) -> None:
           f"certificate: {cert_path}\nkey: {key_path}\nsha256 fingerprint: {fp}")
 
 
-@main.command()
+@cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Configuration file (TOML, or INI with a [server] section).")
 @click.option("--data", type=click.Path(path_type=Path), help="Datastore directory.")
@@ -205,7 +206,7 @@ def _check_listen(host: str, port: int, listen: str) -> None:
         raise UsageError(f"cannot listen on {listen}: {exc.strerror}") from None
 
 
-@main.group()
+@cli.group()
 def host() -> None:
     """Enrol, list and remove protected hosts, and replace their tokens."""
 
@@ -284,7 +285,7 @@ def host_token(name: str, role: str, data: Path, as_json: bool) -> None:
     _run(go)
 
 
-@main.command("admin-token")
+@cli.command("admin-token")
 @data_option
 @json_option
 def admin_token(data: Path, as_json: bool) -> None:
@@ -304,7 +305,7 @@ def _emit_token(as_json: bool, host: str | None, role: Role, token: str, revoked
           f"{revoked} old {role.value} token(s) revoked")
 
 
-@main.group()
+@cli.group()
 def point() -> None:
     """List, pin, unpin and delete a host's recovery points. POINT is 'latest', an ID or
     a unique prefix of one, or a time such as '2026-11-24 10:05' (the newest point at or
@@ -385,7 +386,7 @@ def point_delete(host_name: str, point_choice: str, yes: bool, data: Path,
     _run(go)
 
 
-@main.group()
+@cli.group()
 def retention() -> None:
     """Retention rules of a host (the server alone prunes)."""
 
@@ -418,7 +419,7 @@ def retention_set(host_name: str, data: Path, as_json: bool, **keep: int) -> Non
     _run(go)
 
 
-@main.command()
+@cli.command()
 @click.option("--host", "host_name", help="Only this host.")
 @data_option
 @json_option
@@ -434,7 +435,7 @@ def prune(host_name: str | None, data: Path, as_json: bool) -> None:
     _run(go)
 
 
-@main.command()
+@cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="The server's configuration file: its `grace` and `data` apply unless "
               "given here.")
@@ -471,7 +472,7 @@ def gc(config_path: Path | None, grace: float | None, data: Path | None,
     _run(go)
 
 
-@main.command()
+@cli.command()
 @data_option
 @json_option
 def verify(data: Path, as_json: bool) -> None:
@@ -492,7 +493,7 @@ def verify(data: Path, as_json: bool) -> None:
     _run(go)
 
 
-@main.command()
+@cli.command()
 @data_option
 @json_option
 def status(data: Path, as_json: bool) -> None:
@@ -501,3 +502,7 @@ def status(data: Path, as_json: bool) -> None:
         doc = jobs.status(Datastore.open(data))
         _emit(as_json, doc, "\n".join(f"{k}: {v}" for k, v in doc.items()))
     _run(go)
+
+
+def main() -> None:
+    run_program(cli, "cdp-server")

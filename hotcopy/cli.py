@@ -21,6 +21,7 @@ import click
 
 from cdpcore import format as fmt
 from cdpcore import keys
+from cdpcore.cli import run_program
 from cdpcore.errors import CdpError, StopRequested, UsageError
 from cdpcore.points import point_line, select_point
 
@@ -440,14 +441,5 @@ def era_detach(name_or_volume: str) -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(UsageError.exit_code)
-    except click.Abort:
-        sys.exit(130)
-    except CdpError as exc:
-        click.echo(f"cdp-agent: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    run_program(cli, "cdp-agent")
 

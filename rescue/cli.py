@@ -13,6 +13,7 @@ from typing import Any, TypeVar, get_args
 
 import click
 
+from cdpcore.cli import run_program
 from cdpcore.client import CdpClient
 from cdpcore.connection import check_connection
 from cdpcore.errors import CdpError, UsageError
@@ -106,14 +107,14 @@ def _host(a: Answers, host: str | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+def cli() -> None:
     """Restore a recovery point from a CDP server onto bare disks.
 
     Typical use: `rescue points ...` to choose, `rescue plan ... --map vda=/dev/sda` to
     review, then `rescue restore ... --yes` (or --dry-run to only print the plan)."""
 
 
-@main.command()
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @_errors
 def disks(as_json: bool) -> None:
@@ -132,7 +133,7 @@ def disks(as_json: bool) -> None:
             click.echo(f"{'':18}NOT A TARGET: {why}")
 
 
-@main.command()
+@cli.command()
 @_server_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @_errors
@@ -214,7 +215,7 @@ def print_plan(plan: Plan, err: bool = False) -> None:
         echo(f"  note: {note}")
 
 
-@main.command()
+@cli.command()
 @_server_options
 @_plan_options
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
@@ -263,7 +264,7 @@ class _Progress:
             click.echo(f"   skip: {ev.message}", err=True)
 
 
-@main.command()
+@cli.command()
 @_server_options
 @_plan_options
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False),
@@ -331,7 +332,7 @@ def run_restore(a: Answers, kw: dict[str, Any], *, interactive: bool,
     return engine.execute(the_plan, opts, on_event)
 
 
-@main.command()
+@cli.command()
 @_server_options
 @_plan_options
 @_errors
@@ -346,7 +347,7 @@ def verify(answers_file: str | None, **kw: Any) -> None:
                f"{the_plan.point_id}")
 
 
-@main.command()
+@cli.command()
 @click.option("--cmdline", default="/proc/cmdline", show_default=True,
               help="kernel command line to read the boot options from")
 def auto(cmdline: str) -> None:
@@ -386,4 +387,8 @@ def auto(cmdline: str) -> None:
             sys.exit(exc.exit_code)
 
 
-main.add_command(tui)
+cli.add_command(tui)
+
+
+def main() -> None:
+    run_program(cli, "rescue")

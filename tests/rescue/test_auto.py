@@ -99,7 +99,7 @@ def scene(repo_host: dict[str, Any], tmp_path: Path,
 def run_auto(tmp: Path, cmdline: str) -> Any:
     path = tmp / "cmdline"
     path.write_text(cmdline + "\n")
-    return CliRunner().invoke(cli.main, ["auto", "--cmdline", str(path)])
+    return CliRunner().invoke(cli.cli, ["auto", "--cmdline", str(path)])
 
 
 def test_without_cdp_auto_nothing_is_written(scene: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from rescue import cli
 from rescue.answers import load_answers
 from rescue.engine import Engine, Event, ExecuteOptions
 from rescue.repo import Repository
+from tests.ctrlc import interruptible, signal_state
 
 from .conftest import MIB, PASS
 from .test_restore import digest, make_source, partitions, point_of
@@ -40,7 +43,7 @@ def scene(repo_host: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 def invoke(tmp: Path, answers: dict[str, Any], *args: str) -> Any:
     path = tmp / "answers.json"
     path.write_text(json.dumps(answers))
-    return CliRunner().invoke(cli.main, [*args, "--answers", str(path)])
+    return CliRunner().invoke(cli.cli, [*args, "--answers", str(path)])
 
 
 def test_a_quoted_false_yes_does_not_confirm_a_restore(scene: dict[str, Any]) -> None:
@@ -270,3 +273,24 @@ def test_the_input_ending_at_the_confirmation_is_not_confirmed(scene: dict[str, 
     assert proc.returncode == 2, err
     assert err.decode().endswith("rescue: error: not confirmed: nothing was written\n")
     assert digest(scene["target"]) == before
+
+
+def test_a_ctrl_c_exits_130_as_shells_report_an_interrupted_program() -> None:
+    """click's standalone mode made a Ctrl-C exit 1, the status of "other error"."""
+    with socket.socket() as silent:  # accepts, never answers the TLS handshake
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(60)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rescue", "points", "--server",
+             f"https://127.0.0.1:{silent.getsockname()[1]}", "--token", "t", "--host", "web1",
+             "--fingerprint", "ab" * 32],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=interruptible)
+        conn, _ = silent.accept()  # the program now waits for the server's answer
+        with conn:
+            state = signal_state(proc.pid)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (err, state)
+    assert (out, err.strip()) == ("", "")

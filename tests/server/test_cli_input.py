@@ -42,7 +42,7 @@ def test_a_catalog_it_may_not_write_is_not_called_damaged(
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
     monkeypatch.setattr(cli.Datastore, "open", readonly)
-    result = CliRunner().invoke(cli.main, ["status", "--data", str(data)])
+    result = CliRunner().invoke(cli.cli, ["status", "--data", str(data)])
     assert result.exit_code == 2, result.output
     assert result.output == (
         "cdp-server: error: cannot open or write the catalog database (attempt to write a "
@@ -111,7 +111,7 @@ def test_ini_settings_are_read_from_their_strings(tmp_path: Path) -> None:
 
 def test_the_log_level_flag_takes_any_case_as_the_file_does() -> None:
     """`log_level = "WARNING"` in the file was taken, `--log-level WARNING` refused."""
-    result = CliRunner().invoke(cli.main, ["serve", "--log-level", "WARNING"])
+    result = CliRunner().invoke(cli.cli, ["serve", "--log-level", "WARNING"])
     assert (result.exit_code, result.output) == (
         2, "cdp-server: error: no datastore: give --data or `data` in the configuration "
         "file\n")
