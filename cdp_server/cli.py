@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import socket
 import sqlite3
 import ssl
@@ -123,21 +125,28 @@ def init(data: Path, as_json: bool) -> None:
 def cert(out: Path, name: str, as_json: bool) -> None:
     """Make a self-signed TLS certificate and print its SHA-256 fingerprint, which clients
     can pin (--fingerprint) instead of trusting the file."""
-    from .tls import make_self_signed
+    def go() -> None:
+        from .tls import make_self_signed
 
-    cert_path, key_path, fp = make_self_signed(out, name)
-    _emit(as_json, {"cert": str(cert_path), "key": str(key_path), "fingerprint": fp},
-          f"certificate: {cert_path}\nkey: {key_path}\nsha256 fingerprint: {fp}")
+        try:
+            cert_path, key_path, fp = make_self_signed(out, name)
+        except OSError as exc:  # a file in the path, no permission, a read-only filesystem
+            raise UsageError(f"cannot write the certificate to {out}: {exc.strerror}") from None
+        _emit(as_json, {"cert": str(cert_path), "key": str(key_path), "fingerprint": fp},
+              f"certificate: {cert_path}\nkey: {key_path}\nsha256 fingerprint: {fp}")
+    _run(go)
 
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Configuration file (TOML, or INI with a [server] section).")
 @click.option("--data", type=click.Path(path_type=Path), help="Datastore directory.")
-@click.option("--listen", help=f"HOST:PORT to listen on [default: {cfgmod.DEFAULT_LISTEN}].")
+@click.option("--listen", help="HOST:PORT to listen on [default: the configuration file's, "
+              f"else {cfgmod.DEFAULT_LISTEN}].")
 @click.option("--cert", "cert_file", help="TLS certificate (PEM).")
 @click.option("--key", "key_file", help="TLS private key (PEM).")
-@click.option("--grace", type=_Seconds(), help="GC grace period in seconds [default: 86400].")
+@click.option("--grace", type=_Seconds(), help="GC grace period in seconds [default: the "
+              "configuration file's, else 86400].")
 @click.option("--log-level", type=click.Choice(cfgmod.LOG_LEVELS, case_sensitive=False))
 def serve(config_path: Path | None, data: Path | None, listen: str | None,
           cert_file: str | None, key_file: str | None, grace: float | None,
@@ -167,19 +176,32 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
                                         "cleaned_pending_packs": rec.pending_packs,
                                         "cleaned_orphans": rec.orphan_objects,
                                         "cleaned_temp_files": rec.temp_files})
-            uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
-                        ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
-                        access_log=False, timeout_keep_alive=30,
-                        # h11, also where httptools is installed: uvicorn sets httptools
-                        # no bound on a request's URL and headers, h11 16 KiB.
-                        http="h11",
-                        timeout_graceful_shutdown=3)
+            # uvicorn stops on SIGTERM or SIGINT, then raises the signal again for the
+            # handler it found: SIGTERM's default would end the process there, unlogged
+            # and with status 143 (uvicorn.run itself swallows the KeyboardInterrupt).
+            signal.signal(signal.SIGTERM, _raise_stopped)
+            with contextlib.suppress(_Stopped):
+                uvicorn.run(create_app(ds, grace=conf.grace), host=host, port=port,
+                            ssl_certfile=conf.cert, ssl_keyfile=conf.key, log_config=None,
+                            access_log=False, timeout_keep_alive=30,
+                            # h11, also where httptools is installed: uvicorn sets
+                            # httptools no bound on a request's URL and headers, h11 16 KiB.
+                            http="h11",
+                            timeout_graceful_shutdown=3)
         log.info("stopped")
         logging.shutdown()
         # Idle worker threads of the request thread pool linger for 10 s before Python
         # may exit; every transaction is committed by now, so leave at once.
         os._exit(0)
     _run(go)
+
+
+class _Stopped(Exception):
+    """SIGTERM, systemd's stop: a clean end of `serve` (status 0)."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 def _check_tls_pair(cert_file: str, key_file: str) -> None:

@@ -23,6 +23,7 @@ import requests
 
 from cdpcore.api import API_PREFIX, Role
 from cdpcore.client import CdpClient
+from tests.ctrlc import interruptible
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -74,7 +75,7 @@ class ServerHandle:
             [sys.executable, "-m", "cdp_server", "serve", "--data", str(self.data_dir),
              "--listen", f"127.0.0.1:{self.port}", "--cert", str(self.ca_path),
              "--key", str(self.key_path), "--grace", str(self.grace)],
-            cwd=REPO, stdout=log, stderr=log)
+            cwd=REPO, stdout=log, stderr=log, preexec_fn=interruptible)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

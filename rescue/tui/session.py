@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from cdpcore.api import HostInfo
 from cdpcore.client import CdpClient, cert_fingerprint
+from cdpcore.connection import check_connection
 from cdpcore.errors import (
     AuthError,
     CdpError,
@@ -38,10 +39,9 @@ class ServerCert:
 
 
 def _endpoint(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise UsageError(f"server URL {url!r}: expected https://HOST[:PORT]")
-    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    check_connection(url.strip(), None, None, schemes=("https", "http"))
+    parts = urlsplit(url.strip())  # a host and a valid port: checked above
+    return parts.scheme, str(parts.hostname), parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def probe(url: str, ca: str | None) -> ServerCert:

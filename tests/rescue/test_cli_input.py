@@ -157,12 +157,12 @@ def test_restore_json_on_a_terminal_keeps_the_prompt_off_stdout(scene: dict[str,
 
 @pytest.mark.parametrize(("answers", "want"), [
     ({"server": "backup.example.com:8443"},
-     "server URL 'backup.example.com:8443': expected https://HOST[:PORT]"),
+     "server URL 'backup.example.com:8443': expected https://HOST[:PORT] or http://HOST[:PORT]"),
     # a requests traceback (exit 1)
     ({"server": "https://127.0.0.1:abc"},
-     "server URL 'https://127.0.0.1:abc': expected https://HOST[:PORT] (port 1 to 65535)"),
+     "server URL 'https://127.0.0.1:abc': expected https://HOST[:PORT] or http://HOST[:PORT] (port 1 to 65535)"),
     ({"server": "https://127.0.0.1:99999"},
-     "server URL 'https://127.0.0.1:99999': expected https://HOST[:PORT] (port 1 to 65535)"),
+     "server URL 'https://127.0.0.1:99999': expected https://HOST[:PORT] or http://HOST[:PORT] (port 1 to 65535)"),
     ({"ca": "/nonexistent/ca.pem"},
      "CA certificate file /nonexistent/ca.pem does not exist or is not a file"),
     ({"fingerprint": "3f1c...e2"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -165,6 +166,12 @@ def test_cert_fingerprint(tmp_path: Path) -> None:
     doc = json.loads(_cli("cert", "--out", str(tmp_path), "--name", "backup.example",
                           "--json").stdout)
     assert doc["fingerprint"] == fingerprint_of(Path(doc["cert"]))
+    # A directory that cannot be made was a traceback (exit 1).
+    (tmp_path / "file").write_text("")
+    bad = _cli("cert", "--out", str(tmp_path / "file" / "tls"), check=False)
+    assert (bad.returncode, bad.stderr) == (
+        2, f"cdp-server: error: cannot write the certificate to {tmp_path}/file/tls: Not a "
+        "directory\n")
     assert oct(os.stat(doc["key"]).st_mode & 0o777) == "0o600"
 
 
@@ -244,6 +251,19 @@ def test_the_scheduled_gc_keeps_the_grace_of_the_configuration_file(tmp_path: Pa
     gone = json.loads(_cli("gc", "--config", str(conf), "--grace", "3600", "--data",
                            str(data), "--json").stdout)
     assert gone["removed_chunks"] == 3
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_logs_its_stop_and_exits_0(make_cdp_server, stop: int) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn raises the signal again once it has stopped: SIGTERM (systemd's stop) ended
+    the process there, with status 143 and no "stopped" line."""
+    server = make_cdp_server()
+    assert server.proc is not None
+    server.proc.send_signal(stop)
+    assert server.proc.wait(timeout=30) == 0
+    events = [json.loads(line).get("msg") for line in server.log().splitlines()
+              if line.startswith("{")]
+    assert events[-1] == "stopped", events[-3:]
 
 
 def test_metrics_openapi_and_logs(cdp_server) -> None:  # type: ignore[no-untyped-def]

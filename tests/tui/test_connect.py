@@ -109,5 +109,15 @@ def test_missing_url_and_bad_url_are_refused(env: Env) -> None:
             await pilot.press("ctrl+n")
             await settle(pilot)
             assert text(pilot, "#dialog-text") == \
-                "server URL 'ftp://x': expected https://HOST[:PORT]"
+                "server URL 'ftp://x': expected https://HOST[:PORT] or http://HOST[:PORT]"
+            await pilot.press("enter")
+            url = app.screen.query_one("#url")
+            url.value = ""  # type: ignore[attr-defined]
+            url.focus()
+            await type_text(pilot, "https://127.0.0.1:abc")
+            await pilot.press("ctrl+n")
+            await settle(pilot)
+            assert text(pilot, "#dialog-text") == \
+                "server URL 'https://127.0.0.1:abc': expected https://HOST[:PORT] or " \
+                "http://HOST[:PORT] (port 1 to 65535)"
     asyncio.run(scenario())
