@@ -129,7 +129,10 @@ def test_a_stop_is_not_tried_again(drop: bool) -> None:
     try:
         client = CdpClient(f"http://127.0.0.1:{httpd.server_address[1]}", "t", backoff=0.0,
                            stop_grace=lambda: 0.0 if _Failing.stop.is_set() else None)
-        with pytest.raises(StopRequested, match="not tried again, stopping"):
+        # The stop comes while the try is in flight: the watcher may cut it (grace 0)
+        # before its fault arrives ("given up"), or the fault comes first ("not tried
+        # again"). Either way there is no second try.
+        with pytest.raises(StopRequested, match=r"(not tried again|given up), stopping"):
             client.points("web1")
         assert _Failing.seen == 1
         # without the stop, the same faults are tried again as before
