@@ -52,9 +52,10 @@ deps: $(DEPS_STAMP)
 demo: deps
 	$(VENV)/bin/cdp-demo
 
-# The whole suite, QEMU tests included (builds the rescue image first, cached).
+# The whole suite, QEMU tests included (builds the rescue image first, cached). Two
+# workers: the QEMU tests in order on one, everything else on the other (tests/conftest.py).
 test: deps image
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 # Fast iteration: everything but the QEMU tests.
 test-fast: deps

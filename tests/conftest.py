@@ -30,6 +30,46 @@ REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 
 
+#: The modules of the QEMU tests (mark vm). Under `make test` (pytest-xdist, -n 2) they
+#: run in order on one worker while the other runs everything else: a QEMU boot leaves
+#: about a third of the two cores idle (vmstat over two VM tests), which the host-side
+#: tests fill. Two VMs at once would only share the same two cores.
+VM_MODULES = frozenset({
+    "tests/agent/test_vm_lvm.py",
+    "tests/drill/test_drill.py",
+    "tests/drill/test_protected.py",
+    "tests/image/test_auto.py",
+    "tests/image/test_boot.py",
+    "tests/image/test_harness.py",
+    "tests/rescue/test_vm_lvm.py",
+    "tests/tui/test_vm_serial.py",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    stray = sorted({item.nodeid.split("::")[0] for item in items
+                    if item.get_closest_marker("vm")} - VM_MODULES)
+    if stray:
+        raise pytest.UsageError("QEMU tests (mark vm) in modules missing from VM_MODULES in "
+                                f"tests/conftest.py: {', '.join(stray)}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's load distribution, but with the QEMU tests as one unit of work.
+    (Its own `--dist loadgroup` cannot do this under pytest 9.2: pytest-xdist issue
+    #1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class QemuBesideTheRest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "vm" if nodeid.split("::")[0] in VM_MODULES else nodeid
+
+    return QemuBesideTheRest(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _priority_kept() -> Iterator[None]:
     """A point taken in the test process (the agent's CLI through CliRunner) lowers that

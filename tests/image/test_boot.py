@@ -8,6 +8,7 @@ software emulation to the TUI; see docs/IMAGE.md)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,8 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> list[Disk]:
     ("pxe", NetBoot(), "bios"),
 ])
 def test_boot_reaches_ready(rescue_image: Path, disks: list[Disk], name: str,
-                            boot: IsoBoot | NetBoot, firmware: str) -> None:
+                            boot: IsoBoot | NetBoot, firmware: str,
+                            record_property: Callable[[str, object], None]) -> None:
     cfg = VMConfig(disks=disks, boot=boot, firmware=firmware,  # type: ignore[arg-type]
                    name=f"boot-{name}")
     vm = VM(cfg).start()
@@ -50,7 +52,7 @@ def test_boot_reaches_ready(rescue_image: Path, disks: list[Disk], name: str,
         vm.kill(keep_log=True)
         raise
     vm.kill(keep_log=False)  # nothing more to see: the boot is what this test checks
-    BOOT_TIMES[name] = (ready.seconds, tui_seconds)
+    record_property(BOOT_TIMES, (name, ready.seconds, tui_seconds))
     # Booted as a USB stick, the rescue medium itself is a disk too (sda).
     usb = ["sda"] if isinstance(boot, IsoBoot) and boot.as_usb else []
     assert sorted(ready.list("disks")) == sorted(["nvme0n1", "vda", *usb])
