@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -31,8 +32,6 @@ from .errors import CatalogDamaged
 
 log = logging.getLogger("cdp.server")
 
-data_option = click.option("--data", "data", type=click.Path(path_type=Path), required=True,
-                           envvar="CDP_SERVER_DATA", help="Datastore directory.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -49,6 +48,32 @@ class _Seconds(click.FloatRange):
         if math.isnan(seconds):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
         return seconds
+
+
+def _configured(config_path: Path | None, data: Path | None,
+                **flags: Any) -> tuple[cfgmod.ServerConfig, Path]:
+    """The settings of the configuration file with the flags given applied, and the
+    datastore they name: a command run by a unit takes the one file the server takes."""
+    conf = cfgmod.load(config_path).merged(data=str(data) if data else None, **flags)
+    if not conf.data:
+        raise UsageError("no datastore: give --data or `data` in the configuration file")
+    return conf, Path(conf.data)
+
+
+def data_option(command: Callable[..., None]) -> Callable[..., None]:
+    """`--data DIR` (or CDP_SERVER_DATA), else the `data` of `--config FILE`: the datastore
+    `command` gets as `data`."""
+    @click.option("--config", "config_path", type=click.Path(path_type=Path),
+                  help="The server's configuration file: its `data` applies unless --data "
+                  "is given.")
+    @click.option("--data", "data", type=click.Path(path_type=Path), envvar="CDP_SERVER_DATA",
+                  help="Datastore directory [default: CDP_SERVER_DATA, else the "
+                  "configuration file's `data`].")
+    @functools.wraps(command)
+    def with_datastore(*args: Any, config_path: Path | None, data: Path | None,
+                       **kwargs: Any) -> None:
+        command(*args, data=_configured(config_path, data)[1], **kwargs)
+    return with_datastore
 
 
 def _emit(as_json: bool, doc: Any, text: str) -> None:
@@ -157,11 +182,8 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
 
         from .app import create_app
 
-        conf = cfgmod.load(config_path).merged(
-            data=str(data) if data else None, listen=listen, cert=cert_file, key=key_file,
-            grace=grace, log_level=log_level)
-        if not conf.data:
-            raise UsageError("no datastore: give --data or `data` in the configuration file")
+        conf, datastore = _configured(config_path, data, listen=listen, cert=cert_file,
+                                      key=key_file, grace=grace, log_level=log_level)
         if not conf.cert or not conf.key:
             raise UsageError("HTTPS needs --cert and --key (make a pair with `cdp-server "
                              "cert --out DIR`)")
@@ -169,7 +191,7 @@ def serve(config_path: Path | None, data: Path | None, listen: str | None,
         host, port = conf.address()
         _check_tls_pair(conf.cert, conf.key)
         _check_listen(host, port, conf.listen)
-        ds = Datastore.open(Path(conf.data))
+        ds = Datastore.open(datastore)
         with ds.serving():
             rec = ds.recover()
             log.info("starting", extra={"listen": conf.listen, "data": conf.data,
@@ -476,11 +498,8 @@ def gc(config_path: Path | None, grace: float | None, data: Path | None,
         # The scheduled gc (cdp-server-maintenance.service) is the only gc that runs: it
         # reads the server's configuration file, so that a `grace` set there (longer
         # than 24 h for uploads that take longer) protects uploads in flight here too.
-        conf = cfgmod.load(config_path).merged(data=str(data) if data else None,
-                                               grace=grace)
-        if not conf.data:
-            raise UsageError("no datastore: give --data or `data` in the configuration file")
-        report = jobs.gc(Datastore.open(Path(conf.data)), conf.grace)
+        conf, datastore = _configured(config_path, data, grace=grace)
+        report = jobs.gc(Datastore.open(datastore), conf.grace)
         lines = [f"removed {report.removed_chunks} chunks and {report.removed_pages} pages, "
                  f"freed {report.freed_bytes} bytes; {report.kept_in_grace} kept in grace"]
         lines += [f"skipped host {s.host}: {s.reason}" for s in report.skipped_hosts]

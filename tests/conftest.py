@@ -185,8 +185,7 @@ def make_cdp_server(tmp_path: Path, server_cert: dict[str, str],
         data = data_dir or tmp_path / f"datastore{n or ''}"
         # In this process, as `cdp-server init` does it (tested on its own in test_ops):
         # one Python start less per server (about 0.6 s, 300 servers in the suite).
-        _ds, admin_token = Datastore.init(data)
-        del _ds
+        admin_token = Datastore.init(data)[1]
         port = _free_port()
         handle = ServerHandle(url=f"https://127.0.0.1:{port}",
                               ca_path=Path(server_cert["cert"]),

@@ -39,8 +39,9 @@ class ServerCert:
 
 
 def _endpoint(url: str) -> tuple[str, str, int]:
-    check_connection(url.strip(), None, None, schemes=("https", "http"))
-    parts = urlsplit(url.strip())  # a host and a valid port: checked above
+    url = url.strip()
+    check_connection(url, None, None, schemes=("https", "http"))
+    parts = urlsplit(url)  # a host and a valid port: checked above
     return parts.scheme, str(parts.hostname), parts.port or (443 if parts.scheme == "https" else 80)
 
 

@@ -218,6 +218,47 @@ def test_a_negative_gc_grace_is_refused_everywhere(tmp_path: Path) -> None:
     assert _cli("gc", "--grace", "0", "--data", data).returncode == 0
 
 
+def _unit_runs(unit: str) -> list[str]:
+    """The `ExecStart=` command lines of one of the server's units."""
+    text = (REPO / "cdp_server" / unit).read_text()
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart=")]
+
+
+def test_every_server_unit_takes_its_datastore_from_the_configuration_file() -> None:
+    """One place names the datastore: a `--data` in a maintenance unit was one more
+    place to change when the datastore moves, and one to forget."""
+    runs = [run.split() for unit in ("cdp-server.service", "cdp-server-maintenance.service",
+                                     "cdp-server-verify.service") for run in _unit_runs(unit)]
+    assert [(argv[0], argv[1], argv[2:]) for argv in runs] == [
+        ("/usr/local/bin/cdp-server", command, ["--config", "/etc/cdp-server/server.toml"])
+        for command in ("serve", "prune", "gc", "verify")]
+
+
+def test_the_admin_commands_take_the_datastore_of_the_configuration_file(
+        tmp_path: Path) -> None:
+    data = tmp_path / "ds"
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[server]\ndata = "{data}"\n')
+    _cli("init", "--config", str(conf))
+    _cli("host", "add", "web1", "--config", str(conf))
+    listed = json.loads(_cli("host", "list", "--config", str(conf), "--json").stdout)
+    assert [h["name"] for h in listed] == ["web1"]
+    for run in _unit_runs("cdp-server-verify.service"):
+        _cli(*run.replace("/etc/cdp-server/server.toml", str(conf)).split()[1:])
+    # --data wins over the file
+    other = _cli("host", "list", "--config", str(conf), "--data", str(tmp_path / "x"),
+                 check=False)
+    x = tmp_path / "x"
+    assert (other.returncode, other.stderr) == (2, f"cdp-server: error: {x} is not a CDP "
+                                                f"datastore: run `cdp-server init --data {x}` "
+                                                "first\n")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("[server]\n")
+    none = _cli("host", "list", "--config", str(empty), check=False)
+    assert (none.returncode, none.stderr) == (2, "cdp-server: error: no datastore: give "
+                                              "--data or `data` in the configuration file\n")
+
+
 def test_the_scheduled_gc_keeps_the_grace_of_the_configuration_file(tmp_path: Path) -> None:
     """The server never collects by itself: the maintenance unit's `gc` is the gc that
     runs. It must spare what the configured `grace` spares (an operator whose uploads take
@@ -236,15 +277,8 @@ def test_the_scheduled_gc_keeps_the_grace_of_the_configuration_file(tmp_path: Pa
     db.close()
     conf = tmp_path / "server.toml"
     conf.write_text(f'[server]\ndata = "{data}"\ngrace = 172800\n')
-    unit = (REPO / "cdp_server" / "cdp-server-maintenance.service").read_text()
-    runs = [line.split("=", 1)[1] for line in unit.splitlines()
-            if line.startswith("ExecStart=")]
-    assert [r.split()[1] for r in runs] == ["prune", "gc"]
-    for run in runs:
-        argv = run.replace("/var/lib/cdp-server", str(data)).replace(
-            "/etc/cdp-server/server.toml", str(conf)).split()
-        assert argv[0] == "/usr/local/bin/cdp-server"
-        _cli(*argv[1:])
+    for run in _unit_runs("cdp-server-maintenance.service"):
+        _cli(*run.replace("/etc/cdp-server/server.toml", str(conf)).split()[1:])
     assert ds.catalog.present("web1", ObjectKind.chunks, [c for c, _ in fresh]) == {
         c for c, _ in fresh}
     # `--grace` still wins over the file, and without a file the default holds.
