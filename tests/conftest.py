@@ -24,6 +24,7 @@ import requests
 from cdp_server.datastore import Datastore
 from cdpcore.api import API_PREFIX, Role
 from cdpcore.client import CdpClient
+from tests import summaries
 from tests.ctrlc import interruptible
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +62,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                 f"tests/conftest.py: {', '.join(stray)}")
     rank = {module: n for n, module in enumerate(VM_MODULES)}
     items.sort(key=lambda item: rank.get(_module(item), -1))  # stable: the rest first
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    summaries.boot_times(terminalreporter)
+    summaries.drill(terminalreporter)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from mkimage.qemu import VM, Disk, IsoBoot, NetBoot, VMConfig
-
-from .conftest import BOOT_TIMES
+from tests.summaries import BOOT_TIMES
 
 #: The title of the TUI's first screen, as it reaches the serial console (TERM=vt100).
 TUI_FIRST_SCREEN = re.compile(rb"1/6 Network")
