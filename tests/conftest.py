@@ -50,18 +50,18 @@ VM_MODULES = (
 )
 
 
-def _module(item: pytest.Item) -> str:
-    return item.nodeid.split("::")[0]
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    stray = sorted({_module(item) for item in items
+    stray = sorted({_module(item.nodeid) for item in items
                     if item.get_closest_marker("vm")} - set(VM_MODULES))
     if stray:
         raise pytest.UsageError("QEMU tests (mark vm) in modules missing from VM_MODULES in "
                                 f"tests/conftest.py: {', '.join(stray)}")
     rank = {module: n for n, module in enumerate(VM_MODULES)}
-    items.sort(key=lambda item: rank.get(_module(item), -1))  # stable: the rest first
+    items.sort(key=lambda item: rank.get(_module(item.nodeid), -1))  # stable: the rest first
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -80,7 +80,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class QemuBesideTheRest(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "vm" if nodeid.split("::")[0] in VM_MODULES else nodeid
+            return "vm" if _module(nodeid) in VM_MODULES else nodeid
 
     return QemuBesideTheRest(config, log)
 
