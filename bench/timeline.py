@@ -1,12 +1,13 @@
 """How busy the machine is during a point, over time: a full backup of the workload image
-and the benchmark's tracked incremental, each taken as the side-by-side benchmark takes
-it (a fresh agent process, a real server, the page cache dropped first), while the whole
-machine's CPU (/proc/stat) and the work directory's disk (/proc/diskstats) are sampled.
-Prints, per interval: cores busy, cores waiting for I/O, and the disk's read and write
-rates. It tells a point that waits (idle cores) from one that is CPU-bound (all cores
-busy), which per-process profiles (bench.profile, bench.cpusplit) do not.
+and the benchmark's incremental (tracked, or scan with `--mode scan`), each taken as the
+side-by-side benchmark takes it (a fresh agent process, a real server, the page cache
+dropped first), while the whole machine's CPU (/proc/stat) and the work directory's
+disk (/proc/diskstats) are sampled. Prints, per interval: cores busy, cores waiting for
+I/O, and the disk's read and write rates. It tells a point that waits (idle cores) from
+one that is CPU-bound (all cores busy), which per-process profiles (bench.profile,
+bench.cpusplit) do not.
 
-    python -m bench.timeline [--size 2G] [--interval 0.25]
+    python -m bench.timeline [--size 2G] [--interval 0.25] [--mode tracked|scan]
 """
 
 from __future__ import annotations
@@ -110,17 +111,19 @@ def rows(samples: list[Counters], interval: float, cpus: int,
               type=click.Path(file_okay=False))
 @click.option("--interval", default=0.25, show_default=True,
               type=click.FloatRange(min=PERIOD), help="Seconds per printed row.")
-def main(size: str, work: str, interval: float) -> None:
-    """CPU and disk over time during a full backup and a tracked incremental."""
+@click.option("--mode", type=click.Choice(["tracked", "scan"]), default="tracked",
+              show_default=True, help="The incremental's change detection.")
+def main(size: str, work: str, interval: float, mode: str) -> None:
+    """CPU and disk over time during a full backup and an incremental."""
     base = Path(work)
     prep = prepare(base, parse_size(size), 9)
     scratch, disk = fresh_work(base, "timeline", prep, disk_name="timeline/disk.img")
     device, cpus = disk_name(scratch), os.cpu_count() or 1
     drop = cold("drop")
-    tool = CdpTool("cdp-timeline", tracking=True)
+    tool = CdpTool("cdp-timeline", tracking=mode == "tracked")
     try:
         tool.setup(scratch / "tool")
-        for step in ("full backup", "tracked incremental"):
+        for step in ("full backup", f"{mode} incremental"):
             if step != "full backup":
                 workload.apply_change(disk, prep.writes)
             drop(disk, scratch)
