@@ -4,12 +4,17 @@ offset (no partition devices exist for loop devices here)."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import parted
 
 from cdpcore import runcmd
+from hotcopy.scan import data_ranges
 
 MiB = 1024 * 1024
 DISK_GUID = "6a1c1e3e-1b9f-4c0e-9d8a-2f0e5b7c9d11"
@@ -41,7 +46,34 @@ def mkfs_ext4(path: Path, offset: int, size: int) -> None:
                 f"offset={offset}", str(path), f"{size // 1024}k"])
 
 
+#: The images made in this process, by table type: each is made once and copied, as
+#: sfdisk sleeps 250 ms in every run (ten runs for a GPT image).
+_MADE: dict[str, Path] = {}
+
+
 def make_image(path: Path, table: str) -> Path:
+    """A 40 MiB disk image at `path` with a `table` ("gpt" or "msdos") partition table and
+    an ext4 filesystem: a byte-for-byte copy of the one made first in this process, with
+    its holes where they were (tests count what the agent reads)."""
+    if table not in _MADE:
+        made = Path(tempfile.mkdtemp(prefix="cdp-test-image-"))
+        atexit.register(shutil.rmtree, made, ignore_errors=True)
+        _MADE[table] = _make(made / f"{table}.img", table)
+    _copy_with_holes(_MADE[table], path)
+    return path
+
+
+def _copy_with_holes(src: Path, dst: Path) -> None:
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        size = os.fstat(f_in.fileno()).st_size
+        for offset, length in data_ranges(f_in.fileno(), 0, size):
+            f_in.seek(offset)
+            f_out.seek(offset)
+            f_out.write(f_in.read(length))
+        f_out.truncate(size)
+
+
+def _make(path: Path, table: str) -> Path:
     with open(path, "wb") as f:
         f.truncate(DISK_MIB * MiB)
     dev = parted.getDevice(str(path))
