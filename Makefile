@@ -21,7 +21,7 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libparted-dev
 	restic borgbackup time thin-provisioning-tools lvm2 systemd \
 	linux-perf faketime btrfs-progs
 
-.PHONY: all demo test test-fast test-vm lint sysdeps deps iso pxe image drill drill-full bench torture clean
+.PHONY: all demo test test-fast test-unit test-vm lint sysdeps deps iso pxe image drill drill-full bench torture clean
 
 all: deps
 
@@ -57,9 +57,20 @@ demo: deps
 test: deps image
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
-# Fast iteration: everything but the QEMU tests.
+# Everything but the QEMU tests, on two workers.
 test-fast: deps
-	$(PY) -m pytest -q -m "not vm" tests
+	$(PY) -m pytest -q -n 2 -m "not vm" tests
+
+# Under a minute: the shared core, the planning and format code and the agent's pipeline
+# parts (few of them start a server; none a loop device or a VM).
+UNIT_TESTS = tests/core tests/agent/test_changes.py tests/agent/test_era.py \
+	tests/agent/test_lvm_layout.py tests/agent/test_pool_interrupt.py \
+	tests/agent/test_scan_order.py tests/agent/test_seal_segment.py \
+	tests/agent/test_transfer.py tests/image/test_bootopts.py tests/image/test_cachedir.py \
+	tests/image/test_modules.py tests/rescue/test_datapath.py tests/rescue/test_plan.py \
+	tests/rescue/test_stream.py tests/rescue/test_upgrade.py tests/tui/test_units.py
+test-unit: deps
+	$(PY) -m pytest -q -n 2 $(UNIT_TESTS)
 
 test-vm: deps image
 	$(PY) -m pytest -q -m vm tests
