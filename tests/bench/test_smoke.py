@@ -134,3 +134,18 @@ def test_timeline_of_a_full_and_a_tracked_point_runs(tmp_path: Path) -> None:
                             r"\d+\.\d\d s server \(\d+ CPUs; disk \S+\)", head)
     row = re.compile(r"  +\d+\.\d\d +\d\.\d\d +\d+\.\d\d +\d+ +\d+")
     assert any(row.fullmatch(line) for line in out.stdout.splitlines())
+
+
+def test_readahead_reads_the_same_blocks_both_ways(tmp_path: Path) -> None:
+    """bench.readahead on a tiny image: each way sees every non-zero block of the image,
+    counted here from the image itself."""
+    out = subprocess.run([sys.executable, "-m", "bench.readahead", "--size", "64M", "--work",
+                          str(tmp_path), "--workers", "2", "--rounds", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    data = (tmp_path / "base-67108864-9.img").read_bytes()
+    blocks = sum(1 for at in range(0, len(data), 16384) if data[at:at + 16384].strip(b"\0"))
+    assert [line.split(":")[0] for line in out.stdout.splitlines()] == [
+        "round 1 serial", "round 1 ahead ", "median serial", "median ahead "]
+    for line in out.stdout.splitlines()[:2]:
+        assert re.fullmatch(rf"round 1 \w+ *: \d+\.\d\d s \({blocks} non-zero blocks\)", line)
