@@ -12,11 +12,9 @@ and the modes alternate. Only reading and hashing: no sealing, no server.
 from __future__ import annotations
 
 import os
-import queue
 import statistics
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -51,26 +49,19 @@ def _worker(image: str, offsets: list[int], mode: str) -> int:
     try:
         files = [DirectFile(image, fd, os.O_RDONLY, AlignedBuffer(SEGMENT_BYTES + 2 * ALIGN))
                  for _ in range(2 if mode == "ahead" else 1)]
-        if mode == "serial":
+        if mode == "serial" or not offsets:
             return sum(_hash(files[0].read(at, SEGMENT_BYTES)) for at in offsets)
-        done: queue.Queue[int] = queue.Queue()  # buffers the hashing is through with
-        read: queue.Queue[tuple[int, memoryview] | None] = queue.Queue()
-        for i in range(len(files)):
-            done.put(i)
-
-        def reader() -> None:
-            for at in offsets:
-                i = done.get()
-                read.put((i, files[i].read(at, SEGMENT_BYTES)))
-            read.put(None)
-
-        thread = threading.Thread(target=reader)
-        thread.start()
         data = 0
-        while (item := read.get()) is not None:
-            data += _hash(item[1])
-            done.put(item[0])
-        thread.join()
+        with ThreadPoolExecutor(1) as reader:
+            # Segment k+1 is read into the other buffer while k is hashed; k+2 is asked
+            # for only once k is done with. A read's error comes out of result().
+            pending = reader.submit(files[0].read, offsets[0], SEGMENT_BYTES)
+            for k in range(len(offsets)):
+                view = pending.result()
+                if k + 1 < len(offsets):
+                    pending = reader.submit(files[(k + 1) % 2].read, offsets[k + 1],
+                                            SEGMENT_BYTES)
+                data += _hash(view)
         return data
     finally:
         os.close(fd)
